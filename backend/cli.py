@@ -1,0 +1,170 @@
+"""The `aesemo` command line. Each subcommand parses its flags and calls one function."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from model.backbones import SPECS
+from model.errors import AesemoError
+
+log = logging.getLogger("aesemo")
+
+
+def _net_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default=None, choices=sorted(SPECS),
+                        help="network backbone (default: $AESEMO_BACKBONE or vgg16)")
+    parser.add_argument("--cross-init", default="identity", choices=["identity", "random"],
+                        help="initialisation of the cross-branch 1x1 convolutions (random: the patent's)")
+    parser.add_argument("--alpha", type=float, default=0.9, help="identity init: weight of a branch's own half")
+    parser.add_argument("--no-cross-branch", action="store_true", help="two independent branches, for comparison")
+    parser.add_argument("--pretrained", default=None,
+                        help="torchvision ImageNet weights file (default: $AESEMO_PRETRAINED or torchvision's cache)")
+    parser.add_argument("--no-pretrained", action="store_true", help="start from random weights")
+
+
+def _net_config(args, classes: dict | None = None):
+    from model.network import NetConfig
+    from .settings import load_settings
+    extra = {"aesthetic_classes": tuple(classes["aesthetic"]), "emotion_classes": tuple(classes["emotion"])} \
+        if classes else {}
+    return NetConfig(backbone=args.backbone or load_settings().backbone, cross_branch=not args.no_cross_branch,
+                     cross_init=args.cross_init, alpha=args.alpha, **extra)
+
+
+def _pretrained_path(args):
+    from .settings import load_settings
+    return args.pretrained or load_settings().pretrained_path
+
+
+def cmd_init(args) -> int:
+    from model.pipeline import init_version
+    classes = None
+    if args.aesthetic_classes or args.emotion_classes:
+        from model.classes import DEFAULT_CLASSES
+        classes = {"aesthetic": args.aesthetic_classes or DEFAULT_CLASSES["aesthetic"],
+                   "emotion": args.emotion_classes or DEFAULT_CLASSES["emotion"]}
+    meta = init_version(args.out, _net_config(args, classes), _pretrained_path(args), not args.no_pretrained)
+    print(json.dumps({"version": str(args.out), "init": meta["init"], "parameters": meta["parameters"]}))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from model.pipeline import train_version
+    from model.train import TrainConfig
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         val_fraction=args.val_fraction, patience=args.patience, lam=args.lam,
+                         schedule=args.schedule, device=args.device, train_size=args.train_size,
+                         crop_size=args.crop_size, center_crop_eval=args.center_crop)
+    meta = train_version(args.manifest, args.out, _net_config(args), config, init_from=args.init_from,
+                         pretrained=_pretrained_path(args), use_pretrained=not args.no_pretrained,
+                         strict=args.strict, show_bar=not args.quiet)
+    print(json.dumps({"version": str(args.out), "init": meta["init"], "metrics": _short(meta["metrics"]),
+                      "best_epoch": meta["training"]["best_epoch"], "skipped": len(meta["training"]["skipped"])}))
+    return 0
+
+
+def _short(metrics: dict) -> dict:
+    return {task: None if m is None else {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
+            for task, m in metrics.items()}
+
+
+def cmd_predict(args) -> int:
+    from model.errors import ImageError
+    from model.images import open_image
+    from model.predictor import Predictor
+    predictor = Predictor(args.version, precision=args.precision, center_crop=args.center_crop or None)
+    failed = 0
+    for path in args.images:
+        try:
+            image = open_image(path, max_pixels=predictor.max_pixels)
+        except ImageError as exc:
+            print(json.dumps({"image": path, "error": str(exc)}))
+            failed += 1
+            continue
+        described = predictor.describe(predictor.predict_images([image])[0])
+        print(json.dumps({"image": path, **described}))
+    return 1 if failed else 0
+
+
+def cmd_info(args) -> int:
+    from model.version import read_meta
+    print(json.dumps(read_meta(args.version), indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(Path(args.workdir), epochs=args.epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aesemo", description="Aesthetic and emotion suggestions for Label Studio")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="write an untrained (or ImageNet-initialised) version folder")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--aesthetic-classes", type=lambda s: s.split(","), default=None, help="comma-separated")
+    p.add_argument("--emotion-classes", type=lambda s: s.split(","), default=None, help="comma-separated")
+    _net_flags(p)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("train", help="train on a JSON-lines manifest and write a version folder")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--init-from", type=Path, default=None, help="fine-tune this version folder")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lam", type=float, default=0.25, help="weight of the emotion loss (lambda)")
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--patience", type=int, default=3, help="early stopping; 0 switches it off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    p.add_argument("--train-size", type=int, default=256)
+    p.add_argument("--crop-size", type=int, default=224)
+    p.add_argument("--center-crop", action="store_true", help="evaluate and predict on a centre crop")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _net_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict both classes of images; one JSON object a line")
+    p.add_argument("version", type=Path)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--center-crop", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("info", help="a version's metadata as JSON")
+    p.add_argument("version", type=Path)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="train on generated images and print predictions")
+    p.add_argument("--workdir", default="aesemo-data/demo")
+    p.add_argument("--epochs", type=int, default=8)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="aesemo: %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("urllib3").setLevel(logging.INFO)  # its debug lines carry full URLs
+    try:
+        return args.func(args)
+    except (AesemoError, ValueError, OSError) as exc:
+        print(f"aesemo: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("aesemo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

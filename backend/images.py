@@ -1,0 +1,582 @@
+"""Downloading task images from Label Studio (or wherever the task points), safely.
+
+What Label Studio 1.23 puts in ``task.data.image`` (docs/label-studio-protocol.md, section 8):
+absolute http(s) URLs, and relative ``/data/upload/...`` or ``/data/local-files/?d=...`` paths
+that must be fetched from Label Studio with a token. Cloud storage gives ``s3://``-style URIs
+only when presigning/proxying is off; we cannot read those.
+
+Rules this module keeps:
+
+* A token goes only to a Label Studio origin (scheme, host and port of the ``hostname`` that
+  /setup sent, or of LABEL_STUDIO_URL), never to any other host, including redirect targets.
+  LABEL_STUDIO_API_KEY is the operator's secret: when LABEL_STUDIO_URL is set, that key is sent
+  only there, so a /setup call that names another hostname cannot collect it.
+* No request reaches a loopback, private, link-local, multicast, reserved or otherwise
+  non-global address (SSRF), unless the host is Label Studio's or listed in
+  AESEMO_ALLOWED_IMAGE_HOSTS. The name is resolved and checked before each request and each
+  redirect hop; the address each new connection actually reached is checked again before
+  anything is sent, so a DNS answer that changes between the two (rebinding) is caught too.
+* One deadline per fetch (connect, redirects, token refresh and body together), a byte limit
+  while streaming, a pixel limit on decode.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import ipaddress
+import logging
+import os
+import socket
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import requests
+import urllib3
+from PIL import Image
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from backend import label_studio_auth as ls_auth
+from backend.settings import Settings
+from model.errors import AesemoError, ImageError
+from model.images import open_image
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+ERROR_KINDS = ("not_found", "unauthorized", "forbidden_address", "bad_url", "too_large", "timeout",
+               "http_error", "not_image", "unsupported_scheme", "connection")
+
+_CHUNK_BYTES = 64 * 1024
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_CLOUD_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "azure-blob", "azure-spi"})
+_REQUEST_HEADERS = {
+    "Accept": "image/*, */*;q=0.5",
+    # Images do not compress; asking for identity keeps the byte limit about real bytes and
+    # leaves no room for a gzip bomb.
+    "Accept-Encoding": "identity",
+    "User-Agent": "aesemo-image-fetcher",
+}
+
+Origin = tuple[str, str, int]  # (scheme, lower-case host without brackets, port)
+
+
+class ImageFetchError(AesemoError):
+    """A task image that could not be fetched. `kind` is one of ERROR_KINDS; `url` is the
+    address reduced to scheme://host[:port]/path, so no query-string token can leak from it."""
+
+    def __init__(self, kind: str, url: str, problem: str):
+        assert kind in ERROR_KINDS, kind
+        self.kind = kind
+        self.url = public_url(url)
+        self.problem = problem
+        super().__init__(f"{self.url or 'image URL'}: {problem}")
+
+    def __reduce__(self):  # keep it picklable (job queues move exceptions between processes)
+        return self.__class__, (self.kind, self.url, self.problem)
+
+
+def public_url(url: str) -> str:
+    """`url` without user info, query or fragment (presigned URLs carry signatures there)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<malformed URL>"
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{port}" if port else host
+    shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    # data: URLs hold the whole payload in the path.
+    return shown if len(shown) <= 200 else shown[:200] + "..."
+
+
+def is_forbidden_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for any address an image fetch must not reach unless its host is explicitly trusted."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0] if isinstance(address, str) else address)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
+    return (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast
+            or ip.is_reserved or ip.is_unspecified
+            # also 100.64.0.0/10 (carrier-grade NAT, used inside clouds and VPNs)
+            or not ip.is_global)
+
+
+def _resolve_addresses(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (a module function so tests can replace it)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [info[4][0] for info in infos]
+
+
+def _origin_of(url: str) -> Origin:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").rstrip("."), parts.port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def _parse_host_entry(entry: str) -> tuple[str, int | None] | None:
+    """An AESEMO_ALLOWED_IMAGE_HOSTS entry: "host", "host:port", "[v6]:port" or a URL."""
+    entry = entry.strip().lower()
+    if not entry:
+        return None
+    if "://" in entry:
+        parts = urlsplit(entry)
+        return (parts.hostname or "").rstrip("."), parts.port
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    host, sep, port = entry.partition(":")
+    if sep and port.isdigit() and ":" not in port:
+        return host.rstrip("."), int(port)
+    return entry.rstrip("."), None  # bare name, or an IPv6 literal without brackets
+
+
+@dataclass(frozen=True)
+class _LabelStudio:
+    """A Label Studio we may authenticate to: the base URL (for /api/token/refresh/) and token."""
+    base: str
+    token: str | None
+
+
+def _guarded_pool_classes(guard: Callable[[str, str, int, str], None]) -> dict:
+    """urllib3 pool classes whose new connections call `guard` with the peer address before any
+    byte is sent: the check that still holds if DNS answered differently from our own lookup."""
+
+    def guarded(connection_cls: type, scheme: str) -> type:
+        class GuardedConnection(connection_cls):
+            def _new_conn(self):
+                sock = super()._new_conn()
+                try:
+                    guard(scheme, self.host, self.port, sock.getpeername()[0])
+                except BaseException:
+                    sock.close()
+                    raise
+                return sock
+        return GuardedConnection
+
+    return {
+        "http": type("GuardedHTTPPool", (HTTPConnectionPool,),
+                     {"ConnectionCls": guarded(HTTPConnection, "http")}),
+        "https": type("GuardedHTTPSPool", (HTTPSConnectionPool,),
+                      {"ConnectionCls": guarded(HTTPSConnection, "https")}),
+    }
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def __init__(self, guard: Callable[[str, str, int, str], None]):
+        self._guard = guard  # before super().__init__, which builds the pool manager
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _guarded_pool_classes(self._guard)
+
+
+def _exception_chain(exc: BaseException, limit: int = 12):
+    """`exc` and the exceptions it wraps (urllib3 `reason`, causes, contexts, exception args)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo and len(seen) < limit:
+        current = todo.pop(0)
+        seen.append(current)
+        yield current
+        nested = [getattr(current, "reason", None), current.__cause__, current.__context__, *current.args]
+        todo.extend(e for e in nested if isinstance(e, BaseException) and e not in seen)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """A short cause for a network error, without the exception text (urllib3 messages quote
+    the full URL, query string included)."""
+    for current in _exception_chain(exc):
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+    return type(exc).__name__
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
+    # urllib3's NewConnectionError (e.g. "connection refused") subclasses its ConnectTimeoutError.
+    return any(isinstance(e, timeouts) and not isinstance(e, urllib3.exceptions.NewConnectionError)
+               for e in _exception_chain(exc))
+
+
+def _network_error(exc: BaseException, url: str) -> ImageFetchError:
+    if _is_timeout(exc):
+        return ImageFetchError("timeout", url, "timed out while talking to the server")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ImageFetchError("connection", url, f"TLS error ({_failure_reason(exc)})")
+    return ImageFetchError("connection", url, f"connection failed ({_failure_reason(exc)})")
+
+
+class ImageFetcher:
+    """Fetches task images over http(s) with the rules in the module docstring.
+
+    Safe to share between threads: the only shared mutable state is the access-token cache
+    (locked) and the on-disk cache (written atomically); each fetch uses its own session.
+    """
+
+    def __init__(self, settings: Settings, cache_dir: Path):
+        self._settings = settings
+        self._cache_dir = Path(cache_dir)
+        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        self._allowed_hosts = tuple(p for p in map(_parse_host_entry, settings.allowed_image_hosts) if p)
+        self._tokens = ls_auth.AccessTokenCache()
+
+    # ----- public API -----------------------------------------------------------------------
+
+    def fetch(self, url: str, *, hostname: str | None = None,
+              access_token: str | None = None) -> Image.Image:
+        """The image at `url` as 8-bit RGB. Raises ImageFetchError."""
+        resolved = self.resolve_url(url, hostname=hostname)
+        data = self._cache_read(resolved)
+        if data is not None:
+            try:
+                return self._decode(data, resolved)
+            except ImageFetchError:
+                self._cache_drop(resolved)  # a bad entry must not fail every later fetch
+                raise
+        data = self._download(resolved, hostname, access_token)
+        image = self._decode(data, resolved)
+        self._cache_write(resolved, data)  # only after it decoded: failures are never cached
+        return image
+
+    def fetch_bytes(self, url: str, *, hostname: str | None = None,
+                    access_token: str | None = None) -> bytes:
+        """The raw bytes at `url` (not decoded; cached once downloaded). Raises ImageFetchError."""
+        resolved = self.resolve_url(url, hostname=hostname)
+        data = self._cache_read(resolved)
+        if data is None:
+            data = self._download(resolved, hostname, access_token)
+            self._cache_write(resolved, data)
+        return data
+
+    def resolve_url(self, url: str, *, hostname: str | None = None) -> str:
+        """The absolute http(s) URL a task's image value stands for. Raises ImageFetchError."""
+        if not isinstance(url, str) or not url.strip():
+            raise ImageFetchError("bad_url", "", "the task has an empty image URL")
+        url = url.strip()
+        if url.startswith("//"):
+            raise ImageFetchError("bad_url", url, "scheme-relative URLs (//host/...) are not supported")
+        if url.startswith("/"):
+            return self._label_studio_base(hostname, url).rstrip("/") + url
+        self._check_url(url)
+        return url
+
+    # ----- URL checks ---------------------------------------------------------------------------
+
+    def _label_studio_base(self, hostname: str | None, url: str) -> str:
+        base = hostname or self._settings.label_studio_url
+        if not base:
+            raise ImageFetchError(
+                "bad_url", url, "a relative URL needs Label Studio's address, but LABEL_STUDIO_URL is "
+                "not set and Label Studio sent no hostname (set LABEL_STUDIO_URL, or start Label "
+                "Studio with --host)")
+        self._check_url(base, what="Label Studio address")
+        return base
+
+    @staticmethod
+    def _check_url(url: str, what: str = "image URL") -> None:
+        try:
+            parts = urlsplit(url)
+            parts.port  # raises ValueError for a port that is not a number in range
+        except ValueError:
+            raise ImageFetchError("bad_url", url, f"malformed {what}") from None
+        scheme = parts.scheme.lower()
+        if scheme in _CLOUD_SCHEMES:
+            raise ImageFetchError(
+                "unsupported_scheme", url, f"{scheme}:// cloud storage URLs cannot be read by the backend; "
+                "turn on 'Use pre-signed URLs' (or proxying) in the Label Studio storage settings so "
+                "tasks carry http(s) URLs")
+        if not scheme:
+            raise ImageFetchError("bad_url", url, f"{what} is neither an http(s) URL nor a path starting with '/'")
+        if scheme not in _DEFAULT_PORTS:
+            raise ImageFetchError("unsupported_scheme", url, f"{scheme}: URLs are not fetched; only http and https")
+        if not parts.hostname:
+            raise ImageFetchError("bad_url", url, f"{what} has no host")
+
+    # ----- who is Label Studio, who is trusted ------------------------------------------------
+
+    def _label_studios(self, hostname: str | None, access_token: str | None) -> dict[Origin, _LabelStudio]:
+        """The origins that count as Label Studio for this fetch, with the token each gets."""
+        configured = self._settings.label_studio_url
+        key = self._settings.label_studio_api_key
+        found: dict[Origin, _LabelStudio] = {}
+        try:
+            if hostname:
+                # The key goes to a /setup hostname only when the operator named no Label Studio.
+                found[_origin_of(hostname)] = _LabelStudio(hostname, (key if not configured else None) or access_token)
+            if configured:
+                found[_origin_of(configured)] = _LabelStudio(configured, key or access_token)
+        except ValueError:
+            raise ImageFetchError("bad_url", hostname or configured or "", "malformed Label Studio address") from None
+        return found
+
+    def _is_allowed_host(self, host: str, port: int) -> bool:
+        host = host.lower().strip("[]").rstrip(".")
+        return any(host == h and (p is None or p == port) for h, p in self._allowed_hosts)
+
+    def _is_trusted(self, origin: Origin, studios: dict[Origin, _LabelStudio]) -> bool:
+        return origin in studios or self._is_allowed_host(origin[1], origin[2])
+
+    def _check_destination(self, url: str, studios: dict[Origin, _LabelStudio]) -> None:
+        """Refuse, before connecting, a host that resolves to an address we must not reach."""
+        origin = _origin_of(url)
+        if self._is_trusted(origin, studios):
+            return
+        try:
+            addresses = _resolve_addresses(origin[1], origin[2])
+        except (socket.gaierror, UnicodeError) as exc:
+            reason = _failure_reason(exc)
+            raise ImageFetchError("connection", url, f"cannot resolve host {origin[1]!r} ({reason})") from None
+        for address in addresses:
+            if is_forbidden_address(address):
+                raise self._forbidden(url, origin, address)
+
+    @staticmethod
+    def _forbidden(url: str, origin: Origin, address: str) -> ImageFetchError:
+        return ImageFetchError(
+            "forbidden_address", url, f"{origin[1]} resolves to {address}, a loopback/private/link-local "
+            f"or otherwise non-public address; if this server is meant to be used, add "
+            f"'{origin[1]}:{origin[2]}' to AESEMO_ALLOWED_IMAGE_HOSTS")
+
+    def _connection_guard(self, studios: dict[Origin, _LabelStudio]) -> Callable[[str, str, int, str], None]:
+        def guard(scheme: str, host: str, port: int, address: str) -> None:
+            origin = (scheme, host.lower().strip("[]").rstrip("."), port)
+            if not self._is_trusted(origin, studios) and is_forbidden_address(address):
+                raise self._forbidden(f"{scheme}://{host}:{port}/", origin, address)
+        return guard
+
+    # ----- HTTP -----------------------------------------------------------------------------
+
+    def _session(self, studios: dict[Origin, _LabelStudio]) -> requests.Session:
+        session = requests.Session()
+        # No proxies or ~/.netrc from the environment: a proxy would hide the real address from
+        # the SSRF checks, and netrc would add credentials for hosts we do not trust.
+        session.trust_env = False
+        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        adapter = _GuardedAdapter(self._connection_guard(studios))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def _download(self, url: str, hostname: str | None, access_token: str | None) -> bytes:
+        deadline = time.monotonic() + self._settings.image_timeout_s
+        studios = self._label_studios(hostname, access_token)
+        with self._session(studios) as session:
+            for _ in range(MAX_REDIRECTS + 1):
+                with self._request(session, url, studios, deadline) as response:
+                    if response.status_code not in _REDIRECT_CODES:
+                        self._raise_for_status(response, url, studios)
+                        return self._read_body(response, url, deadline)
+                    url = self._redirect_target(response, url)
+        raise ImageFetchError("http_error", url, f"more than {MAX_REDIRECTS} redirects")
+
+    def _request(self, session: requests.Session, url: str, studios: dict[Origin, _LabelStudio],
+                 deadline: float) -> requests.Response:
+        """One hop: checks, the token if `url` is Label Studio's, and one retry with a fresh access
+        token when Label Studio refuses a cached one (it may have expired early, or been revoked)."""
+        self._check_url(url)
+        self._check_destination(url, studios)
+        header, cached = self._authorization(session, url, studios, deadline)
+        response = self._send(session, url, header, deadline)
+        if response.status_code == 401 and cached:
+            response.close()
+            studio = studios[_origin_of(url)]
+            self._tokens.forget(self._refresh_url(studio), studio.token, header.split(" ", 1)[1])
+            header, _ = self._authorization(session, url, studios, deadline)
+            response = self._send(session, url, header, deadline)
+        return response
+
+    def _send(self, session: requests.Session, url: str, authorization: str | None,
+              deadline: float) -> requests.Response:
+        headers = dict(_REQUEST_HEADERS)
+        if authorization:
+            headers["Authorization"] = authorization
+        try:
+            return session.get(url, headers=headers, stream=True, allow_redirects=False,
+                               timeout=self._remaining(deadline, url))
+        except requests.RequestException as exc:
+            raise _network_error(exc, url) from None
+
+    @staticmethod
+    def _remaining(deadline: float, url: str) -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ImageFetchError("timeout", url, "the download took longer than AESEMO_IMAGE_TIMEOUT")
+        return remaining
+
+    @staticmethod
+    def _redirect_target(response: requests.Response, url: str) -> str:
+        location = response.headers.get("Location")
+        if not location:
+            raise ImageFetchError("http_error", url, f"HTTP {response.status_code} redirect without a Location")
+        return urljoin(url, location)
+
+    @staticmethod
+    def _raise_for_status(response: requests.Response, url: str, studios: dict[Origin, _LabelStudio]) -> None:
+        code = response.status_code
+        if 200 <= code < 300:
+            return
+        if code in (404, 410):
+            raise ImageFetchError("not_found", url, f"not found (HTTP {code})")
+        if code in (401, 403):
+            studio = studios.get(_origin_of(url))
+            if studio is None:
+                hint = "the server refused access (an expired pre-signed URL?)"
+            elif studio.token is None:
+                hint = "Label Studio needs a token: set LABEL_STUDIO_API_KEY"
+            else:
+                hint = ("Label Studio refused the token (legacy tokens are off by default since "
+                        "Label Studio 1.20: use a Personal Access Token, or enable legacy tokens)")
+            raise ImageFetchError("unauthorized", url, f"HTTP {code}: {hint}")
+        raise ImageFetchError("http_error", url, f"the server answered HTTP {code}")
+
+    def _read_body(self, response: requests.Response, url: str, deadline: float) -> bytes:
+        limit = self._settings.max_image_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ImageFetchError("too_large", url, f"{int(declared)} bytes is over the limit of {limit} bytes")
+        # read1 returns whatever one socket read gives, so the deadline is checked between reads
+        # even when a server drips a byte at a time (urllib3 1.x has only read).
+        read = getattr(response.raw, "read1", response.raw.read)
+        body = bytearray()
+        while True:
+            self._limit_socket_wait(response, deadline, url)
+            try:
+                chunk = read(_CHUNK_BYTES, decode_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise _network_error(exc, url) from None
+            if not chunk:
+                return bytes(body)
+            body += chunk
+            if len(body) > limit:
+                raise ImageFetchError("too_large", url, f"more than the limit of {limit} bytes")
+
+    def _limit_socket_wait(self, response: requests.Response, deadline: float, url: str) -> None:
+        """Let no single socket read wait past the deadline (best effort: urllib3 2 exposes the
+        connection; otherwise each read may wait up to the time left when the request started)."""
+        remaining = self._remaining(deadline, url)
+        sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+        if sock is not None:
+            sock.settimeout(remaining)
+
+    # ----- tokens ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _refresh_url(studio: _LabelStudio) -> str:
+        return studio.base.rstrip("/") + ls_auth.REFRESH_PATH
+
+    def _authorization(self, session: requests.Session, url: str, studios: dict[Origin, _LabelStudio],
+                       deadline: float) -> tuple[str | None, bool]:
+        """(Authorization value or None, whether it came from the access-token cache)."""
+        studio = studios.get(_origin_of(url))
+        if studio is None or not studio.token:
+            return None, False
+        if ls_auth.token_kind(studio.token) != "pat":
+            return ls_auth.authorization_header(studio.token), False
+        refresh_url = self._refresh_url(studio)
+        access, minted = self._tokens.get(
+            refresh_url, studio.token, lambda: self._swap_pat(session, refresh_url, studio.token, deadline))
+        return f"Bearer {access}", not minted
+
+    def _swap_pat(self, session: requests.Session, refresh_url: str, pat: str, deadline: float) -> str:
+        """POST the PAT to /api/token/refresh/ and return the access JWT it buys."""
+        try:
+            response = session.post(refresh_url, json={"refresh": pat}, headers={"Accept": "application/json"},
+                                    allow_redirects=False, timeout=self._remaining(deadline, refresh_url))
+        except requests.RequestException as exc:
+            raise _network_error(exc, refresh_url) from None
+        with response:
+            if response.status_code in (400, 401, 403):
+                raise ImageFetchError(
+                    "unauthorized", refresh_url, f"Label Studio refused the Personal Access Token "
+                    f"(HTTP {response.status_code}); it may have been revoked: create a new one")
+            if response.status_code != 200:
+                raise ImageFetchError("http_error", refresh_url, f"token refresh answered HTTP {response.status_code}")
+            try:
+                access = response.json().get("access")
+            except (ValueError, AttributeError):
+                access = None
+        if not isinstance(access, str) or not access:
+            raise ImageFetchError("http_error", refresh_url, "token refresh reply has no 'access' token")
+        log.debug("swapped the Personal Access Token for an access token at %s", public_url(refresh_url))
+        return access
+
+    # ----- decoding ---------------------------------------------------------------------------
+
+    def _decode(self, data: bytes, url: str) -> Image.Image:
+        limit = self._settings.max_image_pixels
+        try:
+            pixels = _header_pixels(data)
+        except Image.DecompressionBombError as exc:
+            raise ImageFetchError("too_large", url, str(exc)) from None
+        if pixels is not None and pixels > limit:
+            raise ImageFetchError("too_large", url, f"{pixels} pixels is over the limit of {limit} pixels")
+        try:
+            return open_image(data, max_pixels=limit, name="content")
+        except ImageError as exc:
+            raise ImageFetchError("not_image", url, str(exc).removeprefix("content: ")) from None
+        except Exception as exc:  # untrusted bytes can trip any decoder error; none may escape raw
+            raise ImageFetchError("not_image", url, f"cannot be decoded ({type(exc).__name__})") from None
+
+    # ----- cache ------------------------------------------------------------------------------
+
+    def _cache_path(self, url: str) -> Path:
+        return self._cache_dir / hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+    def _cache_read(self, url: str) -> bytes | None:
+        path = self._cache_path(url)
+        try:
+            if path.stat().st_size > self._settings.max_image_bytes:
+                return None  # stored under a larger limit than today's
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("image cache entry %s unreadable (%s); downloading again", path.name, exc.strerror)
+            return None
+        log.debug("image cache hit for %s", public_url(url))
+        return data
+
+    def _cache_write(self, url: str, data: bytes) -> None:
+        """Write to a temporary file then rename, so no reader (thread or process) ever sees a
+        partial file. A full disk costs the cache, not the fetch."""
+        path = self._cache_path(url)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self._cache_dir, prefix=".partial-")
+        except OSError as exc:
+            log.warning("cannot write image cache in %s (%s)", self._cache_dir, exc.strerror)
+            return
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write image cache entry %s (%s)", path.name, exc.strerror)
+            Path(tmp).unlink(missing_ok=True)
+
+    def _cache_drop(self, url: str) -> None:
+        self._cache_path(url).unlink(missing_ok=True)
+
+
+def _header_pixels(data: bytes) -> int | None:
+    """Width x height from the image header alone (no pixel decoding), or None if unreadable.
+    This lets a pixel-limit refusal be told apart from bytes that are not an image. PIL's own
+    DecompressionBombError (sizes over twice PIL's limit, refused at open) is left to the caller."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise
+    except Exception:  # not an image, or a broken header: open_image will say which
+        return None
+    return width * height

@@ -1,0 +1,81 @@
+"""Every setting of the service, read from environment variables in this one place.
+
+Each setting is listed, with its default, in the README's "Settings" table.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"setting {name} must be an integer, got {raw!r}") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    raw = _env(name, "") or ""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = field(default=None, repr=False)
+    data_dir: Path = Path("aesemo-data")
+    backbone: str = "vgg16"
+    pretrained_path: str | None = None
+    redis_url: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = field(default=None, repr=False)
+    aesthetic_control: str = "aesthetic"
+    emotion_control: str = "emotion"
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    image_timeout_s: float = 10.0
+    allowed_image_hosts: tuple[str, ...] = ()
+    predict_chunk_size: int = 16
+    max_tasks_per_request: int = 10_000
+
+
+def load_settings() -> Settings:
+    """Read the environment now (tests change it between app instances)."""
+    return Settings(
+        label_studio_url=_env("LABEL_STUDIO_URL"),
+        label_studio_api_key=_env("LABEL_STUDIO_API_KEY"),
+        data_dir=Path(_env("AESEMO_DATA_DIR", "aesemo-data")),
+        backbone=_env("AESEMO_BACKBONE", "vgg16"),
+        pretrained_path=_env("AESEMO_PRETRAINED"),
+        redis_url=_env("REDIS_URL"),
+        basic_auth_user=_env("BASIC_AUTH_USER"),
+        basic_auth_pass=_env("BASIC_AUTH_PASS"),
+        aesthetic_control=_env("AESEMO_AESTHETIC_CONTROL", "aesthetic"),
+        emotion_control=_env("AESEMO_EMOTION_CONTROL", "emotion"),
+        max_image_bytes=_env_int("AESEMO_MAX_IMAGE_BYTES", 20 * 1024 * 1024),
+        max_image_pixels=_env_int("AESEMO_MAX_IMAGE_PIXELS", 50_000_000),
+        image_timeout_s=_env_float("AESEMO_IMAGE_TIMEOUT", 10.0),
+        allowed_image_hosts=_env_list("AESEMO_ALLOWED_IMAGE_HOSTS"),
+        predict_chunk_size=_env_int("AESEMO_PREDICT_CHUNK", 16),
+        max_tasks_per_request=_env_int("AESEMO_MAX_TASKS", 10_000),
+    )

@@ -1,0 +1,17 @@
+"""Errors the model package raises for bad input; each message names the file or row at fault."""
+
+
+class AesemoError(Exception):
+    """Base class: the command line prints these as one line, without a traceback."""
+
+
+class ImageError(AesemoError):
+    """An image that cannot be used: missing, truncated, not an image, or too large."""
+
+
+class ManifestError(AesemoError):
+    """A training manifest that cannot be used as a whole (empty, bad JSON, unknown class)."""
+
+
+class VersionError(AesemoError):
+    """A model version folder that is incomplete, inconsistent, or whose weights fail the hash check."""

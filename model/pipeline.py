@@ -1,0 +1,73 @@
+"""From a manifest to a version folder: the steps `aesemo init` and `aesemo train` run."""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from .dataset import load_training_data
+from .errors import AesemoError
+from .images import DEFAULT_MAX_PIXELS
+from .manifest import read_manifest
+from .network import CrossBranchNet, NetConfig
+from .pretrained import load_pretrained
+from .train import Progress, TrainConfig, train
+from .transforms import IMAGENET_STD
+from .version import load_version, save_version
+
+log = logging.getLogger(__name__)
+
+# An untrained version has no training set to take a mean from; ImageNet's is what the
+# pretrained filters expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+def new_model(config: NetConfig, pretrained: str | Path | None = None, use_pretrained: bool = True):
+    """A fresh network and its `init` label (`imagenet:<file>` or `random`)."""
+    model = CrossBranchNet(config)
+    init = load_pretrained(model, pretrained) if use_pretrained else "random"
+    if not use_pretrained:
+        log.warning("init: random (pretrained weights switched off)")
+    return model, init
+
+
+def init_version(out: str | Path, config: NetConfig, pretrained: str | Path | None = None,
+                 use_pretrained: bool = True) -> dict:
+    model, init = new_model(config, pretrained, use_pretrained)
+    return save_version(out, model, {"init": init, "pixel_mean": list(IMAGENET_MEAN),
+                                     "pixel_std": list(IMAGENET_STD), "trained": False})
+
+
+def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig, train_config: TrainConfig,
+                  init_from: str | Path | None = None, pretrained: str | Path | None = None,
+                  use_pretrained: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False,
+                  progress: Progress | None = None, show_bar: bool = False) -> dict:
+    """Train on a manifest and write a version folder; returns its metadata."""
+    if init_from:
+        model, parent = load_version(init_from)
+        config, init = model.config, f"version:{Path(init_from).name}"
+    manifest = read_manifest(manifest_path, classes=config.classes if init_from else None)
+    if not init_from:
+        config = replace(config, aesthetic_classes=manifest.classes["aesthetic"],
+                         emotion_classes=manifest.classes["emotion"])
+        model, init = new_model(config, pretrained, use_pretrained)
+    data, skipped = load_training_data(manifest, train_config.train_size, max_pixels, strict)
+    if len(data) < 2:
+        raise AesemoError(f"{manifest.path}: {len(data)} usable image(s); training needs at least 2")
+    result = train(model, data, train_config, progress=progress, show_bar=show_bar)
+    meta = {
+        "init": init,
+        "trained": True,
+        "pixel_mean": list(result.pixel_mean),
+        "pixel_std": list(IMAGENET_STD),
+        "train_size": train_config.train_size,
+        "crop_size": train_config.crop_size,
+        "center_crop_eval": train_config.center_crop_eval,
+        "metrics": result.metrics,
+        "training": {**{k: v for k, v in result.to_meta().items() if k not in ("metrics", "pixel_mean")},
+                     "config": vars(train_config), "manifest": str(manifest.path),
+                     "rows": len(manifest.rows), "skipped": skipped},
+    }
+    if init_from:
+        meta["parent"] = str(init_from)
+    return save_version(out, model, meta)

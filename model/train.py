@@ -1,0 +1,260 @@
+"""The training loop: SGD with momentum, a learning-rate schedule, a held-out split with
+per-task accuracy and macro-F1 after each epoch, early stopping and the best checkpoint."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .classes import TASKS
+from .dataset import TrainingData
+from .loss import DEFAULT_LAMBDA, two_task_loss
+from .metrics import selection_score, task_metrics
+from .network import CrossBranchNet
+from .transforms import CROP_SIZE, IMAGENET_STD, TRAIN_SIZE, normalize, pixel_mean, random_crop_flip
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict], None]
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    val_fraction: float = 0.2
+    patience: int = 3                 # epochs without a better held-out score before stopping; 0: never
+    seed: int = 0
+    lam: float = DEFAULT_LAMBDA
+    train_size: int = TRAIN_SIZE      # images are resized to this square before random crops
+    crop_size: int = CROP_SIZE
+    center_crop_eval: bool = False    # held-out images: resize to crop_size (the patent) or centre crop
+    device: str | None = None         # None: CUDA when present, else CPU
+    bf16: bool | None = None          # None: bf16 autocast on CUDA devices that support it
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 1 <= self.crop_size <= self.train_size:
+            raise ValueError(f"crop_size {self.crop_size} must lie in [1, train_size {self.train_size}]")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TrainResult:
+    pixel_mean: tuple[float, float, float]
+    metrics: dict                          # held-out metrics of the best epoch
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    device: str
+    bf16: bool
+    seconds: float
+    train_size: int
+    val_size: int
+    history: list[dict] = field(default_factory=list)
+
+    def to_meta(self) -> dict:
+        data = asdict(self)
+        data["pixel_mean"] = list(self.pixel_mean)
+        return data
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random held-out split; at least one held-out sample when a fraction is asked
+    and there are two samples or more."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    return order[n_val:], order[:n_val]
+
+
+def make_schedule(optimizer, config: TrainConfig, total_steps: int):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    if config.schedule == "step":
+        every = max(total_steps // 3, 1)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
+          progress: Progress | None = None, show_bar: bool = False) -> TrainResult:
+    """Train `model` in place; on return it holds the weights of the best held-out epoch."""
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    use_bf16 = config.bf16 if config.bf16 is not None else (
+        device.type == "cuda" and torch.cuda.is_bf16_supported())
+    log.info("training on %s%s", device, " with bf16 autocast" if use_bf16 else " in fp32")
+    train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
+    train_set, val_set = data.subset(train_idx), data.subset(val_idx)
+    mean = pixel_mean(train_set.images)
+    model.to(device)
+
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        # no weight decay on biases and normalisation scales, as usual for SGD fine-tuning
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=config.lr, momentum=config.momentum)
+    steps_per_epoch = _steps_per_epoch(len(train_set), config.batch_size)
+    scheduler = make_schedule(optimizer, config, steps_per_epoch * config.epochs)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+        bar = tqdm(total=steps_per_epoch * config.epochs, unit="step", dynamic_ncols=True)
+
+    best_score, best_state, best_epoch, best_metrics = -math.inf, None, 0, {}
+    history, stale, started = [], 0, time.monotonic()
+    epoch = 0
+    try:
+        for epoch in range(1, config.epochs + 1):
+            train_loss = _train_epoch(model, train_set, mean, config, optimizer, scheduler, generator,
+                                      device, use_bf16, epoch, steps_per_epoch, started, progress, bar)
+            metrics, val_loss = evaluate(model, val_set, mean, config, device, use_bf16) if len(val_set) \
+                else (evaluate(model, train_set, mean, config, device, use_bf16)[0], float("nan"))
+            score = selection_score(metrics)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                            "score": score, "metrics": _summary(metrics)})
+            improved = score > best_score or best_state is None
+            if improved:
+                best_score, best_epoch, best_metrics, stale = score, epoch, metrics, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            else:
+                stale += 1
+            log.info("epoch %d/%d: train loss %.4f, held-out loss %.4f, %s", epoch, config.epochs,
+                     train_loss, val_loss, _summary(metrics))
+            if progress:
+                progress({"stage": "evaluated", "epoch": epoch, "epochs": config.epochs,
+                          "train_loss": train_loss, "val_loss": val_loss, "metrics": _summary(metrics),
+                          "best_epoch": best_epoch})
+            if config.patience and stale >= config.patience:
+                log.info("early stop after epoch %d: no better held-out score for %d epochs", epoch, stale)
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    model.load_state_dict(best_state)
+    model.to("cpu")
+    return TrainResult(pixel_mean=mean, metrics=best_metrics, best_epoch=best_epoch, epochs_run=epoch,
+                       stopped_early=epoch < config.epochs, device=str(device), bf16=use_bf16,
+                       seconds=time.monotonic() - started, train_size=len(train_set),
+                       val_size=len(val_set), history=history)
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    # a last batch of one sample is dropped: BatchNorm cannot train on a single sample
+    full, rest = divmod(n, batch_size)
+    return max(full + (1 if rest > 1 else 0), 1)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    order = torch.randperm(n, generator=generator)
+    for step in range(_steps_per_epoch(n, batch_size)):
+        yield order[step * batch_size:(step + 1) * batch_size]
+
+
+def _train_epoch(model, data, mean, config, optimizer, scheduler, generator, device, use_bf16,
+                 epoch, steps, started, progress, bar) -> float:
+    model.train()
+    total, seen = 0.0, 0
+    for step, index in enumerate(_batches(len(data), config.batch_size, generator), start=1):
+        images = random_crop_flip(data.images[index], config.crop_size, generator)
+        images = normalize(images.to(device, non_blocking=True), mean, IMAGENET_STD)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits_a, logits_e = model(images)
+        loss = two_task_loss(logits_a, logits_e,
+                             data.targets["aesthetic"][index].to(device), data.targets["emotion"][index].to(device),
+                             data.masks["aesthetic"][index].to(device), data.masks["emotion"][index].to(device),
+                             lam=config.lam, weights=data.weights[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        optimizer.step()
+        scheduler.step()
+        value = float(loss.total.detach())
+        total, seen = total + value * len(index), seen + len(index)
+        if bar is not None:
+            bar.set_description(f"epoch {epoch}/{config.epochs}")
+            bar.set_postfix(loss=f"{value:.4f}")
+            bar.update(1)
+        if progress:
+            done = (epoch - 1) * steps + step
+            elapsed = time.monotonic() - started
+            progress({"stage": "training", "epoch": epoch, "epochs": config.epochs, "step": step,
+                      "steps": steps, "loss": value, "lr": optimizer.param_groups[0]["lr"],
+                      "eta_s": elapsed / done * (steps * config.epochs - done)})
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def evaluate(model, data: TrainingData, mean, config: TrainConfig, device, use_bf16, batch_size: int = 32):
+    """Held-out metrics per task (images prepared as at inference) and the held-out loss."""
+    model.eval()
+    probs = {task: [] for task in TASKS}
+    losses, weights = [], []
+    for start in range(0, len(data), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(data)))
+        images = eval_view(data.images[index], config.crop_size, config.center_crop_eval)
+        images = normalize(images.to(device), mean, IMAGENET_STD)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits_a, logits_e = model(images)
+        loss = two_task_loss(logits_a, logits_e,
+                             data.targets["aesthetic"][index].to(device), data.targets["emotion"][index].to(device),
+                             data.masks["aesthetic"][index].to(device), data.masks["emotion"][index].to(device),
+                             lam=config.lam)
+        losses.append(float(loss.total) * len(index))
+        weights.append(len(index))
+        for task, logits in zip(TASKS, (logits_a, logits_e)):
+            probs[task].append(torch.softmax(logits.float(), dim=1).cpu())
+    metrics = {task: task_metrics(torch.cat(probs[task]), data.targets[task], data.masks[task]) for task in TASKS}
+    return metrics, sum(losses) / max(sum(weights), 1)
+
+
+def eval_view(images: torch.Tensor, crop: int, center_crop: bool) -> torch.Tensor:
+    """uint8 training-size images as inference sees them: resized to `crop` (the patent) or
+    centre-cropped."""
+    if center_crop:
+        offset = (images.shape[-1] - crop) // 2
+        return images[..., offset:offset + crop, offset:offset + crop]
+    resized = F.interpolate(images.float(), size=(crop, crop), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def _summary(metrics: dict) -> dict:
+    return {task: None if m is None else {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4)}
+            for task, m in metrics.items()}
