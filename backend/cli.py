@@ -100,6 +100,12 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.workdir), epochs=args.epochs)
 
 
+def cmd_serve(args) -> int:
+    from .serve import serve
+    serve(args.host, args.port, args.workers, args.threads)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aesemo", description="Aesthetic and emotion suggestions for Label Studio")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -143,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="a version's metadata as JSON")
     p.add_argument("version", type=Path)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("serve", help="run the Label Studio ML backend under gunicorn")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=9090)
+    p.add_argument("--workers", type=int, default=1, help="processes; each holds its own copy of the models")
+    p.add_argument("--threads", type=int, default=4, help="threads per process, sharing its models")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train on generated images and print predictions")
     p.add_argument("--workdir", default="aesemo-data/demo")

@@ -1,0 +1,99 @@
+"""The Flask app factory: thin handlers around `service.Backend`."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from flask import Flask, Response, g, jsonify, request
+
+from .auth import basic_auth_ok
+from .errors import RequestError
+from .metrics import LATENCY, REQUESTS, render
+from .redis_store import connect
+from .service import Backend
+from .settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
+    settings = settings or load_settings()
+    backend = backend or Backend(settings, connect(settings))
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["aesemo"] = backend
+
+    @app.before_request
+    def start():
+        g.started = time.perf_counter()
+        if settings.basic_auth_user and not basic_auth_ok(request.headers.get("Authorization"),
+                                                          settings.basic_auth_user, settings.basic_auth_pass or ""):
+            return Response(json.dumps({"error": "wrong or missing Basic credentials"}), status=401,
+                            mimetype="application/json", headers={"WWW-Authenticate": 'Basic realm="aesemo"'})
+
+    @app.after_request
+    def measure(response):
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        LATENCY.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+    @app.errorhandler(RequestError)
+    def request_error(exc: RequestError):
+        body = {"error": str(exc)}
+        if exc.details:
+            body["errors"] = exc.details
+        return jsonify(body), exc.status
+
+    @app.errorhandler(413)
+    def too_large(_):
+        return jsonify({"error": f"body over {MAX_BODY_BYTES} bytes"}), 413
+
+    @app.errorhandler(404)
+    def not_found(_):
+        return jsonify({"error": f"no endpoint {request.method} {request.path}"}), 404
+
+    @app.errorhandler(405)
+    def wrong_method(_):
+        return jsonify({"error": f"{request.method} is not allowed on {request.path}"}), 405
+
+    @app.get("/health")
+    @app.get("/")
+    def health():
+        return jsonify(backend.health())
+
+    @app.post("/setup")
+    def setup():
+        return jsonify(backend.setup(json_body()))
+
+    @app.post("/predict")
+    def predict():
+        return jsonify(backend.predict(json_body()))
+
+    @app.post("/webhook")
+    def webhook():
+        return jsonify(backend.webhook(json_body()))
+
+    @app.get("/versions")
+    def versions():
+        return jsonify(backend.versions())
+
+    @app.get("/metrics")
+    def metrics():
+        data, content_type = render()
+        return Response(data, mimetype=content_type.split(";")[0])
+
+    return app
+
+
+def json_body():
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise RequestError("empty body; expected JSON")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"body is not valid JSON ({exc})") from None

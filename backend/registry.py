@@ -1,0 +1,91 @@
+"""Model versions: the base version a project starts from, and each project's current one.
+
+Folders live under the data directory:
+    base/<name>/                      one per backbone, init and class lists
+    projects/<id>/versions/<name>/    trained versions of a project
+The pointer to a project's current version is a Redis key, so every process sees the same one.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from model.classes import DEFAULT_CLASSES
+from model.network import NetConfig
+from model.pipeline import init_version
+from model.pretrained import default_pretrained_path
+from model.version import META_FILE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    name: str
+    folder: Path
+
+
+def _classes_digest(classes: dict) -> str:
+    text = json.dumps({k: list(v) for k, v in sorted(classes.items())})
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def base_version_name(settings, classes: dict) -> str:
+    """Cheap (a stat, no model): `/setup` answers with it before any model exists."""
+    pretrained = Path(settings.pretrained_path) if settings.pretrained_path else default_pretrained_path(settings.backbone)
+    init = "imagenet" if pretrained.is_file() else "random"
+    name = f"base-{settings.backbone}-{init}"
+    default = {k: tuple(v) for k, v in DEFAULT_CLASSES.items()}
+    if {k: tuple(v) for k, v in classes.items()} != default:
+        name += "-" + _classes_digest(classes)
+    return name
+
+
+def ensure_base_version(settings, classes: dict) -> VersionRef:
+    """The base version folder, written once (under a file lock shared by all processes)."""
+    name = base_version_name(settings, classes)
+    folder = Path(settings.data_dir) / "base" / name
+    if (folder / META_FILE).is_file():
+        return VersionRef(name, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / META_FILE).is_file():
+            log.info("writing base version %s", name)
+            config = NetConfig(backbone=settings.backbone, aesthetic_classes=tuple(classes["aesthetic"]),
+                               emotion_classes=tuple(classes["emotion"]))
+            init_version(folder, config, settings.pretrained_path)
+    return VersionRef(name, folder)
+
+
+def project_versions_dir(settings, project: str) -> Path:
+    return Path(settings.data_dir) / "projects" / project / "versions"
+
+
+def current_version_name(client: redis.Redis, project: str) -> str | None:
+    return client.get(f"aesemo:project:{project}:current")
+
+
+def set_current_version(client: redis.Redis, project: str, name: str) -> None:
+    client.set(f"aesemo:project:{project}:current", name)
+
+
+def resolve_current(client: redis.Redis, settings, project: str, classes: dict) -> VersionRef:
+    """The project's current trained version, or the base version for its class lists."""
+    name = current_version_name(client, project)
+    if name:
+        return VersionRef(name, project_versions_dir(settings, project) / name)
+    return ensure_base_version(settings, classes)
+
+
+def all_version_names(settings) -> list[str]:
+    data = Path(settings.data_dir)
+    names = [p.parent.name for p in sorted((data / "base").glob(f"*/{META_FILE}"))]
+    names += [p.parent.name for p in sorted((data / "projects").glob(f"*/versions/*/{META_FILE}"))]
+    return names

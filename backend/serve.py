@@ -1,0 +1,56 @@
+"""`aesemo serve`: the app under gunicorn (threads share one model per worker process)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from gunicorn.app.base import BaseApplication
+
+from .redis_store import redis_url
+from .settings import load_settings
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, options: dict):
+        self.options = options
+        super().__init__()
+
+    def load_config(self):
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from .app import create_app
+        return create_app()
+
+
+def _child_exit(server, worker):
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120) -> None:
+    settings = load_settings()
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    # Every worker writes its metrics here so /metrics adds them up; it must be set before
+    # any worker imports prometheus_client, and emptied so old runs' numbers do not linger.
+    metrics_dir = Path(settings.data_dir) / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # start the embedded Redis once here rather than racing in every worker
+    os.environ["REDIS_URL"] = redis_url(settings)
+    _Gunicorn({
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        # /predict of a large body on a CPU can take a while; Label Studio waits 100 s
+        "timeout": timeout_s,
+        "graceful_timeout": 30,
+        "accesslog": "-",
+        # the access log shows paths only: no query strings, headers or bodies (tokens)
+        "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
+        "child_exit": _child_exit,
+    }).run()

@@ -1,0 +1,90 @@
+"""`/webhook`: check a Label Studio event and record it for the workers; never train inline.
+
+Label Studio waits 1 s for the answer, never retries, and blocks the annotator's save
+meanwhile, so this does one Redis write. What is recorded leaves out the project object (it
+carries the project token) and keeps what later steps need: ids, annotation results, authors.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from .errors import RequestError
+from .projects import project_id
+
+EVENTS_STREAM = "aesemo:events"
+
+# action -> the body keys it must carry (protocol document, section 6)
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "ANNOTATION_CREATED": ("annotation", "task", "project"),
+    "ANNOTATION_UPDATED": ("annotation", "task", "project"),
+    "ANNOTATIONS_CREATED": ("annotation", "project"),
+    "ANNOTATIONS_DELETED": ("annotations", "project"),
+    "TASKS_CREATED": ("tasks", "project"),
+    "TASKS_DELETED": ("tasks", "project"),
+    "PROJECT_UPDATED": ("project",),
+    "START_TRAINING": ("project",),
+    "LABEL_LINK_CREATED": ("project",),
+    "LABEL_LINK_UPDATED": ("project",),
+    "LABEL_LINK_DELETED": ("project",),
+}
+
+_ANNOTATION_KEYS = ("id", "result", "completed_by", "was_cancelled", "ground_truth", "task",
+                    "created_at", "updated_at", "lead_time")
+
+
+def parse_event(body) -> dict:
+    """The event to record, or RequestError naming what is wrong."""
+    if not isinstance(body, dict):
+        raise RequestError("webhook body must be a JSON object")
+    action = body.get("action")
+    if action not in ACTIONS:
+        raise RequestError(f"unknown webhook action {action!r}; known: {', '.join(sorted(ACTIONS))}")
+    missing = [key for key in ACTIONS[action] if key not in body]
+    if missing:
+        raise RequestError(f"{action} event without {', '.join(missing)}")
+    event = {"action": action, "project": project_id(body["project"]), "received_at": time.time()}
+    if "annotation" in body:
+        event["annotation"] = _annotation(action, body["annotation"])
+    if "task" in body:
+        event["task"] = _task(action, body["task"])
+    if "annotations" in body:
+        event["annotations"] = _ids(action, "annotations", body["annotations"])
+    if "tasks" in body:
+        event["tasks"] = _tasks(action, body["tasks"])
+    return event
+
+
+def _annotation(action: str, annotation) -> dict:
+    if isinstance(annotation, list):  # ANNOTATIONS_CREATED may carry several
+        return [_annotation(action, a) for a in annotation]
+    if not isinstance(annotation, dict) or not isinstance(annotation.get("id"), int):
+        raise RequestError(f"{action}: \"annotation\" must be an object with an integer id")
+    if not isinstance(annotation.get("result", []), list):
+        raise RequestError(f"{action}: annotation {annotation['id']} has a result that is not a list")
+    return {key: annotation.get(key) for key in _ANNOTATION_KEYS if key in annotation}
+
+
+def _task(action: str, task) -> dict:
+    if not isinstance(task, dict) or not isinstance(task.get("id"), int):
+        raise RequestError(f"{action}: \"task\" must be an object with an integer id")
+    return {"id": task["id"], "data": task.get("data")}
+
+
+def _ids(action: str, key: str, items) -> list[int]:
+    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("id"), int) for i in items):
+        raise RequestError(f"{action}: \"{key}\" must be a list of objects with integer ids")
+    return [i["id"] for i in items]
+
+
+def _tasks(action: str, tasks) -> list[dict]:
+    if not isinstance(tasks, list):
+        raise RequestError(f"{action}: \"tasks\" must be a list")
+    return [_task(action, t) for t in tasks]
+
+
+def record_event(client: redis.Redis, event: dict) -> str:
+    """Append to the events stream (consumed by the consensus step); returns the entry id."""
+    return client.xadd(EVENTS_STREAM, {"event": json.dumps(event, separators=(",", ":"))})

@@ -1,0 +1,241 @@
+"""ImageNet initialisation from a local torchvision file (method.md, "Training": every layer but
+each branch's last FC layer and the cross-branch layers comes from ImageNet VGG16).
+
+The "ImageNet" file here is a fake: torchvision's VGG16 state dict filled with seeded random
+numbers, in torchvision's cache layout under a temporary TORCH_HOME.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from torchvision import models
+
+from model.errors import AesemoError
+from model.network import CrossBranchNet, NetConfig
+from model.pipeline import init_version
+from model.pretrained import default_pretrained_path, load_pretrained
+
+VGG16_FILE = "vgg16-397923af.pth"
+RESNET18_FILE = "resnet18-f37072d3.pth"
+
+
+def fake_state_dict(build, seed: int) -> dict[str, torch.Tensor]:
+    """The keys and shapes of a torchvision model's state dict, with seeded random values."""
+    with torch.device("meta"):
+        shapes = {k: (v.shape, v.dtype) for k, v in build().state_dict().items()}
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, (shape, dtype) in shapes.items():
+        if dtype.is_floating_point:
+            out[key] = torch.randn(shape, generator=generator, dtype=dtype)
+        else:
+            out[key] = torch.randint(0, 100, shape, generator=generator, dtype=dtype)
+    return out
+
+
+def checkpoints(torch_home):
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def vgg16_loaded(tmp_path_factory):
+    """A real two-branch VGG16 after load_pretrained from the default (TORCH_HOME) location."""
+    torch_home = tmp_path_factory.mktemp("torch_home")
+    source = fake_state_dict(lambda: models.vgg16(weights=None), seed=11)
+    torch.save(source, checkpoints(torch_home) / VGG16_FILE)
+    torch.manual_seed(0)
+    model = CrossBranchNet(NetConfig(backbone="vgg16", cross_init="random"))
+    before = {"fc3_a": snapshot(model.branch_a.head.fc3), "fc3_e": snapshot(model.branch_e.head.fc3),
+              "cross": snapshot(model.cross)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(torch_home))
+        assert default_pretrained_path("vgg16") == torch_home / "hub" / "checkpoints" / VGG16_FILE
+        init = load_pretrained(model)
+    return model, source, before, init, torch_home
+
+
+VGG16_CONV_INDICES = {0: 0, 2: 0, 5: 1, 7: 1, 10: 2, 12: 2, 14: 2, 17: 3, 19: 3, 21: 3, 24: 4, 26: 4, 28: 4}
+
+
+def test_vgg16_init_string(vgg16_loaded):
+    _, _, _, init, _ = vgg16_loaded
+    assert init.startswith("imagenet:")
+    assert init == f"imagenet:{VGG16_FILE}"
+
+
+@pytest.mark.parametrize("branch", ["branch_a", "branch_e"])
+def test_vgg16_every_conv_layer_comes_from_the_file(vgg16_loaded, branch):
+    model, source, _, _, _ = vgg16_loaded
+    state = model.state_dict()
+    assert len(VGG16_CONV_INDICES) == 13
+    for index, group in VGG16_CONV_INDICES.items():
+        for param in ("weight", "bias"):
+            ours = state[f"{branch}.groups.{group}.{index}.{param}"]
+            assert torch.equal(ours, source[f"features.{index}.{param}"]), (branch, index, param)
+
+
+@pytest.mark.parametrize("branch", ["branch_a", "branch_e"])
+def test_vgg16_fc1_and_fc2_come_from_the_file(vgg16_loaded, branch):
+    model, source, _, _, _ = vgg16_loaded
+    head = getattr(model, branch).head
+    assert torch.equal(head.fc1.weight, source["classifier.0.weight"])
+    assert torch.equal(head.fc1.bias, source["classifier.0.bias"])
+    assert torch.equal(head.fc2.weight, source["classifier.3.weight"])
+    assert torch.equal(head.fc2.bias, source["classifier.3.bias"])
+
+
+def test_vgg16_last_fc_and_cross_layers_are_not_from_the_file(vgg16_loaded):
+    model, source, before, _, _ = vgg16_loaded
+    # untouched by the load ...
+    for name, module in (("fc3_a", model.branch_a.head.fc3), ("fc3_e", model.branch_e.head.fc3),
+                         ("cross", model.cross)):
+        after = module.state_dict()
+        assert after.keys() == before[name].keys()
+        for key, value in before[name].items():
+            assert torch.equal(after[key], value), (name, key)
+    # ... and nothing like ImageNet's 1000-way layer
+    fc3 = model.branch_a.head.fc3.weight
+    assert fc3.shape == (2, 4096)
+    assert not torch.equal(fc3, source["classifier.6.weight"][:2])
+    # the random init really is random, not a copy of anything in the file
+    sources = {tuple(v.shape): v for v in source.values()}
+    for layer in model.cross:
+        w = layer.to_a.weight
+        assert tuple(w.shape) not in sources or not torch.equal(w, sources[tuple(w.shape)])
+        assert float(w.std()) > 0
+
+
+def test_vgg16_branches_hold_equal_but_separate_tensors(vgg16_loaded):
+    model, _, _, _, _ = vgg16_loaded
+    a = model.branch_a.groups[0][0].weight
+    e = model.branch_e.groups[0][0].weight
+    assert torch.equal(a, e)
+    assert a.data_ptr() != e.data_ptr()     # training one branch must not move the other
+
+
+def test_vgg16_file_into_a_model_of_other_shape_is_an_error(vgg16_loaded):
+    """vgg16 weights cannot fill fc1 of a narrower head: refused, not half-loaded."""
+    _, _, _, _, torch_home = vgg16_loaded
+    with torch.device("meta"):
+        narrow = CrossBranchNet(NetConfig(backbone="vgg16", fc_width=256))
+    with pytest.raises(AesemoError, match="does not fit backbone vgg16"):
+        load_pretrained(narrow, checkpoints(torch_home) / VGG16_FILE)
+
+
+def test_vgg16_file_for_resnet18_is_an_error(vgg16_loaded):
+    _, _, _, _, torch_home = vgg16_loaded
+    model = CrossBranchNet(NetConfig(backbone="resnet18", fc_width=16))
+    with pytest.raises(AesemoError, match="resnet18"):
+        load_pretrained(model, checkpoints(torch_home) / VGG16_FILE)
+
+
+# --- other backbones and files ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    torch_home = tmp_path_factory.mktemp("torch_home_r18")
+    source = fake_state_dict(lambda: models.resnet18(weights=None), seed=5)
+    path = checkpoints(torch_home) / RESNET18_FILE
+    torch.save(source, path)
+    return torch_home, path, source
+
+
+def test_resnet18_conv_and_bn_statistics_loaded(resnet18_file, monkeypatch):
+    torch_home, _, source = resnet18_file
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    model = CrossBranchNet(NetConfig(backbone="resnet18", num_groups=3, fc_width=16))
+    fc3_before = model.branch_e.head.fc3.weight.detach().clone()
+    assert load_pretrained(model) == f"imagenet:{RESNET18_FILE}"
+    state = model.state_dict()
+    for branch in ("branch_a", "branch_e"):
+        assert torch.equal(state[f"{branch}.groups.0.conv1.weight"], source["conv1.weight"])
+        assert torch.equal(state[f"{branch}.groups.0.bn1.running_var"], source["bn1.running_var"])
+        assert torch.equal(state[f"{branch}.groups.1.layer2.0.downsample.0.weight"],
+                           source["layer2.0.downsample.0.weight"])
+        assert torch.equal(state[f"{branch}.groups.2.layer3.1.conv2.weight"], source["layer3.1.conv2.weight"])
+    assert not any(k.startswith("branch_a.groups.3") for k in state)     # num_groups = 3
+    assert torch.equal(model.branch_e.head.fc3.weight, fc3_before)
+
+
+def test_resnet18_file_for_vgg16_is_an_error(resnet18_file):
+    _, path, _ = resnet18_file
+    with torch.device("meta"):
+        model = CrossBranchNet(NetConfig(backbone="vgg16"))
+    with pytest.raises(AesemoError, match="vgg16"):
+        load_pretrained(model, path)
+
+
+def test_vgg16_bn_file_for_vgg16_is_an_error(tmp_path):
+    """Same family, different layer layout (BatchNorm after each conv): refused."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in models.vgg16_bn(weights=None).features.state_dict().items()}
+    source = {f"features.{k}": torch.zeros(s) for k, s in shapes.items()}
+    path = tmp_path / "vgg16_bn.pth"
+    torch.save(source, path)
+    with torch.device("meta"):
+        model = CrossBranchNet(NetConfig(backbone="vgg16"))
+    with pytest.raises(AesemoError, match="does not fit"):
+        load_pretrained(model, path)
+
+
+def test_missing_default_file_falls_back_to_random_with_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    model = CrossBranchNet(NetConfig(backbone="resnet18", num_groups=2, fc_width=16))
+    before = snapshot(model)
+    with caplog.at_level(logging.WARNING, logger="model.pretrained"):
+        assert load_pretrained(model) == "random"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("init: random" in r.getMessage() for r in warnings)
+    assert any(str(tmp_path) in r.getMessage() for r in warnings)   # says where it looked
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_explicit_missing_path_is_an_error(tmp_path):
+    model = CrossBranchNet(NetConfig(backbone="resnet18", num_groups=2, fc_width=16))
+    missing = tmp_path / "nowhere" / "vgg16.pth"
+    with pytest.raises(AesemoError, match="not found") as info:
+        load_pretrained(model, missing)
+    assert str(missing) in str(info.value)
+
+
+def test_unreadable_file_is_an_error(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    model = CrossBranchNet(NetConfig(backbone="resnet18", num_groups=2, fc_width=16))
+    with pytest.raises(AesemoError, match="cannot be read"):
+        load_pretrained(model, bad)
+
+
+# --- pipeline: the init recorded in a fresh version ---------------------------------------------
+
+def test_init_version_records_random_init_without_file(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
+    out = tmp_path / "v1"
+    with caplog.at_level(logging.WARNING):
+        meta = init_version(out, NetConfig(backbone="resnet18", num_groups=2, fc_width=16))
+    assert meta["init"] == "random"
+    assert meta["trained"] is False
+    on_disk = json.loads((out / "model.json").read_text())
+    assert on_disk["init"] == "random"
+    assert on_disk["architecture"]["backbone"] == "resnet18"
+    assert any("init: random" in r.getMessage() for r in caplog.records)
+
+
+def test_init_version_records_imagenet_init_with_file(resnet18_file, tmp_path, monkeypatch):
+    torch_home, _, _ = resnet18_file
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    meta = init_version(tmp_path / "v1", NetConfig(backbone="resnet18", num_groups=2, fc_width=16))
+    assert meta["init"] == f"imagenet:{RESNET18_FILE}"
+    switched_off = init_version(tmp_path / "v2", NetConfig(backbone="resnet18", num_groups=2, fc_width=16),
+                                use_pretrained=False)
+    assert switched_off["init"] == "random"
