@@ -81,6 +81,26 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     def versions():
         return jsonify(backend.versions())
 
+    @app.get("/projects/<int:project>/consensus")
+    def consensus(project):
+        return jsonify(backend.consensus_summary(str(project)))
+
+    @app.get("/projects/<int:project>/consensus/tasks")
+    def consensus_tasks(project):
+        return jsonify(backend.consensus_tasks(str(project), request.args.get("state", "disputed")))
+
+    @app.put("/projects/<int:project>/consensus/policy")
+    def consensus_policy(project):
+        return jsonify(backend.set_policy(str(project), json_body()))
+
+    @app.post("/projects/<int:project>/resync")
+    def resync(project):
+        return jsonify(backend.resync(str(project)))
+
+    @app.post("/projects/<int:project>/snapshot")
+    def snapshot(project):
+        return jsonify(backend.snapshot(str(project)))
+
     @app.get("/metrics")
     def metrics():
         data, content_type = render()

@@ -53,4 +53,6 @@ def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120
         # the access log shows paths only: no query strings, headers or bodies (tokens)
         "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
         "child_exit": _child_exit,
+        # one control socket per data directory, so two backends on one host never share one
+        "control_socket": str(Path(settings.data_dir).resolve() / "gunicorn.ctl"),
     }).run()

@@ -13,9 +13,12 @@ from .label_config import LabelConfigError, ProjectLabels, parse_label_config
 from .metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
 from .model_holder import ModelHolder
 from .predict import predict_tasks
+from .project_consensus import ProjectConsensus
 from .projects import ProjectStore, project_id
 from .registry import all_version_names, base_version_name, current_version_name, resolve_current
+from .resync import resync
 from .settings import Settings
+from .training_requests import request_training
 from .webhooks import parse_event, record_event
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ class Backend:
         self.models = ModelHolder(settings.max_image_pixels)
         self.fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="image-fetch")
+        self.consensus = ProjectConsensus(client, settings)
 
     def health(self) -> dict:
         return {"status": "UP", "model_class": MODEL_CLASS}
@@ -94,7 +98,62 @@ class Backend:
         event = parse_event(body)
         record_event(self.redis, event)
         WEBHOOK_EVENTS.labels(event["action"]).inc()
-        return {"status": "ok", "action": event["action"]}
+        return {"status": "ok", "action": event["action"], **self._act_on(event, body)}
+
+    def _act_on(self, event: dict, body: dict) -> dict:
+        """Votes from annotation events; a training request from START_TRAINING."""
+        action, project = event["action"], event["project"]
+        if action == "START_TRAINING":
+            return {"training": request_training(self.redis, project, "START_TRAINING")}
+        if action == "TASKS_DELETED":
+            return {"votes_removed": self.consensus.votes.delete_tasks(project, [t["id"] for t in event["tasks"]])}
+        if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
+                          "ANNOTATIONS_DELETED", "PROJECT_UPDATED"):
+            return {}
+        labels = self.project_labels(project, body.get("project"))
+        if action == "PROJECT_UPDATED":
+            return {}
+        if action == "ANNOTATIONS_DELETED":
+            return {"deleted": self.consensus.delete_annotations(project, labels, event["annotations"])}
+        annotations = body["annotation"] if isinstance(body["annotation"], list) else [body["annotation"]]
+        return {"votes": [self.consensus.apply_annotation(project, labels, a, body.get("task")) for a in annotations]}
+
+    def project_labels(self, project: str, project_object=None) -> ProjectLabels:
+        """The project's label config: what /setup stored, or what a webhook body carries (Label
+        Studio sends the whole project, label_config included), which is then remembered."""
+        sent = project_object.get("label_config") if isinstance(project_object, dict) else None
+        stored = self.projects.get(project).label_config
+        if sent and sent != stored:
+            labels = self.labels(sent)
+            self.projects.remember(project, sent, None, None)
+            return labels
+        if not stored:
+            raise RequestError(f"unknown project {project}: no label config yet; connect the backend to the "
+                               "project in Label Studio (it calls /setup) or resync it", status=404)
+        return self.labels(stored)
+
+    # -- admin
+    def consensus_summary(self, project: str) -> dict:
+        return self.consensus.summary(project, self.project_labels(project))
+
+    def consensus_tasks(self, project: str, state: str) -> dict:
+        return {"project": project, "state": state,
+                "tasks": self.consensus.tasks_in_state(project, self.project_labels(project), state)}
+
+    def set_policy(self, project: str, body) -> dict:
+        self.project_labels(project)
+        return {"project": project, "policy": self.consensus.set_policy(project, body).to_dict()}
+
+    def resync(self, project: str) -> dict:
+        labels = self.project_labels(project)
+        context = self.projects.get(project)
+        return resync(self.consensus, project, labels, self.settings.label_studio_url or context.hostname,
+                      self.settings.label_studio_api_key or context.access_token)
+
+    def snapshot(self, project: str) -> dict:
+        labels = self.project_labels(project)
+        synced = self.resync(project) if self.settings.resync_before_snapshot else None
+        return {**self.consensus.snapshot(project, labels), "resync": synced}
 
     def versions(self) -> dict:
         return {"versions": all_version_names(self.settings)}

@@ -57,6 +57,11 @@ class Settings:
     allowed_image_hosts: tuple[str, ...] = ()
     predict_chunk_size: int = 16
     max_tasks_per_request: int = 10_000
+    consensus_method: str = "majority"
+    consensus_min_annotators: int = 3
+    consensus_min_agreement: float = 0.5
+    auto_train_threshold: int = 0
+    resync_before_snapshot: bool = True
 
 
 def load_settings() -> Settings:
@@ -78,4 +83,9 @@ def load_settings() -> Settings:
         allowed_image_hosts=_env_list("AESEMO_ALLOWED_IMAGE_HOSTS"),
         predict_chunk_size=_env_int("AESEMO_PREDICT_CHUNK", 16),
         max_tasks_per_request=_env_int("AESEMO_MAX_TASKS", 10_000),
+        consensus_method=_env("AESEMO_CONSENSUS_METHOD", "majority"),
+        consensus_min_annotators=_env_int("AESEMO_CONSENSUS_MIN_ANNOTATORS", 3),
+        consensus_min_agreement=_env_float("AESEMO_CONSENSUS_MIN_AGREEMENT", 0.5),
+        auto_train_threshold=_env_int("AESEMO_AUTO_TRAIN_THRESHOLD", 0),
+        resync_before_snapshot=_env("AESEMO_RESYNC_BEFORE_SNAPSHOT", "true").lower() in ("1", "true", "yes"),
     )

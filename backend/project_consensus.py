@@ -1,0 +1,132 @@
+"""Consensus of one project: its policy, votes in from events, summaries, and snapshots of the
+training set."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import redis
+
+from .consensus import STATES, Policy, TaskConsensus, compute, summary
+from .errors import RequestError
+from .label_config import ProjectLabels
+from .training_requests import count_new_labels, reset_new_labels
+from .votes import DIMENSIONS, Vote, VoteStore, key, vote_from_annotation
+
+
+def policy_key(project: str) -> str:
+    return key(project, "policy")
+
+
+class ProjectConsensus:
+    def __init__(self, client: redis.Redis, settings):
+        self.redis = client
+        self.settings = settings
+        self.votes = VoteStore(client)
+
+    # -- policy
+    def policy(self, project: str) -> Policy:
+        stored = self.redis.get(policy_key(project))
+        base = {"min_annotators": self.settings.consensus_min_annotators,
+                "min_agreement": self.settings.consensus_min_agreement,
+                "method": self.settings.consensus_method}
+        return Policy(**{**base, **(json.loads(stored) if stored else {})})
+
+    def set_policy(self, project: str, changes: dict) -> Policy:
+        if not isinstance(changes, dict):
+            raise RequestError("policy must be a JSON object")
+        unknown = set(changes) - set(Policy.__dataclass_fields__)
+        if unknown:
+            raise RequestError(f"unknown policy fields {sorted(unknown)}; known: {sorted(Policy.__dataclass_fields__)}")
+        try:
+            policy = Policy(**{**self.policy(project).to_dict(), **changes})
+        except (TypeError, ValueError) as exc:
+            raise RequestError(f"bad policy: {exc}") from None
+        self.redis.set(policy_key(project), json.dumps(policy.to_dict()))
+        return policy
+
+    # -- events
+    def apply_annotation(self, project: str, labels: ProjectLabels, annotation: dict, task: dict | None) -> str:
+        task_id = task.get("id") if isinstance(task, dict) else None
+        vote = vote_from_annotation(annotation, task_id, labels)
+        image = ((task or {}).get("data") or {}).get(labels.image_key)
+        before = self._agreed_dimensions(project, labels, vote.task)
+        outcome = self.votes.apply(project, vote, image if isinstance(image, str) else None)
+        if outcome in ("added", "changed"):
+            self._count_agreed(project, labels, vote.task, before)
+        return outcome
+
+    def delete_annotations(self, project: str, labels: ProjectLabels | None, ids: list[int]) -> int:
+        seen = 0
+        for annotation in ids:
+            task = None
+            if labels is not None:
+                stored = self.redis.hget(key(project, "votes"), annotation)
+                task = Vote.from_record(stored).task if stored else None
+            before = self._agreed_dimensions(project, labels, task) if task is not None else set()
+            if self.votes.delete(project, annotation) is not None:
+                seen += 1
+            if task is not None:
+                self._count_agreed(project, labels, task, before)
+        return seen
+
+    def _agreed_dimensions(self, project: str, labels: ProjectLabels, task: int) -> set[str]:
+        votes = self.votes.task_votes(project, task)
+        # per event, only this task's votes are at hand: judge it by majority vote
+        result = compute(votes, _classes(labels), replace(self.policy(project), method="majority"))
+        return {d for d in DIMENSIONS if task in result[d] and result[d][task].state == "agreed"}
+
+    def _count_agreed(self, project: str, labels: ProjectLabels, task: int, before: set[str]) -> None:
+        after = self._agreed_dimensions(project, labels, task)
+        count_new_labels(self.redis, project, len(after - before), self.settings.auto_train_threshold)
+
+    # -- reading
+    def consensus(self, project: str, labels: ProjectLabels) -> dict[str, dict[int, TaskConsensus]]:
+        votes = self.votes.all_votes(project)
+        return compute(votes, _classes(labels), self.policy(project), tasks=list(self.votes.image_urls(project)))
+
+    def summary(self, project: str, labels: ProjectLabels) -> dict:
+        result = self.consensus(project, labels)
+        return {"project": project, "policy": self.policy(project).to_dict(),
+                **summary(result, _classes(labels))}
+
+    def tasks_in_state(self, project: str, labels: ProjectLabels, state: str) -> list[dict]:
+        if state not in STATES:
+            raise RequestError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+        result = self.consensus(project, labels)
+        tasks = sorted({t for d in DIMENSIONS for t, c in result[d].items() if c.state == state})
+        return [{"task": t, **{d: result[d][t].to_dict() for d in DIMENSIONS}} for t in tasks]
+
+    # -- the training set
+    def snapshot(self, project: str, labels: ProjectLabels) -> dict:
+        """Writes the agreed labels as an immutable manifest; returns its id, hash and path.
+        Image entries are the tasks' URLs (the training job downloads them into its cache)."""
+        result = self.consensus(project, labels)
+        images = self.votes.image_urls(project)
+        rows = []
+        for task in sorted({t for d in DIMENSIONS for t, c in result[d].items() if c.state == "agreed"}):
+            row = {"task": task, "image": images.get(task)}
+            for d in DIMENSIONS:
+                c = result[d].get(task)
+                row[d] = c.soft if c is not None and c.state == "agreed" else None
+            if row["image"]:
+                rows.append(row)
+        header = {"classes": _classes(labels), "project": project, "policy": self.policy(project).to_dict()}
+        text = "\n".join(json.dumps(r, sort_keys=True) for r in [header] + rows) + "\n"
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        folder = Path(self.settings.data_dir) / "projects" / project / "snapshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{digest[:16]}.jsonl"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        reset_new_labels(self.redis, project)
+        return {"id": digest[:16], "sha256": digest, "path": str(path), "rows": len(rows)}
+
+
+def _classes(labels: ProjectLabels) -> dict[str, tuple[str, ...]]:
+    return {"aesthetic": labels.aesthetic_classes, "emotion": labels.emotion_classes}

@@ -1,0 +1,201 @@
+"""Annotation events -> vote records in Redis, one per annotation id.
+
+Per project p:
+    aesemo:p:{p}:votes          hash  annotation id -> vote record (JSON, sorted keys)
+    aesemo:p:{p}:vote_times     hash  annotation id -> updated_at (ISO 8601, compares as text)
+    aesemo:p:{p}:task:{t}       set   annotation ids of task t
+    aesemo:p:{p}:tombstones     set   deleted annotation ids (a late create must not revive them)
+    aesemo:p:{p}:deleted_tasks  set   deleted task ids (their votes are gone, late events ignored)
+    aesemo:p:{p}:images         hash  task id -> image URL (for the training snapshot)
+
+A record replaces the stored one only if its `updated_at` is not older, inside one Lua script,
+so repeated events change nothing and reordered events end where the ordered stream ends.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from .errors import RequestError
+from .label_config import ProjectLabels
+
+log = logging.getLogger(__name__)
+
+DIMENSIONS = ("aesthetic", "emotion")
+
+_APPLY = """
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 'deleted' end
+if redis.call('SISMEMBER', KEYS[5], ARGV[4]) == 1 then return 'task_deleted' end
+local current = redis.call('HGET', KEYS[2], ARGV[1])
+if current and current > ARGV[2] then return 'stale' end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old == ARGV[3] then return 'same' end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[1])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[6], ARGV[4], ARGV[5]) end
+if old then return 'changed' end
+return 'added'
+"""
+
+_DELETE = """
+redis.call('SADD', KEYS[3], ARGV[1])
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return false end
+local task = cjson.decode(old)['task']
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('SREM', ARGV[2] .. task, ARGV[1])
+return tostring(task)
+"""
+
+
+def key(project: str, name: str) -> str:
+    return f"aesemo:p:{project}:{name}"
+
+
+@dataclass(frozen=True)
+class Vote:
+    annotation: int
+    task: int
+    annotator: int
+    updated_at: str
+    labels: dict            # dimension -> class name, or None when the annotation has none
+    ground_truth: bool = False
+    cancelled: bool = False
+    problems: tuple = ()    # choices that are not in the label config, kept for the admin
+
+    def record(self) -> str:
+        return json.dumps({"annotation": self.annotation, "task": self.task, "annotator": self.annotator,
+                           "updated_at": self.updated_at, "labels": self.labels,
+                           "ground_truth": self.ground_truth, "cancelled": self.cancelled,
+                           "problems": list(self.problems)}, sort_keys=True, separators=(",", ":"))
+
+    @staticmethod
+    def from_record(text: str) -> "Vote":
+        data = json.loads(text)
+        data["problems"] = tuple(data.get("problems", ()))
+        return Vote(**data)
+
+    def is_vote(self) -> bool:
+        return not self.cancelled and any(v is not None for v in self.labels.values())
+
+
+def vote_from_annotation(annotation: dict, task_id, labels: ProjectLabels) -> Vote:
+    """RequestError when the annotation lacks what a vote needs (id, task, author, result)."""
+    if not isinstance(annotation, dict) or not isinstance(annotation.get("id"), int):
+        raise RequestError("annotation without an integer \"id\"")
+    where = f"annotation {annotation['id']}"
+    author = annotation.get("completed_by")
+    if isinstance(author, dict):  # exports nest the user object
+        author = author.get("id")
+    if not isinstance(author, int) or isinstance(author, bool):
+        raise RequestError(f"{where} has no \"completed_by\" user id")
+    task = task_id if task_id is not None else annotation.get("task")
+    if not isinstance(task, int) or isinstance(task, bool):
+        raise RequestError(f"{where} has no task id")
+    if "result" not in annotation or not isinstance(annotation["result"], list):
+        raise RequestError(f"{where} has no \"result\" list")
+    cancelled = bool(annotation.get("was_cancelled"))
+    chosen, problems = ({d: None for d in DIMENSIONS}, []) if cancelled else _choices(annotation["result"], labels)
+    for problem in problems:
+        log.warning("%s on task %s: %s", where, task, problem)
+    return Vote(annotation=annotation["id"], task=task, annotator=author,
+                updated_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+                labels=chosen, ground_truth=bool(annotation.get("ground_truth")), cancelled=cancelled,
+                problems=tuple(problems))
+
+
+def _choices(result: list, labels: ProjectLabels) -> tuple[dict, list[str]]:
+    controls = {labels.aesthetic_control: ("aesthetic", labels.aesthetic_classes),
+                labels.emotion_control: ("emotion", labels.emotion_classes)}
+    chosen, problems = {d: None for d in DIMENSIONS}, []
+    for region in result:
+        if not isinstance(region, dict) or region.get("from_name") not in controls:
+            continue
+        dimension, classes = controls[region["from_name"]]
+        values = (region.get("value") or {}).get("choices") or []
+        if len(values) != 1:
+            problems.append(f"{region['from_name']}: expected one choice, got {values!r}")
+        elif values[0] not in classes:
+            problems.append(f"{region['from_name']}: choice {values[0]!r} is not in the label config")
+        else:
+            chosen[dimension] = values[0]
+    return chosen, problems
+
+
+class VoteStore:
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._apply = client.register_script(_APPLY)
+        self._delete = client.register_script(_DELETE)
+
+    def apply(self, project: str, vote: Vote, image_url: str | None = None) -> str:
+        """'added', 'changed', 'same', 'stale', 'deleted' (tombstoned) or 'task_deleted'."""
+        keys = [key(project, "votes"), key(project, "vote_times"), key(project, "tombstones"),
+                key(project, f"task:{vote.task}"), key(project, "deleted_tasks"), key(project, "images")]
+        return self._apply(keys=keys, args=[vote.annotation, vote.updated_at, vote.record(), vote.task,
+                                            image_url or ""])
+
+    def delete(self, project: str, annotation_id: int) -> int | None:
+        """Removes the vote and remembers the id; returns its task, or None if never seen."""
+        task = self._delete(keys=[key(project, "votes"), key(project, "vote_times"), key(project, "tombstones")],
+                            args=[annotation_id, key(project, "task:")])
+        return int(task) if task is not None else None
+
+    def delete_tasks(self, project: str, task_ids: list[int]) -> int:
+        removed = 0
+        for task in task_ids:
+            annotations = self.redis.smembers(key(project, f"task:{task}"))
+            pipe = self.redis.pipeline()
+            pipe.sadd(key(project, "deleted_tasks"), task)
+            if annotations:
+                pipe.hdel(key(project, "votes"), *annotations)
+                pipe.hdel(key(project, "vote_times"), *annotations)
+            pipe.delete(key(project, f"task:{task}"))
+            pipe.hdel(key(project, "images"), task)
+            pipe.execute()
+            removed += len(annotations)
+        return removed
+
+    def task_votes(self, project: str, task: int) -> list[Vote]:
+        ids = self.redis.smembers(key(project, f"task:{task}"))
+        if not ids:
+            return []
+        return [Vote.from_record(r) for r in self.redis.hmget(key(project, "votes"), list(ids)) if r]
+
+    def all_votes(self, project: str) -> list[Vote]:
+        return [Vote.from_record(r) for r in self.redis.hvals(key(project, "votes"))]
+
+    def image_urls(self, project: str) -> dict[int, str]:
+        return {int(t): url for t, url in self.redis.hgetall(key(project, "images")).items()}
+
+    def replace_all(self, project: str, votes: list[Vote], images: dict[int, str]) -> dict:
+        """Make the stored votes exactly `votes` (a resync); returns added/changed/removed counts."""
+        current = {int(k): v for k, v in self.redis.hgetall(key(project, "votes")).items()}
+        wanted = {v.annotation: v for v in votes}
+        added = [a for a in wanted if a not in current]
+        changed = [a for a in wanted if a in current and current[a] != wanted[a].record()]
+        removed = [a for a in current if a not in wanted]
+        pipe = self.redis.pipeline()
+        for a in removed:
+            old = Vote.from_record(current[a])
+            pipe.hdel(key(project, "votes"), a)
+            pipe.hdel(key(project, "vote_times"), a)
+            pipe.srem(key(project, f"task:{old.task}"), a)
+        for a in added + changed:
+            vote = wanted[a]
+            pipe.hset(key(project, "votes"), a, vote.record())
+            pipe.hset(key(project, "vote_times"), a, vote.updated_at)
+            pipe.sadd(key(project, f"task:{vote.task}"), a)
+        # Label Studio's export is the truth: what it holds exists again
+        if wanted:
+            pipe.srem(key(project, "tombstones"), *wanted)
+            pipe.srem(key(project, "deleted_tasks"), *{v.task for v in votes})
+        if images:
+            pipe.hset(key(project, "images"), mapping={str(t): u for t, u in images.items()})
+        pipe.execute()
+        return {"added": len(added), "changed": len(changed), "removed": len(removed)}

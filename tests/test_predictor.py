@@ -1,0 +1,198 @@
+"""The Predictor (channels_last, fp32 or bf16) against a plain fp32 eval forward of the same
+version."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.network import CrossBranchNet, NetConfig
+from model.predictor import Predictor, cpu_has_native_bf16
+from model.transforms import inference_tensor, normalize
+from model.version import load_version, save_version
+
+# max abs difference of a class probability between the Predictor and the reference forward
+FP32_PROB_TOL = 1e-4
+BF16_PROB_TOL = 0.05
+
+CROP = 64
+TRAIN = 72
+CLASSES = {"aesthetic": ("low", "high"), "emotion": ("calm", "joy", "anger", "fear")}
+PIXEL_MEAN = [0.45, 0.5, 0.4]
+PIXEL_STD = [0.25, 0.25, 0.25]
+SPREAD = float(__import__('os').environ.get('SPREAD', '1.0'))
+
+
+def make_images(count=6) -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    images = []
+    for i in range(count):
+        base = rng.integers(0, 256, (3,))
+        noise = rng.normal(0, 40 + 10 * i, (50 + 7 * i, 90 - 5 * i, 3))
+        images.append(Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB"))
+    return images
+
+
+def reference(model: CrossBranchNet, images, center_crop=False) -> dict[str, torch.Tensor]:
+    batch = torch.stack([inference_tensor(im, CROP, center_crop, TRAIN) for im in images])
+    with torch.no_grad():
+        logits = model.eval()(normalize(batch, PIXEL_MEAN, PIXEL_STD))
+    return {task: torch.softmax(l, dim=1) for task, l in zip(("aesthetic", "emotion"), logits)}
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory):
+    torch.manual_seed(0)
+    model = CrossBranchNet(NetConfig(backbone="resnet18", num_groups=3, fc_width=32,
+                                     aesthetic_classes=CLASSES["aesthetic"],
+                                     emotion_classes=CLASSES["emotion"])).eval()
+    # An untrained network gives near-uniform probabilities that hardly depend on the image;
+    # rescale each last FC layer so that each class's logit has std 1 over the test images,
+    # which makes "same output" a real check rather than "everything is 1/C". (The scale also
+    # magnifies bf16 rounding, so the bf16 check is harder here than on a trained network.)
+    images = make_images()
+    batch = normalize(torch.stack([inference_tensor(im, CROP, False, TRAIN) for im in images]),
+                      PIXEL_MEAN, PIXEL_STD)
+    with torch.no_grad():
+        logits = model(batch)
+        for head, l in zip((model.branch_a.head.fc3, model.branch_e.head.fc3), logits):
+            # only differences between a sample's logits matter: centre them per sample, then
+            # give each class zero mean and std SPREAD over the images
+            centre = torch.eye(l.shape[1]) - 1.0 / l.shape[1]
+            head.weight.copy_(centre @ head.weight)
+            head.bias.copy_(centre @ head.bias)
+            l = l @ centre.T
+            scale = SPREAD / l.std(dim=0).clamp_min(1e-6)
+            head.weight.mul_(scale[:, None])
+            head.bias.sub_(l.mean(dim=0)).mul_(scale)
+    folder = tmp_path_factory.mktemp("predictor") / "v1"
+    save_version(folder, model, {"init": "random", "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
+                                 "crop_size": CROP, "train_size": TRAIN, "center_crop_eval": False})
+    loaded, _ = load_version(folder)
+    return folder, loaded, images
+
+
+@pytest.fixture(scope="module")
+def ref(version):
+    _, model, images = version
+    return reference(model, images)
+
+
+@pytest.fixture(scope="module")
+def fp32_predictor(version):
+    folder, _, _ = version
+    return Predictor(folder, device="cpu", precision="fp32")
+
+
+def max_diff(results, ref) -> float:
+    return max(float((torch.tensor([r[task] for r in results]) - ref[task]).abs().max()) for task in CLASSES)
+
+
+def test_reference_outputs_are_not_trivial(version, ref):
+    _, _, images = version
+    for task, probs in ref.items():
+        assert probs.shape == (len(images), len(CLASSES[task]))
+        # images differ from each other by far more than the bf16 tolerance ...
+        assert float((probs - probs.mean(0)).abs().max()) > 4 * BF16_PROB_TOL
+        # ... and not every image has the same winner
+        assert len(set(probs.argmax(1).tolist())) > 1
+
+
+def test_auto_precision_matches_fp32_reference(version, ref):
+    folder, _, images = version
+    predictor = Predictor(folder, device="cpu", precision="auto")
+    expected_dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert predictor.dtype == expected_dtype
+    tol = BF16_PROB_TOL if expected_dtype == torch.bfloat16 else FP32_PROB_TOL
+    assert predictor.crop_size == CROP and predictor.pixel_mean == tuple(PIXEL_MEAN)
+    assert predictor.pixel_std == tuple(PIXEL_STD)
+    results = predictor.predict_images(images, batch_size=4)     # two batches: 4 + 2
+    assert len(results) == len(images)
+    assert max_diff(results, ref) < tol
+
+
+def test_fp32_forced_matches_reference(version, ref, fp32_predictor):
+    _, _, images = version
+    assert fp32_predictor.dtype == torch.float32
+    assert next(fp32_predictor.model.parameters()).dtype == torch.float32
+    assert max_diff(fp32_predictor.predict_images(images), ref) < FP32_PROB_TOL
+
+
+def test_bf16_forced_matches_reference(version, ref):
+    folder, _, images = version
+    predictor = Predictor(folder, device="cpu", precision="bf16")
+    assert predictor.dtype == torch.bfloat16
+    assert next(predictor.model.parameters()).dtype == torch.bfloat16
+    results = predictor.predict_images(images)
+    assert all(isinstance(p, float) for r in results for p in r["emotion"])
+    print('BF16 DIFF', max_diff(results, ref), [float((p - p.mean(0)).abs().max()) for p in ref.values()])
+    assert max_diff(results, ref) < BF16_PROB_TOL
+    for task in CLASSES:
+        got = torch.tensor([r[task] for r in results])
+        # the most probable class agrees wherever the reference is not a near tie
+        top2 = ref[task].topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 2 * BF16_PROB_TOL
+        assert bool(clear.any())
+        assert torch.equal(got.argmax(1)[clear], ref[task].argmax(1)[clear])
+
+
+def test_probabilities_sum_to_one_in_class_order(version, ref, fp32_predictor):
+    _, _, images = version
+    predictor = fp32_predictor
+    assert predictor.classes == CLASSES
+    results = predictor.predict_images(images[:3])
+    for i, result in enumerate(results):
+        assert set(result) == {"aesthetic", "emotion"}
+        for task, names in CLASSES.items():
+            assert len(result[task]) == len(names)
+            assert sum(result[task]) == pytest.approx(1.0, abs=1e-5)
+            assert all(0.0 <= p <= 1.0 for p in result[task])
+            described = predictor.describe(result)[task]
+            assert list(described["probabilities"]) == list(names)
+            # class j of the output is class j of the network's head, i.e. names[j]
+            for j, name in enumerate(names):
+                assert described["probabilities"][name] == pytest.approx(float(ref[task][i, j]),
+                                                                         abs=FP32_PROB_TOL)
+            assert described["class"] == names[int(ref[task][i].argmax())]
+
+
+def test_predict_paths_equals_predict_images(version, fp32_predictor, tmp_path):
+    _, _, images = version
+    paths = []
+    for i, image in enumerate(images[:2]):
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    from_paths = fp32_predictor.predict_paths(paths)
+    from_images = fp32_predictor.predict_images(images[:2])
+    for a, b in zip(from_paths, from_images):
+        for task in CLASSES:
+            assert a[task] == pytest.approx(b[task], abs=1e-6)
+
+
+def test_center_crop_option(version, ref):
+    folder, model, images = version
+    predictor = Predictor(folder, device="cpu", precision="fp32", center_crop=True)
+    assert predictor.prepare(images[0]).shape == (3, CROP, CROP)
+    cropped = reference(model, images, center_crop=True)
+    assert max_diff(predictor.predict_images(images), cropped) < FP32_PROB_TOL
+    # and it is a different input from the plain resize
+    assert max(float((cropped[t] - ref[t]).abs().max()) for t in CLASSES) > 10 * FP32_PROB_TOL
+
+
+def test_describe_picks_argmax(fp32_predictor):
+    predictor = fp32_predictor
+    out = predictor.describe({"aesthetic": [0.3, 0.7], "emotion": [0.1, 0.2, 0.6, 0.1]})
+    assert out["aesthetic"]["class"] == "high"
+    assert out["aesthetic"]["probability"] == 0.7
+    assert out["emotion"]["class"] == "anger"
+    assert out["emotion"]["probability"] == 0.6
+    assert out["emotion"]["probabilities"] == {"calm": 0.1, "joy": 0.2, "anger": 0.6, "fear": 0.1}
+    first = predictor.describe({"aesthetic": [0.9, 0.1], "emotion": [0.4, 0.3, 0.2, 0.1]})
+    assert first["aesthetic"]["class"] == "low" and first["emotion"]["class"] == "calm"
+
+
+def test_bad_precision_is_refused(version):
+    folder, _, _ = version
+    with pytest.raises(ValueError, match="precision"):
+        Predictor(folder, precision="fp16")

@@ -1,0 +1,598 @@
+"""The Flask service end to end: recorded Label Studio 1.23.2 bodies in, real answers out.
+
+Real pieces only: the session's embedded redis-server (conftest), and image servers on
+loopback addresses (tests/images_server.py) that the backend is allowed to reach through
+`allowed_image_hosts`. No test sends traffic outside 127.0.0.0/8.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import logging
+import time
+import weakref
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from backend import registry
+from backend.app import create_app
+from backend.label_config import parse_label_config
+from backend.projects import ProjectStore
+from backend.settings import Settings
+from backend.webhooks import EVENTS_STREAM
+from model.network import NetConfig
+from model.pipeline import init_version
+
+from images_server import ImageServer  # tests/ is on sys.path (rootdir-relative, no package)
+
+_CANDIDATES = [Path(__file__).resolve().parents[1] / "shared" / "docs" / "label-studio-examples",
+               Path("/work/shared/docs/label-studio-examples")]
+EXAMPLES = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[-1])
+
+PROJECT = "1.1795782039"
+SECRET = "secret-token-XYZ"
+
+
+def example(name: str) -> dict:
+    path = EXAMPLES / name
+    if not path.is_file():
+        pytest.skip(f"recorded Label Studio bodies not found at {EXAMPLES}")
+    return json.loads(path.read_text())["request"]["body"]
+
+
+def default_config() -> str:
+    return example("predict.json")["label_config"]
+
+
+CUSTOM_CONFIG = """<View>
+  <Image name="photo" value="$picture"/>
+  <Choices name="beauty" toName="photo" choice="single">
+    <Choice value="ugly"/><Choice value="plain"/><Choice value="stunning"/>
+  </Choices>
+  <Choices name="mood" toName="photo" choice="single">
+    <Choice value="joy"/><Choice value="calm"/><Choice value="rage"/><Choice value="gloom"/>
+  </Choices>
+</View>"""
+
+NO_EMOTION_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="aesthetic" toName="image" choice="single">
+    <Choice value="high"/><Choice value="low"/>
+  </Choices>
+</View>"""
+
+
+# ----- fixtures ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server():
+    with ImageServer("127.0.0.1") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def private_server():
+    """On 127.0.0.2, not in allowed_image_hosts: a redirect target that must never be reached."""
+    with ImageServer("127.0.0.2") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def other_private_server():
+    """On 127.0.0.3, not allowed either: a task URL that must be refused before connecting."""
+    with ImageServer("127.0.0.3") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def base_settings(tmp_path_factory, redis_url, server) -> Settings:
+    data = tmp_path_factory.mktemp("service") / "data"
+    return replace(Settings(), data_dir=data, redis_url=redis_url, backbone="resnet18",
+                   allowed_image_hosts=(server.netloc,))
+
+
+@pytest.fixture(scope="module")
+def app(base_settings):
+    return create_app(base_settings)
+
+
+@pytest.fixture
+def db(redis_client) -> redis.Redis:
+    """The session's Redis, flushed before the test."""
+    return redis_client
+
+
+@pytest.fixture
+def client(app, db, server, private_server, other_private_server):
+    server.reset()
+    private_server.reset()
+    other_private_server.reset()
+    return app.test_client()
+
+
+def backend_of(flask_app):
+    return flask_app.extensions["aesemo"]
+
+
+def predict_body(urls, project=PROJECT, label_config=None, key="image") -> dict:
+    """predict.json's body with one task per URL (ids 1..n)."""
+    body = copy.deepcopy(example("predict.json"))
+    template = body["tasks"][0]
+    tasks = []
+    for i, url in enumerate(urls, 1):
+        task = copy.deepcopy(template)
+        task["id"] = task["inner_id"] = i
+        task["data"] = {key: url, "note": f"task {i}"}
+        tasks.append(task)
+    body["tasks"] = tasks
+    body["project"] = project
+    if label_config is not None:
+        body["label_config"] = label_config
+    return body
+
+
+def post(client, path, body, **kwargs):
+    return client.post(path, data=json.dumps(body), content_type="application/json", **kwargs)
+
+
+def assert_prediction(item, labels, version):
+    assert isinstance(item, dict), item
+    assert item["model_version"] == version
+    regions = item["result"]
+    assert [r["from_name"] for r in regions] == [labels.aesthetic_control, labels.emotion_control]
+    for region, classes in zip(regions, (labels.aesthetic_classes, labels.emotion_classes)):
+        assert region["to_name"] == labels.image_name
+        assert region["type"] == "choices"
+        assert len(region["value"]["choices"]) == 1
+        assert region["value"]["choices"][0] in classes
+        assert isinstance(region["score"], float)
+        assert 0.0 < region["score"] <= 1.0
+    assert isinstance(item["score"], float)
+    assert item["score"] == min(r["score"] for r in regions)
+
+
+def assert_client_error(response, status, *words):
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    error = response.get_json()["error"]
+    for word in words:
+        assert word in error, (word, error)
+    return response.get_json()
+
+
+def metric_values(client) -> dict[tuple[str, tuple], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    values = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+# ----- recorded bodies --------------------------------------------------------------------------
+
+def test_health_recorded(client):
+    for path in ("/health", "/"):
+        response = client.get(path)  # LS sends no body
+        assert response.status_code == 200
+        body = response.get_json()
+        assert body["status"] == "UP"
+        assert isinstance(body["model_class"], str) and body["model_class"]
+
+
+def test_setup_recorded_body_remembers_project(client, db):
+    body = example("setup.json")
+    body = {**body, "access_token": SECRET}
+    response = post(client, "/setup", body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    reply = response.get_json()
+    assert set(reply) == {"model_version"}
+    assert isinstance(reply["model_version"], str) and reply["model_version"]
+
+    context = ProjectStore(db).get("1")
+    assert context.label_config == body["schema"]
+    assert context.hostname == body["hostname"]
+    assert context.access_token == SECRET
+    assert "1" in ProjectStore(db).known()
+    assert SECRET not in response.get_data(as_text=True)
+
+
+def test_predict_recorded_body(client, server):
+    setup = post(client, "/setup", example("setup.json")).get_json()
+    body = predict_body([server.url("/img/100.png")])
+    response = post(client, "/predict", body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    reply = response.get_json()
+    labels = parse_label_config(body["label_config"])
+    assert len(reply["results"]) == 1
+    assert_prediction(reply["results"][0], labels, setup["model_version"])
+    assert reply["model_version"] == setup["model_version"]
+    assert "errors" not in reply
+    assert server.paths() == ["/img/100.png"]
+    # /setup's hostname is another origin: the image server never saw the LS token
+    assert all(auth is None for _, _, auth in server.requests)
+
+
+def test_predict_several_tasks_keeps_order(client, server):
+    version = post(client, "/setup", example("setup.json")).get_json()["model_version"]
+    urls = [server.url(f"/img/{i}.png") for i in range(5)]
+    urls[2] = server.url("/missing-2.png")
+    response = post(client, "/predict", predict_body(urls))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    reply = response.get_json()
+    labels = parse_label_config(default_config())
+    assert len(reply["results"]) == 5
+    assert reply["results"][2] == []
+    for i in (0, 1, 3, 4):
+        assert_prediction(reply["results"][i], labels, version)
+    assert [(e["index"], e["task"], e["kind"]) for e in reply["errors"]] == [(2, 3, "not_found")]
+
+    # a different failing position moves the [] with it
+    urls = [server.url(f"/img/{i}.png") for i in range(5)]
+    urls[0] = urls[4] = server.url("/missing-x.png")
+    reply = post(client, "/predict", predict_body(urls)).get_json()
+    assert [r == [] for r in reply["results"]] == [True, False, False, False, True]
+    assert [e["task"] for e in reply["errors"]] == [1, 5]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("webhook_*.json")) or ["webhook_none"])
+def test_webhook_recorded_bodies(client, db, name):
+    body = copy.deepcopy(example(name))
+    token = f"project-token-{name}"
+    body["project"]["token"] = token
+    before = db.xlen(EVENTS_STREAM)
+    response = post(client, "/webhook", body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["action"] == body["action"]
+    assert db.xlen(EVENTS_STREAM) == before + 1
+    entries = db.xrange(EVENTS_STREAM)
+    _, fields = entries[-1]
+    event = json.loads(fields["event"])
+    assert event["action"] == body["action"]
+    assert event["project"] == "1"
+    raw = json.dumps(entries)
+    assert token not in raw
+    assert "label_config" not in raw
+    if "annotation" in body:
+        assert event["annotation"]["id"] == body["annotation"]["id"]
+        assert event["annotation"]["result"] == body["annotation"]["result"]
+        assert event["task"]["id"] == body["task"]["id"]
+    if "annotations" in body:
+        assert event["annotations"] == [a["id"] for a in body["annotations"]]
+    if "tasks" in body:
+        assert [t["id"] for t in event["tasks"]] == [t["id"] for t in body["tasks"]]
+
+
+def test_versions_lists_base_after_predict(client, server):
+    version = post(client, "/setup", example("setup.json")).get_json()["model_version"]
+    assert post(client, "/predict", predict_body([server.url("/img/1.png")])).status_code == 200
+    response = client.get("/versions")  # LS sends no body, no query
+    assert response.status_code == 200
+    assert version in response.get_json()["versions"]
+
+
+def test_metrics(client, server):
+    before = metric_values(client)
+    version = post(client, "/setup", example("setup.json")).get_json()["model_version"]
+    urls = [server.url("/img/3.png"), server.url("/gone.png"), server.url("/text.txt")]
+    assert post(client, "/predict", predict_body(urls)).status_code == 200
+    assert post(client, "/predict", {"no": "tasks"}).status_code == 400
+    assert client.get("/health").status_code == 200
+    after = metric_values(client)
+
+    def delta(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("aesemo_requests_total", endpoint="/predict", method="POST", status="200") == 1
+    assert delta("aesemo_requests_total", endpoint="/predict", method="POST", status="400") == 1
+    assert delta("aesemo_requests_total", endpoint="/setup", method="POST", status="200") == 1
+    assert delta("aesemo_requests_total", endpoint="/health", method="GET", status="200") == 1
+    assert delta("aesemo_predictions_total", model_version=version) == 1
+    assert delta("aesemo_image_fetch_failures_total", kind="not_found") == 1
+    assert delta("aesemo_image_fetch_failures_total", kind="not_image") == 1
+    assert any(name == "aesemo_request_seconds_count" for name, _ in after)
+
+
+# ----- a project with other classes ---------------------------------------------------------
+
+def test_custom_label_config(base_settings, db, server):
+    settings = replace(base_settings, aesthetic_control="beauty", emotion_control="mood")
+    flask_app = create_app(settings)
+    client = flask_app.test_client()
+    default_version = registry.base_version_name(base_settings, parse_label_config(default_config()).classes())
+
+    response = post(client, "/setup", {"project": "7.1700000000", "schema": CUSTOM_CONFIG,
+                                       "hostname": "http://127.0.0.1:8080", "access_token": "x" * 20})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    version = response.get_json()["model_version"]
+    assert version != default_version
+
+    body = predict_body([server.url("/img/11.png"), server.url("/img/12.png")], project="7.1700000000",
+                        label_config=CUSTOM_CONFIG, key="picture")
+    response = post(client, "/predict", body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    reply = response.get_json()
+    labels = parse_label_config(CUSTOM_CONFIG, "beauty", "mood")
+    assert labels.aesthetic_classes == ("ugly", "plain", "stunning")
+    assert reply["model_version"] == version
+    for item in reply["results"]:
+        assert_prediction(item, labels, version)
+        assert item["result"][0]["to_name"] == "photo"
+
+    # the label config can also come from /setup alone
+    del body["label_config"]
+    assert post(client, "/predict", body).status_code == 200
+
+    ref = registry.resolve_current(db, settings, "7", labels.classes())
+    predictor = backend_of(flask_app).models.predictor(ref)
+    assert predictor.classes == {"aesthetic": ("ugly", "plain", "stunning"),
+                                 "emotion": ("joy", "calm", "rage", "gloom")}
+    assert predictor.model.branch_a.head.fc3.out_features == 3
+    assert predictor.model.branch_e.head.fc3.out_features == 4
+
+
+# ----- bad input: a 4xx naming the problem, never a 500 ----------------------------------------
+
+def test_malformed_json(client):
+    response = client.post("/predict", data=b'{"tasks": [', content_type="application/json")
+    assert_client_error(response, 400, "not valid JSON")
+    assert_client_error(client.post("/setup", data=b"", content_type="application/json"), 400, "empty body")
+    assert_client_error(post(client, "/predict", ["a", "list"]), 400, "JSON object")
+
+
+def test_predict_without_tasks(client):
+    body = example("predict.json")
+    del body["tasks"]
+    assert_client_error(post(client, "/predict", body), 400, "tasks")
+    assert_client_error(post(client, "/predict", {**body, "tasks": {"id": 1}}), 400, "tasks")
+
+
+def test_tasks_without_image_field(client, server):
+    body = predict_body([server.url("/img/1.png")], key="picture")
+    reply = assert_client_error(post(client, "/predict", body), 422, "data.image")
+    assert reply["errors"][0]["kind"] == "missing_image_field"
+    assert server.paths() == []
+
+
+def test_image_404(client, server):
+    reply = assert_client_error(post(client, "/predict", predict_body([server.url("/nope.png")])), 422,
+                                "/nope.png", "404")
+    assert reply["errors"][0]["kind"] == "not_found"
+
+
+def test_image_host_401(client, server):
+    reply = assert_client_error(post(client, "/predict", predict_body([server.url("/auth.png")])), 422,
+                                "/auth.png", "401")
+    assert reply["errors"][0]["kind"] == "unauthorized"
+    assert server.paths() == ["/auth.png"]
+
+
+def test_redirect_to_private_address(client, server, private_server):
+    target = private_server.url("/x")
+    url = server.url(f"/redirect?to={target}")
+    reply = assert_client_error(post(client, "/predict", predict_body([url])), 422, "127.0.0.2")
+    assert reply["errors"][0]["kind"] == "forbidden_address"
+    assert server.paths() == [f"/redirect?to={target}"]
+    assert private_server.paths() == []  # refused before connecting
+
+
+def test_private_address_refused_before_connecting(client, other_private_server):
+    url = other_private_server.url("/a.png")
+    reply = assert_client_error(post(client, "/predict", predict_body([url])), 422, "127.0.0.3",
+                                "AESEMO_ALLOWED_IMAGE_HOSTS")
+    assert reply["errors"][0]["kind"] == "forbidden_address"
+    assert other_private_server.paths() == []
+
+
+def test_not_an_image(client, server):
+    for path in ("/text.txt", "/fake.png"):
+        reply = assert_client_error(post(client, "/predict", predict_body([server.url(path)])), 422, path)
+        assert reply["errors"][0]["kind"] == "not_image"
+
+
+def test_image_over_byte_limit(base_settings, db, server):
+    client = create_app(replace(base_settings, max_image_bytes=2000)).test_client()
+    reply = assert_client_error(post(client, "/predict", predict_body([server.url("/big.png")])), 422,
+                                "/big.png", "2000 bytes")
+    assert reply["errors"][0]["kind"] == "too_large"
+
+
+def test_image_over_pixel_limit(base_settings, db, server):
+    client = create_app(replace(base_settings, max_image_pixels=1000)).test_client()
+    reply = assert_client_error(post(client, "/predict", predict_body([server.url("/big.png")])), 422,
+                                "/big.png", "pixels")
+    assert reply["errors"][0]["kind"] == "too_large"
+
+
+def test_label_config_without_controls(client, server):
+    setup = {**example("setup.json"), "schema": NO_EMOTION_CONFIG}
+    assert_client_error(post(client, "/setup", setup), 422, "'emotion'")
+    body = predict_body([server.url("/img/1.png")], label_config=NO_EMOTION_CONFIG)
+    assert_client_error(post(client, "/predict", body), 422, "'emotion'")
+    assert server.paths() == []
+
+
+def test_choices_the_model_does_not_know(client, db, base_settings, server):
+    folder = registry.project_versions_dir(base_settings, "5") / "v-other"
+    init_version(folder, NetConfig(backbone="resnet18", aesthetic_classes=("pretty", "ugly"),
+                                   emotion_classes=("happy", "sad", "bored")), use_pretrained=False)
+    registry.set_current_version(db, "5", "v-other")
+
+    setup = post(client, "/setup", {**example("setup.json"), "project": "5.1700000000"})
+    assert setup.status_code == 200
+    assert setup.get_json()["model_version"] == "v-other"
+
+    body = predict_body([server.url("/img/1.png")], project="5.1700000000")
+    assert_client_error(post(client, "/predict", body), 409, "v-other", "aesthetic", "'high'", "'low'")
+
+
+def test_basic_auth(base_settings, db, server):
+    settings = replace(base_settings, basic_auth_user="ls-user", basic_auth_pass="ls-pass")
+    client = create_app(settings).test_client()
+
+    def basic(user, password):
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    for headers in ({}, basic("ls-user", "wrong"), basic("intruder", "ls-pass"), {"Authorization": "Basic !!"}):
+        response = client.get("/health", headers=headers)
+        assert_client_error(response, 401, "Basic")
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+        assert_client_error(post(client, "/predict", predict_body([server.url("/img/1.png")]), headers=headers),
+                            401, "Basic")
+    assert server.paths() == []
+
+    good = basic("ls-user", "ls-pass")
+    assert client.get("/health", headers=good).status_code == 200
+    assert post(client, "/setup", example("setup.json"), headers=good).status_code == 200
+    response = post(client, "/predict", predict_body([server.url("/img/1.png")]), headers=good)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def test_unknown_webhook_action(client, db):
+    body = {**example("webhook_PROJECT_UPDATED.json"), "action": "PROJECT_EXPLODED"}
+    assert_client_error(post(client, "/webhook", body), 400, "PROJECT_EXPLODED")
+    assert_client_error(post(client, "/webhook", {"project": {"id": 1}}), 400, "action")
+    assert db.xlen(EVENTS_STREAM) == 0
+
+
+def test_webhook_missing_keys(client, db):
+    created = example("webhook_ANNOTATION_CREATED.json")
+    body = {k: v for k, v in created.items() if k != "task"}
+    assert_client_error(post(client, "/webhook", body), 400, "ANNOTATION_CREATED", "task")
+    body = {k: v for k, v in created.items() if k != "project"}
+    assert_client_error(post(client, "/webhook", body), 400, "project")
+    body = {**created, "annotation": {"result": []}}
+    assert_client_error(post(client, "/webhook", body), 400, "annotation")
+    deleted = example("webhook_ANNOTATIONS_DELETED.json")
+    assert_client_error(post(client, "/webhook", {"action": deleted["action"], "project": deleted["project"]}),
+                        400, "annotations")
+    assert_client_error(post(client, "/webhook", {**deleted, "project": "not-a-project"}), 400, "project")
+    assert db.xlen(EVENTS_STREAM) == 0
+
+
+def test_too_many_tasks(base_settings, db, server):
+    client = create_app(replace(base_settings, max_tasks_per_request=10)).test_client()
+    body = predict_body([server.url("/img/1.png")] * 11)
+    assert_client_error(post(client, "/predict", body), 413, "11 tasks", "10")
+    assert server.paths() == []
+    assert post(client, "/predict", predict_body([server.url("/img/1.png")] * 10)).status_code == 200
+
+
+def test_large_request_in_bounded_chunks(app, client, db, base_settings, server):
+    assert base_settings.predict_chunk_size == 16
+    count = 200
+    body = predict_body([server.url("/img/5.png")] * count)
+    labels = parse_label_config(body["label_config"])
+    ref = registry.resolve_current(db, base_settings, "1", labels.classes())
+    predictor = backend_of(app).models.predictor(ref)
+
+    original = predictor.predict_images
+    batches: list[int] = []
+    alive_at_call: list[int] = []
+    refs: list[weakref.ref] = []
+
+    def counting_predict_images(images, batch_size=16):
+        # an instrument, not a stand-in: it records and then delegates to the real method
+        refs.extend(weakref.ref(image) for image in images)
+        batches.append(len(images))
+        alive_at_call.append(sum(r() is not None for r in refs))
+        return original(images, batch_size=batch_size)
+
+    predictor.predict_images = counting_predict_images
+    try:
+        response = post(client, "/predict", body)
+    finally:
+        del predictor.predict_images
+    assert response.status_code == 200, response.get_data(as_text=True)
+    results = response.get_json()["results"]
+    assert len(results) == count
+    for item in results:
+        assert_prediction(item, labels, ref.name)
+    assert sum(batches) == count
+    assert max(batches) <= 16
+    assert max(alive_at_call) <= 16  # earlier chunks' images are gone when the next is predicted
+
+
+# ----- staying up, answering fast, keeping secrets ----------------------------------------------
+
+def test_service_stays_up_after_failures(client, server):
+    good = predict_body([server.url("/img/2.png")])
+    failures = [
+        client.post("/predict", data=b"{oops", content_type="application/json"),
+        post(client, "/predict", predict_body([server.url("/missing.png")])),
+        post(client, "/predict", predict_body([server.url("/text.txt")])),
+        post(client, "/webhook", {"action": "NOPE"}),
+        post(client, "/setup", {"project": "1", "schema": "<View><broken"}),
+        post(client, "/predict", {**good, "project": {"not": "an id"}}),
+        client.get("/no-such-endpoint"),
+        client.get("/predict"),
+    ]
+    for response in failures:
+        assert 400 <= response.status_code < 500, (response.status_code, response.get_data(as_text=True))
+        assert response.get_json()["error"]
+    response = post(client, "/predict", good)
+    assert response.status_code == 200
+    assert response.get_json()["results"][0]["result"]
+    assert client.get("/health").status_code == 200
+
+
+def test_webhook_answers_fast(client, db):
+    body = copy.deepcopy(example("webhook_ANNOTATION_CREATED.json"))
+    slowest = 0.0
+    for i in range(50):
+        body["annotation"]["id"] = 1000 + i
+        started = time.perf_counter()
+        response = post(client, "/webhook", body)
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 200
+        slowest = max(slowest, elapsed)
+        assert elapsed < 0.5, f"webhook {i} took {elapsed:.3f} s"
+    assert db.xlen(EVENTS_STREAM) == 50
+
+
+def test_tokens_never_logged(client, db, server, caplog):
+    caplog.set_level(logging.DEBUG)
+    setup = {**example("setup.json"), "access_token": SECRET, "hostname": f"http://{server.netloc}"}
+    texts = []
+    response = post(client, "/setup", setup)
+    assert response.status_code == 200
+    texts.append(response.get_data(as_text=True))
+
+    # relative URLs go to /setup's hostname with the token; one of them fails
+    body = predict_body(["/img/41.png", "/data/upload/missing.png", server.url("/img/61.png")])
+    response = post(client, "/predict", body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    texts.append(response.get_data(as_text=True))
+    assert [r == [] for r in response.get_json()["results"]] == [False, True, False]
+    sent = {path: auth for _, path, auth in server.requests}
+    assert sent["/img/41.png"] == f"Token {SECRET}"  # the token was really used ...
+    assert sent["/img/61.png"] == f"Token {SECRET}"  # (same origin as /setup's hostname)
+
+    response = post(client, "/predict", predict_body(["/data/upload/missing-too.png"]))
+    assert response.status_code == 422
+    texts.append(response.get_data(as_text=True))
+
+    for name in ("webhook_ANNOTATION_CREATED.json", "webhook_START_TRAINING.json"):
+        hook = copy.deepcopy(example(name))
+        hook["project"]["token"] = SECRET
+        response = post(client, "/webhook", hook)
+        assert response.status_code == 200
+        texts.append(response.get_data(as_text=True))
+    bad = copy.deepcopy(example("webhook_ANNOTATION_CREATED.json"))
+    bad["project"]["token"] = SECRET
+    del bad["task"]
+    response = post(client, "/webhook", bad)
+    assert response.status_code == 400
+    texts.append(response.get_data(as_text=True))
+
+    assert caplog.records  # the run did log something at DEBUG
+    assert SECRET not in caplog.text  # ... but never the token
+    assert all(SECRET not in text for text in texts)
+    assert SECRET not in json.dumps(db.xrange(EVENTS_STREAM))
