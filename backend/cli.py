@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from model.backbones import SPECS
+from redis import RedisError
+
 from model.errors import AesemoError
 
 log = logging.getLogger("aesemo")
@@ -106,6 +108,28 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _backend():
+    from .redis_store import connect
+    from .service import Backend
+    from .settings import load_settings
+    settings = load_settings()
+    return Backend(settings, connect(settings))
+
+
+def cmd_consensus(args) -> int:
+    backend = _backend()
+    if args.state:
+        print(json.dumps(backend.consensus_tasks(str(args.project), args.state), indent=2))
+    else:
+        print(json.dumps(backend.consensus_summary(str(args.project)), indent=2))
+    return 0
+
+
+def cmd_resync(args) -> int:
+    print(json.dumps(_backend().resync(str(args.project)), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aesemo", description="Aesthetic and emotion suggestions for Label Studio")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -157,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=4, help="threads per process, sharing its models")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("consensus", help="a project's consensus summary (or its tasks in one state)")
+    p.add_argument("project", type=int)
+    p.add_argument("--state", choices=["no_votes", "waiting", "agreed", "disputed"], default=None)
+    p.set_defaults(func=cmd_consensus)
+
+    p = sub.add_parser("resync", help="rebuild a project's votes from Label Studio's export")
+    p.add_argument("project", type=int)
+    p.set_defaults(func=cmd_resync)
+
     p = sub.add_parser("demo", help="train on generated images and print predictions")
     p.add_argument("--workdir", default="aesemo-data/demo")
     p.add_argument("--epochs", type=int, default=8)
@@ -171,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("urllib3").setLevel(logging.INFO)  # its debug lines carry full URLs
     try:
         return args.func(args)
-    except (AesemoError, ValueError, OSError) as exc:
+    except (AesemoError, ValueError, OSError, RedisError) as exc:
         print(f"aesemo: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -24,6 +24,16 @@ def export_tasks(base_url: str, token: str, project: str, timeout_s: float = 300
     return json.loads(b"".join(chunks))
 
 
+def fetch_label_config(base_url: str, token: str, project: str) -> str:
+    client = LabelStudio(base_url=base_url.rstrip("/"), api_key=token, timeout=30)
+    try:
+        return client.projects.get(int(project)).label_config
+    except Exception as exc:  # the SDK's ApiError or a transport error
+        status = getattr(exc, "status_code", None)
+        raise RequestError(f"Label Studio has no readable project {project}"
+                           + (f" (HTTP {status})" if status else f" ({type(exc).__name__})"), status=502) from None
+
+
 def votes_from_export(tasks: list[dict], labels: ProjectLabels) -> tuple[list[Vote], dict[int, str], list[str]]:
     votes, images, problems = [], {}, []
     for task in tasks:

@@ -16,7 +16,7 @@ from .predict import predict_tasks
 from .project_consensus import ProjectConsensus
 from .projects import ProjectStore, project_id
 from .registry import all_version_names, base_version_name, current_version_name, resolve_current
-from .resync import resync
+from .resync import fetch_label_config, resync
 from .settings import Settings
 from .training_requests import request_training
 from .webhooks import parse_event, record_event
@@ -129,7 +129,8 @@ class Backend:
             return labels
         if not stored:
             raise RequestError(f"unknown project {project}: no label config yet; connect the backend to the "
-                               "project in Label Studio (it calls /setup) or resync it", status=404)
+                               "project in Label Studio (it calls /setup), or resync it with LABEL_STUDIO_URL "
+                               "and LABEL_STUDIO_API_KEY set", status=404)
         return self.labels(stored)
 
     # -- admin
@@ -145,10 +146,13 @@ class Backend:
         return {"project": project, "policy": self.consensus.set_policy(project, body).to_dict()}
 
     def resync(self, project: str) -> dict:
-        labels = self.project_labels(project)
         context = self.projects.get(project)
-        return resync(self.consensus, project, labels, self.settings.label_studio_url or context.hostname,
-                      self.settings.label_studio_api_key or context.access_token)
+        base_url = self.settings.label_studio_url or context.hostname
+        token = self.settings.label_studio_api_key or context.access_token
+        if not context.label_config and base_url and token:
+            # a project the backend never heard of: its label config comes from Label Studio too
+            self.projects.remember(project, fetch_label_config(base_url, token, project), None, None)
+        return resync(self.consensus, project, self.project_labels(project), base_url, token)
 
     def snapshot(self, project: str) -> dict:
         labels = self.project_labels(project)
