@@ -101,6 +101,35 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     def snapshot(project):
         return jsonify(backend.snapshot(str(project)))
 
+    @app.post("/projects/<int:project>/train")
+    def train(project):
+        raw = request.get_data(cache=True)
+        return jsonify(backend.train(str(project), json_body() if raw.strip() else {}, "admin")), 202
+
+    @app.post("/train")
+    def legacy_train():
+        return jsonify(backend.legacy_train(json_body())), 202
+
+    @app.get("/projects/<int:project>/jobs")
+    def jobs(project):
+        return jsonify(backend.jobs(str(project)))
+
+    @app.get("/projects/<int:project>/jobs/<job_id>")
+    def job(project, job_id):
+        return jsonify(backend.job(str(project), job_id))
+
+    @app.post("/projects/<int:project>/jobs/<job_id>/cancel")
+    def cancel(project, job_id):
+        return jsonify(backend.cancel(str(project), job_id))
+
+    @app.get("/projects/<int:project>/versions")
+    def project_versions(project):
+        return jsonify(backend.project_versions(str(project)))
+
+    @app.post("/projects/<int:project>/versions/<version>/promote")
+    def promote(project, version):
+        return jsonify(backend.promote(str(project), version))
+
     @app.get("/metrics")
     def metrics():
         data, content_type = render()
@@ -110,10 +139,12 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
 
 def json_body():
-    raw = request.get_data(cache=False)
+    raw = request.get_data(cache=True)
     if not raw:
         raise RequestError("empty body; expected JSON")
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"body is not valid JSON ({exc})") from None
+    except RecursionError:  # e.g. "[[[[..." thousands deep: the client's mistake, not a 500
+        raise RequestError("body is not valid JSON (nested too deeply)") from None

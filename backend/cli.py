@@ -130,6 +130,37 @@ def cmd_resync(args) -> int:
     return 0
 
 
+def cmd_worker(args) -> int:
+    from .worker import run_worker
+    run_worker(args.queue, args.device, args.burst)
+    return 0
+
+
+def cmd_train_project(args) -> int:
+    print(json.dumps(_backend().train(str(args.project), _params(args), "command line"), indent=2))
+    return 0
+
+
+def _params(args) -> dict:
+    return {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                              "backbone": args.backbone}.items() if v is not None}
+
+
+def cmd_jobs(args) -> int:
+    print(json.dumps(_backend().jobs(str(args.project)), indent=2))
+    return 0
+
+
+def cmd_versions(args) -> int:
+    print(json.dumps(_backend().project_versions(str(args.project)), indent=2))
+    return 0
+
+
+def cmd_promote(args) -> int:
+    print(json.dumps(_backend().promote(str(args.project), args.version), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aesemo", description="Aesthetic and emotion suggestions for Label Studio")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -189,6 +220,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resync", help="rebuild a project's votes from Label Studio's export")
     p.add_argument("project", type=int)
     p.set_defaults(func=cmd_resync)
+
+    p = sub.add_parser("worker", help="run a training worker (RQ, no fork after CUDA init)")
+    p.add_argument("--queue", default=None, help="queue name (default: $AESEMO_QUEUE or training)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    p.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("train-project", help="ask for a training job for a Label Studio project")
+    p.add_argument("project", type=int)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--backbone", default=None, choices=sorted(SPECS))
+    p.set_defaults(func=cmd_train_project)
+
+    p = sub.add_parser("jobs", help="a project's training jobs")
+    p.add_argument("project", type=int)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("versions", help="a project's model versions")
+    p.add_argument("project", type=int)
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("promote", help="make a version current (also a rollback)")
+    p.add_argument("project", type=int)
+    p.add_argument("version")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("demo", help="train on generated images and print predictions")
     p.add_argument("--workdir", default="aesemo-data/demo")

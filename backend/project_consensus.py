@@ -22,10 +22,12 @@ def policy_key(project: str) -> str:
 
 
 class ProjectConsensus:
-    def __init__(self, client: redis.Redis, settings):
+    def __init__(self, client: redis.Redis, settings, on_auto_train=None):
         self.redis = client
         self.settings = settings
         self.votes = VoteStore(client)
+        # called with the project id when the auto-training threshold is crossed
+        self.on_auto_train = on_auto_train
 
     # -- policy
     def policy(self, project: str) -> Policy:
@@ -81,7 +83,9 @@ class ProjectConsensus:
 
     def _count_agreed(self, project: str, labels: ProjectLabels, task: int, before: set[str]) -> None:
         after = self._agreed_dimensions(project, labels, task)
-        count_new_labels(self.redis, project, len(after - before), self.settings.auto_train_threshold)
+        if count_new_labels(self.redis, project, len(after - before), self.settings.auto_train_threshold) \
+                and self.on_auto_train is not None:
+            self.on_auto_train(project)
 
     # -- reading
     def consensus(self, project: str, labels: ProjectLabels) -> dict[str, dict[int, TaskConsensus]]:
@@ -92,6 +96,10 @@ class ProjectConsensus:
         result = self.consensus(project, labels)
         return {"project": project, "policy": self.policy(project).to_dict(),
                 **summary(result, _classes(labels))}
+
+    def agreed_task_count(self, project: str, labels: ProjectLabels) -> int:
+        result = self.consensus(project, labels)
+        return len({t for d in DIMENSIONS for t, c in result[d].items() if c.state == "agreed"})
 
     def tasks_in_state(self, project: str, labels: ProjectLabels, state: str) -> list[dict]:
         if state not in STATES:

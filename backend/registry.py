@@ -72,8 +72,54 @@ def current_version_name(client: redis.Redis, project: str) -> str | None:
     return client.get(f"aesemo:project:{project}:current")
 
 
+SWAP_CHANNEL = "aesemo:versions"
+
+
 def set_current_version(client: redis.Redis, project: str, name: str) -> None:
+    """Point the project at `name` (one atomic SET) and tell every serving process."""
     client.set(f"aesemo:project:{project}:current", name)
+    client.publish(SWAP_CHANNEL, json.dumps({"project": project, "version": name}))
+
+
+def promote_version(client: redis.Redis, settings, project: str, name: str) -> dict:
+    """Make `name` current (also a rollback), after checking it loads: its weights' hash."""
+    from model.errors import VersionError
+    from model.version import load_version
+
+    from .errors import RequestError
+    folder = project_versions_dir(settings, project) / name
+    if "/" in name or name.startswith(".") or not (folder / META_FILE).is_file():
+        raise RequestError(f"project {project} has no version {name!r}", status=404)
+    try:
+        load_version(folder)
+    except VersionError as exc:
+        raise RequestError(f"version {name} cannot be promoted: {exc}", status=409) from None
+    previous = current_version_name(client, project)
+    set_current_version(client, project, name)
+    return {"project": project, "current": name, "previous": previous}
+
+
+def project_versions(settings, project: str) -> list[dict]:
+    """The project's trained versions, oldest first, each with its metadata summary."""
+    folder = project_versions_dir(settings, project)
+    out = []
+    for meta_file in sorted(folder.glob(f"*/{META_FILE}")):
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        out.append({"version": meta_file.parent.name, "created_at": meta.get("created_at"),
+                    "parent": meta.get("parent_version"), "snapshot": meta.get("snapshot_id"),
+                    "metrics": _metric_summary(meta.get("metrics") or {}),
+                    "device": (meta.get("training") or {}).get("device"),
+                    "training_seconds": (meta.get("training") or {}).get("seconds"),
+                    "backbone": meta.get("architecture", {}).get("backbone")})
+    return sorted(out, key=lambda v: v["created_at"] or "")
+
+
+def _metric_summary(metrics: dict) -> dict:
+    return {task: None if m is None else {"accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1")}
+            for task, m in metrics.items()}
 
 
 def resolve_current(client: redis.Redis, settings, project: str, classes: dict) -> VersionRef:

@@ -11,13 +11,16 @@ from .errors import RequestError
 from .images import ImageFetcher
 from .label_config import LabelConfigError, ProjectLabels, parse_label_config
 from .metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
+from .hotswap import HotSwap
 from .model_holder import ModelHolder
 from .predict import predict_tasks
 from .project_consensus import ProjectConsensus
 from .projects import ProjectStore, project_id
-from .registry import all_version_names, base_version_name, current_version_name, resolve_current
+from .registry import (all_version_names, base_version_name, current_version_name, project_versions,
+                       promote_version, resolve_current)
 from .resync import fetch_label_config, resync
 from .settings import Settings
+from .jobs import cancel_job, get_job, project_jobs, submit_training
 from .training_requests import request_training
 from .webhooks import parse_event, record_event
 
@@ -34,7 +37,9 @@ class Backend:
         self.models = ModelHolder(settings.max_image_pixels)
         self.fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="image-fetch")
-        self.consensus = ProjectConsensus(client, settings)
+        self.consensus = ProjectConsensus(client, settings, on_auto_train=self._auto_train)
+        self.swap = HotSwap(settings, client)
+        self._contexts: dict = {}
 
     def health(self) -> dict:
         return {"status": "UP", "model_class": MODEL_CLASS}
@@ -67,19 +72,17 @@ class Backend:
             raise RequestError(f"{len(tasks)} tasks in one request; the limit is "
                                f"{self.settings.max_tasks_per_request} (AESEMO_MAX_TASKS)", status=413)
         project = project_id(body.get("project")) if body.get("project") is not None else None
-        context = self.projects.get(project) if project else None
+        context = self.project_context(project)
         labels = self.labels(body.get("label_config") or (context.label_config if context else None))
         if not tasks:
             return {"results": []}
-        version = (resolve_current(self.redis, self.settings, project, labels.classes()) if project
-                   else _base(self.settings, labels))
-        predictor = self.models.predictor(version)
+        version_name, predictor = self._model_for(project, labels)
 
         def fetch(url):
             return self.fetcher.fetch(url, hostname=context.hostname if context else None,
                                       access_token=context.access_token if context else None)
 
-        results, failures = predict_tasks(tasks, labels, predictor, version.name, fetch, self.pool,
+        results, failures = predict_tasks(tasks, labels, predictor, version_name, fetch, self.pool,
                                           self.settings.predict_chunk_size)
         for failure in failures:
             IMAGE_FAILURES.labels(failure.kind).inc()
@@ -88,11 +91,48 @@ class Backend:
             raise RequestError(f"no task could be predicted: {failures[0].message}"
                                + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
                                status=422, details=[f.to_dict() for f in failures])
-        PREDICTIONS.labels(version.name).inc(len(tasks) - len(failures))
-        reply = {"results": results, "model_version": version.name}
+        PREDICTIONS.labels(version_name).inc(len(tasks) - len(failures))
+        reply = {"results": results, "model_version": version_name}
         if failures:
             reply["errors"] = [f.to_dict() for f in failures]
         return reply
+
+    def _model_for(self, project: str | None, labels: ProjectLabels):
+        """The project's current model: from this process's memory when it holds one for these
+        class lists (no Redis needed), else resolved through the registry and remembered."""
+        held = self.swap.get(project) if project else None
+        if held and all(set(held[1].classes[t]) >= set(c) for t, c in labels.classes().items()):
+            return held
+        try:
+            version = (resolve_current(self.redis, self.settings, project, labels.classes()) if project
+                       else _base(self.settings, labels))
+        except redis.RedisError:
+            raise RequestError("no model in memory for this project and Redis is unavailable", status=503) from None
+        if version.folder.parent.name == "base":
+            predictor = self.models.predictor(version)
+        else:
+            held = self.swap.get(project)
+            if not (held and held[0] == version.name):
+                self.swap.swap_to(project, version.name)
+            held = self.swap.get(project)
+            if not held:
+                raise RequestError(f"model version {version.name} of project {project} cannot be loaded",
+                                   status=503)
+            return held
+        if project:
+            self.swap.remember(project, version.name, predictor)
+        return version.name, predictor
+
+    def project_context(self, project: str | None):
+        """The project's /setup data; the last one seen when Redis does not answer."""
+        if not project:
+            return None
+        try:
+            context = self.projects.get(project)
+            self._contexts[project] = context
+            return context
+        except redis.RedisError:
+            return self._contexts.get(project)
 
     def webhook(self, body) -> dict:
         event = parse_event(body)
@@ -104,7 +144,8 @@ class Backend:
         """Votes from annotation events; a training request from START_TRAINING."""
         action, project = event["action"], event["project"]
         if action == "START_TRAINING":
-            return {"training": request_training(self.redis, project, "START_TRAINING")}
+            request_training(self.redis, project, "START_TRAINING")
+            return {"training": self.train(project, {}, "START_TRAINING")}
         if action == "TASKS_DELETED":
             return {"votes_removed": self.consensus.votes.delete_tasks(project, [t["id"] for t in event["tasks"]])}
         if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
@@ -132,6 +173,46 @@ class Backend:
                                "project in Label Studio (it calls /setup), or resync it with LABEL_STUDIO_URL "
                                "and LABEL_STUDIO_API_KEY set", status=404)
         return self.labels(stored)
+
+    # -- training
+    def train(self, project: str, params, reason: str = "admin") -> dict:
+        """Queue a training job (or merge into the pending one) if the project has enough
+        consensus labels; RequestError 409 otherwise, and no job."""
+        labels = self.project_labels(project)
+        agreed = self.consensus.agreed_task_count(project, labels)
+        if agreed < self.settings.min_training_labels:
+            raise RequestError(f"project {project} has {agreed} consensus-labelled tasks; training needs at least "
+                               f"{self.settings.min_training_labels} (AESEMO_MIN_TRAINING_LABELS)", status=409)
+        return submit_training(self.settings, project, reason, params)
+
+    def _auto_train(self, project: str) -> None:
+        try:
+            self.train(project, {}, "auto")
+        except RequestError as exc:
+            log.info("auto-training of project %s not started: %s", project, exc)
+
+    def legacy_train(self, body) -> dict:
+        """Label Studio's legacy POST /train (sent only with its feature flag off): the body's
+        annotations are ignored, since the job resyncs from the export itself."""
+        body = _object(body)
+        return self.train(project_id(body.get("project")), {}, "legacy /train")
+
+    def jobs(self, project: str) -> dict:
+        return {"project": project, "jobs": project_jobs(self.settings, project)}
+
+    def job(self, project: str, job_id: str) -> dict:
+        return get_job(self.settings, project, job_id)
+
+    def cancel(self, project: str, job_id: str) -> dict:
+        return cancel_job(self.settings, project, job_id)
+
+    def project_versions(self, project: str) -> dict:
+        current = self.version_name(project, self.project_labels(project))
+        versions = [{**v, "current": v["version"] == current} for v in project_versions(self.settings, project)]
+        return {"project": project, "current": current, "versions": versions}
+
+    def promote(self, project: str, version: str) -> dict:
+        return promote_version(self.redis, self.settings, project, version)
 
     # -- admin
     def consensus_summary(self, project: str) -> dict:

@@ -62,6 +62,19 @@ class Settings:
     consensus_min_agreement: float = 0.5
     auto_train_threshold: int = 0
     resync_before_snapshot: bool = True
+    training_queue: str = "training"
+    job_timeout_s: int = 6 * 3600
+    min_training_labels: int = 10
+    max_failed_image_fraction: float = 0.2
+    train_epochs: int = 10
+    train_batch_size: int = 16
+    train_lr: float = 1e-3
+    train_device: str | None = None
+    train_image_size: int = 256
+    train_crop_size: int = 224
+    promotion: str = "metric"
+    promotion_margin: float = 0.02
+    swap_poll_s: float = 5.0
 
 
 def load_settings() -> Settings:
@@ -88,4 +101,17 @@ def load_settings() -> Settings:
         consensus_min_agreement=_env_float("AESEMO_CONSENSUS_MIN_AGREEMENT", 0.5),
         auto_train_threshold=_env_int("AESEMO_AUTO_TRAIN_THRESHOLD", 0),
         resync_before_snapshot=_env("AESEMO_RESYNC_BEFORE_SNAPSHOT", "true").lower() in ("1", "true", "yes"),
+        training_queue=_env("AESEMO_QUEUE", "training"),
+        job_timeout_s=_env_int("AESEMO_JOB_TIMEOUT", 6 * 3600),
+        min_training_labels=_env_int("AESEMO_MIN_TRAINING_LABELS", 10),
+        max_failed_image_fraction=_env_float("AESEMO_MAX_FAILED_IMAGES", 0.2),
+        train_epochs=_env_int("AESEMO_TRAIN_EPOCHS", 10),
+        train_batch_size=_env_int("AESEMO_TRAIN_BATCH_SIZE", 16),
+        train_lr=_env_float("AESEMO_TRAIN_LR", 1e-3),
+        train_device=_env("AESEMO_TRAIN_DEVICE"),
+        train_image_size=_env_int("AESEMO_TRAIN_IMAGE_SIZE", 256),
+        train_crop_size=_env_int("AESEMO_TRAIN_CROP_SIZE", 224),
+        promotion=_env("AESEMO_PROMOTION", "metric"),
+        promotion_margin=_env_float("AESEMO_PROMOTION_MARGIN", 0.02),
+        swap_poll_s=_env_float("AESEMO_SWAP_POLL", 5.0),
     )

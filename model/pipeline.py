@@ -41,8 +41,9 @@ def init_version(out: str | Path, config: NetConfig, pretrained: str | Path | No
 def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig, train_config: TrainConfig,
                   init_from: str | Path | None = None, pretrained: str | Path | None = None,
                   use_pretrained: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False,
-                  progress: Progress | None = None, show_bar: bool = False) -> dict:
-    """Train on a manifest and write a version folder; returns its metadata."""
+                  progress: Progress | None = None, show_bar: bool = False, extra_meta: dict | None = None) -> dict:
+    """Train on a manifest and write a version folder; returns its metadata. `extra_meta` is
+    added to model.json (the backend records the parent version, snapshot and job there)."""
     if init_from:
         model, parent = load_version(init_from)
         config, init = model.config, f"version:{Path(init_from).name}"
@@ -70,4 +71,4 @@ def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig,
     }
     if init_from:
         meta["parent"] = str(init_from)
-    return save_version(out, model, meta)
+    return save_version(out, model, {**meta, **(extra_meta or {})})

@@ -1,0 +1,93 @@
+"""Each serving process's current model per project, swapped without a restart.
+
+A promotion publishes a notice on Redis; a listener thread here loads the new version off the
+request path (the Predictor checks the weights' hash), then replaces one dict entry. Requests
+already running keep the Predictor object they took, so they finish on the old model. A
+poller re-reads the pointers now and then, in case a notice was lost. A version that fails to
+load is refused with a log line and the old one keeps serving. With Redis down, requests are
+still served from the models in memory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import redis
+
+from model.errors import AesemoError
+from model.predictor import Predictor
+
+from .registry import SWAP_CHANNEL, current_version_name, project_versions_dir
+
+log = logging.getLogger(__name__)
+
+
+class HotSwap:
+    def __init__(self, settings, client: redis.Redis):
+        self.settings = settings
+        self.redis = client
+        self._current: dict[str, tuple[str, Predictor]] = {}
+        self._refused: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._started = False
+
+    def get(self, project: str) -> tuple[str, Predictor] | None:
+        self._start()
+        return self._current.get(project)
+
+    def remember(self, project: str, name: str, predictor: Predictor) -> None:
+        self._start()
+        self._current[project] = (name, predictor)
+
+    def swap_to(self, project: str, name: str) -> bool:
+        """Load `name` and make it current for `project`; False (old one kept) if it fails."""
+        held = self._current.get(project)
+        if held and held[0] == name or (project, name) in self._refused:
+            return False
+        folder = project_versions_dir(self.settings, project) / name
+        try:
+            predictor = Predictor(folder, max_pixels=self.settings.max_image_pixels)
+        except (AesemoError, OSError, RuntimeError, ValueError) as exc:
+            self._refused.add((project, name))
+            log.error("refused model version %s of project %s: %s; still serving %s",
+                      name, project, exc, held[0] if held else "nothing")
+            return False
+        self._current[project] = (name, predictor)  # one reference: in-flight requests keep theirs
+        log.info("project %s now serves model version %s", project, name)
+        return True
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            threading.Thread(target=self._listen, name="swap-listener", daemon=True).start()
+            threading.Thread(target=self._poll, name="swap-poller", daemon=True).start()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(SWAP_CHANNEL)
+                for message in pubsub.listen():
+                    notice = json.loads(message["data"])
+                    if notice.get("project") in self._current:
+                        self.swap_to(notice["project"], notice["version"])
+            except (redis.RedisError, OSError, ValueError) as exc:
+                log.warning("swap notices interrupted (%s); retrying", type(exc).__name__)
+                time.sleep(1.0)
+
+    def _poll(self) -> None:
+        while True:
+            time.sleep(self.settings.swap_poll_s)
+            for project in list(self._current):
+                try:
+                    name = current_version_name(self.redis, project)
+                except redis.RedisError:
+                    break
+                if name and name != self._current[project][0]:
+                    self.swap_to(project, name)

@@ -1,0 +1,363 @@
+"""Training jobs on RQ: submitting (at most one running and one pending job per project),
+the job function itself, progress in the job's meta, and cancelling.
+
+The job function is a plain function (`train_project`); a worker imports it by name.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import redis
+from rq import Queue, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from model.network import NetConfig
+from model.pipeline import train_version
+from model.train import TrainConfig
+from model.version import read_meta
+
+from .errors import RequestError
+from .image_cache import cached_training_image
+from .images import ImageFetchError, ImageFetcher
+from .label_config import parse_label_config
+from .project_consensus import ProjectConsensus
+from .projects import ProjectStore
+from .redis_store import redis_url
+from .registry import ensure_base_version, project_versions_dir, resolve_current, set_current_version
+from .report import write_report
+from .resync import resync
+from .settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+TRAIN_PARAMS = {"epochs": int, "batch_size": int, "lr": float, "backbone": str}
+
+
+class JobCancelled(Exception):
+    pass
+
+
+def raw_connection(settings: Settings) -> redis.Redis:
+    """RQ stores pickled data: it needs a connection that does not decode responses."""
+    return redis.Redis.from_url(redis_url(settings))
+
+
+def training_queue(settings: Settings, connection: redis.Redis | None = None) -> Queue:
+    return Queue(settings.training_queue, connection=connection or raw_connection(settings))
+
+
+def _pending_key(project: str) -> str:
+    return f"aesemo:p:{project}:job:pending"
+
+
+def _running_key(project: str) -> str:
+    return f"aesemo:p:{project}:job:running"
+
+
+def _history_key(project: str) -> str:
+    return f"aesemo:p:{project}:jobs"
+
+
+def check_params(params) -> dict:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise RequestError("training parameters must be a JSON object")
+    unknown = set(params) - set(TRAIN_PARAMS)
+    if unknown:
+        raise RequestError(f"unknown training parameters {sorted(unknown)}; known: {sorted(TRAIN_PARAMS)}")
+    checked = {}
+    for name, value in params.items():
+        kind = TRAIN_PARAMS[name]
+        if kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise RequestError(f"training parameter {name} must be {kind.__name__}, got {value!r}")
+        if kind in (int, float) and value <= 0:
+            raise RequestError(f"training parameter {name} must be positive, got {value!r}")
+        checked[name] = value
+    if "backbone" in checked:
+        from model.backbones import SPECS
+        if checked["backbone"] not in SPECS:
+            raise RequestError(f"unknown backbone {checked['backbone']!r}; choose one of {sorted(SPECS)}")
+    return checked
+
+
+def submit_training(settings: Settings, project: str, reason: str, params: dict | None = None) -> dict:
+    """Queue a training job, or merge the request into the project's pending one."""
+    params = check_params(params)
+    connection = raw_connection(settings)
+    request = {"reason": reason, "params": params, "at": time.time()}
+    with connection.lock(f"aesemo:p:{project}:submit", timeout=10, blocking_timeout=10):
+        pending = _get(connection, _pending_key(project))
+        if pending:
+            job = _fetch(connection, pending)
+            if job is not None and job.get_status(refresh=True) == JobStatus.QUEUED:
+                job.meta["requests"].append(request)
+                job.meta["params"].update(params)  # the latest request's parameters win
+                job.save_meta()
+                return {"job_id": job.id, "state": "queued", "merged": True,
+                        "message": f"merged into pending job {job.id} ({len(job.meta['requests'])} requests)"}
+        job_id = f"train-{project}-{time.strftime('%Y%m%d%H%M%S')}-{os.urandom(3).hex()}"
+        job = training_queue(settings, connection).enqueue_call(
+            train_project, args=(project,), job_id=job_id, timeout=settings.job_timeout_s,
+            result_ttl=30 * 86400, failure_ttl=30 * 86400, description=f"train project {project}",
+            meta={"project": project, "params": dict(params), "requests": [request],
+                  "progress": {"state": "queued"}})
+        connection.set(_pending_key(project), job.id)
+        connection.lpush(_history_key(project), job.id)
+        running = _get(connection, _running_key(project))
+    message = f"queued job {job.id}" + (f" to run after {running}" if running else "")
+    return {"job_id": job.id, "state": "queued", "merged": False, "message": message}
+
+
+def _get(connection: redis.Redis, key: str) -> str | None:
+    value = connection.get(key)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fetch(connection: redis.Redis, job_id: str) -> Job | None:
+    try:
+        return Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return None
+
+
+def describe_job(job: Job) -> dict:
+    status = job.get_status(refresh=True)
+    info = {"job_id": job.id, "project": job.meta.get("project"), "status": str(status.value if status else None),
+            "enqueued_at": _iso(job.enqueued_at), "started_at": _iso(job.started_at),
+            "ended_at": _iso(job.ended_at), "params": job.meta.get("params"),
+            "requests": len(job.meta.get("requests", [])), "progress": job.meta.get("progress")}
+    if status == JobStatus.FINISHED:
+        info["result"] = job.return_value()
+    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+        info["error"] = job.meta.get("error") or _last_line(job.exc_info) or str(status.value)
+    return info
+
+
+def _iso(moment) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+def _last_line(text: str | None) -> str | None:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def project_jobs(settings: Settings, project: str, limit: int = 20) -> list[dict]:
+    connection = raw_connection(settings)
+    ids = [i.decode() for i in connection.lrange(_history_key(project), 0, limit - 1)]
+    jobs = [_fetch(connection, i) for i in ids]
+    return [describe_job(j) for j in jobs if j is not None]
+
+
+def get_job(settings: Settings, project: str, job_id: str) -> dict:
+    job = _fetch(raw_connection(settings), job_id)
+    if job is None or job.meta.get("project") != project:
+        raise RequestError(f"project {project} has no job {job_id!r}", status=404)
+    return describe_job(job)
+
+
+def cancel_job(settings: Settings, project: str, job_id: str) -> dict:
+    """A queued job is cancelled at once; a running one stops at its next training step."""
+    connection = raw_connection(settings)
+    job = _fetch(connection, job_id)
+    if job is None or job.meta.get("project") != project:
+        raise RequestError(f"project {project} has no job {job_id!r}", status=404)
+    status = job.get_status(refresh=True)
+    if status == JobStatus.QUEUED:
+        job.cancel()
+        job.meta["error"] = "cancelled before it started"
+        job.save_meta()
+        if _get(connection, _pending_key(project)) == job.id:
+            connection.delete(_pending_key(project))
+    elif status == JobStatus.STARTED:
+        connection.set(f"aesemo:job:{job.id}:cancel", 1, ex=86400)
+    else:
+        raise RequestError(f"job {job_id} is {status.value}; only queued or running jobs can be cancelled",
+                           status=409)
+    return describe_job(job)
+
+
+# -- the job -------------------------------------------------------------------------------
+
+class _Progress:
+    """Writes progress into the job's meta (at most once a second) and notices cancellation."""
+
+    def __init__(self, job: Job | None, connection: redis.Redis, lock):
+        self.job, self.connection, self.lock = job, connection, lock
+        self.last = 0.0
+
+    def __call__(self, event: dict, force: bool = False) -> None:
+        if self.job is None:
+            return
+        now = time.monotonic()
+        if not force and event.get("stage") == "training" and now - self.last < 1.0:
+            return
+        self.last = now
+        self.job.meta["progress"] = {**self.job.meta.get("progress", {}), **event, "updated_at": time.time()}
+        self.job.save_meta()
+        if self.lock is not None:
+            self.lock.reacquire()
+        if self.connection.exists(f"aesemo:job:{self.job.id}:cancel"):
+            raise JobCancelled(f"job {self.job.id} cancelled by request")
+
+    def state(self, state: str, **extra) -> None:
+        self({"state": state, **extra}, force=True)
+
+
+def train_project(project: str) -> dict:
+    """Resync, snapshot, fetch images into the cache, fine-tune, evaluate, write a version and
+    apply the promotion rule. Runs inside an RQ worker."""
+    settings = load_settings()
+    job = get_current_job()
+    connection = job.connection if job else raw_connection(settings)
+    params = dict(job.meta.get("params", {})) if job else {}
+    # one training per project at a time, even with several workers; the lock expires soon
+    # after a killed worker stops renewing it
+    lock = connection.lock(f"aesemo:p:{project}:training", timeout=120, blocking_timeout=settings.job_timeout_s)
+    if not lock.acquire():
+        raise RuntimeError(f"project {project} is still training elsewhere")
+    try:
+        if job:
+            if _get(connection, _pending_key(project)) == job.id:
+                connection.delete(_pending_key(project))
+            connection.set(_running_key(project), job.id)
+        progress = _Progress(job, connection, lock)
+        try:
+            return _train(settings, project, params, progress, job.id if job else "local")
+        except Exception as exc:
+            if job:
+                job.meta["error"] = f"{type(exc).__name__}: {exc}"
+                job.meta["progress"] = {**job.meta.get("progress", {}), "state": "failed"}
+                job.save_meta()
+            raise
+    finally:
+        if job and _get(connection, _running_key(project)) == job.id:
+            connection.delete(_running_key(project))
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass
+
+
+def _train(settings: Settings, project: str, params: dict, progress: _Progress, job_id: str) -> dict:
+    client = redis.Redis.from_url(redis_url(settings), decode_responses=True)
+    context = ProjectStore(client).get(project)
+    if not context.label_config:
+        raise RequestError(f"project {project} has no label config (connect the backend to it first)")
+    labels = parse_label_config(context.label_config, settings.aesthetic_control, settings.emotion_control)
+    consensus = ProjectConsensus(client, settings)
+    base_url = settings.label_studio_url or context.hostname
+    token = settings.label_studio_api_key or context.access_token
+
+    resynced = None
+    if settings.resync_before_snapshot and base_url and token:
+        progress.state("resync")
+        try:
+            resynced = resync(consensus, project, labels, base_url, token)
+        except RequestError as exc:  # keep training on the votes we have
+            log.warning("resync before training failed: %s", exc)
+            resynced = {"error": str(exc)}
+    progress.state("snapshot")
+    snapshot = consensus.snapshot(project, labels)
+    if snapshot["rows"] < settings.min_training_labels:
+        raise RequestError(f"project {project} has {snapshot['rows']} consensus-labelled images; training "
+                           f"needs at least {settings.min_training_labels} (AESEMO_MIN_TRAINING_LABELS)")
+
+    progress.state("images", total=snapshot["rows"])
+    started = time.monotonic()
+    rows, failed = _cache_images(settings, snapshot["path"], context.hostname, token)
+    image_seconds = time.monotonic() - started
+    total = len(rows) + len(failed)
+    if total == 0 or len(failed) / total > settings.max_failed_image_fraction:
+        raise RequestError(f"{len(failed)} of {total} images could not be fetched (over the allowed "
+                           f"{settings.max_failed_image_fraction:.0%}); first: {failed[0] if failed else '-'}")
+
+    job_dir = Path(settings.data_dir) / "projects" / project / "jobs" / job_id
+    job_dir.mkdir(parents=True, exist_ok=True)
+    manifest = job_dir / "manifest.jsonl"
+    header = {"classes": {"aesthetic": list(labels.aesthetic_classes), "emotion": list(labels.emotion_classes)}}
+    manifest.write_text("\n".join(json.dumps(r) for r in [header] + rows) + "\n", encoding="utf-8")
+
+    classes = header["classes"]
+    parent = resolve_current(client, replace(settings, backbone=params.get("backbone", settings.backbone)),
+                             project, classes)
+    parent_meta = read_meta(parent.folder) if (parent.folder / "model.json").is_file() else {}
+    if parent_meta.get("classes") != classes:  # the label config changed since: start again from a base
+        parent = ensure_base_version(replace(settings, backbone=params.get("backbone", settings.backbone)), classes)
+        parent_meta = read_meta(parent.folder)
+
+    versions = project_versions_dir(settings, project)
+    versions.mkdir(parents=True, exist_ok=True)
+    name = f"v{len(list(versions.glob('v*'))) + 1:04d}-{time.strftime('%Y%m%d%H%M%S')}"
+    staging = versions / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    config = TrainConfig(epochs=params.get("epochs", settings.train_epochs),
+                         batch_size=params.get("batch_size", settings.train_batch_size),
+                         lr=params.get("lr", settings.train_lr), device=settings.train_device,
+                         train_size=settings.train_image_size, crop_size=settings.train_crop_size)
+    progress.state("training", epochs=config.epochs)
+    meta = train_version(manifest, staging, NetConfig(), config, init_from=parent.folder, progress=progress,
+                         extra_meta={"parent_version": parent.name, "snapshot_id": snapshot["id"],
+                                     "snapshot_sha256": snapshot["sha256"], "job_id": job_id,
+                                     "images": {"used": len(rows), "failed": len(failed)}})
+    write_report(staging, meta)
+    os.replace(staging, versions / name)  # a version folder appears whole or not at all
+
+    promoted, why = _promotion(settings, parent_meta, meta)
+    if promoted:
+        set_current_version(client, project, name)
+    progress.state("finished", version=name, promoted=promoted)
+    return {"version": name, "promoted": promoted, "promotion": why, "parent": parent.name,
+            "metrics": {t: None if m is None else {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+                        for t, m in meta["metrics"].items()},
+            "snapshot": {k: snapshot[k] for k in ("id", "sha256", "rows")},
+            "images": {"used": len(rows), "failed": len(failed), "failures": failed[:20],
+                       "seconds": round(image_seconds, 3)},
+            "training_seconds": round(meta["training"]["seconds"], 3), "device": meta["training"]["device"],
+            "resync": resynced}
+
+
+def _cache_images(settings: Settings, snapshot_path: str, hostname: str | None, token: str | None):
+    fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
+    cache_dir = Path(settings.data_dir) / "cache" / "train256"
+    entries = [json.loads(line) for line in Path(snapshot_path).read_text(encoding="utf-8").splitlines()[1:]]
+
+    def one(row):
+        try:
+            path = cached_training_image(fetcher, row["image"], cache_dir, hostname, token, settings.train_image_size)
+            return {**row, "image": str(path)}, None
+        except ImageFetchError as exc:
+            return None, f"task {row['task']}: {exc}"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, entries))
+    return [r for r, _ in results if r], [f for _, f in results if f]
+
+
+def _score(meta: dict) -> float | None:
+    values = [m["macro_f1"] for m in (meta.get("metrics") or {}).values() if m]
+    return sum(values) / len(values) if values else None
+
+
+def _promotion(settings: Settings, parent_meta: dict, meta: dict) -> tuple[bool, str]:
+    if settings.promotion == "always":
+        return True, "promotion rule: always"
+    if not parent_meta.get("trained"):
+        return True, "first trained version"
+    new, old = _score(meta), _score(parent_meta)
+    if old is None or new is None:
+        return True, "no held-out metric to compare"
+    if new >= old - settings.promotion_margin:
+        return True, f"held-out macro-F1 {new:.4f} vs current {old:.4f} (margin {settings.promotion_margin})"
+    return False, f"held-out macro-F1 {new:.4f} is worse than current {old:.4f} by more than {settings.promotion_margin}"
