@@ -69,17 +69,21 @@ class HotSwap:
             threading.Thread(target=self._poll, name="swap-poller", daemon=True).start()
 
     def _listen(self) -> None:
+        failures = 0
         while True:
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(SWAP_CHANNEL)
+                failures = 0
                 for message in pubsub.listen():
                     notice = json.loads(message["data"])
                     if notice.get("project") in self._current:
                         self.swap_to(notice["project"], notice["version"])
             except (redis.RedisError, OSError, ValueError) as exc:
-                log.warning("swap notices interrupted (%s); retrying", type(exc).__name__)
-                time.sleep(1.0)
+                failures += 1
+                if failures == 1:  # once per outage; the poller covers the gap
+                    log.warning("swap notices interrupted (%s); retrying", type(exc).__name__)
+                time.sleep(min(1.0 * failures, 30.0))
 
     def _poll(self) -> None:
         while True:

@@ -145,7 +145,11 @@ class Backend:
         action, project = event["action"], event["project"]
         if action == "START_TRAINING":
             request_training(self.redis, project, "START_TRAINING")
-            return {"training": self.train(project, {}, "START_TRAINING")}
+            self.project_labels(project, body.get("project"))  # the body carries the label config
+            try:
+                return {"training": self.train(project, {}, "START_TRAINING")}
+            except RequestError as exc:  # the event itself was fine: say why no job, in the answer
+                return {"training": {"started": False, "error": str(exc)}}
         if action == "TASKS_DELETED":
             return {"votes_removed": self.consensus.votes.delete_tasks(project, [t["id"] for t in event["tasks"]])}
         if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",

@@ -40,7 +40,7 @@ def parse_event(body) -> dict:
     if not isinstance(body, dict):
         raise RequestError("webhook body must be a JSON object")
     action = body.get("action")
-    if action not in ACTIONS:
+    if not isinstance(action, str) or action not in ACTIONS:  # a list/dict action is unhashable
         raise RequestError(f"unknown webhook action {action!r}; known: {', '.join(sorted(ACTIONS))}")
     missing = [key for key in ACTIONS[action] if key not in body]
     if missing:
