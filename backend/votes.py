@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 DIMENSIONS = ("aesthetic", "emotion")
 
 _APPLY = """
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 'deleted' end
 if redis.call('SISMEMBER', KEYS[5], ARGV[4]) == 1 then return 'task_deleted' end
+-- the task exists whatever becomes of this annotation: a delete that overtook its create
+-- must leave the same tasks known as the ordered stream does
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[6], ARGV[4], ARGV[5]) end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 'deleted' end
 local current = redis.call('HGET', KEYS[2], ARGV[1])
 if current and current > ARGV[2] then return 'stale' end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -36,7 +39,6 @@ if old == ARGV[3] then return 'same' end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[1])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[6], ARGV[4], ARGV[5]) end
 if old then return 'changed' end
 return 'added'
 """
@@ -114,11 +116,14 @@ def _choices(result: list, labels: ProjectLabels) -> tuple[dict, list[str]]:
                 labels.emotion_control: ("emotion", labels.emotion_classes)}
     chosen, problems = {d: None for d in DIMENSIONS}, []
     for region in result:
-        if not isinstance(region, dict) or region.get("from_name") not in controls:
+        # a list/dict from_name is unhashable: `in controls` would raise TypeError (a 500)
+        if not isinstance(region, dict) or not isinstance(region.get("from_name"), str) \
+                or region["from_name"] not in controls:
             continue
         dimension, classes = controls[region["from_name"]]
-        values = (region.get("value") or {}).get("choices") or []
-        if len(values) != 1:
+        value = region.get("value")
+        values = (value.get("choices") if isinstance(value, dict) else None) or []
+        if not isinstance(values, list) or len(values) != 1:  # "x", 5, {...}: no .get / len / [0]
             problems.append(f"{region['from_name']}: expected one choice, got {values!r}")
         elif values[0] not in classes:
             problems.append(f"{region['from_name']}: choice {values[0]!r} is not in the label config")

@@ -68,9 +68,13 @@ def load_pretrained(model: CrossBranchNet, path: str | os.PathLike | None = None
     mapped = branch_state_from_torchvision(model, source)
     own = model.state_dict()
     wrong = [k for k, v in mapped.items() if k not in own or own[k].shape != v.shape]
-    if not mapped or wrong:
-        raise AesemoError(f"{file} does not fit backbone {model.config.backbone}: "
-                          f"{len(mapped)} tensors mapped, mismatched: {wrong[:5]}")
+    # every tensor the backbone's own layers hold must come from the file, or the start
+    # would silently be part pretrained, part random
+    expected = branch_state_from_torchvision(model, get_spec(model.config.backbone).build().state_dict())
+    missing = sorted(set(expected) - set(mapped))
+    if not mapped or wrong or missing:
+        raise AesemoError(f"{file} does not fit backbone {model.config.backbone}: {len(mapped)} tensors "
+                          f"mapped, mismatched: {wrong[:5]}, missing: {missing[:5]}")
     model.load_state_dict(mapped, strict=False)
     log.info("init: imagenet (%d tensors from %s into both branches)", len(mapped), file)
     return f"imagenet:{file.name}"

@@ -78,6 +78,8 @@ def read_meta(folder: str | Path) -> dict:
         raise VersionError(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise VersionError(f"{path} cannot be read: {exc}") from None
+    if not isinstance(meta, dict):
+        raise VersionError(f"{path} must hold a JSON object, got {type(meta).__name__}")
     for key in ("architecture", "weights_sha256", "pixel_mean"):
         if key not in meta:
             raise VersionError(f"{path} has no {key!r}")

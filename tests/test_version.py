@@ -152,3 +152,13 @@ def test_weights_that_do_not_fit_the_architecture(saved, tmp_path):
     with pytest.raises(VersionError, match="does not fit") as info:
         load_version(bad)
     assert WEIGHTS_FILE in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["null", "[]", "42", '"model"'])
+def test_model_json_that_is_not_an_object(saved, tmp_path, text):
+    _, folder, _ = saved
+    bad = copy_version(folder, tmp_path / "bad")
+    (bad / META_FILE).write_text(text)
+    with pytest.raises(VersionError) as info:
+        load_version(bad)
+    assert str(bad / META_FILE) in str(info.value)
