@@ -102,6 +102,11 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.workdir), epochs=args.epochs)
 
 
+def cmd_stack(args) -> int:
+    from .stack import run_stack, stack_options
+    return run_stack(stack_options(args.ls_port, args.backend_port, args.ls_venv))
+
+
 def cmd_serve(args) -> int:
     from .serve import serve
     serve(args.host, args.port, args.workers, args.threads)
@@ -247,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", type=int)
     p.add_argument("version")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("stack", help="Label Studio, the backend, a worker and a demo project, until Ctrl-C")
+    p.add_argument("--ls-port", type=int, default=8080, help="Label Studio's port on 127.0.0.1")
+    p.add_argument("--backend-port", type=int, default=9090, help="the backend's port on 127.0.0.1")
+    p.add_argument("--ls-venv", default=None,
+                   help="virtualenv holding Label Studio (default: $LS_VENV or .venv-ls; made when missing)")
+    p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("demo", help="train on generated images and print predictions")
     p.add_argument("--workdir", default="aesemo-data/demo")

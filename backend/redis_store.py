@@ -56,6 +56,10 @@ def ensure_embedded_redis(data_dir: Path, timeout_s: float = 10.0) -> str:
     return url
 
 
+def embedded_redis_running(data_dir: Path) -> bool:
+    return _answers(f"unix://{embedded_socket_path(data_dir)}")
+
+
 def stop_embedded_redis(data_dir: Path) -> None:
     url = f"unix://{embedded_socket_path(data_dir)}"
     if _answers(url):

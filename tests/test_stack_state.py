@@ -1,0 +1,76 @@
+"""The parts of `aesemo stack` that need no server: its state file, the sample photos, the names
+of uploaded files, and the refusals (busy port, lost state, a second stack on one data dir).
+The whole stack against a real Label Studio is tests/e2e/test_stack.py."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+
+import pytest
+from PIL import Image
+
+from backend.stack import (SAMPLE_PHOTOS, StackError, StackOptions, _only_stack_of, check_ports_free,
+                           load_or_create_state, sample_photos, uploaded_name)
+
+
+def test_state_is_created_once_private_and_reused(tmp_path):
+    options = StackOptions(data_dir=tmp_path)
+    state = load_or_create_state(options)
+    assert state["admin"]["email"] == "admin@example.com" and len(state["admin"]["token"]) == 40
+    assert [a["email"] for a in state["annotators"]] == [f"annotator{i}@example.com" for i in (1, 2, 3)]
+    assert len({a["password"] for a in state["annotators"]} | {state["admin"]["password"]}) == 4
+    assert state["project_id"] is None
+    assert stat.S_IMODE(options.state_path.stat().st_mode) == 0o600
+    assert load_or_create_state(options) == state == json.loads(options.state_path.read_text())
+
+
+def test_a_database_without_its_state_is_refused(tmp_path):
+    options = StackOptions(data_dir=tmp_path)
+    options.ls_data_dir.mkdir()
+    (options.ls_data_dir / "label_studio.sqlite3").write_bytes(b"")
+    with pytest.raises(StackError, match="stack.json"):
+        load_or_create_state(options)
+
+
+def test_sample_photos_are_real_images_from_the_installed_package():
+    photos = sample_photos()
+    assert [p.name for p in photos] == list(SAMPLE_PHOTOS)
+    for photo in photos:
+        with Image.open(photo) as image:
+            assert min(image.size) >= 256, (photo, image.size)
+
+
+@pytest.mark.parametrize("url, name", [
+    ("/data/upload/1/ca16892c-astronaut.png", "astronaut.png"),
+    ("/data/upload/3/0f1e2d3c-motorcycle_left.png", "motorcycle_left.png"),
+    ("http://127.0.0.1:8080/data/upload/1/deadbeef-hubble_deep_field.jpg", "hubble_deep_field.jpg"),
+    ("/data/upload/1/my-photo.png", "my-photo.png"),
+])
+def test_uploaded_name_drops_label_studios_prefix(url, name):
+    assert uploaded_name({"data": {"image": url}}) == name
+
+
+def test_a_busy_port_is_refused_with_the_flag_to_change(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(StackError, match="--backend-port"):
+            check_ports_free(StackOptions(data_dir=tmp_path, ls_port=_free_port(), backend_port=port))
+
+
+def test_one_stack_per_data_directory(tmp_path):
+    with _only_stack_of(tmp_path):
+        with pytest.raises(StackError, match="another aesemo stack"):
+            with _only_stack_of(tmp_path):
+                pass
+    with _only_stack_of(tmp_path):  # free again
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
