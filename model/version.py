@@ -101,10 +101,13 @@ def load_version(folder: str | Path) -> tuple[CrossBranchNet, dict]:
         config = NetConfig.from_dict(meta["architecture"])
     except (TypeError, ValueError) as exc:
         raise VersionError(f"{folder / META_FILE}: bad architecture: {exc}") from None
-    model = CrossBranchNet(config)
+    # built on the meta device, so no time goes into random weights that the file replaces
+    # (15 of 16 s for vgg16 on a 2-core CPU); `assign` then adopts the loaded tensors
+    with torch.device("meta"):
+        model = CrossBranchNet(config)
     try:
         state = load_file(weights)
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
         raise VersionError(f"{weights} does not fit the architecture in model.json: {exc}") from None
     return model, meta
