@@ -31,6 +31,9 @@ class HotSwap:
         self._current: dict[str, tuple[str, Predictor]] = {}
         self._refused: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        # one load at a time: the listener and the poller must not load the same version twice,
+        # nor the poller finish loading a pointer read before a later promotion and undo it
+        self._swap_lock = threading.RLock()
         self._started = False
 
     def get(self, project: str) -> tuple[str, Predictor] | None:
@@ -43,20 +46,21 @@ class HotSwap:
 
     def swap_to(self, project: str, name: str) -> bool:
         """Load `name` and make it current for `project`; False (old one kept) if it fails."""
-        held = self._current.get(project)
-        if held and held[0] == name or (project, name) in self._refused:
-            return False
-        folder = project_versions_dir(self.settings, project) / name
-        try:
-            predictor = Predictor(folder, max_pixels=self.settings.max_image_pixels)
-        except (AesemoError, OSError, RuntimeError, ValueError) as exc:
-            self._refused.add((project, name))
-            log.error("refused model version %s of project %s: %s; still serving %s",
-                      name, project, exc, held[0] if held else "nothing")
-            return False
-        self._current[project] = (name, predictor)  # one reference: in-flight requests keep theirs
-        log.info("project %s now serves model version %s", project, name)
-        return True
+        with self._swap_lock:
+            held = self._current.get(project)
+            if held and held[0] == name or (project, name) in self._refused:
+                return False
+            folder = project_versions_dir(self.settings, project) / name
+            try:
+                predictor = Predictor(folder, max_pixels=self.settings.max_image_pixels)
+            except (AesemoError, OSError, RuntimeError, ValueError) as exc:
+                self._refused.add((project, name))
+                log.error("refused model version %s of project %s: %s; still serving %s",
+                          name, project, exc, held[0] if held else "nothing")
+                return False
+            self._current[project] = (name, predictor)  # one reference: in-flight requests keep theirs
+            log.info("project %s now serves model version %s", project, name)
+            return True
 
     def _start(self) -> None:
         if self._started:
@@ -89,9 +93,10 @@ class HotSwap:
         while True:
             time.sleep(self.settings.swap_poll_s)
             for project in list(self._current):
-                try:
-                    name = current_version_name(self.redis, project)
-                except redis.RedisError:
-                    break
-                if name and name != self._current[project][0]:
-                    self.swap_to(project, name)
+                with self._swap_lock:  # the pointer is read and loaded before any later notice
+                    try:
+                        name = current_version_name(self.redis, project)
+                    except redis.RedisError:
+                        break
+                    if name and name != self._current[project][0]:
+                        self.swap_to(project, name)

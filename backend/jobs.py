@@ -140,8 +140,36 @@ def describe_job(job: Job) -> dict:
     if status == JobStatus.FINISHED:
         info["result"] = job.return_value()
     if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-        info["error"] = job.meta.get("error") or _last_line(job.exc_info) or str(status.value)
+        failure = _failure_text(job)
+        info["error"] = job.meta.get("error") or _abandoned(failure, job) or _last_line(failure) or str(status.value)
     return info
+
+
+def _failure_text(job: Job) -> str | None:
+    """The traceback (or RQ's note) of the job's failed run; `job.exc_info` is deprecated in RQ 2+."""
+    from rq.results import Result
+    result = job.latest_result()
+    if result is not None and result.type == Result.Type.FAILED:
+        return result.exc_string
+    return getattr(job, "_exc_info", None)
+
+
+def _abandoned(failure: str | None, job: Job) -> str | None:
+    """RQ's note on a job whose worker died under it, said plainly."""
+    if "AbandonedJobError" not in (failure or ""):
+        return None
+    state = (job.meta.get("progress") or {}).get("state")
+    return (f"the worker running this job died (killed or crashed) while it was in state {state!r}; "
+            f"RQ marked it abandoned (AbandonedJobError)")
+
+
+def _reap_abandoned(settings: Settings, connection: redis.Redis) -> None:
+    """Let RQ move jobs whose worker stopped heartbeating to the failed registry now, rather
+    than at the next worker's maintenance (every 10 minutes)."""
+    try:
+        training_queue(settings, connection).started_job_registry.cleanup()
+    except redis.RedisError as exc:
+        log.warning("could not clean the started-job registry: %s", exc)
 
 
 def _iso(moment) -> str | None:
@@ -155,13 +183,16 @@ def _last_line(text: str | None) -> str | None:
 
 def project_jobs(settings: Settings, project: str, limit: int = 20) -> list[dict]:
     connection = raw_connection(settings)
+    _reap_abandoned(settings, connection)
     ids = [i.decode() for i in connection.lrange(_history_key(project), 0, limit - 1)]
     jobs = [_fetch(connection, i) for i in ids]
     return [describe_job(j) for j in jobs if j is not None]
 
 
 def get_job(settings: Settings, project: str, job_id: str) -> dict:
-    job = _fetch(raw_connection(settings), job_id)
+    connection = raw_connection(settings)
+    _reap_abandoned(settings, connection)
+    job = _fetch(connection, job_id)
     if job is None or job.meta.get("project") != project:
         raise RequestError(f"project {project} has no job {job_id!r}", status=404)
     return describe_job(job)
@@ -170,6 +201,7 @@ def get_job(settings: Settings, project: str, job_id: str) -> dict:
 def cancel_job(settings: Settings, project: str, job_id: str) -> dict:
     """A queued job is cancelled at once; a running one stops at its next training step."""
     connection = raw_connection(settings)
+    _reap_abandoned(settings, connection)
     job = _fetch(connection, job_id)
     if job is None or job.meta.get("project") != project:
         raise RequestError(f"project {project} has no job {job_id!r}", status=404)
@@ -208,7 +240,8 @@ class _Progress:
         self.job.save_meta()
         if self.lock is not None:
             self.lock.reacquire()
-        if self.connection.exists(f"aesemo:job:{self.job.id}:cancel"):
+        # too late to cancel once the version is written and promoted
+        if event.get("state") != "finished" and self.connection.exists(f"aesemo:job:{self.job.id}:cancel"):
             raise JobCancelled(f"job {self.job.id} cancelled by request")
 
     def state(self, state: str, **extra) -> None:
@@ -222,11 +255,11 @@ def train_project(project: str) -> dict:
     job = get_current_job()
     connection = job.connection if job else raw_connection(settings)
     params = dict(job.meta.get("params", {})) if job else {}
-    # one training per project at a time, even with several workers; the lock expires soon
-    # after a killed worker stops renewing it
-    lock = connection.lock(f"aesemo:p:{project}:training", timeout=120, blocking_timeout=settings.job_timeout_s)
-    if not lock.acquire():
-        raise RuntimeError(f"project {project} is still training elsewhere")
+    # One training per project at a time, even with several workers. The lock holds the job's
+    # id and lasts as long as a job may run; a holder whose worker died (RQ marks its job failed
+    # once its heartbeats stop) is noticed while waiting and its lock released.
+    lock = connection.lock(_lock_key(project), timeout=settings.job_timeout_s + 60)
+    _acquire_training_lock(settings, connection, lock, project, job.id if job else f"local-{os.getpid()}")
     try:
         if job:
             if _get(connection, _pending_key(project)) == job.id:
@@ -248,6 +281,29 @@ def train_project(project: str) -> dict:
             lock.release()
         except redis.exceptions.LockError:
             pass
+
+
+def _lock_key(project: str) -> str:
+    return f"aesemo:p:{project}:training"
+
+
+_DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def _acquire_training_lock(settings: Settings, connection: redis.Redis, lock, project: str, token: str) -> None:
+    deadline = time.monotonic() + settings.job_timeout_s
+    while not lock.acquire(blocking=False, token=token):
+        holder = _get(connection, _lock_key(project))
+        if holder and holder.startswith("train-"):
+            _reap_abandoned(settings, connection)
+            held = _fetch(connection, holder)
+            if (held is None or held.get_status(refresh=True) != JobStatus.STARTED) and \
+                    connection.eval(_DELETE_IF_EQUAL, 1, _lock_key(project), holder):
+                log.warning("released project %s's training lock: its holder %s is no longer running", project, holder)
+                continue
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"project {project} is still training elsewhere ({holder})")
+        time.sleep(1.0)
 
 
 def _train(settings: Settings, project: str, params: dict, progress: _Progress, job_id: str) -> dict:

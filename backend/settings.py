@@ -64,6 +64,7 @@ class Settings:
     resync_before_snapshot: bool = True
     training_queue: str = "training"
     job_timeout_s: int = 6 * 3600
+    job_heartbeat_s: float = 10.0
     min_training_labels: int = 10
     max_failed_image_fraction: float = 0.2
     train_epochs: int = 10
@@ -103,6 +104,7 @@ def load_settings() -> Settings:
         resync_before_snapshot=_env("AESEMO_RESYNC_BEFORE_SNAPSHOT", "true").lower() in ("1", "true", "yes"),
         training_queue=_env("AESEMO_QUEUE", "training"),
         job_timeout_s=_env_int("AESEMO_JOB_TIMEOUT", 6 * 3600),
+        job_heartbeat_s=_env_float("AESEMO_JOB_HEARTBEAT", 10.0),
         min_training_labels=_env_int("AESEMO_MIN_TRAINING_LABELS", 10),
         max_failed_image_fraction=_env_float("AESEMO_MAX_FAILED_IMAGES", 0.2),
         train_epochs=_env_int("AESEMO_TRAIN_EPOCHS", 10),

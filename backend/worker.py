@@ -4,18 +4,59 @@ RQ's default worker forks a child per job, and CUDA cannot be initialised again 
 child, so this runs jobs in its own process (RQ's SimpleWorker). More GPUs: more worker
 processes (one per GPU via CUDA_VISIBLE_DEVICES), on any machine that reaches the same Redis
 and data directory.
+
+A SimpleWorker cannot heartbeat while its job runs, so RQ gives the job's StartedJobRegistry
+entry (and the worker's key) a TTL of the whole job timeout plus 60 s: a worker killed mid-job
+(SIGKILL, OOM, a lost machine) would leave its job "started" for hours. This worker heartbeats
+from a thread while the job runs, with a short TTL, so RQ's own registry cleanup marks a dead
+worker's job failed (AbandonedJobError) soon after.
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 
+import redis
 from rq import SimpleWorker
+from rq.worker import WorkerStatus
 
 from .jobs import raw_connection, training_queue
 from .settings import load_settings
 
 log = logging.getLogger(__name__)
+
+
+class TrainingWorker(SimpleWorker):
+    """RQ's SimpleWorker plus a heartbeat thread while a job runs (see the module docstring)."""
+
+    def __init__(self, *args, heartbeat_s: float = 10.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.heartbeat_s = max(float(heartbeat_s), 0.5)
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        return int(3 * self.heartbeat_s + 5)
+
+    def execute_job(self, job, queue):
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, execution, stop), name="job-heartbeat", daemon=True)
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _beat(self, job, execution, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as exc:
+                log.warning("heartbeat of job %s failed: %s", job.id, exc)
+            except Exception:  # keep beating: a silent stop would get a live job marked abandoned
+                log.exception("heartbeat of job %s failed", job.id)
 
 
 def run_worker(queue: str | None = None, device: str | None = None, burst: bool = False) -> bool:
@@ -32,5 +73,6 @@ def run_worker(queue: str | None = None, device: str | None = None, burst: bool 
     if chosen.startswith("cuda"):
         log.info("GPU: %s", torch.cuda.get_device_name(torch.device(chosen)))
     connection = raw_connection(settings)
-    worker = SimpleWorker([training_queue(settings, connection)], connection=connection)
+    worker = TrainingWorker([training_queue(settings, connection)], connection=connection,
+                            heartbeat_s=settings.job_heartbeat_s)
     return worker.work(burst=burst, with_scheduler=False)
