@@ -15,6 +15,7 @@ from .errors import RequestError
 from .projects import project_id
 
 EVENTS_STREAM = "aesemo:events"
+EVENTS_KEPT = 100_000  # about 100 MB of Redis memory at most
 
 # action -> the body keys it must carry (protocol document, section 6)
 ACTIONS: dict[str, tuple[str, ...]] = {
@@ -86,5 +87,7 @@ def _tasks(action: str, tasks) -> list[dict]:
 
 
 def record_event(client: redis.Redis, event: dict) -> str:
-    """Append to the events stream (consumed by the consensus step); returns the entry id."""
-    return client.xadd(EVENTS_STREAM, {"event": json.dumps(event, separators=(",", ":"))})
+    """Append to the audit stream of recent events; returns the entry id."""
+    # capped: the votes already hold what counts, and Label Studio's export is the full record
+    return client.xadd(EVENTS_STREAM, {"event": json.dumps(event, separators=(",", ":"))},
+                       maxlen=EVENTS_KEPT, approximate=True)

@@ -1,0 +1,297 @@
+"""The real service for the HTTP benchmarks: `aesemo serve` as a subprocess on 127.0.0.1, the
+recorded Label Studio bodies, load generators (closed and paced open loop) and percentiles.
+
+Everything here talks to 127.0.0.1 only, and every loop is bounded in count and in time.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = Path(os.environ.get("AESEMO_LS_EXAMPLES", "/work/shared/docs/label-studio-examples"))
+# Settings of the calling environment that must not reach the server under test.
+SCRUB_ENV = ("REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "BASIC_AUTH_USER", "BASIC_AUTH_PASS",
+             "PROMETHEUS_MULTIPROC_DIR", "PYTHONSTARTUP")
+
+
+def recorded_body(name: str) -> dict:
+    """The request body Label Studio sent, from a recorded example (e.g. "setup")."""
+    return json.loads((EXAMPLES / f"{name}.json").read_text())["request"]["body"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (Linux /proc); 0.0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def aesemo_executable() -> str:
+    for candidate in (Path(sys.executable).parent / "aesemo", ROOT / ".venv" / "bin" / "aesemo"):
+        if candidate.is_file():
+            return str(candidate)
+    raise SystemExit("no aesemo executable: run with .venv/bin/python after `pip install -e .`")
+
+
+def local_session() -> requests.Session:
+    """A session that ignores proxy variables, so requests to 127.0.0.1 stay on 127.0.0.1."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+class Service:
+    """`aesemo serve` on 127.0.0.1:<free port> with its own temporary data directory (and so its
+    own embedded Redis). Use as a context manager: the server and its Redis stop on exit, errors
+    included."""
+
+    def __init__(self, backbone: str = "resnet18", workers: int = 1, threads: int = 8,
+                 allowed_image_hosts: str = "", start_timeout_s: float = 240.0):
+        self.backbone, self.workers, self.threads = backbone, workers, threads
+        self.allowed_image_hosts = allowed_image_hosts
+        self.start_timeout_s = start_timeout_s
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._tmp = tempfile.TemporaryDirectory(prefix="aesemo-bench-")
+        self.data_dir = Path(self._tmp.name) / "data"
+        self.log_path = Path(self._tmp.name) / "serve.log"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Service":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV and not k.startswith("AESEMO_")}
+        env.update(AESEMO_BACKBONE=self.backbone, AESEMO_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
+                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+        if self.allowed_image_hosts:
+            env["AESEMO_ALLOWED_IMAGE_HOSTS"] = self.allowed_image_hosts
+        cmd = [aesemo_executable(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", str(self.workers), "--threads", str(self.threads)]
+        self.data_dir.mkdir(parents=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self._tmp.name, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout_s
+        session = local_session()
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"aesemo serve exited with code {self.proc.returncode}\n{self.log_tail()}")
+                try:
+                    if session.get(self.url + "/health", timeout=2).status_code == 200:
+                        return
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"aesemo serve not healthy after {self.start_timeout_s:.0f} s\n"
+                                       f"{self.log_tail()}")
+                time.sleep(0.2)
+        finally:
+            session.close()
+
+    def stop(self) -> None:
+        from backend.redis_store import stop_embedded_redis
+
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()  # gunicorn: graceful stop of the master and its workers
+                try:
+                    proc.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:  # whatever is left in the group this script started (workers of a stuck master)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if proc.poll() is None:
+                proc.wait(timeout=10)
+        if self.data_dir.exists():
+            stop_embedded_redis(self.data_dir)  # a daemon, outside the process group
+        self._tmp.cleanup()
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the gunicorn master, its workers, and the embedded Redis."""
+        out = {"master": 0.0, "workers": 0.0, "redis": 0.0}
+        if self.proc is not None:
+            out["master"] = cpu_seconds(self.proc.pid)
+            out["workers"] = sum(cpu_seconds(p) for p in child_pids(self.proc.pid))
+        try:
+            out["redis"] = cpu_seconds(int((self.data_dir / "redis" / "redis.pid").read_text().strip()))
+        except (OSError, ValueError):
+            pass
+        return out
+
+    def redis(self):
+        import redis
+
+        from backend.redis_store import embedded_socket_path
+        return redis.Redis.from_url(f"unix://{embedded_socket_path(self.data_dir)}", decode_responses=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        return "--- serve.log (tail) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def webhook_body(template: dict, annotation: int, task: int, user: int, aesthetic: str, emotion: str,
+                 image_url: str | None = None) -> dict:
+    """The recorded ANNOTATION_CREATED body with another annotation id, task, author and choices."""
+    body = copy.deepcopy(template)
+    a = body["annotation"]
+    stamp = f"2026-11-27T12:{(annotation // 60) % 60:02d}:{annotation % 60:02d}.{annotation % 1_000_000:06d}Z"
+    a.update(id=annotation, task=task, completed_by=user, updated_by=user, created_at=stamp, updated_at=stamp,
+             unique_id=f"bench-{annotation}")
+    for region in a["result"]:
+        region["value"]["choices"] = [aesthetic if region["from_name"] == "aesthetic" else emotion]
+    body["task"]["id"] = task
+    body["task"]["inner_id"] = task
+    if image_url:
+        body["task"]["data"]["image"] = image_url
+    return body
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+class _PerThreadSession(threading.local):
+    def __init__(self):
+        self.session = local_session()
+
+
+def closed_loop(url: str, bodies: list[bytes], concurrency: int, deadline_s: float) -> dict:
+    """POST every body, `concurrency` connections each sending its next one as soon as the last
+    answered. Latencies in seconds."""
+    lock, cursor = threading.Lock(), iter(range(len(bodies)))
+    latencies, errors = [], []
+    stop_at = time.monotonic() + deadline_s
+
+    def client():
+        session = local_session()
+        try:
+            while time.monotonic() < stop_at:
+                with lock:
+                    i = next(cursor, None)
+                if i is None:
+                    return
+                started = time.perf_counter()
+                try:
+                    r = session.post(url, data=bodies[i], headers={"Content-Type": "application/json"}, timeout=10)
+                    ok = r.status_code == 200
+                    if not ok:
+                        errors.append(f"{r.status_code} {r.text[:200]}")
+                except requests.RequestException as exc:
+                    errors.append(type(exc).__name__)
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - started)
+        finally:
+            session.close()
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(1.0, stop_at - time.monotonic() + 15))
+    wall = time.perf_counter() - t0
+    return {"latencies": latencies, "errors": errors, "wall": wall, "client_cpu": time.process_time() - cpu0,
+            "unfinished": sum(t.is_alive() for t in threads)}
+
+
+def paced_open_loop(url: str, bodies: list[bytes], rate: float, threads: int, deadline_s: float) -> dict:
+    """Request i is due at start + i / rate whatever happened before (open loop); `threads`
+    senders take the next due request. A request's latency runs from its due time to its answer,
+    so time spent waiting for a free sender (queueing) counts."""
+    lock, cursor = threading.Lock(), iter(range(len(bodies)))
+    latencies, service, late, errors = [], [], [], []
+    local = _PerThreadSession()
+    start = time.perf_counter() + 0.05
+    stop_at = time.monotonic() + deadline_s
+    done_at = [start]
+
+    def sender():
+        while time.monotonic() < stop_at:
+            with lock:
+                i = next(cursor, None)
+            if i is None:
+                return
+            due = start + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            sent = time.perf_counter()
+            try:
+                r = local.session.post(url, data=bodies[i], headers={"Content-Type": "application/json"}, timeout=10)
+                ok = r.status_code == 200
+                if not ok:
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+            except requests.RequestException as exc:
+                errors.append(type(exc).__name__)
+                ok = False
+            finished = time.perf_counter()
+            done_at.append(finished)
+            if ok:
+                latencies.append(finished - due)
+                service.append(finished - sent)
+                late.append(max(0.0, sent - due))
+
+    pool = [threading.Thread(target=sender, daemon=True) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=max(1.0, stop_at - time.monotonic() + 15))
+    return {"latencies": latencies, "service": service, "late": late, "errors": errors,
+            "elapsed": max(done_at) - start, "sent": len(latencies) + len(errors),
+            "unfinished": sum(t.is_alive() for t in pool)}
