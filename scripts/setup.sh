@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the project into it; safe to run again (re-installs only when
-# pyproject.toml changed). Sourced by the README's commands.
+# pyproject.toml changed). Run by the README's two commands.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
@@ -14,7 +14,9 @@ stamp="$venv/.aesemo-installed"
 want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: installing aesemo and its dependencies into $venv (first time: a few minutes)" >&2
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e "$root[test,demo]"
+    # this machine's pip configuration lists local indexes that may be absent: drop those warnings
+    # (sed, unlike grep -v, succeeds on empty input, so pipefail still reports pip's own failure)
+    "$venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | sed '/is ignored: it is neither/d'
+    "$venv/bin/python" -m pip install --quiet -e "$root[test,demo]" 2>&1 | sed '/is ignored: it is neither/d' >&2
     echo "$want" > "$stamp"
 fi

@@ -24,9 +24,7 @@ AESTHETIC = ("high", "low")
 EMOTION = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
 CLASSES = {"aesthetic": AESTHETIC, "emotion": EMOTION}
 
-_CANDIDATES = [Path(__file__).resolve().parents[1] / "shared" / "docs" / "label-studio-examples",
-               Path("/work/shared/docs/label-studio-examples")]
-EXAMPLES = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[-1])
+from ls_examples import EXAMPLES  # noqa: E402
 
 
 def example(name: str) -> dict:

@@ -13,7 +13,7 @@ from backend.label_config import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = Path("/work/shared/docs/label-studio-examples")
+from ls_examples import EXAMPLES  # noqa: E402
 AESTHETIC = ("high", "low")
 EMOTION = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
 

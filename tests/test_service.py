@@ -31,9 +31,7 @@ from model.pipeline import init_version
 
 from images_server import ImageServer  # tests/ is on sys.path (rootdir-relative, no package)
 
-_CANDIDATES = [Path(__file__).resolve().parents[1] / "shared" / "docs" / "label-studio-examples",
-               Path("/work/shared/docs/label-studio-examples")]
-EXAMPLES = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[-1])
+from ls_examples import EXAMPLES  # noqa: E402
 
 PROJECT = "1.1795782039"
 SECRET = "secret-token-XYZ"

@@ -23,9 +23,7 @@ from backend.redis_store import ensure_embedded_redis, stop_embedded_redis
 from backend.training_requests import REQUESTS_LIST
 from backend.votes import VoteStore
 
-_CANDIDATES = [Path(__file__).resolve().parents[1] / "shared" / "docs" / "label-studio-examples",
-               Path("/work/shared/docs/label-studio-examples")]
-EXAMPLES = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[-1])
+from ls_examples import EXAMPLES  # noqa: E402
 
 PROJECT = "1"   # the recorded bodies' project id
 STATES = ("no_votes", "waiting", "agreed", "disputed")

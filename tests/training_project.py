@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-_CANDIDATES = [REPO / "shared" / "docs" / "label-studio-examples", Path("/work/shared/docs/label-studio-examples")]
-EXAMPLES = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[-1])
+from ls_examples import EXAMPLES  # noqa: E402
 
 AESTHETIC = ("high", "low")
 EMOTION = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
