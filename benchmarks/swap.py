@@ -255,9 +255,9 @@ def run_a(args, service: Service, backbone: str, urls: list[str]) -> list[str]:
           f"{' ' + repr([e for r in runs for e in r['errors']][:3]) if any(r['errors'] for r in runs) else ''}; "
           f"models loaded by the server: {loads} for {len(runs)} promotions")
     load_s, build_s, hash_s = load_breakdown(service, names[0])
-    print(f"(a) {backbone}: the same load in this process: Predictor(version) {load_s:.2f} s, of which building the "
-          f"randomly initialised network before its weights are loaded {build_s:.2f} s and the weights' sha256 "
-          f"{hash_s:.2f} s (the promote request does the same build and hash once more to check the version)")
+    print(f"(a) {backbone}: the same load in this process: Predictor(version) {load_s:.2f} s, of which the weights' "
+          f"sha256 {hash_s:.2f} s (the promote request loads once more to check the version); for comparison, "
+          f"building the network with random weights, which loading skips: {build_s:.2f} s")
     print(f"(a) {backbone}: versions {size_mb:.0f} MB each on disk ({len(names)} written in {made_s:.1f} s); "
           f"warm-up /predict (loads the first version): {warm_s:.2f} s")
     return names
