@@ -55,9 +55,12 @@ class ProjectConsensus:
         task_id = task.get("id") if isinstance(task, dict) else None
         vote = vote_from_annotation(annotation, task_id, labels)
         image = ((task or {}).get("data") or {}).get(labels.image_key)
-        before = self._agreed_dimensions(project, labels, vote.task)
+        # newly agreed labels are counted only for auto-training: with it off, the webhook
+        # skips judging the task before and after (most of its Redis round trips and CPU)
+        track = self.settings.auto_train_threshold > 0
+        before = self._agreed_dimensions(project, labels, vote.task) if track else set()
         outcome = self.votes.apply(project, vote, image if isinstance(image, str) else None)
-        if outcome in ("added", "changed"):
+        if track and outcome in ("added", "changed"):
             self._count_agreed(project, labels, vote.task, before)
         return outcome
 
@@ -65,7 +68,7 @@ class ProjectConsensus:
         seen = 0
         for annotation in ids:
             task = None
-            if labels is not None:
+            if labels is not None and self.settings.auto_train_threshold > 0:
                 stored = self.redis.hget(key(project, "votes"), annotation)
                 task = Vote.from_record(stored).task if stored else None
             before = self._agreed_dimensions(project, labels, task) if task is not None else set()
