@@ -189,22 +189,23 @@ def project_jobs(settings: Settings, project: str, limit: int = 20) -> list[dict
     return [describe_job(j) for j in jobs if j is not None]
 
 
-def get_job(settings: Settings, project: str, job_id: str) -> dict:
+def _project_job(settings: Settings, project: str, job_id: str) -> tuple[redis.Redis, Job]:
+    """The job, after abandoned jobs are marked failed; 404 unless it belongs to `project`."""
     connection = raw_connection(settings)
     _reap_abandoned(settings, connection)
     job = _fetch(connection, job_id)
     if job is None or job.meta.get("project") != project:
         raise RequestError(f"project {project} has no job {job_id!r}", status=404)
-    return describe_job(job)
+    return connection, job
+
+
+def get_job(settings: Settings, project: str, job_id: str) -> dict:
+    return describe_job(_project_job(settings, project, job_id)[1])
 
 
 def cancel_job(settings: Settings, project: str, job_id: str) -> dict:
     """A queued job is cancelled at once; a running one stops at its next training step."""
-    connection = raw_connection(settings)
-    _reap_abandoned(settings, connection)
-    job = _fetch(connection, job_id)
-    if job is None or job.meta.get("project") != project:
-        raise RequestError(f"project {project} has no job {job_id!r}", status=404)
+    connection, job = _project_job(settings, project, job_id)
     status = job.get_status(refresh=True)
     if status == JobStatus.QUEUED:
         job.cancel()
@@ -233,7 +234,10 @@ class _Progress:
         if self.job is None:
             return
         now = time.monotonic()
-        if not force and event.get("stage") == "training" and now - self.last < 1.0:
+        # steps are throttled to one write a second, but an epoch's last step always lands, so
+        # a fast epoch still leaves its step counts in the meta
+        last_step = event.get("step") == event.get("steps")
+        if not force and event.get("stage") == "training" and not last_step and now - self.last < 1.0:
             return
         self.last = now
         self.job.meta["progress"] = {**self.job.meta.get("progress", {}), **event, "updated_at": time.time()}
