@@ -69,13 +69,6 @@ def ls_log_size(ls: LabelStudioServer) -> int:
 
 
 @pytest.fixture(scope="module")
-def image_server():
-    server = ImageServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def start_backend(label_studio: LabelStudioServer, image_server: ImageServer, tmp_path_factory, request):
     """Factory: ``start_backend(name, basic_auth=None, **env)`` starts one ``aesemo serve``
     (resnet18, its own data dir and embedded Redis, LABEL_STUDIO_URL = this Label Studio, the

@@ -30,10 +30,10 @@ from backend_proc import (
     aesemo_executable,
     backend_env,
 )
+from annotating import Annotator, states, wait_until
 from ls_server import LabelStudioServer, free_port
 
 N_TASKS = 12
-STATES = ("no_votes", "waiting", "agreed", "disputed")
 WORKER_TIMEOUT_S = 900  # a 2-core machine under heavy load: torch import, resync, 1 epoch, evaluation
 TRAIN_ENV = dict(
     AESEMO_BACKBONE="resnet18",
@@ -51,37 +51,6 @@ TRAIN_ENV = dict(
 
 # ---------------------------------------------------------------------------------- helpers
 
-
-def result(aesthetic: str, emotion: str) -> list[dict]:
-    return [
-        {"from_name": "aesthetic", "to_name": "image", "type": "choices", "value": {"choices": [aesthetic]}},
-        {"from_name": "emotion", "to_name": "image", "type": "choices", "value": {"choices": [emotion]}},
-    ]
-
-
-def states(**counts: int) -> dict:
-    return {s: counts.get(s, 0) for s in STATES}
-
-
-def wait_until(fetch, check, timeout: float, interval: float = 0.5):
-    """Call ``fetch()`` until ``check(value)`` holds or ``timeout`` passes; returns the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if check(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-class Annotator:
-    def __init__(self, ls: LabelStudioServer, name: str):
-        self.email = f"{name}-{uuid.uuid4().hex[:8]}@example.com"
-        self.token = ls.signup_user(self.email, f"pw-{uuid.uuid4().hex}")
-        self.id = ls.whoami(token=self.token)["id"]
-        self.ls = ls
-
-    def annotate(self, task_id: int, aesthetic: str, emotion: str) -> dict:
-        return self.ls.create_annotation(task_id, result(aesthetic, emotion), token=self.token, lead_time=2.0)
 
 
 def backend_json(backend: BackendProcess, path: str, timeout: float = 30) -> dict:
@@ -120,13 +89,6 @@ def retrieve_until_stored(ls: LabelStudioServer, pid: int, task_ids: list[int], 
 
 
 # ---------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def image_server():
-    server = ImageServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture
