@@ -80,8 +80,10 @@ class Service:
     included."""
 
     def __init__(self, backbone: str = "resnet18", workers: int = 1, threads: int = 8,
-                 allowed_image_hosts: str = "", start_timeout_s: float = 240.0):
+                 allowed_image_hosts: str = "", start_timeout_s: float = 240.0,
+                 extra_env: dict[str, str] | None = None):
         self.backbone, self.workers, self.threads = backbone, workers, threads
+        self.extra_env = dict(extra_env or {})  # further settings for the server (e.g. AESEMO_SWAP_POLL)
         self.allowed_image_hosts = allowed_image_hosts
         self.start_timeout_s = start_timeout_s
         self.port = free_port()
@@ -108,6 +110,7 @@ class Service:
                    NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
         if self.allowed_image_hosts:
             env["AESEMO_ALLOWED_IMAGE_HOSTS"] = self.allowed_image_hosts
+        env.update(self.extra_env)
         cmd = [aesemo_executable(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(self.workers), "--threads", str(self.threads)]
         self.data_dir.mkdir(parents=True)
@@ -170,6 +173,12 @@ class Service:
 
         from backend.redis_store import embedded_socket_path
         return redis.Redis.from_url(f"unix://{embedded_socket_path(self.data_dir)}", decode_responses=True)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, lines: int = 40) -> str:
         try:

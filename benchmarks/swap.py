@@ -81,50 +81,6 @@ class ImageServer:
         self.httpd.server_close()
 
 
-class SwapService(Service):
-    """Service with extra AESEMO_* settings for the server (here AESEMO_SWAP_POLL)."""
-
-    def __init__(self, extra_env: dict[str, str], **kwargs):
-        super().__init__(**kwargs)
-        self.extra_env = extra_env
-
-    def start(self) -> None:
-        """Service.start with `extra_env` added to the server's environment (which Service builds
-        from os.environ without the caller's AESEMO_* variables)."""
-        env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV and not k.startswith("AESEMO_")}
-        env.update(AESEMO_BACKBONE=self.backbone, AESEMO_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
-                   AESEMO_ALLOWED_IMAGE_HOSTS=self.allowed_image_hosts, NO_PROXY="127.0.0.1,localhost",
-                   no_proxy="127.0.0.1,localhost", **self.extra_env)
-        cmd = [aesemo_executable(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", str(self.workers), "--threads", str(self.threads)]
-        self.data_dir.mkdir(parents=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self._tmp.name, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        session = local_session()
-        try:
-            deadline = time.monotonic() + self.start_timeout_s
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"aesemo serve exited with code {self.proc.returncode}\n{self.log_tail()}")
-                try:
-                    if session.get(self.url + "/health", timeout=2).status_code == 200:
-                        return
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"aesemo serve not healthy after {self.start_timeout_s:.0f} s\n{self.log_tail()}")
-                time.sleep(0.2)
-        finally:
-            session.close()
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-
 def photo_jpeg(seed: int, size=(640, 480)) -> bytes:
     import numpy as np
     from PIL import Image
@@ -433,7 +389,7 @@ def main() -> None:
     urls = [images.url + path for path in photos]
     try:
         for backbone in backbones:
-            with SwapService({"AESEMO_SWAP_POLL": "5"}, backbone=backbone, workers=1, threads=8,
+            with Service(extra_env={"AESEMO_SWAP_POLL": "5"}, backbone=backbone, workers=1, threads=8,
                              allowed_image_hosts=images.host) as service:
                 names = run_a(args, service, backbone, urls)
                 if backbone == "resnet18":
