@@ -121,7 +121,9 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
     train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
     train_set, val_set = data.subset(train_idx), data.subset(val_idx)
     mean = pixel_mean(train_set.images)
-    model.to(device)
+    train_set, val_set = _resident(train_set, device), _resident(val_set, device)
+    memory_format = _memory_format(device)
+    model.to(device, memory_format=memory_format)
 
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -170,11 +172,28 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
         if bar is not None:
             bar.close()
     model.load_state_dict(best_state)
-    model.to("cpu")
+    model.to("cpu", memory_format=torch.contiguous_format)
     return TrainResult(pixel_mean=mean, metrics=best_metrics, best_epoch=best_epoch, epochs_run=epoch,
                        stopped_early=epoch < config.epochs, device=str(device), bf16=use_bf16,
                        seconds=time.monotonic() - started, train_size=len(train_set),
                        val_size=len(val_set), history=history)
+
+
+def _memory_format(device: torch.device) -> torch.memory_format:
+    # cuDNN's bf16 convolutions run fastest in NHWC (vgg16 on an H200: 1198 vs 880 images/s)
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def _resident(data: TrainingData, device: torch.device) -> TrainingData:
+    """The data moved onto the GPU when it takes under a quarter of the free memory: crops,
+    flips and normalisation then run there, and the host no longer starves the GPU."""
+    if device.type != "cuda":
+        return data
+    free, _ = torch.cuda.mem_get_info(device)
+    if data.images.numel() * data.images.element_size() > free / 4:
+        log.info("training images stay in host memory (%.1f GiB free on %s)", free / 2**30, device)
+        return data
+    return data.to(device)
 
 
 def _steps_per_epoch(n: int, batch_size: int) -> int:
@@ -196,6 +215,7 @@ def _train_epoch(model, data, mean, config, optimizer, scheduler, generator, dev
     for step, index in enumerate(_batches(len(data), config.batch_size, generator), start=1):
         images = random_crop_flip(data.images[index], config.crop_size, generator)
         images = normalize(images.to(device, non_blocking=True), mean, IMAGENET_STD)
+        images = images.contiguous(memory_format=_memory_format(device))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits_a, logits_e = model(images)
         loss = two_task_loss(logits_a, logits_e,
