@@ -261,7 +261,7 @@ def evaluate(model, data: TrainingData, mean, config: TrainConfig, device, use_b
         weights.append(len(index))
         for task, logits in zip(TASKS, (logits_a, logits_e)):
             probs[task].append(torch.softmax(logits.float(), dim=1).cpu())
-    metrics = {task: task_metrics(torch.cat(probs[task]), data.targets[task], data.masks[task]) for task in TASKS}
+    metrics = {task: task_metrics(torch.cat(probs[task]), data.targets[task].cpu(), data.masks[task].cpu()) for task in TASKS}
     return metrics, sum(losses) / max(sum(weights), 1)
 
 
