@@ -5,8 +5,9 @@ import json
 import logging
 import time
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, jsonify, render_template, request, send_file
 
+from . import admin_page
 from .auth import basic_auth_ok
 from .errors import RequestError
 from .metrics import LATENCY, REQUESTS, render
@@ -60,8 +61,19 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     def wrong_method(_):
         return jsonify({"error": f"{request.method} is not allowed on {request.path}"}), 405
 
-    @app.get("/health")
+    app.add_template_filter(admin_page.format_number, "num")
+    app.add_template_filter(admin_page.format_when, "when")
+    app.add_template_filter(admin_page.format_duration, "duration")
+
     @app.get("/")
+    def admin():
+        return render_template("admin.html", **admin_page.admin_view(backend, request.args.get("project")))
+
+    @app.get("/projects/<int:project>/versions/<version>/report/<name>")
+    def report(project, version, name):
+        return send_file(admin_page.report_file(settings, str(project), version, name), max_age=3600)
+
+    @app.get("/health")
     def health():
         return jsonify(backend.health())
 

@@ -365,6 +365,7 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
     config = TrainConfig(epochs=params.get("epochs", settings.train_epochs),
                          batch_size=params.get("batch_size", settings.train_batch_size),
                          lr=params.get("lr", settings.train_lr), device=settings.train_device,
+                         patience=settings.train_patience,
                          train_size=settings.train_image_size, crop_size=settings.train_crop_size)
     progress.state("training", epochs=config.epochs)
     meta = train_version(manifest, staging, NetConfig(), config, init_from=parent.folder, progress=progress,

@@ -68,6 +68,7 @@ class Settings:
     min_training_labels: int = 10
     max_failed_image_fraction: float = 0.2
     train_epochs: int = 10
+    train_patience: int = 3
     train_batch_size: int = 16
     train_lr: float = 1e-3
     train_device: str | None = None
@@ -108,6 +109,7 @@ def load_settings() -> Settings:
         min_training_labels=_env_int("AESEMO_MIN_TRAINING_LABELS", 10),
         max_failed_image_fraction=_env_float("AESEMO_MAX_FAILED_IMAGES", 0.2),
         train_epochs=_env_int("AESEMO_TRAIN_EPOCHS", 10),
+        train_patience=_env_int("AESEMO_TRAIN_PATIENCE", 3),
         train_batch_size=_env_int("AESEMO_TRAIN_BATCH_SIZE", 16),
         train_lr=_env_float("AESEMO_TRAIN_LR", 1e-3),
         train_device=_env("AESEMO_TRAIN_DEVICE"),

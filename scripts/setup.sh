@@ -20,3 +20,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$venv/bin/python" -m pip install --quiet -e "$root[test,demo]" 2>&1 | sed '/is ignored: it is neither/d' >&2
     echo "$want" > "$stamp"
 fi
+
+# The admin page's browser test drives Debian's Chromium (Playwright's own browser download needs
+# the internet). Installed here when missing and this user may install packages.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian's chromium for the browser test" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+        >/dev/null 2>&1 || echo "setup: could not install chromium; the browser test will report it" >&2
+fi

@@ -185,12 +185,11 @@ def metric_values(client) -> dict[tuple[str, tuple], float]:
 # ----- recorded bodies --------------------------------------------------------------------------
 
 def test_health_recorded(client):
-    for path in ("/health", "/"):
-        response = client.get(path)  # LS sends no body
-        assert response.status_code == 200
-        body = response.get_json()
-        assert body["status"] == "UP"
-        assert isinstance(body["model_class"], str) and body["model_class"]
+    response = client.get("/health")  # LS sends no body
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "UP"
+    assert isinstance(body["model_class"], str) and body["model_class"]
 
 
 def test_setup_recorded_body_remembers_project(client, db):

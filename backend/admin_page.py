@@ -1,0 +1,136 @@
+"""What the admin page at `/` shows, gathered with no Flask in sight: one dict per page.
+
+Each section is gathered on its own, so a project whose consensus cannot be computed (no
+label config yet, say) still shows its versions and jobs, with the reason in that section.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import redis
+
+from .errors import RequestError
+from .registry import project_versions_dir
+
+log = logging.getLogger(__name__)
+
+ACTIVE_JOB_STATES = ("queued", "started", "deferred", "scheduled")
+DISPUTED_SHOWN = 50  # the rest is one click away, in the JSON list
+
+
+def admin_view(backend, selected: str | None) -> dict:
+    """Every known project, and the panel of the selected one (default: the first)."""
+    projects = backend.projects.known()
+    project = selected if selected in projects else (projects[0] if projects else None)
+    view = {"projects": projects, "project": project, "unknown_project": selected not in (None, *projects)}
+    if project is not None:
+        view.update(project_panel(backend, project))
+    return view
+
+
+def project_panel(backend, project: str) -> dict:
+    return {
+        "label_studio": label_studio_url(backend, project),
+        "versions": _section(lambda: versions_section(backend, project)),
+        "jobs": _section(lambda: jobs_section(backend, project)),
+        "consensus": _section(lambda: consensus_section(backend, project)),
+    }
+
+
+def label_studio_url(backend, project: str) -> str | None:
+    """Where the admin's browser reaches Label Studio: the host Label Studio itself announced in
+    /setup (its public address), else LABEL_STUDIO_URL (which may be a container-network name)."""
+    context = backend.project_context(project)
+    url = (context.hostname if context else None) or backend.settings.label_studio_url
+    return url.rstrip("/") if url else None
+
+
+def versions_section(backend, project: str) -> dict:
+    listing = backend.project_versions(project)
+    folder = project_versions_dir(backend.settings, project)
+    versions = [{**v, "reports": report_images(folder / v["version"])} for v in reversed(listing["versions"])]
+    current = next((v for v in versions if v["current"]), None)
+    return {"current_name": listing["current"], "current": current, "versions": versions}
+
+
+def report_images(version_folder: Path) -> list[str]:
+    """The confusion-matrix PNGs a version's report holds, aesthetic first."""
+    report = version_folder / "report"
+    return sorted((p.name for p in report.glob("confusion_*.png")), key=lambda n: (n != "confusion_aesthetic.png", n))
+
+
+def jobs_section(backend, project: str) -> dict:
+    jobs = backend.jobs(project)["jobs"]
+    for job in jobs:
+        job["fraction"] = progress_fraction(job)
+    active = [j for j in jobs if j["status"] in ACTIVE_JOB_STATES]
+    return {"active": active, "recent": [j for j in jobs if j not in active]}
+
+
+def progress_fraction(job: dict) -> float | None:
+    """How far a job's training has got, 0..1, from its epoch and step; None before training."""
+    progress = job.get("progress") or {}
+    if job.get("status") == "finished":
+        return 1.0
+    epochs, steps = progress.get("epochs"), progress.get("steps")
+    epoch, step = progress.get("epoch"), progress.get("step")
+    if not (epochs and steps and epoch and step is not None):
+        return None
+    return min(1.0, ((epoch - 1) * steps + step) / (epochs * steps))
+
+
+def consensus_section(backend, project: str) -> dict:
+    summary = backend.consensus_summary(project)
+    disputed = backend.consensus_tasks(project, "disputed")["tasks"]
+    dimensions = {d: v for d, v in summary.items() if isinstance(v, dict) and "tasks" in v}
+    return {"policy": summary.get("policy"), "dimensions": dimensions, "disputed": disputed[:DISPUTED_SHOWN],
+            "disputed_total": len(disputed)}
+
+
+def _section(gather) -> dict:
+    try:
+        return gather()
+    except RequestError as exc:
+        return {"error": str(exc)}
+    except redis.RedisError as exc:
+        log.warning("admin page: Redis error: %s", exc)
+        return {"error": f"Redis is unavailable ({type(exc).__name__})"}
+
+
+def report_file(settings, project: str, version: str, name: str) -> Path:
+    """A file of a version's report (its confusion PNGs, metrics.json); 404 for anything else."""
+    if "/" in version or version.startswith(".") or "/" in name or name.startswith("."):
+        raise RequestError(f"project {project} has no report file {version}/{name}", status=404)
+    path = project_versions_dir(settings, project) / version / "report" / name
+    if not path.is_file():
+        raise RequestError(f"project {project} has no report file {version}/{name}", status=404)
+    return path
+
+
+# -- how the page writes numbers and times ---------------------------------------------------
+
+def format_number(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.3f}"
+    return str(value)
+
+
+def format_when(iso: str | None) -> str:
+    """An ISO timestamp as `2026-11-27 16:40:12` (UTC, as stored)."""
+    if not iso:
+        return ""
+    return iso.replace("T", " ")[:19]
+
+
+def format_duration(seconds) -> str:
+    if seconds is None:
+        return "–"
+    seconds = max(0, int(round(float(seconds))))
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"

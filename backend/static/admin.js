@@ -1,0 +1,122 @@
+// The admin page's buttons, and its refresh while a training job runs. No framework: the page is
+// rendered by the server; this only posts to the backend's JSON API and updates progress bars.
+"use strict";
+
+const project = document.body.dataset.project;
+const ACTIVE = new Set(["queued", "started", "deferred", "scheduled"]);
+const POLL_RUNNING_MS = 2000;  // while a job runs: the progress bar moves
+const POLL_IDLE_MS = 10000;    // otherwise: notice a job started elsewhere (Label Studio, the CLI)
+
+function showMessage(text, isError) {
+  const box = document.getElementById("message");
+  box.textContent = text;
+  box.className = isError ? "error" : "";
+  box.hidden = false;
+}
+
+async function post(url, body) {
+  const response = await fetch(url, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: {"Content-Type": "application/json"},
+    body: JSON.stringify(body || {}),
+  });
+  let answer = {};
+  try { answer = await response.json(); } catch (e) { /* an empty or non-JSON answer */ }
+  if (!response.ok) {
+    throw new Error(answer.error || `${response.status} ${response.statusText}`);
+  }
+  return answer;
+}
+
+function onClick(selector, handler) {
+  document.querySelectorAll(selector).forEach((button) => {
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        await handler(button);
+      } catch (error) {
+        showMessage(error.message, true);
+        button.disabled = false;
+      }
+    });
+  });
+}
+
+onClick("button.promote", async (button) => {
+  const answer = await post(button.dataset.url);
+  showMessage(`Version ${answer.current || button.dataset.version} is now current.`, false);
+  setTimeout(() => location.reload(), 600);
+});
+
+onClick("#start-training", async (button) => {
+  const epochs = document.getElementById("epochs").value;
+  const answer = await post(button.dataset.url, epochs ? {epochs: Number(epochs)} : {});
+  showMessage(answer.merged ? `A job was already waiting; this request joined it (${answer.job_id}).`
+                            : `Training job ${answer.job_id} queued.`, false);
+  setTimeout(() => location.reload(), 600);
+});
+
+onClick("button.cancel", async (button) => {
+  await post(button.dataset.url);
+  showMessage("Cancellation asked; a running job stops at its next step.", false);
+  setTimeout(() => location.reload(), 600);
+});
+
+function formatDuration(seconds) {
+  seconds = Math.max(0, Math.round(seconds));
+  const h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
+  if (h) return `${h} h ${String(m).padStart(2, "0")} min`;
+  return m ? `${m} min ${String(s).padStart(2, "0")} s` : `${s} s`;
+}
+
+function fraction(job) {
+  const p = job.progress || {};
+  if (!(p.epochs && p.steps && p.epoch && p.step !== undefined)) return null;
+  return Math.min(1, ((p.epoch - 1) * p.steps + p.step) / (p.epochs * p.steps));
+}
+
+function updateCard(card, job) {
+  const p = job.progress || {};
+  card.dataset.status = job.status;
+  card.querySelector(".status").textContent = job.status;
+  card.querySelector(".stage").textContent = p.state || "";
+  const bar = card.querySelector("progress");
+  const done = fraction(job);
+  if (done === null) bar.removeAttribute("value"); else bar.value = done;
+  card.querySelector(".epoch").textContent = p.epoch ? `epoch ${p.epoch}/${p.epochs}` : "";
+  card.querySelector(".step").textContent = p.step ? `step ${p.step}/${p.steps}` : "";
+  card.querySelector(".loss").textContent = p.loss !== undefined ? `loss ${p.loss.toFixed(3)}` : "";
+  card.querySelector(".eta").textContent = p.eta_s !== undefined ? `ETA ${formatDuration(p.eta_s)}` : "";
+}
+
+async function poll() {
+  const shown = new Set((document.body.dataset.activeJobs || "").split(",").filter(Boolean));
+  let delay = shown.size ? POLL_RUNNING_MS : POLL_IDLE_MS;
+  try {
+    const response = await fetch(`/projects/${project}/jobs`, {credentials: "same-origin"});
+    if (response.ok) {
+      const jobs = (await response.json()).jobs;
+      const active = jobs.filter((job) => ACTIVE.has(job.status));
+      // a job ended, or one started that this page does not show: the page's versions, jobs
+      // and consensus have changed, so render it again
+      const ended = [...shown].some((id) => !active.some((job) => job.job_id === id));
+      const unseen = active.some((job) => !shown.has(job.job_id));
+      if (ended || unseen) {
+        location.reload();
+        return;
+      }
+      for (const job of active) {
+        const card = document.querySelector(`.job[data-job-id="${job.job_id}"]`);
+        if (card) updateCard(card, job);
+      }
+    }
+  } catch (error) {
+    delay = POLL_IDLE_MS;  // the backend is restarting, say: try again later, quietly
+  }
+  setTimeout(poll, delay);
+}
+
+if (project) {
+  setTimeout(poll, document.body.dataset.activeJobs ? POLL_RUNNING_MS : POLL_IDLE_MS);
+}

@@ -1,0 +1,196 @@
+"""The admin page in a real browser: headless Chromium (Debian's, driven by Playwright) against a
+running `aesemo serve` with Basic auth on, the session's real redis-server and a real `aesemo
+worker`. It rolls back to an older version, starts a training job with the button, watches the
+job's progress without reloading by hand, and sees the new version once the job ends.
+
+Screenshots go to $AESEMO_TEST_ARTIFACTS when it is set (to look at them), else to tmp_path.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from backend.app import create_app
+from backend.registry import project_versions_dir, set_current_version
+from backend.report import write_report
+
+from images_server import ImageServer
+from test_admin_page import metrics
+from training_project import (aesemo_command, label_tasks, log_tail, service_env, settings_for, setup_project,
+                              start_process, stop_process, wait_for, write_small_version)
+
+CHROMIUM = Path("/usr/bin/chromium")
+PROJECT = 4
+OLD, NEW = "v0001-20261101000000", "v0002-20261102000000"
+USER, PASSWORD = "admin", "page-test-password"
+
+if not CHROMIUM.is_file():
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium as root", pytrace=False)
+    pytest.skip(f"{CHROMIUM} is missing (Debian package chromium; scripts/setup.sh installs it as root)",
+                allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_version(settings, name: str, accuracy: float, created_at: str) -> None:
+    folder = project_versions_dir(settings, str(PROJECT)) / name
+    meta = write_small_version(folder, seed=len(name), metrics=metrics(accuracy), created_at=created_at)
+    write_report(folder, {**meta, "metrics": metrics(accuracy)})
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory, redis_url):
+    """A labelled project with two versions (the newer current), `aesemo serve` and `aesemo worker`."""
+    root = tmp_path_factory.mktemp("admin-browser")
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    raw.flushdb()
+    with ImageServer("127.0.0.1") as images:
+        env = service_env(root / "data", redis_url, images.netloc, AESEMO_SWAP_POLL="1",
+                          BASIC_AUTH_USER=USER, BASIC_AUTH_PASS=PASSWORD,
+                          AESEMO_TRAIN_PATIENCE="0")
+        settings = settings_for(env)
+        client = create_app(settings).test_client()
+        auth = {"auth": (USER, PASSWORD)}
+        setup_project(_Authorized(client, auth), PROJECT)
+        label_tasks(_Authorized(client, auth), PROJECT, {t: images.url(f"/img/{t}.png") for t in range(1, 13)})
+        write_version(settings, OLD, 0.70, "2026-11-01T00:00:00+00:00")
+        write_version(settings, NEW, 0.90, "2026-11-02T00:00:00+00:00")
+        set_current_version(raw, str(PROJECT), NEW)
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        serve = start_process(aesemo_command("serve", "--host", "127.0.0.1", "--port", str(port),
+                                             "--workers", "1", "--threads", "4"), env, root / "serve.log")
+        worker = start_process(aesemo_command("worker"), env, root / "worker.log")
+        try:
+            def healthy():
+                assert serve.poll() is None, log_tail(serve)
+                try:
+                    return requests.get(f"{url}/health", auth=(USER, PASSWORD), timeout=10).status_code == 200
+                except requests.RequestException:
+                    return False
+            wait_for(healthy, 300, interval=1.0, what="aesemo serve to answer")
+            yield {"url": url, "raw": raw, "settings": settings, "root": root, "serve": serve, "worker": worker}
+        finally:
+            stop_process(worker, sig=signal.SIGINT)
+            stop_process(serve, sig=signal.SIGINT)
+            print(log_tail(worker, 3000))
+    raw.flushdb()
+
+
+class _Authorized:
+    """The Flask test client with Basic credentials on every POST (the helpers post bodies)."""
+
+    def __init__(self, client, auth):
+        self.client, self.auth = client, auth
+
+    def post(self, path, **kwargs):
+        return self.client.post(path, **kwargs, **self.auth)
+
+
+@pytest.fixture
+def browser_page(running, tmp_path):
+    artifacts = Path(os.environ.get("AESEMO_TEST_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            # no sandbox: tests may run as root; nothing but the page on 127.0.0.1 is loaded
+            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"])
+        context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
+                                      viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.problems = []  # console errors, failed requests, requests that leave 127.0.0.1
+        page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: page.problems.append(f"failed: {r.url} {r.failure}"))
+        page.on("request", lambda r: r.url.startswith(running["url"]) or page.problems.append(f"left: {r.url}"))
+        page.artifacts = artifacts
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+
+
+def current_version(running) -> str | None:
+    return running["raw"].get(f"aesemo:project:{PROJECT}:current")
+
+
+def test_roll_back_then_train_with_live_progress(running, browser_page):
+    page, url = browser_page, running["url"]
+    page.goto(f"{url}/?project={PROJECT}")
+    assert page.locator("#current-version").inner_text() == NEW
+    page.screenshot(path=str(page.artifacts / "admin-before.png"), full_page=True)
+
+    # roll back: the button promotes the older version, the page reloads and says so
+    page.locator(f'tr[data-version="{OLD}"] button.promote').click()
+    page.wait_for_function(f"document.getElementById('current-version')?.textContent === '{OLD}'", timeout=30_000)
+    assert current_version(running) == OLD
+    assert page.locator(f'tr[data-version="{OLD}"] .badge').inner_text() == "current"
+
+    # start training (enough epochs to watch it for several seconds): a job card appears and its
+    # progress moves with no reload by hand
+    page.locator("#epochs").fill("40")
+    page.locator("#start-training").click()
+    page.wait_for_selector(".job", timeout=30_000)
+    seen = set()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if page.locator(".job").count() == 0:
+                break  # the job ended and the page rendered itself again
+            detail = page.locator(".job").first.inner_text(timeout=2000)
+            value = page.locator(".job progress").first.get_attribute("value", timeout=2000)
+        except sync_api.Error:  # the page is reloading itself right now
+            continue
+        if "epoch" in detail:
+            seen.add("epoch")
+            if "ETA" in detail and "loss" in detail:
+                seen.add("loss and ETA")
+            if not page.artifacts.joinpath("admin-training.png").exists():
+                page.screenshot(path=str(page.artifacts / "admin-training.png"), full_page=True)
+        if value is not None and float(value) > 0:
+            seen.add("bar moved")
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"the job card never went away\n{log_tail(running['worker'])}")
+    assert {"epoch", "bar moved"} <= seen, seen
+
+    # the page reloaded itself when the job ended: the new version is listed and the job is recent
+    page.wait_for_selector("#recent-jobs", timeout=30_000)
+    versions = sorted(p.name for p in project_versions_dir(running["settings"], str(PROJECT)).iterdir()
+                      if not p.name.startswith("."))
+    assert len(versions) == 3, versions
+    newest = versions[-1]
+    assert page.locator(f'tr[data-version="{newest}"]').count() == 1
+    outcome = page.locator("#recent-jobs tbody tr").first.inner_text()
+    assert "finished" in outcome and newest in outcome, outcome
+    page.screenshot(path=str(page.artifacts / "admin-after.png"), full_page=True)
+    assert page.problems == []
+
+
+def test_a_refused_training_request_shows_the_reason(running, browser_page, tmp_path):
+    """Too few consensus labels (the threshold raised for this server): 409, and its message."""
+    page, url = browser_page, running["url"]
+    running["raw"].delete(f"aesemo:p:{PROJECT}:votes")  # no votes at all: nothing to train on
+    page.goto(f"{url}/?project={PROJECT}")
+    page.locator("#start-training").click()
+    page.wait_for_selector("#message.error", timeout=30_000)
+    assert "consensus-labelled tasks" in page.locator("#message").inner_text()
+    assert page.locator("#start-training").is_enabled()  # can be tried again

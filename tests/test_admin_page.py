@@ -1,0 +1,203 @@
+"""The admin page at `/` through Flask's test client, against the session's real redis-server:
+what it shows for a project with votes, versions (with their report PNGs) and jobs; the report
+files it serves (and the paths it refuses); authentication; and the page's small formatters.
+The page in a real browser, with its buttons clicked, is in test_admin_browser.py."""
+from __future__ import annotations
+
+import copy
+import html
+import re
+
+import pytest
+import redis
+
+from backend.admin_page import format_duration, format_number, progress_fraction
+from backend.app import create_app
+from backend.registry import project_versions_dir, set_current_version
+from backend.report import write_report
+
+from training_project import (AESTHETIC, EMOTION, example, label_tasks, service_env, settings_for, setup_project,
+                              write_small_version)
+
+PROJECT = 3
+OLD, NEW = "v0001-20261101000000", "v0002-20261102000000"
+LS_HOST = "http://127.0.0.1:9"
+
+
+def metrics(accuracy: float) -> dict:
+    return {"aesthetic": {"accuracy": accuracy, "macro_f1": accuracy - 0.05, "confusion": [[3, 1], [0, 4]]},
+            "emotion": {"accuracy": accuracy / 2, "macro_f1": accuracy / 3,
+                        "confusion": [[1 if i == j else 0 for j in range(8)] for i in range(8)]}}
+
+
+def write_version(settings, name: str, accuracy: float, created_at: str) -> None:
+    folder = project_versions_dir(settings, str(PROJECT)) / name
+    meta = write_small_version(folder, seed=len(name), metrics=metrics(accuracy), created_at=created_at,
+                               parent_version="base-resnet18", snapshot_id="0123456789abcdef")
+    write_report(folder, {**meta, "metrics": metrics(accuracy)})
+
+
+def disagree(client, task: int, first_annotation: int) -> None:
+    """Three annotators who agree on the aesthetic class and split on the emotion."""
+    template = example("webhook_ANNOTATION_CREATED.json")
+    for i, (user, emotion) in enumerate(zip((2, 3, 4), EMOTION[:3])):
+        body = copy.deepcopy(template)
+        body["project"]["id"] = PROJECT
+        body["annotation"].update(id=first_annotation + i, completed_by=user, task=task, project=PROJECT)
+        body["task"].update(id=task, project=PROJECT, data={"image": f"{LS_HOST}/img/{task}.png"})
+        body["annotation"]["result"][0]["value"]["choices"] = [AESTHETIC[0]]
+        body["annotation"]["result"][1]["value"]["choices"] = [emotion]
+        assert client.post("/webhook", json=body).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def admin(tmp_path_factory, redis_url):
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    raw.flushdb()
+    env = service_env(tmp_path_factory.mktemp("admin") / "data", redis_url, "127.0.0.1")
+    settings = settings_for(env)
+    client = create_app(settings).test_client()
+    empty_page = client.get("/").get_data(as_text=True)
+    setup_project(client, PROJECT, hostname=LS_HOST)
+    label_tasks(client, PROJECT, {t: f"{LS_HOST}/img/{t}.png" for t in range(1, 7)})
+    disagree(client, task=50, first_annotation=1000)
+    write_version(settings, OLD, 0.70, "2026-11-01T00:00:00+00:00")
+    write_version(settings, NEW, 0.90, "2026-11-02T00:00:00+00:00")
+    set_current_version(raw, str(PROJECT), NEW)
+    yield {"client": client, "settings": settings, "env": env, "raw": raw, "empty_page": empty_page}
+    raw.flushdb()
+
+
+def page_text(admin, query: str = "") -> str:
+    response = admin["client"].get("/" + query)
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    return response.get_data(as_text=True)
+
+
+def test_no_projects_yet_says_how_to_connect(admin):
+    assert "No projects yet" in admin["empty_page"]
+    assert "Connect Model" in admin["empty_page"]
+
+
+def test_current_version_and_its_held_out_metrics(admin):
+    text = page_text(admin)
+    model = text[text.index('id="model"'):text.index('id="training"')]
+    assert f'<strong id="current-version">{NEW}</strong>' in model
+    assert "0.900" in model and "0.850" in model  # aesthetic accuracy and macro-F1 of NEW
+    assert "0.700" not in model
+
+
+def test_version_history_with_reports_and_promote_or_roll_back_buttons(admin):
+    text = page_text(admin)
+    versions = text[text.index('id="versions"'):text.index('id="consensus"')]
+    assert versions.index(NEW) < versions.index(OLD)  # newest first
+    new_row = versions[versions.index(f'data-version="{NEW}"'):versions.index(f'data-version="{OLD}"')]
+    old_row = versions[versions.index(f'data-version="{OLD}"'):]
+    assert "current" in new_row and "button" not in new_row  # the current one has nothing to promote
+    assert f'data-url="/projects/{PROJECT}/versions/{OLD}/promote"' in old_row
+    assert "Roll back to this" in old_row  # older than the current one
+    for task in ("aesthetic", "emotion"):
+        assert f'src="/projects/{PROJECT}/versions/{OLD}/report/confusion_{task}.png"' in old_row
+    assert "0.700" in old_row
+
+
+def test_consensus_summary_and_disputed_tasks_linked_to_label_studio(admin):
+    text = html.unescape(page_text(admin))
+    consensus = text[text.index('id="consensus"'):]
+    emotion = consensus[consensus.index('id="consensus-emotion"'):consensus.index('id="disputed"')]
+    assert re.search(r"<th>agreed</th><td>6</td>", emotion)
+    assert re.search(r"<th>disputed</th><td>1</td>", emotion)
+    assert "Krippendorff's α" in emotion
+    for user in (2, 3, 4):
+        assert f"user {user}" in emotion
+    disputed = consensus[consensus.index('id="disputed"'):]
+    assert "Disputed tasks (1)" in disputed
+    assert f'href="{LS_HOST}/projects/{PROJECT}/data?task=50"' in disputed
+    for emotion_vote in EMOTION[:3]:
+        assert emotion_vote in disputed
+
+
+def test_training_section_has_the_start_button(admin):
+    text = page_text(admin)
+    assert f'data-url="/projects/{PROJECT}/train"' in text
+    assert "No job is running or queued." in text
+
+
+def test_unknown_project_in_the_query_falls_back_with_a_notice(admin):
+    text = page_text(admin, "?project=999")
+    assert "has not heard of that project" in text
+    assert f'<strong id="current-version">{NEW}</strong>' in text
+
+
+def test_report_png_is_served_and_other_paths_are_404(admin):
+    client = admin["client"]
+    response = client.get(f"/projects/{PROJECT}/versions/{OLD}/report/confusion_aesthetic.png")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert response.data[:8] == b"\x89PNG\r\n\x1a\n"
+    for path in (f"/projects/{PROJECT}/versions/{OLD}/report/nothing.png",
+                 f"/projects/{PROJECT}/versions/v9999/report/confusion_aesthetic.png",
+                 f"/projects/{PROJECT}/versions/{OLD}/report/..%2Fmodel.json",
+                 f"/projects/{PROJECT}/versions/..%2F..%2F/report/confusion_aesthetic.png",
+                 f"/projects/{PROJECT}/versions/.{OLD}/report/confusion_aesthetic.png"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "error" in response.get_json()
+
+
+def test_static_files_are_local(admin):
+    text = page_text(admin)
+    sources = re.findall(r'(?:src|href)="([^"]+)"', text)
+    external = [s for s in sources if s.startswith(("http:", "https:", "//")) and not s.startswith(LS_HOST)]
+    assert external == []  # no CDN: many deployments have no internet
+    for asset in ("/static/admin.js", "/static/admin.css"):
+        assert asset in sources
+        assert admin["client"].get(asset).status_code == 200
+
+
+def test_health_is_json_and_the_page_is_html(admin):
+    response = admin["client"].get("/health")
+    assert response.get_json()["status"] == "UP"
+    assert admin["client"].get("/").mimetype == "text/html"
+
+
+def test_the_page_and_its_files_need_basic_auth_when_it_is_on(admin):
+    settings = settings_for({**admin["env"], "BASIC_AUTH_USER": "admin", "BASIC_AUTH_PASS": "s3cret"})
+    client = create_app(settings).test_client()
+    for path in ("/", "/static/admin.js", f"/projects/{PROJECT}/versions/{OLD}/report/confusion_aesthetic.png"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, auth=("admin", "wrong")).status_code == 401, path
+        assert client.get(path, auth=("admin", "s3cret")).status_code == 200, path
+
+
+def test_a_section_that_fails_shows_why_and_the_rest_still_renders(admin, monkeypatch):
+    from backend.errors import RequestError
+    from backend.service import Backend
+
+    def broken(self, project):
+        raise RequestError("consensus is broken for this test")
+    monkeypatch.setattr(Backend, "consensus_summary", broken)
+    text = page_text(admin)
+    assert "consensus is broken for this test" in text
+    assert f'<strong id="current-version">{NEW}</strong>' in text
+
+
+@pytest.mark.parametrize("progress, status, expected", [
+    ({}, "queued", None),
+    ({"state": "images"}, "started", None),
+    ({"epoch": 1, "epochs": 2, "step": 5, "steps": 10}, "started", 0.25),
+    ({"epoch": 2, "epochs": 2, "step": 10, "steps": 10}, "started", 1.0),
+    ({"epoch": 1, "epochs": 2, "step": 1, "steps": 10}, "finished", 1.0),
+])
+def test_progress_fraction(progress, status, expected):
+    assert progress_fraction({"status": status, "progress": progress}) == expected
+
+
+def test_formatters():
+    assert format_duration(5) == "5 s"
+    assert format_duration(125) == "2 min 05 s"
+    assert format_duration(3 * 3600 + 120) == "3 h 02 min"
+    assert format_number(None) == "–"
+    assert format_number(0.12345) == "0.123"
+    assert format_number(float("nan")) == "nan"
+    assert format_number(7) == "7"
