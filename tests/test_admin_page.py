@@ -201,3 +201,27 @@ def test_formatters():
     assert format_number(0.12345) == "0.123"
     assert format_number(float("nan")) == "nan"
     assert format_number(7) == "7"
+
+
+def test_queued_job_card_then_the_failed_job_with_its_reason(admin, tmp_path):
+    """A job asked for on the page's API shows as a card (queued, cancel button); run by a real
+    worker, it fails (the images' host refuses connections) and the page says why."""
+    from training_project import run_burst_worker
+    client = admin["client"]
+    answer = client.post(f"/projects/{PROJECT}/train", json={})
+    assert answer.status_code == 202, answer.get_json()
+    job_id = answer.get_json()["job_id"]
+    text = page_text(admin)
+    card = text[text.index(f'data-job-id="{job_id}"'):]
+    assert 'data-status="queued"' in card[:200]
+    assert f'data-url="/projects/{PROJECT}/jobs/{job_id}/cancel"' in card
+    assert f"{job_id}" in text.split('id="active-jobs"')[1]
+
+    result = run_burst_worker(admin["env"], tmp_path / "worker.log")
+    assert result.returncode == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    text = html.unescape(page_text(admin))
+    assert "No job is running or queued." in text
+    recent = text[text.index('id="recent-jobs"'):text.index('id="versions"')]
+    row = recent[recent.index(job_id) - 200:]
+    assert 'class="job-failed"' in row
+    assert "images could not be fetched" in row
