@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response, g, jsonify, render_template, request, send_file
 
 from . import admin_page
-from .auth import basic_auth_ok
+from .auth import basic_auth_ok, same_origin
 from .errors import RequestError
 from .metrics import LATENCY, REQUESTS, render
 from .redis_store import connect
@@ -34,6 +34,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                                                           settings.basic_auth_user, settings.basic_auth_pass or ""):
             return Response(json.dumps({"error": "wrong or missing Basic credentials"}), status=401,
                             mimetype="application/json", headers={"WWW-Authenticate": 'Basic realm="aesemo"'})
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not same_origin(request.headers.get("Origin"),
+                                                                                  request.host):
+            # a page elsewhere must not use the admin's browser (and its cached Basic
+            # credentials) to promote versions or start jobs; servers send no Origin at all
+            return jsonify({"error": f"cross-site request from {request.headers['Origin']} refused"}), 403
 
     @app.after_request
     def measure(response):

@@ -225,3 +225,17 @@ def test_queued_job_card_then_the_failed_job_with_its_reason(admin, tmp_path):
     row = recent[recent.index(job_id) - 200:]
     assert 'class="job-failed"' in row
     assert "images could not be fetched" in row
+
+
+def test_cross_site_posts_are_refused_and_same_site_ones_pass(admin):
+    """A page elsewhere must not promote versions through the admin's browser; Label Studio and
+    curl send no Origin header and pass."""
+    client = admin["client"]
+    promote = f"/projects/{PROJECT}/versions/{NEW}/promote"
+    for origin in ("http://evil.example", "null", "http://localhost.evil.example"):
+        response = client.post(promote, headers={"Origin": origin})
+        assert response.status_code == 403, origin
+        assert "cross-site request" in response.get_json()["error"]
+    assert client.post(promote, headers={"Origin": "http://localhost"}).status_code == 200  # the test client's host
+    assert client.post(promote).status_code == 200
+    assert client.get("/", headers={"Origin": "http://evil.example"}).status_code == 200  # reading is harmless
