@@ -72,7 +72,12 @@ def _latest(votes: list[Vote]) -> list[Vote]:
     latest: dict[tuple[int, int], Vote] = {}
     get = latest.get
     for vote in votes:
-        if vote.cancelled or all(v is None for v in vote.labels.values()):   # not vote.is_vote()
+        if vote.cancelled:                      # vote.is_vote(), inlined: 300,000 calls cost
+            continue
+        for value in vote.labels.values():
+            if value is not None:
+                break
+        else:
             continue
         k = (vote.task, vote.annotator)
         old = get(k)
@@ -96,11 +101,12 @@ def compute(votes: list[Vote], classes: dict[str, tuple[str, ...]], policy: Poli
     rows = np.searchsorted(task_array, np.array([v.task for v in latest], dtype=np.int64))
     annotators = np.array([v.annotator for v in latest], dtype=np.int64)
     ground_truth = np.array([v.ground_truth for v in latest], dtype=bool)
+    chosen = [v.labels for v in latest]
     result = {}
     for dimension in DIMENSIONS:
         names = tuple(classes[dimension])
         position = {name: i for i, name in enumerate(names)}
-        label = np.array([position.get(v.labels.get(dimension), -1) for v in latest], dtype=np.int64)
+        label = np.array([position.get(c.get(dimension), -1) for c in chosen], dtype=np.int64)
         valid = label >= 0
         votes_here = _Votes(rows[valid], annotators[valid], label[valid], ground_truth[valid])
         posteriors = _dawid_skene(votes_here, len(all_tasks), len(names)) \
@@ -160,10 +166,24 @@ def _decide_all(all_tasks, dimension, votes: _Votes, names, policy,
     return out
 
 
+# plain EM steps before SQUAREM starts: extrapolating the first, long steps of EM can leap to
+# another local maximum than the one plain EM reaches (seen on small random crowds)
+_SQUAREM_AFTER = 10
+
+
 def _dawid_skene(votes: _Votes, n_rows: int, k: int, iterations: int = 100,
                  tolerance: float = 1e-7) -> tuple[np.ndarray, np.ndarray] | None:
     """Posterior class probabilities (Dawid & Skene 1979), started from majority vote: the task
     rows that have votes, and their posteriors (one row each). None without votes.
+
+    EM runs until one step moves no posterior by `tolerance` or more, or `iterations` E steps
+    were spent. Its convergence is linear and slow with many classes (the 8 emotions of 100,000
+    tasks needed over 200 plain steps to reach 1e-7), so the steps are accelerated by SQUAREM
+    (Varadhan & Roland 2008): from two EM steps, a longer step along the same path, kept only
+    if it does not lower the likelihood (the plain second step is taken otherwise). It starts
+    after _SQUAREM_AFTER plain steps, so it ends where plain EM tends to: on the benchmark
+    (100,000 tasks) the labels are those of 100 plain steps, and closer to those of plain EM
+    run to convergence than 100 plain steps are, in about a third of the steps it needs.
 
     Arrays are class-major, (class, task) and (class, annotator * observed), so that every
     step over all tasks is an elementwise operation on long rows, and each E and M step is one
@@ -180,26 +200,72 @@ def _dawid_skene(votes: _Votes, n_rows: int, k: int, iterations: int = 100,
     m_index = (cols * n_cells + cell).ravel()                   # (true class, cell) of each (class, vote)
     e_index = (cols * n_t + ti).ravel()                         # (true class, task) of each (class, vote)
 
-    posterior = np.bincount(li * n_t + ti, minlength=k * n_t).reshape(k, n_t).astype(float)
-    posterior /= posterior.sum(axis=0)
-    previous = None
-    for _ in range(iterations):
-        # M step: class priors and each annotator's confusion matrix (smoothed so no zero logs)
+    def m_step(posterior):
+        """Log class priors and log confusion matrices (smoothed so no zero logs), packed in
+        one vector: k priors, then (true class, annotator, observed) log P(observed | true)."""
         prior = posterior.mean(axis=1) + 1e-9
         confusion = np.bincount(m_index, weights=posterior.take(ti, axis=1).ravel(), minlength=k * n_cells)
-        confusion = confusion.reshape(k, n_a, k) + 0.01           # (true, annotator, observed)
-        confusion /= confusion.sum(axis=2, keepdims=True)       # P(observed | true) per annotator
-        # E step: log posterior of each task's true class given all its votes
-        log_cell = np.log(confusion).reshape(k, n_cells)
+        confusion = confusion.reshape(k, n_a, k) + 0.01
+        confusion /= confusion.sum(axis=2, keepdims=True)
+        return np.concatenate([np.log(prior / prior.sum()), np.log(confusion).ravel()])
+
+    def e_step(theta):
+        """Posteriors of each task's true class given its votes, and the objective EM raises:
+        the log likelihood plus the log of the Dirichlet prior that the 0.01 smoothing is."""
+        log_cell = theta[k:].reshape(k, n_cells)
         log_post = np.bincount(e_index, weights=log_cell.take(cell, axis=1).ravel(),
                                minlength=k * n_t).reshape(k, n_t)
-        log_post += np.log(prior / prior.sum())[:, None]
-        log_post -= log_post.max(axis=0)
+        log_post += theta[:k, None]
+        top = log_post.max(axis=0)
+        log_post -= top
         posterior = np.exp(log_post, out=log_post)
-        posterior /= posterior.sum(axis=0)
-        if previous is not None and np.abs(posterior - previous).max() < tolerance:
+        norm = posterior.sum(axis=0)
+        posterior /= norm
+        return posterior, float(top.sum() + np.log(norm).sum() + 0.01 * log_cell.sum())
+
+    def normalized(theta):
+        """An extrapolated parameter vector made distributions again."""
+        log_prior = theta[:k] - np.logaddexp.reduce(theta[:k])
+        log_cell = theta[k:].reshape(k, n_a, k)
+        log_cell = log_cell - np.logaddexp.reduce(log_cell, axis=2, keepdims=True)
+        return np.concatenate([log_prior, log_cell.ravel()])
+
+    counts = np.bincount(li * n_t + ti, minlength=k * n_t).reshape(k, n_t).astype(float)
+    theta = m_step(counts / counts.sum(axis=0))
+    posterior, _ = e_step(theta)
+    steps, step_max = 1, 1.0
+    while steps < iterations:
+        # a plain EM step from theta; the convergence test of the old loop on each such step
+        theta1 = m_step(posterior)
+        posterior1, _ = e_step(theta1)
+        steps += 1
+        converged = np.abs(posterior1 - posterior).max() < tolerance
+        if converged or steps >= iterations or steps < _SQUAREM_AFTER:
+            theta, posterior = theta1, posterior1
+            if converged:
+                break
+            continue
+        theta2 = m_step(posterior1)
+        posterior2, objective2 = e_step(theta2)
+        steps += 1
+        if np.abs(posterior2 - posterior1).max() < tolerance or steps >= iterations:
+            posterior = posterior2
             break
-        previous = posterior
+        # SQUAREM (scheme S3) from theta and its two EM successors; the step length is bounded,
+        # the bound grown while steps are taken and shrunk when one is refused (as SQUAREM does)
+        r, v = theta1 - theta, theta2 - 2 * theta1 + theta
+        alpha = min(-np.sqrt((r @ r) / (v @ v)), -1.0) if v @ v > 0 else -1.0
+        if alpha <= -step_max:
+            alpha = -step_max
+            step_max *= 4.0
+        theta3 = normalized(theta - 2 * alpha * r + alpha * alpha * v)
+        posterior3, objective3 = e_step(theta3)
+        steps += 1
+        if objective3 >= objective2:            # False for NaN: then the plain step is kept
+            theta, posterior = theta3, posterior3
+        else:
+            theta, posterior = theta2, posterior2
+            step_max = max(1.0, step_max / 4.0)
     return present, posterior.T
 
 
