@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .votes import DIMENSIONS, Vote
+from .votes import DIMENSIONS, Vote, gc_paused
 
 STATES = ("no_votes", "waiting", "agreed", "disputed")
 METHODS = ("majority", "dawid_skene")
@@ -93,6 +93,11 @@ def compute(votes: list[Vote], classes: dict[str, tuple[str, ...]], policy: Poli
     The votes become arrays once (task row, annotator, class index); the decisions and
     Dawid-Skene's EM run on arrays over all tasks at once, then each task's result is built
     from its row."""
+    with gc_paused():       # 100,000 tasks: hundreds of thousands of new dicts and results
+        return _compute(votes, classes, policy, tasks)
+
+
+def _compute(votes, classes, policy, tasks) -> dict[str, dict[int, TaskConsensus]]:
     latest = _latest(votes)
     all_tasks = sorted({v.task for v in latest} | set(tasks or ()))
     task_array = np.array(all_tasks, dtype=np.int64)
