@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .votes import DIMENSIONS, Vote
+from .votes import DIMENSIONS, Vote, gc_paused
 
 STATES = ("no_votes", "waiting", "agreed", "disputed")
 METHODS = ("majority", "dawid_skene")
@@ -61,54 +61,86 @@ class TaskConsensus:
 
 def latest_per_annotator(votes: list[Vote]) -> dict[int, list[Vote]]:
     """task -> its votes, one per annotator (their latest: by updated_at, then annotation id)."""
-    latest: dict[tuple[int, int], Vote] = {}
-    for vote in votes:
-        if not vote.is_vote():
-            continue
-        k = (vote.task, vote.annotator)
-        if k not in latest or (vote.updated_at, vote.annotation) > (latest[k].updated_at, latest[k].annotation):
-            latest[k] = vote
     by_task: dict[int, list[Vote]] = {}
-    for vote in latest.values():
+    for vote in _latest(votes):
         by_task.setdefault(vote.task, []).append(vote)
     return by_task
+
+
+def _latest(votes: list[Vote]) -> list[Vote]:
+    """Each annotator's latest vote per task, in the order their (task, annotator) first appears."""
+    latest: dict[tuple[int, int], Vote] = {}
+    get = latest.get
+    for vote in votes:
+        if vote.cancelled:                      # vote.is_vote(), inlined: 300,000 calls cost
+            continue
+        for value in vote.labels.values():
+            if value is not None:
+                break
+        else:
+            continue
+        k = (vote.task, vote.annotator)
+        old = get(k)
+        if old is None or (vote.updated_at, vote.annotation) > (old.updated_at, old.annotation):
+            latest[k] = vote
+    return list(latest.values())
 
 
 def compute(votes: list[Vote], classes: dict[str, tuple[str, ...]], policy: Policy,
             tasks: list[int] | None = None) -> dict[str, dict[int, TaskConsensus]]:
     """dimension -> task -> consensus. `tasks` adds tasks known to have no votes.
 
-    The decisions are taken on arrays over all tasks at once (100,000 tasks take about a
-    second), then each task's result is built from its row."""
-    by_task = latest_per_annotator(votes)
-    all_tasks = sorted(set(by_task) | set(tasks or ()))
+    The votes become arrays once (task row, annotator, class index); the decisions and
+    Dawid-Skene's EM run on arrays over all tasks at once, then each task's result is built
+    from its row."""
+    with gc_paused():       # 100,000 tasks: hundreds of thousands of new dicts and results
+        return _compute(votes, classes, policy, tasks)
+
+
+def _compute(votes, classes, policy, tasks) -> dict[str, dict[int, TaskConsensus]]:
+    latest = _latest(votes)
+    all_tasks = sorted({v.task for v in latest} | set(tasks or ()))
+    task_array = np.array(all_tasks, dtype=np.int64)
+    # the votes grouped by task (stable: within a task, the order of `latest`)
+    latest.sort(key=lambda v: v.task)
+    rows = np.searchsorted(task_array, np.array([v.task for v in latest], dtype=np.int64))
+    annotators = np.array([v.annotator for v in latest], dtype=np.int64)
+    ground_truth = np.array([v.ground_truth for v in latest], dtype=bool)
+    chosen = [v.labels for v in latest]
     result = {}
     for dimension in DIMENSIONS:
         names = tuple(classes[dimension])
-        table = {t: [(v.annotator, v.labels.get(dimension), v.ground_truth) for v in by_task.get(t, [])
-                     if v.labels.get(dimension) in names] for t in all_tasks}
-        posteriors = _dawid_skene(table, names) if policy.method == "dawid_skene" else None
-        result[dimension] = _decide_all(all_tasks, dimension, table, names, policy, posteriors)
+        position = {name: i for i, name in enumerate(names)}
+        label = np.array([position.get(c.get(dimension), -1) for c in chosen], dtype=np.int64)
+        valid = label >= 0
+        votes_here = _Votes(rows[valid], annotators[valid], label[valid], ground_truth[valid])
+        posteriors = _dawid_skene(votes_here, len(all_tasks), len(names)) \
+            if policy.method == "dawid_skene" else None
+        result[dimension] = _decide_all(all_tasks, dimension, votes_here, names, policy, posteriors)
     return result
 
 
-def _decide_all(all_tasks, dimension, table, names, policy, posteriors) -> dict[int, TaskConsensus]:
+class _Votes:
+    """One dimension's valid votes as arrays, grouped by task row (ascending)."""
+    __slots__ = ("row", "annotator", "label", "ground_truth")
+
+    def __init__(self, row, annotator, label, ground_truth):
+        self.row, self.annotator, self.label, self.ground_truth = row, annotator, label, ground_truth
+
+
+def _decide_all(all_tasks, dimension, votes: _Votes, names, policy,
+                posteriors: tuple[np.ndarray, np.ndarray] | None) -> dict[int, TaskConsensus]:
     k, n_tasks = len(names), len(all_tasks)
-    position = {name: i for i, name in enumerate(names)}
-    counts = np.zeros((n_tasks, k))
+    counts = np.bincount(votes.row * k + votes.label, minlength=n_tasks * k).reshape(n_tasks, k).astype(float)
     truth = np.full(n_tasks, -1)
-    for row, task in enumerate(all_tasks):
-        for _, label, ground_truth in table[task]:
-            counts[row, position[label]] += 1
-            if ground_truth:  # the latest ground-truth vote wins if several
-                truth[row] = position[label]
+    for row, label in zip(votes.row[votes.ground_truth].tolist(), votes.label[votes.ground_truth].tolist()):
+        truth[row] = label   # the latest ground-truth vote wins if several
     n_votes = counts.sum(axis=1)
     shares = counts / np.maximum(n_votes, 1)[:, None]
     soft = shares.copy()
-    if posteriors:
-        for row, task in enumerate(all_tasks):
-            if task in posteriors:
-                soft[row] = posteriors[task]
+    if posteriors is not None:
+        present, posterior = posteriors
+        soft[present] = posterior
     top = soft.max(axis=1)
     at_top = np.isclose(soft, top[:, None])
     best = at_top.argmax(axis=1)                 # the first class (config order) at the top
@@ -119,58 +151,127 @@ def _decide_all(all_tasks, dimension, table, names, policy, posteriors) -> dict[
     label_index = np.where(truth >= 0, truth, best)
     agreement = np.where(state == 2, shares[np.arange(n_tasks), label_index], shares.max(axis=1))
 
+    # each task's votes: annotator -> class, from its slice of the (grouped) vote arrays
+    bounds = np.searchsorted(votes.row, np.arange(n_tasks + 1)).tolist()
+    vote_annotators, vote_names = votes.annotator.tolist(), [names[i] for i in votes.label.tolist()]
     out = {}
     soft_rows, states, labels, agreements = soft.tolist(), state.tolist(), label_index.tolist(), agreement.tolist()
+    truths = truth.tolist()
     for row, task in enumerate(all_tasks):
         name = STATES[states[row]]
         if name == "no_votes":
             out[task] = TaskConsensus(task, dimension, name)
             continue
         label = names[labels[row]] if name == "agreed" else None
-        soft_map = ({label: 1.0} if truth[row] >= 0 else
+        soft_map = ({label: 1.0} if truths[row] >= 0 else
                     {n: p for n, p in zip(names, soft_rows[row]) if p > 0})
+        lo, hi = bounds[row], bounds[row + 1]
         out[task] = TaskConsensus(task, dimension, name, label, soft_map, agreements[row],
-                                  {annotator: value for annotator, value, _ in table[task]})
+                                  dict(zip(vote_annotators[lo:hi], vote_names[lo:hi])))
     return out
 
 
-def _dawid_skene(table: dict[int, list], names: tuple[str, ...], iterations: int = 100,
-                 tolerance: float = 1e-7) -> dict[int, np.ndarray]:
-    """Posterior class probabilities per task (Dawid & Skene 1979), started from majority vote."""
-    rows = [(t, a, names.index(label)) for t, votes in table.items() for a, label, _ in votes]
-    if not rows:
-        return {}
-    task_ids = sorted({t for t, _, _ in rows})
-    annotator_ids = sorted({a for _, a, _ in rows})
-    t_index = {t: i for i, t in enumerate(task_ids)}
-    a_index = {a: i for i, a in enumerate(annotator_ids)}
-    ti = np.array([t_index[t] for t, _, _ in rows])
-    ai = np.array([a_index[a] for _, a, _ in rows])
-    li = np.array([label for _, _, label in rows])
-    n_t, n_a, k = len(task_ids), len(annotator_ids), len(names)
+# plain EM steps before SQUAREM starts: extrapolating the first, long steps of EM can leap to
+# another local maximum than the one plain EM reaches (seen on small random crowds)
+_SQUAREM_AFTER = 10
 
-    posterior = np.bincount(ti * k + li, minlength=n_t * k).reshape(n_t, k).astype(float)
-    posterior /= posterior.sum(axis=1, keepdims=True)
-    cell = ai * k + li  # (annotator, observed label) of each vote
-    previous = None
-    for _ in range(iterations):
-        # M step: class priors and each annotator's confusion matrix (smoothed so no zero logs);
-        # bincount sums what np.add.at would, many times faster
-        prior = posterior.mean(axis=0) + 1e-9
-        confusion = np.stack([np.bincount(cell, weights=posterior[ti, j], minlength=n_a * k).reshape(n_a, k)
-                              for j in range(k)], axis=1) + 0.01   # (annotator, true, observed)
+
+def _dawid_skene(votes: _Votes, n_rows: int, k: int, iterations: int = 100,
+                 tolerance: float = 1e-7) -> tuple[np.ndarray, np.ndarray] | None:
+    """Posterior class probabilities (Dawid & Skene 1979), started from majority vote: the task
+    rows that have votes, and their posteriors (one row each). None without votes.
+
+    EM runs until one step moves no posterior by `tolerance` or more, or `iterations` E steps
+    were spent. Its convergence is linear and slow with many classes (the 8 emotions of 100,000
+    tasks needed over 200 plain steps to reach 1e-7), so the steps are accelerated by SQUAREM
+    (Varadhan & Roland 2008): from two EM steps, a longer step along the same path, kept only
+    if it does not lower the likelihood (the plain second step is taken otherwise). It starts
+    after _SQUAREM_AFTER plain steps, so it ends where plain EM tends to: on the benchmark
+    (100,000 tasks) the labels are those of 100 plain steps, and closer to those of plain EM
+    run to convergence than 100 plain steps are, in about a third of the steps it needs.
+
+    Arrays are class-major, (class, task) and (class, annotator * observed), so that every
+    step over all tasks is an elementwise operation on long rows, and each E and M step is one
+    gather and one bincount over (class, vote) pairs."""
+    if not len(votes.row):
+        return None
+    present, ti = np.unique(votes.row, return_inverse=True)
+    _, ai = np.unique(votes.annotator, return_inverse=True)
+    li = votes.label
+    n_t, n_a = len(present), int(ai.max()) + 1
+    n_cells = n_a * k
+    cell = ai * k + li                                          # (annotator, observed label) of each vote
+    cols = np.arange(k)[:, None]
+    m_index = (cols * n_cells + cell).ravel()                   # (true class, cell) of each (class, vote)
+    e_index = (cols * n_t + ti).ravel()                         # (true class, task) of each (class, vote)
+
+    def m_step(posterior):
+        """Log class priors and log confusion matrices (smoothed so no zero logs), packed in
+        one vector: k priors, then (true class, annotator, observed) log P(observed | true)."""
+        prior = posterior.mean(axis=1) + 1e-9
+        confusion = np.bincount(m_index, weights=posterior.take(ti, axis=1).ravel(), minlength=k * n_cells)
+        confusion = confusion.reshape(k, n_a, k) + 0.01
         confusion /= confusion.sum(axis=2, keepdims=True)
-        # E step: log posterior of each task's true class given all its votes
-        log_confusion = np.log(confusion)
-        log_post = np.stack([np.bincount(ti, weights=log_confusion[ai, j, li], minlength=n_t)
-                             for j in range(k)], axis=1) + np.log(prior / prior.sum())
-        log_post -= log_post.max(axis=1, keepdims=True)
-        posterior = np.exp(log_post)
-        posterior /= posterior.sum(axis=1, keepdims=True)
-        if previous is not None and np.abs(posterior - previous).max() < tolerance:
+        return np.concatenate([np.log(prior / prior.sum()), np.log(confusion).ravel()])
+
+    def e_step(theta):
+        """Posteriors of each task's true class given its votes, and the objective EM raises:
+        the log likelihood plus the log of the Dirichlet prior that the 0.01 smoothing is."""
+        log_cell = theta[k:].reshape(k, n_cells)
+        log_post = np.bincount(e_index, weights=log_cell.take(cell, axis=1).ravel(),
+                               minlength=k * n_t).reshape(k, n_t)
+        log_post += theta[:k, None]
+        top = log_post.max(axis=0)
+        log_post -= top
+        posterior = np.exp(log_post, out=log_post)
+        norm = posterior.sum(axis=0)
+        posterior /= norm
+        return posterior, float(top.sum() + np.log(norm).sum() + 0.01 * log_cell.sum())
+
+    def normalized(theta):
+        """An extrapolated parameter vector made distributions again."""
+        log_prior = theta[:k] - np.logaddexp.reduce(theta[:k])
+        log_cell = theta[k:].reshape(k, n_a, k)
+        log_cell = log_cell - np.logaddexp.reduce(log_cell, axis=2, keepdims=True)
+        return np.concatenate([log_prior, log_cell.ravel()])
+
+    counts = np.bincount(li * n_t + ti, minlength=k * n_t).reshape(k, n_t).astype(float)
+    theta = m_step(counts / counts.sum(axis=0))
+    posterior, _ = e_step(theta)
+    steps, step_max = 1, 1.0
+    while steps < iterations:
+        # a plain EM step from theta; the convergence test of the old loop on each such step
+        theta1 = m_step(posterior)
+        posterior1, _ = e_step(theta1)
+        steps += 1
+        converged = np.abs(posterior1 - posterior).max() < tolerance
+        if converged or steps >= iterations or steps < _SQUAREM_AFTER:
+            theta, posterior = theta1, posterior1
+            if converged:
+                break
+            continue
+        theta2 = m_step(posterior1)
+        posterior2, objective2 = e_step(theta2)
+        steps += 1
+        if np.abs(posterior2 - posterior1).max() < tolerance or steps >= iterations:
+            posterior = posterior2
             break
-        previous = posterior
-    return {t: posterior[t_index[t]] for t in task_ids}
+        # SQUAREM (scheme S3) from theta and its two EM successors; the step length is bounded,
+        # the bound grown while steps are taken and shrunk when one is refused (as SQUAREM does)
+        r, v = theta1 - theta, theta2 - 2 * theta1 + theta
+        alpha = min(-np.sqrt((r @ r) / (v @ v)), -1.0) if v @ v > 0 else -1.0
+        if alpha <= -step_max:
+            alpha = -step_max
+            step_max *= 4.0
+        theta3 = normalized(theta - 2 * alpha * r + alpha * alpha * v)
+        posterior3, objective3 = e_step(theta3)
+        steps += 1
+        if objective3 >= objective2:            # False for NaN: then the plain step is kept
+            theta, posterior = theta3, posterior3
+        else:
+            theta, posterior = theta2, posterior2
+            step_max = max(1.0, step_max / 4.0)
+    return present, posterior.T
 
 
 def krippendorff_alpha(units: list[list[str]]) -> float | None:

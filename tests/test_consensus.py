@@ -298,6 +298,56 @@ def test_dawid_skene_outvotes_an_always_high_spammer():
         assert sum(c.soft.values()) == pytest.approx(1.0)
 
 
+def _plain_dawid_skene(votes, dimension, names, steps=3000):
+    """Textbook EM for Dawid-Skene, loops and np.add.at, started from majority vote and run to
+    convergence: the reference the vectorised, accelerated one must reach."""
+    rows = [(v.task, v.annotator, names.index(v.labels[dimension])) for v in votes]
+    tasks, annotators = sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
+    t = np.array([tasks.index(r[0]) for r in rows])
+    a = np.array([annotators.index(r[1]) for r in rows])
+    obs = np.array([r[2] for r in rows])
+    k = len(names)
+    post = np.zeros((len(tasks), k))
+    np.add.at(post, (t, obs), 1.0)
+    post /= post.sum(axis=1, keepdims=True)
+    for _ in range(steps):
+        prior = post.mean(axis=0) + 1e-9
+        confusion = np.full((len(annotators), k, k), 0.01)          # annotator, true, observed
+        for j in range(k):
+            np.add.at(confusion[:, j, :], (a, obs), post[t, j])
+        confusion /= confusion.sum(axis=2, keepdims=True)
+        log_post = np.tile(np.log(prior / prior.sum()), (len(tasks), 1))
+        for j in range(k):
+            np.add.at(log_post[:, j], t, np.log(confusion[a, j, obs]))
+        new = np.exp(log_post - log_post.max(axis=1, keepdims=True))
+        new /= new.sum(axis=1, keepdims=True)
+        done = np.abs(new - post).max() < 1e-10
+        post = new
+        if done:
+            break
+    return {task: post[i] for i, task in enumerate(tasks)}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_dawid_skene_reaches_plain_em_fixed_point(seed):
+    """8 classes, annotators of mixed skill and a spammer: plain EM needs hundreds of steps
+    here; the accelerated EM must end on the same posteriors (so the same labels and states)."""
+    rng = np.random.default_rng(seed)
+    accuracy = {1: 0.8, 2: 0.6, 3: 0.45}
+    votes, _ = crowd(seed, 150, EMOTION, accuracy, "emotion")
+    votes += [vote(t, 6, emotion=EMOTION[int(rng.integers(0, 3))]) for t in range(0, 150, 2)]  # a biased one
+    reference = _plain_dawid_skene(votes, "emotion", EMOTION)
+    policy = Policy(method="dawid_skene", min_annotators=1, min_agreement=0.5)
+    result = compute(votes, CLASSES, policy)["emotion"]
+    assert set(result) == set(reference)
+    for task, expected in reference.items():
+        got = np.array([result[task].soft.get(n, 0.0) for n in EMOTION])
+        assert got == pytest.approx(expected, abs=1e-5), task
+        assert result[task].state == ("agreed" if expected.max() >= 0.5 else "disputed")
+        if result[task].state == "agreed":
+            assert result[task].label == EMOTION[int(expected.argmax())]
+
+
 def test_dawid_skene_keeps_states_and_ground_truth():
     votes = aesthetic_votes(1, "high", "high") + [vote(2, 1, "low", ground_truth=True)]
     result = compute(votes, CLASSES, Policy(method="dawid_skene"), tasks=[3])["aesthetic"]

@@ -501,3 +501,19 @@ def test_auto_training_off_at_threshold_zero(trigger_settings, db):
     for task in range(1, 8):
         agree_on(client, task)
     assert training_requests(db) == []
+
+
+def test_record_round_trip_and_older_records():
+    from backend.votes import Vote
+    vote = Vote(annotation=5, task=2, annotator=3, updated_at="2026-11-27T12:00:00Z",
+                labels={"aesthetic": "high", "emotion": None}, ground_truth=True, problems=("x: bad",))
+    back = Vote.from_record(vote.record())
+    assert back == vote and isinstance(back.problems, tuple) and repr(back) == repr(vote)
+    with pytest.raises(AttributeError):           # still frozen
+        back.task = 3
+    # a record written before "problems" existed decodes through __init__, defaults filled
+    older = json.loads(vote.record())
+    del older["problems"]
+    assert Vote.from_record(json.dumps(older)) == Vote(**{**older, "problems": ()})
+    with pytest.raises(TypeError):                # an unknown field is refused as before
+        Vote.from_record(json.dumps({**older, "surprise": 1}))
