@@ -81,8 +81,7 @@ def progress_fraction(job: dict) -> float | None:
 
 
 def consensus_section(backend, project: str) -> dict:
-    summary = backend.consensus_summary(project)
-    disputed = backend.consensus_tasks(project, "disputed")["tasks"]
+    summary, disputed = backend.consensus_overview(project, "disputed")
     dimensions = {d: v for d, v in summary.items() if isinstance(v, dict) and "tasks" in v}
     return {"policy": summary.get("policy"), "dimensions": dimensions, "disputed": disputed[:DISPUTED_SHOWN],
             "disputed_total": len(disputed)}

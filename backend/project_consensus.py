@@ -95,8 +95,9 @@ class ProjectConsensus:
         votes = self.votes.all_votes(project)
         return compute(votes, _classes(labels), self.policy(project), tasks=list(self.votes.image_urls(project)))
 
-    def summary(self, project: str, labels: ProjectLabels) -> dict:
-        result = self.consensus(project, labels)
+    def summary(self, project: str, labels: ProjectLabels, result: dict | None = None) -> dict:
+        """`result`: a consensus computed already (the admin page shows it twice over)."""
+        result = result if result is not None else self.consensus(project, labels)
         return {"project": project, "policy": self.policy(project).to_dict(),
                 **summary(result, _classes(labels))}
 
@@ -104,10 +105,10 @@ class ProjectConsensus:
         result = self.consensus(project, labels)
         return len({t for d in DIMENSIONS for t, c in result[d].items() if c.state == "agreed"})
 
-    def tasks_in_state(self, project: str, labels: ProjectLabels, state: str) -> list[dict]:
+    def tasks_in_state(self, project: str, labels: ProjectLabels, state: str, result: dict | None = None) -> list[dict]:
         if state not in STATES:
             raise RequestError(f"state must be one of {', '.join(STATES)}, got {state!r}")
-        result = self.consensus(project, labels)
+        result = result if result is not None else self.consensus(project, labels)
         tasks = sorted({t for d in DIMENSIONS for t, c in result[d].items() if c.state == state})
         return [{"task": t, **{d: result[d][t].to_dict() for d in DIMENSIONS}} for t in tasks]
 

@@ -226,6 +226,13 @@ class Backend:
         return {"project": project, "state": state,
                 "tasks": self.consensus.tasks_in_state(project, self.project_labels(project), state)}
 
+    def consensus_overview(self, project: str, state: str = "disputed") -> tuple[dict, list[dict]]:
+        """The summary and the tasks in `state`, from one computation of the consensus."""
+        labels = self.project_labels(project)
+        result = self.consensus.consensus(project, labels)
+        return (self.consensus.summary(project, labels, result),
+                self.consensus.tasks_in_state(project, labels, state, result))
+
     def set_policy(self, project: str, body) -> dict:
         self.project_labels(project)
         return {"project": project, "policy": self.consensus.set_policy(project, body).to_dict()}

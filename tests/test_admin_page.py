@@ -174,9 +174,9 @@ def test_a_section_that_fails_shows_why_and_the_rest_still_renders(admin, monkey
     from backend.errors import RequestError
     from backend.service import Backend
 
-    def broken(self, project):
+    def broken(self, project, state):
         raise RequestError("consensus is broken for this test")
-    monkeypatch.setattr(Backend, "consensus_summary", broken)
+    monkeypatch.setattr(Backend, "consensus_overview", broken)
     text = page_text(admin)
     assert "consensus is broken for this test" in text
     assert f'<strong id="current-version">{NEW}</strong>' in text
