@@ -10,7 +10,11 @@ auto-training on, anything to refuse) takes the step-by-step path.
 """
 from __future__ import annotations
 
+import os
+import threading
+
 import redis
+from redis.exceptions import NoScriptError
 
 from .projects import PROJECTS_SET, setup_key
 from .votes import APPLY_VOTE_LUA, Vote, key
@@ -37,7 +41,9 @@ return out
 
 class Ingest:
     def __init__(self, client: redis.Redis):
+        self._client = client
         self._script = client.register_script(_INGEST)
+        self._held = threading.local()
 
     def __call__(self, event: dict, label_config: str, votes: list[tuple[Vote, str | None]]) -> list[str]:
         """Records `event`, remembers `label_config`, applies the votes (each with its task's
@@ -49,4 +55,30 @@ class Ingest:
         for vote, image in votes:
             keys.append(key(project, f"task:{vote.task}"))
             args += [vote.annotation, vote.updated_at, vote.record(), vote.task, image or ""]
-        return self._script(keys=keys, args=args)[1:]
+        try:
+            return self._evalsha(len(keys), *keys, *args)[1:]
+        except NoScriptError:  # a restarted (or flushed) Redis forgot the script
+            self._script.sha = self._client.script_load(self._script.script)
+            return self._evalsha(len(keys), *keys, *args)[1:]
+
+    def _evalsha(self, *args):
+        """EVALSHA on a connection this thread holds for good, not through the client: its
+        per-command pool checkout, retry and instrumentation cost redis-py 8 about 70 µs of
+        CPU, a fair share of a webhook's. On a broken connection, once more on a new one (as
+        the client's retry would: a repeated event changes nothing but one more stream entry)."""
+        held = self._held
+        if getattr(held, "pid", None) != os.getpid():  # none yet in this thread, or a forked process
+            held.conn, held.pid = self._client.connection_pool.make_connection(), os.getpid()
+        for attempt in (1, 2):
+            try:
+                held.conn.send_command("EVALSHA", self._script.sha, *args)
+                return held.conn.read_response()
+            except redis.ResponseError:  # an error answer, read whole: the connection is fine
+                raise
+            except (redis.ConnectionError, redis.TimeoutError):
+                held.conn.disconnect()  # the next send_command connects again
+                if attempt == 2:
+                    raise
+            except BaseException:  # whatever else, no half-read answer may stay on the connection
+                held.conn.disconnect()
+                raise

@@ -108,13 +108,15 @@ def profile_webhook(n: int) -> None:
             settings = Settings(data_dir=data_dir, redis_url=url, backbone="resnet18")
             backend = Backend(settings, connect(settings))
             commands = [0]
-            execute = backend.redis.execute_command
+            # counted where every command of the backend is written, through the client or not
+            connection_class = backend.redis.connection_pool.connection_class
+            send = connection_class.send_packed_command
 
-            def counting(*a, **kw):
+            def counting(self, *a, **kw):
                 commands[0] += 1
-                return execute(*a, **kw)
+                return send(self, *a, **kw)
 
-            backend.redis.execute_command = counting
+            connection_class.send_packed_command = counting
             client = create_app(settings, backend).test_client()
             assert client.post("/setup", json=recorded_body("setup")).status_code == 200
             bodies = event_bodies(2 * n + 50, first_id=1, seed=2)
@@ -131,6 +133,7 @@ def profile_webhook(n: int) -> None:
             for b in bodies[50 + n:]:
                 client.post("/webhook", data=b, content_type="application/json")
             profiler.disable()
+            connection_class.send_packed_command = send
         finally:
             stop_embedded_redis(data_dir)
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -269,25 +269,25 @@ def test_one_round_trip_and_step_by_step_store_the_same(client, db):
         assert replay_state(client, db, [without_label_config(e) for e in events]) == fused, f"shuffle {attempt}"
 
 
-def redis_calls(client, body) -> tuple[dict, list[str]]:
-    """The reply to one webhook and the commands the backend sent to Redis for it."""
-    backend = client.application.extensions["aesemo"]
-    sent, execute = [], backend.redis.execute_command
-
-    def counting(*args, **kwargs):  # an instrument: the real command still runs
-        sent.append(str(args[0]).upper())
-        return execute(*args, **kwargs)
-
-    backend.redis.execute_command = counting
-    try:
-        return send(client, body), sent
-    finally:
-        del backend.redis.execute_command
+def redis_calls(client, db, body) -> tuple[dict, list[str]]:
+    """The reply to one webhook and the commands Redis received for it (MONITOR, less those a
+    Lua script ran), i.e. the backend's round trips."""
+    with db.monitor() as monitor:
+        db.echo("webhook-starts")  # (after this connection's own handshake, if it needed one)
+        reply = send(client, body)
+        db.echo("webhook-answered")
+        while "webhook-starts" not in monitor.next_command()["command"]:
+            pass
+        sent = []
+        while "webhook-answered" not in (command := monitor.next_command())["command"]:
+            if command["client_type"] != "lua":
+                sent.append(command["command"].split()[0].upper())
+        return reply, sent
 
 
 def test_annotation_event_is_one_round_trip(client, db):
     send(client, annotation_event(1, 1, 2, "high", "awe", at=1))  # loads the script
-    reply, sent = redis_calls(client, annotation_event(2, 1, 3, "low", "fear", at=2))
+    reply, sent = redis_calls(client, db, annotation_event(2, 1, 3, "low", "fear", at=2))
     assert reply["votes"] == ["added"] and sent == ["EVALSHA"]
     # and the one script did all of it: the event is in the audit stream, the vote is stored
     assert [json.loads(f["event"])["annotation"]["id"] for _, f in db.xrange(EVENTS_STREAM)] == [1, 2]
@@ -295,9 +295,23 @@ def test_annotation_event_is_one_round_trip(client, db):
     several = example("webhook_ANNOTATION_CREATED.json")
     several["action"] = "ANNOTATIONS_CREATED"
     several["annotation"] = [annotation_event(i, 5, i, at=i)["annotation"] for i in (3, 4)]
-    reply, sent = redis_calls(client, several)
+    reply, sent = redis_calls(client, db, several)
     assert reply["votes"] == ["added", "added"] and sent == ["EVALSHA"]
     assert {3, 4} <= set(votes_by_annotation(db))
+
+
+def test_annotation_events_after_a_redis_restart(settings, own_redis):
+    """The webhook's held connections reconnect, and the script is loaded again."""
+    url = ensure_embedded_redis(own_redis)
+    client = create_app(replace(settings, redis_url=url)).test_client()
+    assert send(client, annotation_event(1, 1, 2, at=1))["votes"] == ["added"]
+    db = redis.Redis.from_url(url, decode_responses=True)
+    pid = _pid(own_redis)
+    db.shutdown(nosave=False)  # the AOF keeps the vote; the script cache is gone
+    assert _gone(pid)
+    assert ensure_embedded_redis(own_redis) == url
+    assert send(client, annotation_event(2, 1, 3, at=2))["votes"] == ["added"]
+    assert set(votes_by_annotation(redis.Redis.from_url(url, decode_responses=True))) == {1, 2}
 
 
 def test_label_config_sent_with_an_event_replaces_the_stored_one(client, db):
