@@ -3,6 +3,7 @@ this module is imported, so every worker's numbers add up in `/metrics`."""
 from __future__ import annotations
 
 import os
+import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -12,6 +13,12 @@ LATENCY = Histogram("aesemo_request_seconds", "HTTP request latency by endpoint"
 PREDICTIONS = Counter("aesemo_predictions", "predictions returned to Label Studio", ["model_version"])
 IMAGE_FAILURES = Counter("aesemo_image_fetch_failures", "images that could not be fetched or decoded", ["kind"])
 WEBHOOK_EVENTS = Counter("aesemo_webhook_events", "webhook events recorded", ["action"])
+
+
+def observe_request(endpoint: str, method: str, status: int, started: float) -> None:
+    """Counts a request and its latency since `started` (time.perf_counter())."""
+    REQUESTS.labels(endpoint, method, str(status)).inc()
+    LATENCY.labels(endpoint).observe(time.perf_counter() - started)
 
 
 def render() -> tuple[bytes, str]:

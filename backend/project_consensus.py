@@ -52,17 +52,19 @@ class ProjectConsensus:
 
     # -- events
     def apply_annotation(self, project: str, labels: ProjectLabels, annotation: dict, task: dict | None) -> str:
-        task_id = task.get("id") if isinstance(task, dict) else None
-        vote = vote_from_annotation(annotation, task_id, labels)
-        image = ((task or {}).get("data") or {}).get(labels.image_key)
+        vote, image = vote_and_image(labels, annotation, task)
         # newly agreed labels are counted only for auto-training: with it off, the webhook
         # skips judging the task before and after (most of its Redis round trips and CPU)
-        track = self.settings.auto_train_threshold > 0
+        track = self.tracks_agreement()
         before = self._agreed_dimensions(project, labels, vote.task) if track else set()
-        outcome = self.votes.apply(project, vote, image if isinstance(image, str) else None)
+        outcome = self.votes.apply(project, vote, image)
         if track and outcome in ("added", "changed"):
             self._count_agreed(project, labels, vote.task, before)
         return outcome
+
+    def tracks_agreement(self) -> bool:
+        """Whether each vote is judged before and after (to count labels for auto-training)."""
+        return self.settings.auto_train_threshold > 0
 
     def delete_annotations(self, project: str, labels: ProjectLabels | None, ids: list[int]) -> int:
         seen = 0
@@ -138,6 +140,14 @@ class ProjectConsensus:
             os.replace(tmp, path)
         reset_new_labels(self.redis, project)
         return {"id": digest[:16], "sha256": digest, "path": str(path), "rows": len(rows)}
+
+
+def vote_and_image(labels: ProjectLabels, annotation: dict, task: dict | None) -> tuple[Vote, str | None]:
+    """The vote of an annotation event (RequestError if it has none) and its task's image URL."""
+    task_id = task.get("id") if isinstance(task, dict) else None
+    vote = vote_from_annotation(annotation, task_id, labels)
+    image = ((task or {}).get("data") or {}).get(labels.image_key)
+    return vote, image if isinstance(image, str) else None
 
 
 def _classes(labels: ProjectLabels) -> dict[str, tuple[str, ...]]:

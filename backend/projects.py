@@ -10,6 +10,12 @@ import redis
 from .errors import RequestError
 
 _PROJECT = re.compile(r"^(\d+)(?:\.\d+)?$")
+PROJECTS_SET = "aesemo:projects"
+
+
+def setup_key(project: str) -> str:
+    """The hash of what /setup (or a webhook body) told about the project."""
+    return f"aesemo:project:{project}:setup"
 
 
 def project_id(value) -> str:
@@ -37,21 +43,17 @@ class ProjectStore:
     def __init__(self, client: redis.Redis):
         self.redis = client
 
-    @staticmethod
-    def _key(project: str) -> str:
-        return f"aesemo:project:{project}:setup"
-
     def remember(self, project: str, label_config: str | None, hostname: str | None, access_token: str | None) -> None:
         fields = {"label_config": label_config, "hostname": hostname, "access_token": access_token}
         fields = {k: v for k, v in fields.items() if v}
         if fields:
-            self.redis.hset(self._key(project), mapping=fields)
-        self.redis.sadd("aesemo:projects", project)
+            self.redis.hset(setup_key(project), mapping=fields)
+        self.redis.sadd(PROJECTS_SET, project)
 
     def get(self, project: str) -> ProjectContext:
-        stored = self.redis.hgetall(self._key(project))
+        stored = self.redis.hgetall(setup_key(project))
         return ProjectContext(project=project, label_config=stored.get("label_config"),
                               hostname=stored.get("hostname"), access_token=stored.get("access_token"))
 
     def known(self) -> list[str]:
-        return sorted(self.redis.smembers("aesemo:projects"), key=int)
+        return sorted(self.redis.smembers(PROJECTS_SET), key=int)

@@ -9,12 +9,13 @@ import redis
 
 from .errors import RequestError
 from .images import ImageFetcher
+from .ingest import Ingest
 from .label_config import LabelConfigError, ProjectLabels, parse_label_config
 from .metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
 from .hotswap import HotSwap
 from .model_holder import ModelHolder
 from .predict import predict_tasks
-from .project_consensus import ProjectConsensus
+from .project_consensus import ProjectConsensus, vote_and_image
 from .projects import ProjectStore, project_id
 from .registry import (all_version_names, base_version_name, current_version_name, project_versions,
                        promote_version, resolve_current)
@@ -27,6 +28,7 @@ from .webhooks import parse_event, record_event
 log = logging.getLogger(__name__)
 
 MODEL_CLASS = "CrossBranchNet"
+_VOTE_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 
 
 class Backend:
@@ -38,6 +40,7 @@ class Backend:
         self.fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="image-fetch")
         self.consensus = ProjectConsensus(client, settings, on_auto_train=self._auto_train)
+        self.ingest = Ingest(client)
         self.swap = HotSwap(settings, client)
         self._contexts: dict = {}
 
@@ -136,9 +139,32 @@ class Backend:
 
     def webhook(self, body) -> dict:
         event = parse_event(body)
+        outcomes = self._ingest_votes(event, body)
+        if outcomes is not None:
+            WEBHOOK_EVENTS.labels(event["action"]).inc()
+            return {"status": "ok", "action": event["action"], "votes": outcomes}
         record_event(self.redis, event)
         WEBHOOK_EVENTS.labels(event["action"]).inc()
         return {"status": "ok", "action": event["action"], **self._act_on(event, body)}
+
+    def _ingest_votes(self, event: dict, body: dict) -> list[str] | None:
+        """The common case in one Redis round trip (backend/ingest.py): an annotation event whose
+        body carries the project's label config, with auto-training off. Returns the votes'
+        outcomes, or None to go step by step: for every other event, and for one with anything
+        to refuse, so that the step-by-step path records it and answers the error as always."""
+        if event["action"] not in _VOTE_ACTIONS or self.consensus.tracks_agreement():
+            return None
+        project_object = body["project"]
+        sent = project_object.get("label_config") if isinstance(project_object, dict) else None
+        if not sent or not isinstance(sent, str):
+            return None
+        annotations = body["annotation"] if isinstance(body["annotation"], list) else [body["annotation"]]
+        try:
+            labels = self.labels(sent)
+            votes = [vote_and_image(labels, a, body.get("task")) for a in annotations]
+        except RequestError:
+            return None
+        return self.ingest(event, sent, votes)
 
     def _act_on(self, event: dict, body: dict) -> dict:
         """Votes from annotation events; a training request from START_TRAINING."""
@@ -152,8 +178,7 @@ class Backend:
                 return {"training": {"started": False, "error": str(exc)}}
         if action == "TASKS_DELETED":
             return {"votes_removed": self.consensus.votes.delete_tasks(project, [t["id"] for t in event["tasks"]])}
-        if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
-                          "ANNOTATIONS_DELETED", "PROJECT_UPDATED"):
+        if action not in _VOTE_ACTIONS + ("ANNOTATIONS_DELETED", "PROJECT_UPDATED"):
             return {}
         labels = self.project_labels(project, body.get("project"))
         if action == "PROJECT_UPDATED":

@@ -28,21 +28,30 @@ log = logging.getLogger(__name__)
 
 DIMENSIONS = ("aesthetic", "emotion")
 
-_APPLY = """
-if redis.call('SISMEMBER', KEYS[5], ARGV[4]) == 1 then return 'task_deleted' end
--- the task exists whatever becomes of this annotation: a delete that overtook its create
--- must leave the same tasks known as the ordered stream does
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[6], ARGV[4], ARGV[5]) end
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 'deleted' end
-local current = redis.call('HGET', KEYS[2], ARGV[1])
-if current and current > ARGV[2] then return 'stale' end
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old == ARGV[3] then return 'same' end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[4], ARGV[1])
-if old then return 'changed' end
-return 'added'
+# One vote: keys votes, vote_times, tombstones, task:{t}, deleted_tasks, images; arguments the
+# annotation id, updated_at, record, task id and image URL ('' for none). Shared by _APPLY and
+# by the webhook's one-round-trip script (INGEST), so both keep the same ordering rules.
+APPLY_VOTE_LUA = """
+local function apply_vote(votes, times, tombstones, task_key, deleted_tasks, images, id, updated_at, record, task, image)
+  if redis.call('SISMEMBER', deleted_tasks, task) == 1 then return 'task_deleted' end
+  -- the task exists whatever becomes of this annotation: a delete that overtook its create
+  -- must leave the same tasks known as the ordered stream does
+  if image ~= '' then redis.call('HSET', images, task, image) end
+  if redis.call('SISMEMBER', tombstones, id) == 1 then return 'deleted' end
+  local current = redis.call('HGET', times, id)
+  if current and current > updated_at then return 'stale' end
+  local old = redis.call('HGET', votes, id)
+  if old == record then return 'same' end
+  redis.call('HSET', votes, id, record)
+  redis.call('HSET', times, id, updated_at)
+  redis.call('SADD', task_key, id)
+  if old then return 'changed' end
+  return 'added'
+end
+"""
+
+_APPLY = APPLY_VOTE_LUA + """
+return apply_vote(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 
 _DELETE = """

@@ -86,8 +86,13 @@ def _tasks(action: str, tasks) -> list[dict]:
     return [_task(action, t) for t in tasks]
 
 
+def event_json(event: dict) -> str:
+    """The text of the audit stream entry's "event" field."""
+    return json.dumps(event, separators=(",", ":"))
+
+
 def record_event(client: redis.Redis, event: dict) -> str:
     """Append to the audit stream of recent events; returns the entry id."""
     # capped: the votes already hold what counts, and Label Studio's export is the full record
-    return client.xadd(EVENTS_STREAM, {"event": json.dumps(event, separators=(",", ":"))},
-                       maxlen=EVENTS_KEPT, approximate=True)
+    # (backend/ingest.py appends the same entry, with the same cap, for annotation events)
+    return client.xadd(EVENTS_STREAM, {"event": event_json(event)}, maxlen=EVENTS_KEPT, approximate=True)

@@ -6,6 +6,7 @@ Everything here talks to 127.0.0.1 only, and every loop is bounded in count and 
 from __future__ import annotations
 
 import copy
+import http.client
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -214,20 +216,115 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-class _PerThreadSession(threading.local):
-    def __init__(self):
-        self.session = local_session()
+CLIENTS = ("socket", "http.client", "requests")
 
 
-def closed_loop(url: str, bodies: list[bytes], concurrency: int, deadline_s: float) -> dict:
+class Poster:
+    """POSTs JSON bodies to one URL over one keep-alive HTTP/1.1 connection. The load generator
+    shares the machine's CPU with the server, so the leaner the client, the more of it measures
+    the server: "socket" writes each request with one sendall and reads the answer by its
+    Content-Length (enough for this server, which always sends one; anything else is an error);
+    "http.client" is the standard library's HTTPConnection; "requests" a Session, as Label
+    Studio's own client is. post() returns (status, body text for anything but 200); it raises
+    OSError, http.client.HTTPException or requests.RequestException when no answer came."""
+
+    def __init__(self, url: str, kind: str = "socket", timeout_s: float = 10.0):
+        if kind not in CLIENTS:
+            raise ValueError(f"client must be one of {CLIENTS}, got {kind!r}")
+        self.url, self.kind, self.timeout_s = url, kind, timeout_s
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname, parts.port, parts.path or "/"
+        self.session = local_session() if kind == "requests" else None
+        self.conn, self.used = None, False
+
+    def post(self, body: bytes) -> tuple[int, str]:
+        if self.session is not None:
+            r = self.session.post(self.url, data=body, headers={"Content-Type": "application/json"},
+                                  timeout=self.timeout_s)
+            return r.status_code, "" if r.status_code == 200 else r.text
+        reused = self.used
+        try:
+            return self._post(body)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            return self._post(body)  # the server closed an idle keep-alive connection: once more, on a new one
+
+    def _post(self, body: bytes) -> tuple[int, str]:
+        if self.kind == "socket":
+            return self._post_socket(body)
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        try:
+            self.conn.request("POST", self.path, body, {"Content-Type": "application/json"})
+            r = self.conn.getresponse()
+            data = r.read()
+        except BaseException:
+            self.close()
+            raise
+        self.used = True
+        if r.will_close:
+            self.close()
+        return r.status, "" if r.status == 200 else data.decode(errors="replace")
+
+    def _post_socket(self, body: bytes) -> tuple[int, str]:
+        if self.conn is None:
+            self.conn = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
+            self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: ").encode()
+            self.pending = b""
+        try:
+            self.conn.sendall(b"%s%d\r\n\r\n%s" % (self.head, len(body), body))
+            data = self.pending
+            while b"\r\n\r\n" not in data:
+                data += self._recv()
+            head, _, data = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            length = int(fields["content-length"])  # KeyError: no Content-Length, not for this client
+            while len(data) < length:
+                data += self._recv()
+            answer, self.pending = data[:length], data[length:]
+        except (KeyError, ValueError, IndexError) as exc:
+            self.close()
+            raise http.client.HTTPException(f"unexpected answer: {exc!r}") from None
+        except BaseException:
+            self.close()
+            raise
+        self.used = True
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return status, "" if status == 200 else answer.decode(errors="replace")
+
+    def _recv(self) -> bytes:
+        chunk = self.conn.recv(65536)
+        if not chunk:
+            raise http.client.RemoteDisconnected("the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn, self.used = None, False
+        if self.session is not None:
+            self.session.close()
+
+
+_NO_ANSWER = (OSError, http.client.HTTPException, requests.RequestException)
+
+
+def closed_loop(url: str, bodies: list[bytes], concurrency: int, deadline_s: float,
+                client: str = "socket") -> dict:
     """POST every body, `concurrency` connections each sending its next one as soon as the last
     answered. Latencies in seconds."""
     lock, cursor = threading.Lock(), iter(range(len(bodies)))
     latencies, errors = [], []
     stop_at = time.monotonic() + deadline_s
 
-    def client():
-        session = local_session()
+    def sender():
+        poster = Poster(url, client)
         try:
             while time.monotonic() < stop_at:
                 with lock:
@@ -236,20 +333,20 @@ def closed_loop(url: str, bodies: list[bytes], concurrency: int, deadline_s: flo
                     return
                 started = time.perf_counter()
                 try:
-                    r = session.post(url, data=bodies[i], headers={"Content-Type": "application/json"}, timeout=10)
-                    ok = r.status_code == 200
+                    status, text = poster.post(bodies[i])
+                    ok = status == 200
                     if not ok:
-                        errors.append(f"{r.status_code} {r.text[:200]}")
-                except requests.RequestException as exc:
+                        errors.append(f"{status} {text[:200]}")
+                except _NO_ANSWER as exc:
                     errors.append(type(exc).__name__)
                     ok = False
                 if ok:
                     latencies.append(time.perf_counter() - started)
         finally:
-            session.close()
+            poster.close()
 
     cpu0, t0 = time.process_time(), time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
@@ -259,18 +356,26 @@ def closed_loop(url: str, bodies: list[bytes], concurrency: int, deadline_s: flo
             "unfinished": sum(t.is_alive() for t in threads)}
 
 
-def paced_open_loop(url: str, bodies: list[bytes], rate: float, threads: int, deadline_s: float) -> dict:
+def paced_open_loop(url: str, bodies: list[bytes], rate: float, threads: int, deadline_s: float,
+                    client: str = "socket") -> dict:
     """Request i is due at start + i / rate whatever happened before (open loop); `threads`
     senders take the next due request. A request's latency runs from its due time to its answer,
     so time spent waiting for a free sender (queueing) counts."""
     lock, cursor = threading.Lock(), iter(range(len(bodies)))
     latencies, service, late, errors = [], [], [], []
-    local = _PerThreadSession()
     start = time.perf_counter() + 0.05
     stop_at = time.monotonic() + deadline_s
     done_at = [start]
+    cpu0 = time.process_time()
 
     def sender():
+        poster = Poster(url, client)
+        try:
+            paced(poster)
+        finally:
+            poster.close()
+
+    def paced(poster):
         while time.monotonic() < stop_at:
             with lock:
                 i = next(cursor, None)
@@ -282,11 +387,11 @@ def paced_open_loop(url: str, bodies: list[bytes], rate: float, threads: int, de
                 time.sleep(wait)
             sent = time.perf_counter()
             try:
-                r = local.session.post(url, data=bodies[i], headers={"Content-Type": "application/json"}, timeout=10)
-                ok = r.status_code == 200
+                status, text = poster.post(bodies[i])
+                ok = status == 200
                 if not ok:
-                    errors.append(f"{r.status_code} {r.text[:200]}")
-            except requests.RequestException as exc:
+                    errors.append(f"{status} {text[:200]}")
+            except _NO_ANSWER as exc:
                 errors.append(type(exc).__name__)
                 ok = False
             finished = time.perf_counter()
@@ -303,4 +408,5 @@ def paced_open_loop(url: str, bodies: list[bytes], rate: float, threads: int, de
         t.join(timeout=max(1.0, stop_at - time.monotonic() + 15))
     return {"latencies": latencies, "service": service, "late": late, "errors": errors,
             "elapsed": max(done_at) - start, "sent": len(latencies) + len(errors),
+            "client_cpu": time.process_time() - cpu0,
             "unfinished": sum(t.is_alive() for t in pool)}

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/consensus.py [--events 3000] [--clients 16] [--tasks 100000]
 
 (a) ANNOTATION_CREATED events ingested per second through /webhook of the real server
-    (`aesemo serve --workers 2 --threads 8`), closed loop with --clients connections (goals:
+    (`aesemo serve --workers 2 --threads 8`), closed loop with --clients keep-alive connections
+    of a lean client (--client: socket, http.client or requests; see _server.Poster) (goals:
     >= 1000 events/s, p99 < 50 ms). Below a goal, one request path is profiled in process
     (Flask test client, same Redis kind) and what dominates is printed.
 (b) consensus of --tasks tasks x 3 annotators (2 aesthetic, 8 emotion classes, noisy
@@ -27,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import (Service, closed_loop, cpu_seconds, local_session, percentile,  # noqa: E402
+from _server import (CLIENTS, Service, closed_loop, cpu_seconds, local_session, percentile,  # noqa: E402
                      recorded_body, webhook_body)
 
 AESTHETIC = ("high", "low")
@@ -57,11 +58,11 @@ def ingest(args) -> dict:
         bodies = event_bodies(args.events + 100, first_id=1, seed=1)
         warm, bodies = bodies[:100], bodies[100:]
         # warm-up: every worker process parses the label config and opens its Redis connections
-        warm_out = closed_loop(service.url + "/webhook", warm, args.clients, 60)
+        warm_out = closed_loop(service.url + "/webhook", warm, args.clients, 60, args.client)
         if warm_out["errors"]:
             raise SystemExit(f"warm-up webhook errors: {warm_out['errors'][:3]}\n{service.log_tail()}")
         cpu_before = service.cpu()
-        out = closed_loop(service.url + "/webhook", bodies, args.clients, args.deadline)
+        out = closed_loop(service.url + "/webhook", bodies, args.clients, args.deadline, args.client)
         cpu = {k: v - cpu_before[k] for k, v in service.cpu().items()}
         lat = out["latencies"]
         rate = len(lat) / out["wall"]
@@ -73,7 +74,8 @@ def ingest(args) -> dict:
               f"(goal p99 < 50 ms) | errors {len(out['errors'])}"
               + (f" {out['errors'][:3]!r}" if out["errors"] else "")
               + (f" | {out['unfinished']} clients still running at the deadline" if out["unfinished"] else ""))
-        print(f"(a) client side (this process, {args.clients} threads, requests): {out['client_cpu']:.1f} CPU s "
+        print(f"(a) client side (this process, {args.clients} threads, --client {args.client}, keep-alive): "
+              f"{out['client_cpu']:.1f} CPU s "
               f"in {out['wall']:.1f} s = {out['client_cpu'] / out['wall']:.2f} of the machine's {os.cpu_count()} "
               f"cores; votes stored in Redis: {stored} (expected {len(warm) + len(lat)})")
         per_event = {"server workers": cpu["workers"] + cpu["master"], "redis-server": cpu["redis"],
@@ -106,13 +108,15 @@ def profile_webhook(n: int) -> None:
             settings = Settings(data_dir=data_dir, redis_url=url, backbone="resnet18")
             backend = Backend(settings, connect(settings))
             commands = [0]
-            execute = backend.redis.execute_command
+            # counted where every command of the backend is written, through the client or not
+            connection_class = backend.redis.connection_pool.connection_class
+            send = connection_class.send_packed_command
 
-            def counting(*a, **kw):
+            def counting(self, *a, **kw):
                 commands[0] += 1
-                return execute(*a, **kw)
+                return send(self, *a, **kw)
 
-            backend.redis.execute_command = counting
+            connection_class.send_packed_command = counting
             client = create_app(settings, backend).test_client()
             assert client.post("/setup", json=recorded_body("setup")).status_code == 200
             bodies = event_bodies(2 * n + 50, first_id=1, seed=2)
@@ -129,6 +133,7 @@ def profile_webhook(n: int) -> None:
             for b in bodies[50 + n:]:
                 client.post("/webhook", data=b, content_type="application/json")
             profiler.disable()
+            connection_class.send_packed_command = send
         finally:
             stop_embedded_redis(data_dir)
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -278,6 +283,10 @@ def main() -> None:
     parser.add_argument("--profile-events", type=int, default=300)
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--client", choices=CLIENTS, default="socket",
+                        help="the load generator's HTTP client (see _server.Poster; socket is the leanest, so "
+                             "that the 2 cores go to the server)")
+    parser.add_argument("--skip-large", action="store_true", help="skip (b)")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start (other jobs share this "
           f"machine: wall times are noisy, CPU times less so)")
@@ -285,7 +294,8 @@ def main() -> None:
         got = ingest(args)
         if got["rate"] < 1000 or got["p99"] > 0.050:
             profile_webhook(args.profile_events)
-    large_project(args)
+    if not args.skip_large:
+        large_project(args)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

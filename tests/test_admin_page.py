@@ -239,3 +239,13 @@ def test_cross_site_posts_are_refused_and_same_site_ones_pass(admin):
     assert client.post(promote, headers={"Origin": "http://localhost"}).status_code == 200  # the test client's host
     assert client.post(promote).status_code == 200
     assert client.get("/", headers={"Origin": "http://evil.example"}).status_code == 200  # reading is harmless
+
+
+def test_cross_site_webhook_is_refused_too(admin):
+    """/webhook takes a path around Flask (backend.app.FastWebhook): the Origin check holds there."""
+    body = copy.deepcopy(example("webhook_ANNOTATION_CREATED.json"))
+    body["project"]["id"] = PROJECT
+    body["annotation"].update(id=5000, completed_by=9, task=60, project=PROJECT)
+    response = admin["client"].post("/webhook", json=body, headers={"Origin": "http://evil.example"})
+    assert response.status_code == 403
+    assert admin["raw"].hget(f"aesemo:p:{PROJECT}:votes", "5000") is None

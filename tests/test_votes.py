@@ -22,6 +22,7 @@ from backend.app import create_app
 from backend.redis_store import ensure_embedded_redis, stop_embedded_redis
 from backend.training_requests import REQUESTS_LIST
 from backend.votes import VoteStore
+from backend.webhooks import EVENTS_STREAM
 
 from ls_examples import EXAMPLES  # noqa: E402
 
@@ -228,6 +229,102 @@ def test_duplicated_streams_end_the_same(client, db):
         events = stream() + stream()
         rng.shuffle(events)
         assert replay(client, db, events) == ordered, f"shuffle {attempt}"
+
+
+def stored_state(db, project: str = PROJECT) -> dict:
+    """Everything an annotation event may write, the audit stream included (less its times)."""
+    state = {name: sorted(db.smembers(f"aesemo:p:{project}:{name}")) for name in ("tombstones", "deleted_tasks")}
+    state["votes"] = records(db, project)
+    state["images"] = db.hgetall(f"aesemo:p:{project}:images")
+    state["tasks"] = {k: sorted(db.smembers(k)) for k in db.scan_iter(f"aesemo:p:{project}:task:*")}
+    state["label_config"] = db.hget(f"aesemo:project:{project}:setup", "label_config")
+    state["projects"] = sorted(db.smembers("aesemo:projects"))
+    events = [json.loads(fields["event"]) for _, fields in db.xrange(EVENTS_STREAM)]
+    state["events"] = [{k: v for k, v in e.items() if k != "received_at"} for e in events]
+    return state
+
+
+def without_label_config(event: dict) -> dict:
+    """The same event naming only the project: the webhook then reads the stored label config
+    and goes step by step (record, read, apply) instead of its one-round-trip script."""
+    return {**event, "project": {"id": event["project"]["id"]}}
+
+
+def replay_state(client, db, events) -> dict:
+    db.flushdb()
+    config = example("webhook_ANNOTATION_CREATED.json")["project"]["label_config"]
+    assert post(client, "/setup", {"project": PROJECT, "label_config": config}).status_code == 200
+    for event in events:
+        send(client, event)
+    return stored_state(db)
+
+
+def test_one_round_trip_and_step_by_step_store_the_same(client, db):
+    rng = random.Random(11)
+    for attempt in range(6):
+        events = stream() + stream()[:5]
+        rng.shuffle(events)
+        fused = replay_state(client, db, events)
+        assert fused["votes"] and fused["events"] and fused["label_config"]
+        assert replay_state(client, db, [without_label_config(e) for e in events]) == fused, f"shuffle {attempt}"
+
+
+def redis_calls(client, db, body) -> tuple[dict, list[str]]:
+    """The reply to one webhook and the commands Redis received for it (MONITOR, less those a
+    Lua script ran), i.e. the backend's round trips."""
+    with db.monitor() as monitor:
+        db.echo("webhook-starts")  # (after this connection's own handshake, if it needed one)
+        reply = send(client, body)
+        db.echo("webhook-answered")
+        while "webhook-starts" not in monitor.next_command()["command"]:
+            pass
+        sent = []
+        while "webhook-answered" not in (command := monitor.next_command())["command"]:
+            if command["client_type"] != "lua":
+                sent.append(command["command"].split()[0].upper())
+        return reply, sent
+
+
+def test_annotation_event_is_one_round_trip(client, db):
+    send(client, annotation_event(1, 1, 2, "high", "awe", at=1))  # loads the script
+    reply, sent = redis_calls(client, db, annotation_event(2, 1, 3, "low", "fear", at=2))
+    assert reply["votes"] == ["added"] and sent == ["EVALSHA"]
+    # and the one script did all of it: the event is in the audit stream, the vote is stored
+    assert [json.loads(f["event"])["annotation"]["id"] for _, f in db.xrange(EVENTS_STREAM)] == [1, 2]
+    assert votes_by_annotation(db)[2].labels == {"aesthetic": "low", "emotion": "fear"}
+    several = example("webhook_ANNOTATION_CREATED.json")
+    several["action"] = "ANNOTATIONS_CREATED"
+    several["annotation"] = [annotation_event(i, 5, i, at=i)["annotation"] for i in (3, 4)]
+    reply, sent = redis_calls(client, db, several)
+    assert reply["votes"] == ["added", "added"] and sent == ["EVALSHA"]
+    assert {3, 4} <= set(votes_by_annotation(db))
+
+
+def test_annotation_events_after_a_redis_restart(settings, own_redis):
+    """The webhook's held connections reconnect, and the script is loaded again."""
+    url = ensure_embedded_redis(own_redis)
+    client = create_app(replace(settings, redis_url=url)).test_client()
+    assert send(client, annotation_event(1, 1, 2, at=1))["votes"] == ["added"]
+    db = redis.Redis.from_url(url, decode_responses=True)
+    pid = _pid(own_redis)
+    db.shutdown(nosave=False)  # the AOF keeps the vote; the script cache is gone
+    assert _gone(pid)
+    assert ensure_embedded_redis(own_redis) == url
+    assert send(client, annotation_event(2, 1, 3, at=2))["votes"] == ["added"]
+    assert set(votes_by_annotation(redis.Redis.from_url(url, decode_responses=True))) == {1, 2}
+
+
+def test_label_config_sent_with_an_event_replaces_the_stored_one(client, db):
+    body = annotation_event(1, 1, 2, "high", "awe", at=1)
+    config = body["project"]["label_config"]
+    changed = config.replace('<Choice value="awe"', '<Choice value="wonder"/><Choice value="awe"')
+    assert changed != config
+    post(client, "/setup", {"project": PROJECT, "label_config": config})
+    body["project"]["label_config"] = changed
+    body["annotation"]["result"][1]["value"]["choices"] = ["wonder"]
+    assert send(client, body)["votes"] == ["added"]
+    assert db.hget(f"aesemo:project:{PROJECT}:setup", "label_config") == changed
+    assert votes_by_annotation(db)[1].labels == {"aesthetic": "high", "emotion": "wonder"}
 
 
 # ----- what counts as a vote ---------------------------------------------------------------------
