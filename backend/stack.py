@@ -535,6 +535,7 @@ def print_summary(options: StackOptions, state: dict) -> None:
         f"  admin           {admin['email']}  password {admin['password']}",
         *(f"  annotator       {a['email']}  password {a['password']}" for a in state["annotators"]),
         f"backend           {options.backend_url}  (backbone {os.environ.get('AESEMO_BACKBONE') or DEMO_BACKBONE})",
+        f"  admin page      {options.backend_url}/?project={state['project_id']}  (versions, training, consensus)",
         f"data, logs, logins in {options.data_dir}  ({options.state_path.name}, {options.logs_dir.name}/)",
         "",
     ]
