@@ -72,7 +72,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.get("/")
     def admin():
-        return render_template("admin.html", **admin_page.admin_view(backend, request.args.get("project")))
+        view = admin_page.admin_view(backend, request.args.get("project"))
+        return render_template("admin.html", **view), 503 if view.get("error") else 200
 
     @app.get("/projects/<int:project>/versions/<version>/report/<name>")
     def report(project, version, name):

@@ -249,3 +249,12 @@ def test_cross_site_webhook_is_refused_too(admin):
     response = admin["client"].post("/webhook", json=body, headers={"Origin": "http://evil.example"})
     assert response.status_code == 403
     assert admin["raw"].hget(f"aesemo:p:{PROJECT}:votes", "5000") is None
+
+
+def test_redis_down_gives_a_page_that_says_so(admin, tmp_path):
+    """A real client to a Redis socket where no server listens: 503 and the reason, not a 500."""
+    env = {**admin["env"], "REDIS_URL": f"unix://{tmp_path}/no-redis.sock"}
+    client = create_app(settings_for(env)).test_client()
+    response = client.get("/")
+    assert response.status_code == 503
+    assert "Redis is unavailable" in response.get_data(as_text=True)
