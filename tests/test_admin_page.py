@@ -258,3 +258,15 @@ def test_redis_down_gives_a_page_that_says_so(admin, tmp_path):
     response = client.get("/")
     assert response.status_code == 503
     assert "Redis is unavailable" in response.get_data(as_text=True)
+
+
+def test_behind_a_proxy_sub_path_every_link_keeps_the_prefix(admin):
+    """A proxy serving the backend under /aesemo sets SCRIPT_NAME: the page's links, the
+    script's polling URL and the buttons' URLs must all carry it."""
+    response = admin["client"].get("/", environ_overrides={"SCRIPT_NAME": "/aesemo"})
+    text = response.get_data(as_text=True)
+    assert f'data-jobs-url="/aesemo/projects/{PROJECT}/jobs"' in text
+    assert 'src="/aesemo/static/admin.js"' in text
+    assert f'data-url="/aesemo/projects/{PROJECT}/train"' in text
+    local = [u for u in re.findall(r'(?:src|href|data-url)="(/[^"]*)"', text)]
+    assert local and all(u.startswith("/aesemo/") for u in local), [u for u in local if not u.startswith("/aesemo/")]

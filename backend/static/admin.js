@@ -94,7 +94,8 @@ async function poll() {
   const shown = new Set((document.body.dataset.activeJobs || "").split(",").filter(Boolean));
   let delay = shown.size ? POLL_RUNNING_MS : POLL_IDLE_MS;
   try {
-    const response = await fetch(`/projects/${project}/jobs`, {credentials: "same-origin"});
+    // the URL comes from the server, so a backend behind a proxy's sub-path works too
+    const response = await fetch(document.body.dataset.jobsUrl, {credentials: "same-origin"});
     if (response.ok) {
       const jobs = (await response.json()).jobs;
       const active = jobs.filter((job) => ACTIVE.has(job.status));
