@@ -80,7 +80,7 @@ function updateCard(card, job) {
   const p = job.progress || {};
   card.dataset.status = job.status;
   card.querySelector(".status").textContent = job.status;
-  card.querySelector(".stage").textContent = p.state || "";
+  card.querySelector(".stage").textContent = p.state && p.state !== job.status ? p.state : "";
   const bar = card.querySelector("progress");
   const done = fraction(job);
   if (done === null) bar.removeAttribute("value"); else bar.value = done;
