@@ -1,5 +1,6 @@
 """The real service for the HTTP benchmarks: `aesemo serve` as a subprocess on 127.0.0.1, the
-recorded Label Studio bodies, load generators (closed and paced open loop) and percentiles.
+recorded Label Studio bodies, an in-memory image server, load generators (closed and paced open
+loop) and percentiles.
 
 Everything here talks to 127.0.0.1 only, and every loop is bounded in count and in time.
 """
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,6 +33,41 @@ SCRUB_ENV = ("REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "BASIC_AUT
 def recorded_body(name: str) -> dict:
     """The request body Label Studio sent, from a recorded example (e.g. "setup")."""
     return json.loads((EXAMPLES / f"{name}.json").read_text())["request"]["body"]
+
+
+class ImageServer:
+    """GET <path> from memory on 127.0.0.1, each answer after `latency_s`; counts the hits."""
+
+    def __init__(self, files: dict[str, tuple[bytes, str]], latency_s: float = 0.0):
+        self.files, self.latency_s, self.hits = files, latency_s, 0
+        lock, server = threading.Lock(), self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                with lock:
+                    server.hits += 1
+                if server.latency_s:
+                    time.sleep(server.latency_s)
+                data, kind = server.files.get(self.path, (b"not found", "text/plain"))
+                self.send_response(200 if self.path in server.files else 404)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.host = self.url.removeprefix("http://")
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def free_port() -> int:
@@ -315,6 +352,18 @@ class Poster:
 _NO_ANSWER = (OSError, http.client.HTTPException, requests.RequestException)
 
 
+def _post_ok(poster, body: bytes, errors: list) -> bool:
+    """POSTs one body; False, with the reason added to `errors`, unless it answered 200."""
+    try:
+        status, text = poster.post(body)
+    except _NO_ANSWER as exc:
+        errors.append(type(exc).__name__)
+        return False
+    if status != 200:
+        errors.append(f"{status} {text[:200]}")
+    return status == 200
+
+
 def closed_loop(url: str, bodies: list[bytes], concurrency: int, deadline_s: float,
                 client: str = "socket") -> dict:
     """POST every body, `concurrency` connections each sending its next one as soon as the last
@@ -332,15 +381,7 @@ def closed_loop(url: str, bodies: list[bytes], concurrency: int, deadline_s: flo
                 if i is None:
                     return
                 started = time.perf_counter()
-                try:
-                    status, text = poster.post(bodies[i])
-                    ok = status == 200
-                    if not ok:
-                        errors.append(f"{status} {text[:200]}")
-                except _NO_ANSWER as exc:
-                    errors.append(type(exc).__name__)
-                    ok = False
-                if ok:
+                if _post_ok(poster, bodies[i], errors):
                     latencies.append(time.perf_counter() - started)
         finally:
             poster.close()
@@ -386,14 +427,7 @@ def paced_open_loop(url: str, bodies: list[bytes], rate: float, threads: int, de
             if wait > 0:
                 time.sleep(wait)
             sent = time.perf_counter()
-            try:
-                status, text = poster.post(bodies[i])
-                ok = status == 200
-                if not ok:
-                    errors.append(f"{status} {text[:200]}")
-            except _NO_ANSWER as exc:
-                errors.append(type(exc).__name__)
-                ok = False
+            ok = _post_ok(poster, bodies[i], errors)
             finished = time.perf_counter()
             done_at.append(finished)
             if ok:

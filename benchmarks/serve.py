@@ -19,10 +19,8 @@ import json
 import os
 import random
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import interleaved_seconds  # noqa: E402
-from _server import (CLIENTS, Service, local_session, paced_open_loop, percentile, recorded_body,  # noqa: E402
-                     webhook_body)
+from _server import (CLIENTS, ImageServer, Service, local_session, paced_open_loop, percentile,  # noqa: E402
+                     recorded_body, webhook_body)
 
 AESTHETIC = ["high", "low"]
 EMOTION = ["amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness"]
@@ -58,39 +56,6 @@ def photo_jpeg(seed: int, size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
-
-
-class ImageServer:
-    """GET /photos/<n>.jpg from memory on 127.0.0.1; counts the requests it answers."""
-
-    def __init__(self, photos: dict[str, bytes]):
-        self.photos, self.hits = photos, 0
-        lock, server = threading.Lock(), self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                with lock:
-                    server.hits += 1
-                data = server.photos.get(self.path)
-                self.send_response(200 if data else 404)
-                self.send_header("Content-Type", "image/jpeg" if data else "text/plain")
-                body = data or b"not found"
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def predict_body(urls: list[str]) -> dict:
@@ -123,7 +88,7 @@ def main() -> None:
     size = tuple(int(v) for v in args.image_size.split("x"))
 
     photos = {f"/photos/{i}.jpg": photo_jpeg(i, size) for i in range(args.images)}
-    images = ImageServer(photos)
+    images = ImageServer({path: (data, "image/jpeg") for path, data in photos.items()})
     try:
         host = images.url.removeprefix("http://")
         with Service(backbone=args.backbone, workers=1, threads=8, allowed_image_hosts=host) as service:

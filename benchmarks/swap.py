@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
@@ -37,48 +36,13 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import (SCRUB_ENV, Service, aesemo_executable, local_session, percentile,  # noqa: E402
+from _server import (SCRUB_ENV, ImageServer, Service, aesemo_executable, local_session, percentile,  # noqa: E402
                      recorded_body, webhook_body)
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEL_CONFIG = (ROOT / "label_config" / "aesthetic_emotion.xml").read_text(encoding="utf-8")
 PROJECT = "1.1"  # Label Studio's "<id>.<created timestamp>": project 1
 JSON = {"Content-Type": "application/json"}
-
-
-class ImageServer:
-    """GET <path> from memory on 127.0.0.1, each answer after `latency_s`; counts the hits."""
-
-    def __init__(self, files: dict[str, tuple[bytes, str]], latency_s: float = 0.0):
-        self.files, self.latency_s, self.hits = files, latency_s, 0
-        lock, server = threading.Lock(), self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                with lock:
-                    server.hits += 1
-                if server.latency_s:
-                    time.sleep(server.latency_s)
-                data, kind = server.files.get(self.path, (b"not found", "text/plain"))
-                self.send_response(200 if self.path in server.files else 404)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.host = self.url.removeprefix("http://")
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def photo_jpeg(seed: int, size=(640, 480)) -> bytes:
