@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -19,12 +18,10 @@ import requests
 
 from backend.app import create_app
 from backend.registry import project_versions_dir, set_current_version
-from backend.report import write_report
 
 from images_server import ImageServer
-from test_admin_page import metrics
-from training_project import (aesemo_command, label_tasks, log_tail, service_env, settings_for, setup_project,
-                              start_process, stop_process, wait_for, write_small_version)
+from training_project import (aesemo_command, free_port, label_tasks, log_tail, service_env, settings_for,
+                              setup_project, start_process, stop_process, wait_for, write_reported_version)
 
 CHROMIUM = Path("/usr/bin/chromium")
 PROJECT = 4
@@ -40,16 +37,8 @@ if not CHROMIUM.is_file():
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_version(settings, name: str, accuracy: float, created_at: str) -> None:
-    folder = project_versions_dir(settings, str(PROJECT)) / name
-    meta = write_small_version(folder, seed=len(name), metrics=metrics(accuracy), created_at=created_at)
-    write_report(folder, {**meta, "metrics": metrics(accuracy)})
+    write_reported_version(project_versions_dir(settings, str(PROJECT)) / name, accuracy, created_at)
 
 
 @pytest.fixture(scope="module")

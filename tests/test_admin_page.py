@@ -14,27 +14,18 @@ import redis
 from backend.admin_page import format_duration, format_number, progress_fraction
 from backend.app import create_app
 from backend.registry import project_versions_dir, set_current_version
-from backend.report import write_report
 
 from training_project import (AESTHETIC, EMOTION, example, label_tasks, service_env, settings_for, setup_project,
-                              write_small_version)
+                              write_reported_version)
 
 PROJECT = 3
 OLD, NEW = "v0001-20261101000000", "v0002-20261102000000"
 LS_HOST = "http://127.0.0.1:9"
 
 
-def metrics(accuracy: float) -> dict:
-    return {"aesthetic": {"accuracy": accuracy, "macro_f1": accuracy - 0.05, "confusion": [[3, 1], [0, 4]]},
-            "emotion": {"accuracy": accuracy / 2, "macro_f1": accuracy / 3,
-                        "confusion": [[1 if i == j else 0 for j in range(8)] for i in range(8)]}}
-
-
 def write_version(settings, name: str, accuracy: float, created_at: str) -> None:
-    folder = project_versions_dir(settings, str(PROJECT)) / name
-    meta = write_small_version(folder, seed=len(name), metrics=metrics(accuracy), created_at=created_at,
-                               parent_version="base-resnet18", snapshot_id="0123456789abcdef")
-    write_report(folder, {**meta, "metrics": metrics(accuracy)})
+    write_reported_version(project_versions_dir(settings, str(PROJECT)) / name, accuracy, created_at,
+                           parent_version="base-resnet18", snapshot_id="0123456789abcdef")
 
 
 def disagree(client, task: int, first_annotation: int) -> None:

@@ -9,7 +9,6 @@ an image server on 127.0.0.1, gunicorn. Versions are written straight to disk (n
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -25,17 +24,11 @@ from backend.registry import project_versions_dir, set_current_version
 from backend.service import Backend
 
 from images_server import ImageServer
-from training_project import (aesemo_command, flip_a_byte, log_tail, predict_body, service_env, settings_for,
+from training_project import (aesemo_command, flip_a_byte, free_port, log_tail, predict_body, service_env, settings_for,
                               start_process, stop_process, wait_for, write_small_version)
 
 PROJECT = 7
 FIRST, SECOND, BAD = "v0001-first", "v0002-second", "v0003-corrupted"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

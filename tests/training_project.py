@@ -10,6 +10,7 @@ import copy
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -175,6 +176,21 @@ def write_small_version(folder: Path, seed: int, classes: dict | None = None, **
                                         "crop_size": SMALL_TRAINING["crop"], "metrics": {}, **meta})
 
 
+def report_metrics(accuracy: float) -> dict:
+    """Held-out metrics with confusion matrices for both tasks, as a trained version carries."""
+    return {"aesthetic": {"accuracy": accuracy, "macro_f1": accuracy - 0.05, "confusion": [[3, 1], [0, 4]]},
+            "emotion": {"accuracy": accuracy / 2, "macro_f1": accuracy / 3,
+                        "confusion": [[1 if i == j else 0 for j in range(8)] for i in range(8)]}}
+
+
+def write_reported_version(folder: Path, accuracy: float, created_at: str, **meta) -> None:
+    """A small version with held-out metrics and its report (metrics.json, confusion PNGs)."""
+    from backend.report import write_report
+    saved = write_small_version(folder, seed=len(folder.name), metrics=report_metrics(accuracy),
+                                created_at=created_at, **meta)
+    write_report(folder, {**saved, "metrics": report_metrics(accuracy)})
+
+
 def flip_a_byte(path: Path, offset: int | None = None) -> None:
     data = bytearray(path.read_bytes())
     offset = len(data) // 2 if offset is None else offset
@@ -183,6 +199,12 @@ def flip_a_byte(path: Path, offset: int | None = None) -> None:
 
 
 # ----- processes ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 def start_process(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "ab")
