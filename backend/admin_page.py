@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 
 from .errors import RequestError
-from .registry import project_versions_dir
+from .registry import project_versions_dir, version_folder
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,9 @@ def _section(gather) -> dict:
 
 def report_file(settings, project: str, version: str, name: str) -> Path:
     """A file of a version's report (its confusion PNGs, metrics.json); 404 for anything else."""
-    if "/" in version or version.startswith(".") or "/" in name or name.startswith("."):
-        raise RequestError(f"project {project} has no report file {version}/{name}", status=404)
-    path = project_versions_dir(settings, project) / version / "report" / name
-    if not path.is_file():
+    folder = version_folder(settings, project, version)
+    path = folder / "report" / name if folder is not None else None
+    if path is None or "/" in name or name.startswith(".") or not path.is_file():
         raise RequestError(f"project {project} has no report file {version}/{name}", status=404)
     return path
 

@@ -68,6 +68,15 @@ def project_versions_dir(settings, project: str) -> Path:
     return Path(settings.data_dir) / "projects" / project / "versions"
 
 
+def version_folder(settings, project: str, name: str) -> Path | None:
+    """The folder of the project's version `name`; None when there is no such version. A name
+    with a slash, or a leading dot (a version still being written), never names one."""
+    folder = project_versions_dir(settings, project) / name
+    if "/" in name or name.startswith(".") or not (folder / META_FILE).is_file():
+        return None
+    return folder
+
+
 def current_version_name(client: redis.Redis, project: str) -> str | None:
     return client.get(f"aesemo:project:{project}:current")
 
@@ -87,8 +96,8 @@ def promote_version(client: redis.Redis, settings, project: str, name: str) -> d
     from model.version import load_version
 
     from .errors import RequestError
-    folder = project_versions_dir(settings, project) / name
-    if "/" in name or name.startswith(".") or not (folder / META_FILE).is_file():
+    folder = version_folder(settings, project, name)
+    if folder is None:
         raise RequestError(f"project {project} has no version {name!r}", status=404)
     try:
         load_version(folder)
