@@ -1,8 +1,16 @@
-"""Where the recorded Label Studio bodies are: shared/ beside the checkout (CI's layout), or the
-workplace's copy."""
+"""Recorded Label Studio 1.23.2 bodies (copied from shared/docs/label-studio-examples, tokens
+redacted), kept in the repository so the suite runs from a clone alone. A missing file is a
+failure, not a skip: the tests that read them would otherwise pass by testing nothing."""
+import copy
+import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-_CANDIDATES = [REPO.parent / "shared" / "docs" / "label-studio-examples",
-               Path("/work/shared/docs/label-studio-examples")]
-EXAMPLES = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[-1])
+EXAMPLES = Path(__file__).resolve().parent / "fixtures" / "label-studio-examples"
+
+
+def example(name: str) -> dict:
+    """The request body of the recorded exchange `name` (a fresh copy each call)."""
+    path = EXAMPLES / name
+    if not path.is_file():
+        raise FileNotFoundError(f"test fixture {path} is missing")
+    return copy.deepcopy(json.loads(path.read_text())["request"]["body"])

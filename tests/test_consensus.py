@@ -24,14 +24,8 @@ AESTHETIC = ("high", "low")
 EMOTION = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
 CLASSES = {"aesthetic": AESTHETIC, "emotion": EMOTION}
 
-from ls_examples import EXAMPLES  # noqa: E402
+from ls_examples import example  # noqa: E402
 
-
-def example(name: str) -> dict:
-    path = EXAMPLES / name
-    if not path.is_file():
-        pytest.skip(f"recorded Label Studio bodies not found at {EXAMPLES}")
-    return json.loads(path.read_text())["request"]["body"]
 
 
 _ids = iter(range(1, 10**9))

@@ -45,7 +45,6 @@ def test_shipped_config_gives_default_classes():
     assert labels.classes() == {"aesthetic": list(AESTHETIC), "emotion": list(EMOTION)}
 
 
-@pytest.mark.skipif(not EXAMPLES.exists(), reason="recorded Label Studio examples not available")
 def test_schema_sent_by_label_studio_setup():
     body = json.loads((EXAMPLES / "setup.json").read_text())["request"]["body"]
     labels = parse_label_config(body["schema"])

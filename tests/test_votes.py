@@ -24,19 +24,13 @@ from backend.training_requests import REQUESTS_LIST
 from backend.votes import VoteStore
 from backend.webhooks import EVENTS_STREAM
 
-from ls_examples import EXAMPLES  # noqa: E402
+from ls_examples import example  # noqa: E402
 
 PROJECT = "1"   # the recorded bodies' project id
 STATES = ("no_votes", "waiting", "agreed", "disputed")
 
 
 # ----- bodies -----------------------------------------------------------------------------------
-
-def example(name: str) -> dict:
-    path = EXAMPLES / name
-    if not path.is_file():
-        pytest.skip(f"recorded Label Studio bodies not found at {EXAMPLES}")
-    return copy.deepcopy(json.loads(path.read_text())["request"]["body"])
 
 
 def stamp(n: int) -> str:

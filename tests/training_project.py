@@ -7,7 +7,6 @@ Everything stays on 127.0.0.1 and uses a real redis-server (conftest's embedded 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
 import socket
@@ -17,21 +16,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-from ls_examples import EXAMPLES  # noqa: E402
+from ls_examples import example  # noqa: E402
 
 AESTHETIC = ("high", "low")
 EMOTION = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
 SMALL_TRAINING = {"size": 40, "crop": 35}
 
-
-def example(name: str) -> dict:
-    path = EXAMPLES / name
-    if not path.is_file():
-        pytest.skip(f"recorded Label Studio bodies not found at {EXAMPLES}")
-    return json.loads(path.read_text())["request"]["body"]
 
 
 def aesemo_command(*args: str) -> list[str]:
