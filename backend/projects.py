@@ -50,6 +50,20 @@ class ProjectStore:
             self.redis.hset(setup_key(project), mapping=fields)
         self.redis.sadd(PROJECTS_SET, project)
 
+    def remember_setup(self, project: str, label_config: str, hostname: str | None,
+                       access_token: str | None) -> None:
+        """What /setup sent. Its hostname and access_token are kept as a pair, replaced together
+        whenever a /setup names either: the token goes back only to the host it came with, so a
+        later /setup that names only a hostname must not inherit Label Studio's token."""
+        key = setup_key(project)
+        pipe = self.redis.pipeline()  # MULTI: no reader sees a new hostname with the old token
+        pipe.hset(key, "label_config", label_config)
+        if hostname or access_token:
+            pipe.hdel(key, "hostname", "access_token")
+            pipe.hset(key, mapping={k: v for k, v in (("hostname", hostname), ("access_token", access_token)) if v})
+        pipe.sadd(PROJECTS_SET, project)
+        pipe.execute()
+
     def get(self, project: str) -> ProjectContext:
         stored = self.redis.hgetall(setup_key(project))
         return ProjectContext(project=project, label_config=stored.get("label_config"),

@@ -121,6 +121,24 @@ def test_unknown_project_in_the_query_falls_back_with_a_notice(admin):
     assert f'<strong id="current-version">{NEW}</strong>' in text
 
 
+@pytest.mark.parametrize("stored", ["javascript:alert(document.domain)//", "JavaScript:alert(1)",
+                                    " javascript:alert(1)", "data:text/html,<script>alert(1)</script>",
+                                    'http://x.example/"><script>alert(1)</script>'])
+def test_a_stored_hostname_never_becomes_a_script_link(admin, stored):
+    """/setup refuses such hostnames now; one stored before that check, or written to Redis
+    directly, must not become a javascript: link either (nor break out of the attribute)."""
+    key = f"aesemo:project:{PROJECT}:setup"
+    admin["raw"].hset(key, "hostname", stored)
+    try:
+        text = page_text(admin)
+    finally:
+        admin["raw"].hset(key, "hostname", LS_HOST)
+    links = re.findall(r'(?:href|src)\s*=\s*"([^"]*)"', text)
+    assert links and all(link.startswith(("/", "http://", "https://", "data:,")) for link in links), links
+    assert "<script>alert" not in text and "javascript:" not in text.lower()
+    assert "Disputed tasks (1)" in text  # the rest of the page is there
+
+
 def test_report_png_is_served_and_other_paths_are_404(admin):
     client = admin["client"]
     response = client.get(f"/projects/{PROJECT}/versions/{OLD}/report/confusion_aesthetic.png")
