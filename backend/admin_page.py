@@ -23,13 +23,14 @@ DISPUTED_SHOWN = 50  # the rest is one click away, in the JSON list
 def admin_view(backend, selected: str | None) -> dict:
     """Every known project, and the panel of the selected one (default: the first)."""
     try:
-        projects = backend.projects.known()
+        projects, invalid = backend.projects.known_and_invalid()
     except redis.RedisError as exc:
         log.warning("admin page: Redis error: %s", exc)
         return {"projects": [], "project": None, "unknown_project": False,
                 "error": f"Redis is unavailable ({type(exc).__name__}): nothing can be shown until it answers"}
     project = selected if selected in projects else (projects[0] if projects else None)
-    view = {"projects": projects, "project": project, "unknown_project": selected not in (None, *projects)}
+    view = {"projects": projects, "project": project, "unknown_project": selected not in (None, *projects),
+            "invalid_projects": invalid}
     if project is not None:
         view.update(project_panel(backend, project))
     return view

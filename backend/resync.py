@@ -10,6 +10,7 @@ from label_studio_sdk import LabelStudio
 
 from . import label_studio_auth as ls_auth
 from .errors import RequestError
+from .ids import as_id, shown
 from .images import AddressGuard, ImageFetchError, allowed_host_entries, guarded_httpx_client
 from .label_config import ProjectLabels
 from .project_consensus import ProjectConsensus
@@ -35,7 +36,7 @@ def sdk_client(settings: Settings, studio: ls_auth.Studio, timeout_s: float) -> 
     connection, so naming an internal service in /setup cannot make the backend call it.
     RequestError (409) when refused: before any connection, whether anything listens there or not."""
     if not ls_auth.is_http_url(studio.base):
-        raise RequestError(f"Label Studio's address {studio.base!r:.80} is not an http(s) URL: set LABEL_STUDIO_URL, "
+        raise RequestError(f"Label Studio's address {shown(studio.base)} is not an http(s) URL: set LABEL_STUDIO_URL, "
                            "or connect the project again", status=409)
     base = studio.base.rstrip("/")
     if studio.configured:
@@ -80,6 +81,9 @@ def fetch_label_config(settings: Settings, studio: ls_auth.Studio, project: str)
 def votes_from_export(tasks: list[dict], labels: ProjectLabels) -> tuple[list[Vote], dict[int, str], list[str]]:
     votes, images, problems = [], {}, []
     for task in tasks:
+        if not isinstance(task, dict) or as_id(task.get("id")) is None:
+            problems.append(f"a task without a valid id ({type(task).__name__})")
+            continue
         image = (task.get("data") or {}).get(labels.image_key)
         if isinstance(image, str):
             images[task["id"]] = image

@@ -139,6 +139,22 @@ def test_a_stored_hostname_never_becomes_a_script_link(admin, stored):
     assert "Disputed tasks (1)" in text  # the rest of the page is there
 
 
+def test_bad_project_ids_in_redis_are_skipped_and_named(admin):
+    """Ids that /setup refuses now, but that an older version stored (or someone wrote to Redis):
+    the page renders, lists the good projects, and names what it skipped."""
+    bad = ["9" * 5000 + ".1", "abc", "007", "-4", "99999999999999999999"]
+    admin["raw"].sadd("aesemo:projects", *bad)
+    try:
+        response = admin["client"].get("/")
+    finally:
+        admin["raw"].srem("aesemo:projects", *bad)
+    assert response.status_code == 200
+    text = html.unescape(response.get_data(as_text=True))
+    assert f"project {PROJECT}" in text and "not project ids, skipped" in text
+    assert "'abc'" in text and "'007'" in text and "..." in text
+    assert "9" * 5000 not in text
+
+
 def test_report_png_is_served_and_other_paths_are_404(admin):
     client = admin["client"]
     response = client.get(f"/projects/{PROJECT}/versions/{OLD}/report/confusion_aesthetic.png")

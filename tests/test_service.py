@@ -763,6 +763,69 @@ def test_setup_keeps_hostname_and_token_as_a_pair(client, db):
     assert ProjectStore(db).get("1").hostname == "http://elsewhere.example"
 
 
+# ----- ids -----------------------------------------------------------------------------------------
+
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize("project", [HUGE + ".1", "9223372036854775808", "0", "-1", "1e3", "١", True, 1.5, None])
+def test_setup_refuses_project_ids_out_of_range(client, db, project):
+    assert_client_error(post(client, "/setup", setup_with(project=project)), 400, '"project"')
+    assert db.smembers(PROJECTS_SET) == set()
+    assert client.get("/").status_code == 200
+
+
+def test_project_ids_are_stored_in_one_spelling(client, db):
+    assert post(client, "/setup", setup_with(project="007.1795782039")).status_code == 200
+    assert db.smembers(PROJECTS_SET) == {"7"}
+
+
+@pytest.mark.parametrize("path", ["/projects/{}/consensus", "/projects/{}/jobs", "/projects/{}/versions"])
+@pytest.mark.parametrize("project", [HUGE, "9223372036854775808", "0"])
+def test_project_ids_in_urls_are_bounded(client, db, path, project):
+    assert_client_error(client.get(path.format(project)), 400, '"project"')
+
+
+def test_largest_project_id_in_a_url_is_accepted(client, db):
+    response = client.get(f"/projects/{2**63 - 1}/jobs")
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def annotation_event(**changes) -> dict:
+    body = copy.deepcopy(example("webhook_ANNOTATION_CREATED.json"))
+    for path, value in changes.items():
+        target = body
+        *parents, leaf = path.split("__")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return body
+
+
+@pytest.mark.parametrize("field, path", [("annotation.id", "annotation__id"), ("task.id", "task__id"),
+                                         ("annotation.completed_by", "annotation__completed_by"),
+                                         ("annotation.task", "annotation__task")])
+@pytest.mark.parametrize("value", [True, 1.5, 2**63, "7", -3, 0, [1]])
+def test_webhook_ids_out_of_range_are_400_naming_the_field(client, db, field, path, value):
+    assert_client_error(post(client, "/webhook", annotation_event(**{path: value})), 400, f'"{field}"')
+    assert db.hlen("aesemo:p:1:votes") == 0
+
+
+def test_webhook_id_of_5000_digits_is_400(client, db):
+    raw = json.dumps(example("webhook_ANNOTATION_CREATED.json")).replace('"id": 1,', f'"id": {HUGE},', 1)
+    response = client.post("/webhook", data=raw, content_type="application/json")
+    assert_client_error(response, 400, "JSON")
+
+
+@pytest.mark.parametrize("action, body", [
+    ("ANNOTATIONS_DELETED", {"annotations": [{"id": 1}, {"id": True}]}),
+    ("TASKS_DELETED", {"tasks": [{"id": 2**64}]}),
+])
+def test_webhook_id_lists_are_bounded(client, db, action, body):
+    event = {"action": action, "project": {"id": 1}, **body}
+    assert_client_error(post(client, "/webhook", event), 400, "[1].id" if action == "ANNOTATIONS_DELETED" else "[0].id")
+
+
 def test_tokens_never_logged(client, db, server, caplog):
     caplog.set_level(logging.DEBUG)
     setup = {**example("setup.json"), "access_token": SECRET, "hostname": f"http://{server.netloc}"}
