@@ -48,11 +48,10 @@ class ProjectStore:
     def __init__(self, client: redis.Redis):
         self.redis = client
 
-    def remember(self, project: str, label_config: str | None, hostname: str | None, access_token: str | None) -> None:
-        fields = {"label_config": label_config, "hostname": hostname, "access_token": access_token}
-        fields = {k: v for k, v in fields.items() if v}
-        if fields:
-            self.redis.hset(setup_key(project), mapping=fields)
+    def remember_label_config(self, project: str, label_config: str) -> None:
+        """A label config from a webhook body or from Label Studio's API; /setup's hostname and
+        token are written by `remember_setup` only."""
+        self.redis.hset(setup_key(project), "label_config", label_config)
         self.redis.sadd(PROJECTS_SET, project)
 
     def remember_setup(self, project: str, label_config: str, hostname: str | None,

@@ -44,6 +44,9 @@ class Backend:
         self.ingest = Ingest(client)
         self.swap = HotSwap(settings, client)
         self._contexts: dict = {}
+        if settings.label_studio_api_key and not settings.label_studio_url:
+            log.warning("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key goes only to "
+                        "LABEL_STUDIO_URL, so it is not used; set LABEL_STUDIO_URL to Label Studio's address")
 
     def health(self) -> dict:
         return {"status": "UP", "model_class": MODEL_CLASS}
@@ -198,7 +201,7 @@ class Backend:
         stored = self.projects.get(project).label_config
         if sent and sent != stored:
             labels = self.labels(sent)
-            self.projects.remember(project, sent, None, None)
+            self.projects.remember_label_config(project, sent)
             return labels
         if not stored:
             raise RequestError(f"unknown project {project}: no label config yet; connect the backend to the "
@@ -270,7 +273,7 @@ class Backend:
         studio = project_studio(self.settings, context)
         if not context.label_config and studio and studio.token:
             # a project the backend never heard of: its label config comes from Label Studio too
-            self.projects.remember(project, fetch_label_config(self.settings, studio, project), None, None)
+            self.projects.remember_label_config(project, fetch_label_config(self.settings, studio, project))
         return resync(self.consensus, project, self.project_labels(project), self.settings, studio)
 
     def snapshot(self, project: str) -> dict:
