@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
+import time
 
 
 class Canary:
@@ -21,6 +22,7 @@ class Canary:
         self.host, self.port = host, self._sock.getsockname()[1]
         self._lock = threading.Lock()
         self._hits = 0
+        self._handled = 0
         self._received = bytearray()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -38,6 +40,16 @@ class Canary:
     def received(self) -> bytes:
         with self._lock:
             return bytes(self._received)
+
+    def settle(self, timeout_s: float = 10.0) -> None:
+        """Wait until every connection accepted so far has been read to its end (or its head)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._handled == self._hits:
+                    return
+            time.sleep(0.01)
+        raise TimeoutError("the canary still has connections open")
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -66,6 +78,9 @@ class Canary:
                 conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             except OSError:
                 pass
+            finally:
+                with self._lock:
+                    self._handled += 1
 
     def __enter__(self) -> "Canary":
         self._thread.start()
