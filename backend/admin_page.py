@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 
+from . import label_studio_auth as ls_auth
 from .errors import RequestError
 from .registry import project_versions_dir, version_folder
 
@@ -22,13 +23,14 @@ DISPUTED_SHOWN = 50  # the rest is one click away, in the JSON list
 def admin_view(backend, selected: str | None) -> dict:
     """Every known project, and the panel of the selected one (default: the first)."""
     try:
-        projects = backend.projects.known()
+        projects, invalid = backend.projects.known_and_invalid()
     except redis.RedisError as exc:
         log.warning("admin page: Redis error: %s", exc)
         return {"projects": [], "project": None, "unknown_project": False,
                 "error": f"Redis is unavailable ({type(exc).__name__}): nothing can be shown until it answers"}
     project = selected if selected in projects else (projects[0] if projects else None)
-    view = {"projects": projects, "project": project, "unknown_project": selected not in (None, *projects)}
+    view = {"projects": projects, "project": project, "unknown_project": selected not in (None, *projects),
+            "invalid_projects": invalid}
     if project is not None:
         view.update(project_panel(backend, project))
     return view
@@ -45,9 +47,12 @@ def project_panel(backend, project: str) -> dict:
 
 def label_studio_url(backend, project: str) -> str | None:
     """Where the admin's browser reaches Label Studio: the host Label Studio itself announced in
-    /setup (its public address), else LABEL_STUDIO_URL (which may be a container-network name)."""
+    /setup (its public address), else LABEL_STUDIO_URL (which may be a container-network name).
+    Only an http(s) URL becomes a link: a stored value may predate /setup's check, or have been
+    written to Redis directly, and a javascript: one would run in the admin's page."""
     context = backend.project_context(project)
-    url = (context.hostname if context else None) or backend.settings.label_studio_url
+    candidates = ((context.hostname if context else None), backend.settings.label_studio_url)
+    url = next((c for c in candidates if ls_auth.is_http_url(c)), None)
     return url.rstrip("/") if url else None
 
 

@@ -7,11 +7,13 @@ import time
 
 from flask import Flask, Response, g, jsonify, render_template, request, send_file
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.routing import BaseConverter
 
 from . import admin_page
 from .auth import basic_auth_ok, same_origin
 from .errors import RequestError
 from .metrics import observe_request, render
+from .projects import project_id
 from .redis_store import connect
 from .service import Backend
 from .settings import Settings, load_settings
@@ -27,6 +29,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["aesemo"] = backend
+    app.url_map.converters["project"] = ProjectConverter
 
     def authorized(header: str | None) -> bool:
         return not settings.basic_auth_user or basic_auth_ok(header, settings.basic_auth_user,
@@ -43,6 +46,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             # a page elsewhere must not use the admin's browser (and its cached Basic
             # credentials) to promote versions or start jobs; servers send no Origin at all
             return jsonify({"error": f"cross-site request from {request.headers['Origin']} refused"}), 403
+
+    @app.before_request
+    def check_project():
+        # here rather than in the converter, so that a refused id is a 400 naming it (not a
+        # 404), and after the credentials check above
+        if request.view_args and "project" in request.view_args:
+            request.view_args["project"] = project_id(request.view_args["project"])
 
     @app.after_request
     def measure(response):
@@ -75,7 +85,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         view = admin_page.admin_view(backend, request.args.get("project"))
         return render_template("admin.html", **view), 503 if view.get("error") else 200
 
-    @app.get("/projects/<int:project>/versions/<version>/report/<name>")
+    @app.get("/projects/<project:project>/versions/<version>/report/<name>")
     def report(project, version, name):
         return send_file(admin_page.report_file(settings, str(project), version, name), max_age=3600)
 
@@ -99,27 +109,27 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     def versions():
         return jsonify(backend.versions())
 
-    @app.get("/projects/<int:project>/consensus")
+    @app.get("/projects/<project:project>/consensus")
     def consensus(project):
         return jsonify(backend.consensus_summary(str(project)))
 
-    @app.get("/projects/<int:project>/consensus/tasks")
+    @app.get("/projects/<project:project>/consensus/tasks")
     def consensus_tasks(project):
         return jsonify(backend.consensus_tasks(str(project), request.args.get("state", "disputed")))
 
-    @app.put("/projects/<int:project>/consensus/policy")
+    @app.put("/projects/<project:project>/consensus/policy")
     def consensus_policy(project):
         return jsonify(backend.set_policy(str(project), json_body()))
 
-    @app.post("/projects/<int:project>/resync")
+    @app.post("/projects/<project:project>/resync")
     def resync(project):
         return jsonify(backend.resync(str(project)))
 
-    @app.post("/projects/<int:project>/snapshot")
+    @app.post("/projects/<project:project>/snapshot")
     def snapshot(project):
         return jsonify(backend.snapshot(str(project)))
 
-    @app.post("/projects/<int:project>/train")
+    @app.post("/projects/<project:project>/train")
     def train(project):
         raw = request.get_data(cache=True)
         return jsonify(backend.train(str(project), json_body() if raw.strip() else {}, "admin")), 202
@@ -128,23 +138,23 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     def legacy_train():
         return jsonify(backend.legacy_train(json_body())), 202
 
-    @app.get("/projects/<int:project>/jobs")
+    @app.get("/projects/<project:project>/jobs")
     def jobs(project):
         return jsonify(backend.jobs(str(project)))
 
-    @app.get("/projects/<int:project>/jobs/<job_id>")
+    @app.get("/projects/<project:project>/jobs/<job_id>")
     def job(project, job_id):
         return jsonify(backend.job(str(project), job_id))
 
-    @app.post("/projects/<int:project>/jobs/<job_id>/cancel")
+    @app.post("/projects/<project:project>/jobs/<job_id>/cancel")
     def cancel(project, job_id):
         return jsonify(backend.cancel(str(project), job_id))
 
-    @app.get("/projects/<int:project>/versions")
+    @app.get("/projects/<project:project>/versions")
     def project_versions(project):
         return jsonify(backend.project_versions(str(project)))
 
-    @app.post("/projects/<int:project>/versions/<version>/promote")
+    @app.post("/projects/<project:project>/versions/<version>/promote")
     def promote(project, version):
         return jsonify(backend.promote(str(project), version))
 
@@ -155,6 +165,12 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     app.wsgi_app = FastWebhook(app.wsgi_app, backend, authorized, app.json)
     return app
+
+
+class ProjectConverter(BaseConverter):
+    """A project id in a URL, as text: `check_project` bounds it (int() refuses over 4,300
+    digits, and werkzeug's int converter would answer that with a 404)."""
+    regex = r"[0-9]+"
 
 
 class FastWebhook:
@@ -213,7 +229,7 @@ def parse_json(raw: bytes):
         raise RequestError("empty body; expected JSON")
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also an int of over 4,300 digits
         raise RequestError(f"body is not valid JSON ({exc})") from None
     except RecursionError:  # e.g. "[[[[..." thousands deep: the client's mistake, not a 500
         raise RequestError("body is not valid JSON (nested too deeply)") from None

@@ -7,15 +7,18 @@ only when presigning/proxying is off; we cannot read those.
 
 Rules this module keeps:
 
-* A token goes only to a Label Studio origin (scheme, host and port of the ``hostname`` that
-  /setup sent, or of LABEL_STUDIO_URL), never to any other host, including redirect targets.
-  LABEL_STUDIO_API_KEY is the operator's secret: when LABEL_STUDIO_URL is set, that key is sent
-  only there, so a /setup call that names another hostname cannot collect it.
+* A token goes only to the Label Studio origin it belongs to (scheme, host and port), never to
+  any other host, including redirect targets: LABEL_STUDIO_API_KEY only to LABEL_STUDIO_URL,
+  /setup's access_token only to /setup's hostname (backend/label_studio_auth.py decides).
+* Relative URLs are Label Studio's: LABEL_STUDIO_URL when set, else /setup's hostname.
 * No request reaches a loopback, private, link-local, multicast, reserved or otherwise
-  non-global address (SSRF), unless the host is Label Studio's or listed in
-  AESEMO_ALLOWED_IMAGE_HOSTS. The name is resolved and checked before each request and each
-  redirect hop; the address each new connection actually reached is checked again before
-  anything is sent, so a DNS answer that changes between the two (rebinding) is caught too.
+  non-global address (SSRF), unless the host is LABEL_STUDIO_URL's or listed in
+  AESEMO_ALLOWED_IMAGE_HOSTS. A /setup hostname is not trusted for being named there: anyone
+  who can call /setup could name an internal service. The name is resolved and checked before
+  each request and each redirect hop; the address each new connection actually reached is
+  checked again before anything is sent, so a DNS answer that changes between the two
+  (rebinding) is caught too. A refused address is refused before connecting, so the answer is
+  the same whether anything listens there or not.
 * One deadline per fetch (connect, redirects, token refresh and body together), a byte limit
   while streaming, a pixel limit on decode.
 """
@@ -30,11 +33,12 @@ import socket
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
+import httpcore
+import httpx
 import requests
 import urllib3
 from PIL import Image
@@ -55,7 +59,7 @@ ERROR_KINDS = ("not_found", "unauthorized", "forbidden_address", "bad_url", "too
 
 _CHUNK_BYTES = 64 * 1024
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_DEFAULT_PORTS = ls_auth.DEFAULT_PORTS
 _CLOUD_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "azure-blob", "azure-spi"})
 _REQUEST_HEADERS = {
     "Accept": "image/*, */*;q=0.5",
@@ -65,7 +69,7 @@ _REQUEST_HEADERS = {
     "User-Agent": "aesemo-image-fetcher",
 }
 
-Origin = tuple[str, str, int]  # (scheme, lower-case host without brackets, port)
+Origin = ls_auth.Origin
 
 
 class ImageFetchError(AesemoError):
@@ -115,12 +119,6 @@ def _resolve_addresses(host: str, port: int) -> list[str]:
     return [info[4][0] for info in infos]
 
 
-def _origin_of(url: str) -> Origin:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").rstrip("."), parts.port or _DEFAULT_PORTS.get(scheme, 0)
-
-
 def _parse_host_entry(entry: str) -> tuple[str, int | None] | None:
     """An AESEMO_ALLOWED_IMAGE_HOSTS entry: "host", "host:port", "[v6]:port" or a URL."""
     entry = entry.strip().lower()
@@ -138,11 +136,53 @@ def _parse_host_entry(entry: str) -> tuple[str, int | None] | None:
     return entry.rstrip("."), None  # bare name, or an IPv6 literal without brackets
 
 
-@dataclass(frozen=True)
-class _LabelStudio:
-    """A Label Studio we may authenticate to: the base URL (for /api/token/refresh/) and token."""
-    base: str
-    token: str | None
+def allowed_host_entries(settings: Settings) -> tuple[tuple[str, int | None], ...]:
+    return tuple(p for p in map(_parse_host_entry, settings.allowed_image_hosts) if p)
+
+
+class AddressGuard:
+    """Refuses any non-public address (see `is_forbidden_address`), except on trusted origins:
+    the operator's Label Studio and AESEMO_ALLOWED_IMAGE_HOSTS. Used by image downloads and by
+    the resync's Label Studio client alike."""
+
+    def __init__(self, allowed_hosts: tuple[tuple[str, int | None], ...],
+                 studios: dict[Origin, ls_auth.Studio]):
+        self._allowed_hosts = allowed_hosts
+        self._trusted = frozenset(origin for origin, studio in studios.items() if studio.configured)
+
+    def is_trusted(self, origin: Origin) -> bool:
+        host = origin[1].lower().strip("[]").rstrip(".")
+        return origin in self._trusted or any(host == h and (p is None or p == origin[2])
+                                              for h, p in self._allowed_hosts)
+
+    def check(self, url: str) -> None:
+        """Refuse, before connecting, a host that resolves to an address we must not reach."""
+        origin = ls_auth.origin_of(url)
+        if self.is_trusted(origin):
+            return
+        try:
+            addresses = _resolve_addresses(origin[1], origin[2])
+        except (socket.gaierror, UnicodeError) as exc:
+            reason = _failure_reason(exc)
+            raise ImageFetchError("connection", url, f"cannot resolve host {origin[1]!r} ({reason})") from None
+        for address in addresses:
+            if is_forbidden_address(address):
+                raise _forbidden(url, origin, address)
+
+    def check_peer(self, scheme: str, host: str, port: int, address: str) -> None:
+        """The check on a connected socket, before anything is sent (`_guarded_pool_classes`)."""
+        origin = (scheme, host.lower().strip("[]").rstrip("."), port)
+        if not self.is_trusted(origin) and is_forbidden_address(address):
+            raise _forbidden(f"{scheme}://{host}:{port}/", origin, address)
+
+
+def _forbidden(url: str, origin: Origin, address: str) -> ImageFetchError:
+    # The address stays in the log: in the answer it would map internal names for the caller.
+    log.info("refused %s: %s resolves to %s", public_url(url), origin[1], address)
+    return ImageFetchError(
+        "forbidden_address", url, f"{origin[1]} resolves to a loopback/private/link-local or otherwise "
+        f"non-public address; if this server is meant to be used, add '{origin[1]}:{origin[2]}' to "
+        f"AESEMO_ALLOWED_IMAGE_HOSTS (or, for Label Studio itself, set LABEL_STUDIO_URL to it)")
 
 
 def _guarded_pool_classes(guard: Callable[[str, str, int, str], None]) -> dict:
@@ -167,6 +207,33 @@ def _guarded_pool_classes(guard: Callable[[str, str, int, str], None]) -> dict:
         "https": type("GuardedHTTPSPool", (HTTPSConnectionPool,),
                       {"ConnectionCls": guarded(HTTPSConnection, "https")}),
     }
+
+
+class _GuardedNetworkBackend(httpcore.SyncBackend):
+    """httpcore's connections (httpx, so the Label Studio SDK) with the peer check of
+    `_guarded_pool_classes`. httpcore does not know the scheme: the client must not redirect."""
+
+    def __init__(self, guard: Callable[[str, str, int, str], None], scheme: str):
+        self._guard = guard
+        self._scheme = scheme
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        stream = super().connect_tcp(host, port, timeout, local_address, socket_options)
+        try:
+            self._guard(self._scheme, host, port, stream.get_extra_info("server_addr")[0])
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+
+def guarded_httpx_client(guard: AddressGuard, url: str, timeout_s: float) -> httpx.Client:
+    """An httpx client for `url`'s origin only: no redirects, no proxy, every connection's peer
+    address checked by `guard` before anything is sent."""
+    transport = httpx.HTTPTransport(trust_env=False)
+    # httpx has no public hook for the network backend; its pool reads this for each new connection
+    transport._pool._network_backend = _GuardedNetworkBackend(guard.check_peer, urlsplit(url).scheme.lower())
+    return httpx.Client(transport=transport, follow_redirects=False, trust_env=False, timeout=timeout_s)
 
 
 class _GuardedAdapter(HTTPAdapter):
@@ -226,7 +293,7 @@ class ImageFetcher:
         self._settings = settings
         self._cache_dir = Path(cache_dir)
         self._cache_dir.mkdir(parents=True, exist_ok=True)
-        self._allowed_hosts = tuple(p for p in map(_parse_host_entry, settings.allowed_image_hosts) if p)
+        self._allowed_hosts = allowed_host_entries(settings)
         self._tokens = ls_auth.AccessTokenCache()
 
     # ----- public API -----------------------------------------------------------------------
@@ -272,14 +339,14 @@ class ImageFetcher:
     # ----- URL checks ---------------------------------------------------------------------------
 
     def _label_studio_base(self, hostname: str | None, url: str) -> str:
-        base = hostname or self._settings.label_studio_url
-        if not base:
+        studio = ls_auth.primary(self._label_studios(hostname, None))
+        if studio is None:
             raise ImageFetchError(
                 "bad_url", url, "a relative URL needs Label Studio's address, but LABEL_STUDIO_URL is "
                 "not set and Label Studio sent no hostname (set LABEL_STUDIO_URL, or start Label "
                 "Studio with --host)")
-        self._check_url(base, what="Label Studio address")
-        return base
+        self._check_url(studio.base, what="Label Studio address")
+        return studio.base
 
     @staticmethod
     def _check_url(url: str, what: str = "image URL") -> None:
@@ -303,65 +370,25 @@ class ImageFetcher:
 
     # ----- who is Label Studio, who is trusted ------------------------------------------------
 
-    def _label_studios(self, hostname: str | None, access_token: str | None) -> dict[Origin, _LabelStudio]:
+    def _label_studios(self, hostname: str | None,
+                       access_token: str | None) -> dict[Origin, ls_auth.Studio]:
         """The origins that count as Label Studio for this fetch, with the token each gets."""
-        configured = self._settings.label_studio_url
-        key = self._settings.label_studio_api_key
-        found: dict[Origin, _LabelStudio] = {}
         try:
-            if hostname:
-                # The key goes to a /setup hostname only when the operator named no Label Studio.
-                found[_origin_of(hostname)] = _LabelStudio(hostname, (key if not configured else None) or access_token)
-            if configured:
-                found[_origin_of(configured)] = _LabelStudio(configured, key or access_token)
+            return ls_auth.label_studios(self._settings.label_studio_url, self._settings.label_studio_api_key,
+                                         hostname, access_token)
         except ValueError:
-            raise ImageFetchError("bad_url", hostname or configured or "", "malformed Label Studio address") from None
-        return found
-
-    def _is_allowed_host(self, host: str, port: int) -> bool:
-        host = host.lower().strip("[]").rstrip(".")
-        return any(host == h and (p is None or p == port) for h, p in self._allowed_hosts)
-
-    def _is_trusted(self, origin: Origin, studios: dict[Origin, _LabelStudio]) -> bool:
-        return origin in studios or self._is_allowed_host(origin[1], origin[2])
-
-    def _check_destination(self, url: str, studios: dict[Origin, _LabelStudio]) -> None:
-        """Refuse, before connecting, a host that resolves to an address we must not reach."""
-        origin = _origin_of(url)
-        if self._is_trusted(origin, studios):
-            return
-        try:
-            addresses = _resolve_addresses(origin[1], origin[2])
-        except (socket.gaierror, UnicodeError) as exc:
-            reason = _failure_reason(exc)
-            raise ImageFetchError("connection", url, f"cannot resolve host {origin[1]!r} ({reason})") from None
-        for address in addresses:
-            if is_forbidden_address(address):
-                raise self._forbidden(url, origin, address)
-
-    @staticmethod
-    def _forbidden(url: str, origin: Origin, address: str) -> ImageFetchError:
-        return ImageFetchError(
-            "forbidden_address", url, f"{origin[1]} resolves to {address}, a loopback/private/link-local "
-            f"or otherwise non-public address; if this server is meant to be used, add "
-            f"'{origin[1]}:{origin[2]}' to AESEMO_ALLOWED_IMAGE_HOSTS")
-
-    def _connection_guard(self, studios: dict[Origin, _LabelStudio]) -> Callable[[str, str, int, str], None]:
-        def guard(scheme: str, host: str, port: int, address: str) -> None:
-            origin = (scheme, host.lower().strip("[]").rstrip("."), port)
-            if not self._is_trusted(origin, studios) and is_forbidden_address(address):
-                raise self._forbidden(f"{scheme}://{host}:{port}/", origin, address)
-        return guard
+            raise ImageFetchError("bad_url", hostname or self._settings.label_studio_url or "",
+                                  "malformed Label Studio address") from None
 
     # ----- HTTP -----------------------------------------------------------------------------
 
-    def _session(self, studios: dict[Origin, _LabelStudio]) -> requests.Session:
+    def _session(self, guard: AddressGuard) -> requests.Session:
         session = requests.Session()
         # No proxies or ~/.netrc from the environment: a proxy would hide the real address from
         # the SSRF checks, and netrc would add credentials for hosts we do not trust.
         session.trust_env = False
         session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        adapter = _GuardedAdapter(self._connection_guard(studios))
+        adapter = _GuardedAdapter(guard.check_peer)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -369,26 +396,27 @@ class ImageFetcher:
     def _download(self, url: str, hostname: str | None, access_token: str | None) -> bytes:
         deadline = time.monotonic() + self._settings.image_timeout_s
         studios = self._label_studios(hostname, access_token)
-        with self._session(studios) as session:
+        guard = AddressGuard(self._allowed_hosts, studios)
+        with self._session(guard) as session:
             for _ in range(MAX_REDIRECTS + 1):
-                with self._request(session, url, studios, deadline) as response:
+                with self._request(session, url, studios, guard, deadline) as response:
                     if response.status_code not in _REDIRECT_CODES:
                         self._raise_for_status(response, url, studios)
                         return self._read_body(response, url, deadline)
                     url = self._redirect_target(response, url)
         raise ImageFetchError("http_error", url, f"more than {MAX_REDIRECTS} redirects")
 
-    def _request(self, session: requests.Session, url: str, studios: dict[Origin, _LabelStudio],
-                 deadline: float) -> requests.Response:
+    def _request(self, session: requests.Session, url: str, studios: dict[Origin, ls_auth.Studio],
+                 guard: AddressGuard, deadline: float) -> requests.Response:
         """One hop: checks, the token if `url` is Label Studio's, and one retry with a fresh access
         token when Label Studio refuses a cached one (it may have expired early, or been revoked)."""
         self._check_url(url)
-        self._check_destination(url, studios)
+        guard.check(url)
         header, cached = self._authorization(session, url, studios, deadline)
         response = self._send(session, url, header, deadline)
         if response.status_code == 401 and cached:
             response.close()
-            studio = studios[_origin_of(url)]
+            studio = studios[ls_auth.origin_of(url)]
             self._tokens.forget(self._refresh_url(studio), studio.token, header.split(" ", 1)[1])
             header, _ = self._authorization(session, url, studios, deadline)
             response = self._send(session, url, header, deadline)
@@ -420,18 +448,21 @@ class ImageFetcher:
         return urljoin(url, location)
 
     @staticmethod
-    def _raise_for_status(response: requests.Response, url: str, studios: dict[Origin, _LabelStudio]) -> None:
+    def _raise_for_status(response: requests.Response, url: str, studios: dict[Origin, ls_auth.Studio]) -> None:
         code = response.status_code
         if 200 <= code < 300:
             return
         if code in (404, 410):
             raise ImageFetchError("not_found", url, f"not found (HTTP {code})")
         if code in (401, 403):
-            studio = studios.get(_origin_of(url))
+            studio = studios.get(ls_auth.origin_of(url))
             if studio is None:
                 hint = "the server refused access (an expired pre-signed URL?)"
-            elif studio.token is None:
+            elif studio.token is None and studio.configured:
                 hint = "Label Studio needs a token: set LABEL_STUDIO_API_KEY"
+            elif studio.token is None:
+                hint = ("Label Studio needs a token, /setup sent none, and LABEL_STUDIO_API_KEY goes only to "
+                        "LABEL_STUDIO_URL: set both")
             else:
                 hint = ("Label Studio refused the token (legacy tokens are off by default since "
                         "Label Studio 1.20: use a Personal Access Token, or enable legacy tokens)")
@@ -470,13 +501,13 @@ class ImageFetcher:
     # ----- tokens ---------------------------------------------------------------------------
 
     @staticmethod
-    def _refresh_url(studio: _LabelStudio) -> str:
+    def _refresh_url(studio: ls_auth.Studio) -> str:
         return studio.base.rstrip("/") + ls_auth.REFRESH_PATH
 
-    def _authorization(self, session: requests.Session, url: str, studios: dict[Origin, _LabelStudio],
+    def _authorization(self, session: requests.Session, url: str, studios: dict[Origin, ls_auth.Studio],
                        deadline: float) -> tuple[str | None, bool]:
         """(Authorization value or None, whether it came from the access-token cache)."""
-        studio = studios.get(_origin_of(url))
+        studio = studios.get(ls_auth.origin_of(url))
         if studio is None or not studio.token:
             return None, False
         if ls_auth.token_kind(studio.token) != "pat":

@@ -33,7 +33,7 @@ from .projects import ProjectStore
 from .redis_store import redis_url
 from .registry import ensure_base_version, project_versions_dir, resolve_current, set_current_version
 from .report import write_report
-from .resync import resync
+from .resync import project_studio, resync
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -317,14 +317,13 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
         raise RequestError(f"project {project} has no label config (connect the backend to it first)")
     labels = parse_label_config(context.label_config, settings.aesthetic_control, settings.emotion_control)
     consensus = ProjectConsensus(client, settings)
-    base_url = settings.label_studio_url or context.hostname
-    token = settings.label_studio_api_key or context.access_token
+    studio = project_studio(settings, context)
 
     resynced = None
-    if settings.resync_before_snapshot and base_url and token:
+    if settings.resync_before_snapshot and studio and studio.token:
         progress.state("resync")
         try:
-            resynced = resync(consensus, project, labels, base_url, token)
+            resynced = resync(consensus, project, labels, settings, studio)
         except RequestError as exc:  # keep training on the votes we have
             log.warning("resync before training failed: %s", exc)
             resynced = {"error": str(exc)}
@@ -336,7 +335,9 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
 
     progress.state("images", total=snapshot["rows"])
     started = time.monotonic()
-    rows, failed = _cache_images(settings, snapshot["path"], context.hostname, token)
+    # the fetcher picks each image's token itself (backend/label_studio_auth.py): what goes in
+    # is /setup's pair as stored, never the operator's key
+    rows, failed = _cache_images(settings, snapshot["path"], context.hostname, context.access_token)
     image_seconds = time.monotonic() - started
     total = len(rows) + len(failed)
     if total == 0 or len(failed) / total > settings.max_failed_image_fraction:

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import requests
 
+from . import label_studio_auth as ls_auth
+
 LS_VERSION = "1.23.2"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LS_VENV_SCRIPT = REPO_ROOT / "scripts" / "ls-venv.sh"
@@ -163,11 +165,15 @@ class LabelStudioClient:
         """`requests` call to `url + path` with `Authorization: Token <token or the client's token>`.
 
         Raises LabelStudioError (with status and body) on a non-2xx reply; returns the Response.
-        `path` may also be an absolute URL on this server (e.g. an image URL from a task).
+        `path` may also be an absolute URL (e.g. an image URL from a task): the token goes with
+        it only when it is on this server (label_studio_auth's rule, as for the backend's own
+        requests), since a task's URL may point anywhere.
         """
         url = path if path.startswith("http") else f"{self.url}{path}"
         headers = dict(kwargs.pop("headers", None) or {})
-        headers.setdefault("Authorization", f"Token {token or self.token}")
+        sent = ls_auth.token_for(url, ls_auth.label_studios(self.url, token or self.token))
+        if sent:
+            headers.setdefault("Authorization", f"Token {sent}")
         kwargs.setdefault("timeout", self.request_timeout)
         r = self.session.request(method, url, headers=headers, **kwargs)
         if not 200 <= r.status_code < 300:

@@ -2,14 +2,16 @@
 how to reach Label Studio (from `/setup`). Kept in Redis so every process shares it."""
 from __future__ import annotations
 
-import re
+import logging
 from dataclasses import dataclass
 
 import redis
 
 from .errors import RequestError
+from .ids import as_id, id_from_text, shown
 
-_PROJECT = re.compile(r"^(\d+)(?:\.\d+)?$")
+log = logging.getLogger(__name__)
+
 PROJECTS_SET = "aesemo:projects"
 
 
@@ -19,16 +21,19 @@ def setup_key(project: str) -> str:
 
 
 def project_id(value) -> str:
-    """Label Studio sends a project as "<id>.<created timestamp>", an int, or an object with `id`."""
+    """Label Studio sends a project as "<id>.<created timestamp>", an int, or an object with `id`.
+    The answer is the id in its one canonical spelling ("7", never "007"): it names Redis keys."""
     if isinstance(value, dict):
         value = value.get("id")
-    if isinstance(value, bool):
-        value = None
-    if isinstance(value, int) and value >= 0:
-        return str(value)
-    if isinstance(value, str) and _PROJECT.match(value.strip()):
-        return _PROJECT.match(value.strip()).group(1)
-    raise RequestError(f"\"project\" must be a Label Studio project id like \"1.1795782039\", got {value!r}")
+    found = as_id(value)
+    if isinstance(value, str):
+        number, dot, stamp = value.strip().partition(".")
+        if not dot or (stamp.isascii() and stamp.isdigit()):
+            found = id_from_text(number)
+    if found is None:
+        raise RequestError(f"\"project\" must be a Label Studio project id (a positive integer below 2**63, "
+                           f"or like \"1.1795782039\"), got {shown(value)}")
+    return str(found)
 
 
 @dataclass(frozen=True)
@@ -43,12 +48,25 @@ class ProjectStore:
     def __init__(self, client: redis.Redis):
         self.redis = client
 
-    def remember(self, project: str, label_config: str | None, hostname: str | None, access_token: str | None) -> None:
-        fields = {"label_config": label_config, "hostname": hostname, "access_token": access_token}
-        fields = {k: v for k, v in fields.items() if v}
-        if fields:
-            self.redis.hset(setup_key(project), mapping=fields)
+    def remember_label_config(self, project: str, label_config: str) -> None:
+        """A label config from a webhook body or from Label Studio's API; /setup's hostname and
+        token are written by `remember_setup` only."""
+        self.redis.hset(setup_key(project), "label_config", label_config)
         self.redis.sadd(PROJECTS_SET, project)
+
+    def remember_setup(self, project: str, label_config: str, hostname: str | None,
+                       access_token: str | None) -> None:
+        """What /setup sent. Its hostname and access_token are kept as a pair, replaced together
+        whenever a /setup names either: the token goes back only to the host it came with, so a
+        later /setup that names only a hostname must not inherit Label Studio's token."""
+        key = setup_key(project)
+        pipe = self.redis.pipeline()  # MULTI: no reader sees a new hostname with the old token
+        pipe.hset(key, "label_config", label_config)
+        if hostname or access_token:
+            pipe.hdel(key, "hostname", "access_token")
+            pipe.hset(key, mapping={k: v for k, v in (("hostname", hostname), ("access_token", access_token)) if v})
+        pipe.sadd(PROJECTS_SET, project)
+        pipe.execute()
 
     def get(self, project: str) -> ProjectContext:
         stored = self.redis.hgetall(setup_key(project))
@@ -56,4 +74,17 @@ class ProjectStore:
                               hostname=stored.get("hostname"), access_token=stored.get("access_token"))
 
     def known(self) -> list[str]:
-        return sorted(self.redis.smembers(PROJECTS_SET), key=int)
+        return self.known_and_invalid()[0]
+
+    def known_and_invalid(self) -> tuple[list[str], list[str]]:
+        """(the projects, in id order; members of the set that are no project id). The second
+        list can only hold what was written before ids were checked, or straight into Redis:
+        it is shown, not fatal."""
+        valid, invalid = [], []
+        for member in self.redis.smembers(PROJECTS_SET):
+            canonical = id_from_text(member) is not None and not member.startswith("0")
+            (valid if canonical else invalid).append(member)
+        invalid = [shown(m) for m in sorted(invalid, key=lambda m: (len(m), m))]
+        if invalid:
+            log.warning("%s holds entries that are not project ids, skipped: %s", PROJECTS_SET, ", ".join(invalid))
+        return sorted(valid, key=int), invalid

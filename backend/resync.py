@@ -8,35 +8,82 @@ import logging
 
 from label_studio_sdk import LabelStudio
 
+from . import label_studio_auth as ls_auth
 from .errors import RequestError
+from .ids import as_id, shown
+from .images import AddressGuard, ImageFetchError, allowed_host_entries, guarded_httpx_client
 from .label_config import ProjectLabels
 from .project_consensus import ProjectConsensus
+from .projects import ProjectContext
+from .settings import Settings
 from .votes import Vote, vote_from_annotation
 
 log = logging.getLogger(__name__)
 
 
-def export_tasks(base_url: str, token: str, project: str, timeout_s: float = 300) -> list[dict]:
+def project_studio(settings: Settings, context: ProjectContext) -> ls_auth.Studio | None:
+    """The Label Studio the project's API calls go to, with its token (label_studio_auth's rule)."""
+    try:
+        return ls_auth.primary(ls_auth.label_studios(settings.label_studio_url, settings.label_studio_api_key,
+                                                     context.hostname, context.access_token))
+    except ValueError:
+        return None
+
+
+def sdk_client(settings: Settings, studio: ls_auth.Studio, timeout_s: float) -> LabelStudio:
+    """The SDK's client for `studio`. LABEL_STUDIO_URL is the operator's and used as it is; a
+    /setup hostname is held to the image downloads' address rules (backend/images.py) on every
+    connection, so naming an internal service in /setup cannot make the backend call it.
+    RequestError (409) when refused: before any connection, whether anything listens there or not."""
+    if not ls_auth.is_http_url(studio.base):
+        raise RequestError(f"Label Studio's address {shown(studio.base)} is not an http(s) URL: set LABEL_STUDIO_URL, "
+                           "or connect the project again", status=409)
+    base = studio.base.rstrip("/")
+    if studio.configured:
+        return LabelStudio(base_url=base, api_key=studio.token, timeout=timeout_s)
+    guard = AddressGuard(allowed_host_entries(settings), {})
+    try:
+        guard.check(base)
+    except ImageFetchError as exc:
+        raise _refused(exc) from None
+    return LabelStudio(base_url=base, api_key=studio.token, timeout=timeout_s, follow_redirects=False,
+                       httpx_client=guarded_httpx_client(guard, base, timeout_s))
+
+
+def _refused(exc: ImageFetchError) -> RequestError:
+    return RequestError(f"Label Studio's address from /setup was refused: {exc.problem}", status=409)
+
+
+def _sdk_failure(exc: Exception, what: str) -> RequestError:
+    """An SDK failure as an answer: the guard's refusal as such (it may surface from inside the
+    SDK, on a connection to a host that resolved differently), anything else as a 502."""
+    if isinstance(exc, ImageFetchError):
+        return _refused(exc)
+    status = getattr(exc, "status_code", None)
+    return RequestError(what + (f" with HTTP {status}" if status else f": {type(exc).__name__}"), status=502)
+
+
+def export_tasks(client: LabelStudio, project: str) -> list[dict]:
     """All tasks of a project with their annotations (Label Studio's JSON export). The SDK
     takes a legacy token or a personal access token (it refreshes the latter itself)."""
-    client = LabelStudio(base_url=base_url.rstrip("/"), api_key=token, timeout=timeout_s)
     chunks = client.projects.exports.download_sync(int(project), export_type="JSON", download_all_tasks=True)
     return json.loads(b"".join(chunks))
 
 
-def fetch_label_config(base_url: str, token: str, project: str) -> str:
-    client = LabelStudio(base_url=base_url.rstrip("/"), api_key=token, timeout=30)
+def fetch_label_config(settings: Settings, studio: ls_auth.Studio, project: str) -> str:
+    client = sdk_client(settings, studio, 30)
     try:
         return client.projects.get(int(project)).label_config
     except Exception as exc:  # the SDK's ApiError or a transport error
-        status = getattr(exc, "status_code", None)
-        raise RequestError(f"Label Studio has no readable project {project}"
-                           + (f" (HTTP {status})" if status else f" ({type(exc).__name__})"), status=502) from None
+        raise _sdk_failure(exc, f"Label Studio has no readable project {project}") from None
 
 
 def votes_from_export(tasks: list[dict], labels: ProjectLabels) -> tuple[list[Vote], dict[int, str], list[str]]:
     votes, images, problems = [], {}, []
     for task in tasks:
+        if not isinstance(task, dict) or as_id(task.get("id")) is None:
+            problems.append(f"a task without a valid id ({type(task).__name__})")
+            continue
         image = (task.get("data") or {}).get(labels.image_key)
         if isinstance(image, str):
             images[task["id"]] = image
@@ -48,18 +95,17 @@ def votes_from_export(tasks: list[dict], labels: ProjectLabels) -> tuple[list[Vo
     return votes, images, problems
 
 
-def resync(consensus: ProjectConsensus, project: str, labels: ProjectLabels, base_url: str | None,
-           token: str | None) -> dict:
-    if not base_url or not token:
+def resync(consensus: ProjectConsensus, project: str, labels: ProjectLabels, settings: Settings,
+           studio: ls_auth.Studio | None, timeout_s: float = 300) -> dict:
+    if studio is None or not studio.token:
         raise RequestError(f"cannot resync project {project}: no Label Studio address or token "
                            "(set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the project so /setup "
                            "sends them)", status=409)
+    client = sdk_client(settings, studio, timeout_s)
     try:
-        tasks = export_tasks(base_url, token, project)
+        tasks = export_tasks(client, project)
     except Exception as exc:  # the SDK raises its own ApiError, httpx errors, JSON errors
-        status = getattr(exc, "status_code", None)
-        raise RequestError(f"Label Studio export of project {project} failed"
-                           + (f" with HTTP {status}" if status else f": {type(exc).__name__}"), status=502) from None
+        raise _sdk_failure(exc, f"Label Studio export of project {project} failed") from None
     votes, images, problems = votes_from_export(tasks, labels)
     counts = consensus.votes.replace_all(project, votes, images)
     log.info("resync of project %s: %s", project, counts)

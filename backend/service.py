@@ -7,6 +7,7 @@ from pathlib import Path
 
 import redis
 
+from . import label_studio_auth as ls_auth
 from .errors import RequestError
 from .images import ImageFetcher
 from .ingest import Ingest
@@ -19,7 +20,7 @@ from .project_consensus import ProjectConsensus, vote_and_image
 from .projects import ProjectStore, project_id
 from .registry import (all_version_names, base_version_name, current_version_name, project_versions,
                        promote_version, resolve_current)
-from .resync import fetch_label_config, resync
+from .resync import fetch_label_config, project_studio, resync
 from .settings import Settings
 from .jobs import cancel_job, get_job, project_jobs, submit_training
 from .training_requests import request_training
@@ -43,6 +44,9 @@ class Backend:
         self.ingest = Ingest(client)
         self.swap = HotSwap(settings, client)
         self._contexts: dict = {}
+        if settings.label_studio_api_key and not settings.label_studio_url:
+            log.warning("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key goes only to "
+                        "LABEL_STUDIO_URL, so it is not used; set LABEL_STUDIO_URL to Label Studio's address")
 
     def health(self) -> dict:
         return {"status": "UP", "model_class": MODEL_CLASS}
@@ -63,7 +67,9 @@ class Backend:
         project = project_id(body.get("project"))
         schema = body.get("schema") or body.get("label_config")
         labels = self.labels(schema)
-        self.projects.remember(project, schema, _text(body, "hostname"), _text(body, "access_token"))
+        # checked before anything is stored: the admin page links to the hostname, and the
+        # token goes into an Authorization header
+        self.projects.remember_setup(project, schema, _hostname(body), _access_token(body))
         return {"model_version": self.version_name(project, labels)}
 
     def predict(self, body) -> dict:
@@ -195,7 +201,7 @@ class Backend:
         stored = self.projects.get(project).label_config
         if sent and sent != stored:
             labels = self.labels(sent)
-            self.projects.remember(project, sent, None, None)
+            self.projects.remember_label_config(project, sent)
             return labels
         if not stored:
             raise RequestError(f"unknown project {project}: no label config yet; connect the backend to the "
@@ -264,12 +270,11 @@ class Backend:
 
     def resync(self, project: str) -> dict:
         context = self.projects.get(project)
-        base_url = self.settings.label_studio_url or context.hostname
-        token = self.settings.label_studio_api_key or context.access_token
-        if not context.label_config and base_url and token:
+        studio = project_studio(self.settings, context)
+        if not context.label_config and studio and studio.token:
             # a project the backend never heard of: its label config comes from Label Studio too
-            self.projects.remember(project, fetch_label_config(base_url, token, project), None, None)
-        return resync(self.consensus, project, self.project_labels(project), base_url, token)
+            self.projects.remember_label_config(project, fetch_label_config(self.settings, studio, project))
+        return resync(self.consensus, project, self.project_labels(project), self.settings, studio)
 
     def snapshot(self, project: str) -> dict:
         labels = self.project_labels(project)
@@ -291,6 +296,30 @@ def _object(body) -> dict:
     return body
 
 
-def _text(body: dict, key: str) -> str | None:
-    value = body.get(key)
-    return value if isinstance(value, str) and value else None
+MAX_HOSTNAME_CHARS = 2048
+MAX_TOKEN_CHARS = 4096
+
+
+def _hostname(body: dict) -> str | None:
+    """/setup's `hostname`: Label Studio's address, an http(s) URL (absent or empty: none)."""
+    value = body.get("hostname")
+    if value is None or value == "":
+        return None
+    if not ls_auth.is_http_url(value) or len(value) > MAX_HOSTNAME_CHARS:
+        raise RequestError("\"hostname\" must be Label Studio's address, an http(s) URL like "
+                           f"\"http://label-studio:8080\" (no user info, query or fragment, at most "
+                           f"{MAX_HOSTNAME_CHARS} characters)")
+    return value
+
+
+def _access_token(body: dict) -> str | None:
+    """/setup's `access_token`: printable ASCII without spaces, as an Authorization header needs.
+    Never quoted back: it is a secret even when malformed."""
+    value = body.get("access_token")
+    if value is None or value == "":
+        return None
+    if not (isinstance(value, str) and len(value) <= MAX_TOKEN_CHARS and value.isascii() and value.isprintable()
+            and " " not in value):
+        raise RequestError(f"\"access_token\" must be a Label Studio API token: printable ASCII without spaces, "
+                           f"at most {MAX_TOKEN_CHARS} characters")
+    return value

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import redis
 
 from .errors import RequestError
+from .ids import as_id, shown
 from .label_config import ProjectLabels
 
 log = logging.getLogger(__name__)
@@ -126,17 +127,20 @@ _VOTE_FIELDS = frozenset(Vote.__dataclass_fields__)
 
 def vote_from_annotation(annotation: dict, task_id, labels: ProjectLabels) -> Vote:
     """RequestError when the annotation lacks what a vote needs (id, task, author, result)."""
-    if not isinstance(annotation, dict) or not isinstance(annotation.get("id"), int):
-        raise RequestError("annotation without an integer \"id\"")
+    # the same bounds as webhooks.parse_event: these go into Redis keys, Lua arguments and sorts
+    if not isinstance(annotation, dict) or as_id(annotation.get("id")) is None:
+        found = annotation.get("id") if isinstance(annotation, dict) else annotation
+        raise RequestError(f"annotation without a valid \"id\" (a positive integer below 2**63), got {shown(found)}")
     where = f"annotation {annotation['id']}"
     author = annotation.get("completed_by")
     if isinstance(author, dict):  # exports nest the user object
         author = author.get("id")
-    if not isinstance(author, int) or isinstance(author, bool):
-        raise RequestError(f"{where} has no \"completed_by\" user id")
+    if as_id(author) is None:
+        raise RequestError(f"{where} has no valid \"completed_by\" user id (a positive integer below 2**63), "
+                           f"got {shown(author)}")
     task = task_id if task_id is not None else annotation.get("task")
-    if not isinstance(task, int) or isinstance(task, bool):
-        raise RequestError(f"{where} has no task id")
+    if as_id(task) is None:
+        raise RequestError(f"{where} has no valid task id (a positive integer below 2**63), got {shown(task)}")
     if "result" not in annotation or not isinstance(annotation["result"], list):
         raise RequestError(f"{where} has no \"result\" list")
     cancelled = bool(annotation.get("was_cancelled"))

@@ -12,6 +12,7 @@ import time
 import redis
 
 from .errors import RequestError
+from .ids import require_id
 from .projects import project_id
 
 EVENTS_STREAM = "aesemo:events"
@@ -61,29 +62,42 @@ def parse_event(body) -> dict:
 def _annotation(action: str, annotation) -> dict:
     if isinstance(annotation, list):  # ANNOTATIONS_CREATED may carry several
         return [_annotation(action, a) for a in annotation]
-    if not isinstance(annotation, dict) or not isinstance(annotation.get("id"), int):
+    if not isinstance(annotation, dict):
         raise RequestError(f"{action}: \"annotation\" must be an object with an integer id")
+    _id(action, annotation.get("id"), "annotation.id")
+    for key in ("task", "completed_by"):  # optional here; a vote needs completed_by (votes.py)
+        value = annotation.get(key)
+        _id(action, value.get("id") if isinstance(value, dict) else value, f"annotation.{key}", optional=True)
     if not isinstance(annotation.get("result", []), list):
         raise RequestError(f"{action}: annotation {annotation['id']} has a result that is not a list")
     return {key: annotation.get(key) for key in _ANNOTATION_KEYS if key in annotation}
 
 
-def _task(action: str, task) -> dict:
-    if not isinstance(task, dict) or not isinstance(task.get("id"), int):
-        raise RequestError(f"{action}: \"task\" must be an object with an integer id")
-    return {"id": task["id"], "data": task.get("data")}
+def _task(action: str, task, field: str = "task") -> dict:
+    if not isinstance(task, dict):
+        raise RequestError(f"{action}: \"{field}\" must be an object with an integer id")
+    return {"id": _id(action, task.get("id"), f"{field}.id"), "data": task.get("data")}
 
 
 def _ids(action: str, key: str, items) -> list[int]:
-    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("id"), int) for i in items):
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise RequestError(f"{action}: \"{key}\" must be a list of objects with integer ids")
-    return [i["id"] for i in items]
+    return [_id(action, item.get("id"), f"{key}[{n}].id") for n, item in enumerate(items)]
+
+
+def _id(action: str, value, field: str, optional: bool = False) -> int | None:
+    if optional and value is None:
+        return None
+    try:
+        return require_id(value, field)
+    except RequestError as exc:
+        raise RequestError(f"{action}: {exc}") from None
 
 
 def _tasks(action: str, tasks) -> list[dict]:
     if not isinstance(tasks, list):
         raise RequestError(f"{action}: \"tasks\" must be a list")
-    return [_task(action, t) for t in tasks]
+    return [_task(action, t, f"tasks[{n}]") for n, t in enumerate(tasks)]
 
 
 def event_json(event: dict) -> str:

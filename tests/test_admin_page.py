@@ -121,6 +121,40 @@ def test_unknown_project_in_the_query_falls_back_with_a_notice(admin):
     assert f'<strong id="current-version">{NEW}</strong>' in text
 
 
+@pytest.mark.parametrize("stored", ["javascript:alert(document.domain)//", "JavaScript:alert(1)",
+                                    " javascript:alert(1)", "data:text/html,<script>alert(1)</script>",
+                                    'http://x.example/"><script>alert(1)</script>'])
+def test_a_stored_hostname_never_becomes_a_script_link(admin, stored):
+    """/setup refuses such hostnames now; one stored before that check, or written to Redis
+    directly, must not become a javascript: link either (nor break out of the attribute)."""
+    key = f"aesemo:project:{PROJECT}:setup"
+    admin["raw"].hset(key, "hostname", stored)
+    try:
+        text = page_text(admin)
+    finally:
+        admin["raw"].hset(key, "hostname", LS_HOST)
+    links = re.findall(r'(?:href|src)\s*=\s*"([^"]*)"', text)
+    assert links and all(link.startswith(("/", "http://", "https://", "data:,")) for link in links), links
+    assert "<script>alert" not in text and "javascript:" not in text.lower()
+    assert "Disputed tasks (1)" in text  # the rest of the page is there
+
+
+def test_bad_project_ids_in_redis_are_skipped_and_named(admin):
+    """Ids that /setup refuses now, but that an older version stored (or someone wrote to Redis):
+    the page renders, lists the good projects, and names what it skipped."""
+    bad = ["9" * 5000 + ".1", "abc", "007", "-4", "99999999999999999999"]
+    admin["raw"].sadd("aesemo:projects", *bad)
+    try:
+        response = admin["client"].get("/")
+    finally:
+        admin["raw"].srem("aesemo:projects", *bad)
+    assert response.status_code == 200
+    text = html.unescape(response.get_data(as_text=True))
+    assert f"project {PROJECT}" in text and "not project ids, skipped" in text
+    assert "'abc'" in text and "'007'" in text and "..." in text
+    assert "9" * 5000 not in text
+
+
 def test_report_png_is_served_and_other_paths_are_404(admin):
     client = admin["client"]
     response = client.get(f"/projects/{PROJECT}/versions/{OLD}/report/confusion_aesthetic.png")

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+import socket
 import struct
 import threading
 import time
@@ -21,8 +22,12 @@ import pytest
 from PIL import Image
 
 from backend import images as images_module
+from backend import label_studio_auth as ls_auth
 from backend.images import ERROR_KINDS, ImageFetcher, ImageFetchError, is_forbidden_address, public_url
+from backend.label_studio_admin import LabelStudioClient
 from backend.settings import Settings
+
+from canary import Canary
 
 LEGACY = "legacy-token-0123456789abcdef"
 PNG_SIZE = (8, 6)
@@ -238,8 +243,13 @@ def test_allowed_host_with_other_port_does_not_match(ls, make_fetcher):
     assert ls.recorder.requests == []
 
 
+def allow(server) -> dict:
+    """Settings that let a /setup hostname on a loopback test server be reached at all."""
+    return {"allowed_image_hosts": (f"127.0.0.1:{server.port}",)}
+
+
 def test_relative_upload_url_with_hostname_and_legacy_token(ls, make_fetcher):
-    fetcher = make_fetcher()
+    fetcher = make_fetcher(**allow(ls))
     image = fetcher.fetch("/data/upload/1/ca16892c-img4.png", hostname=ls.base, access_token=LEGACY)
     assert image.size == PNG_SIZE
     assert ls.recorder.requests == [("GET", "/data/upload/1/ca16892c-img4.png", f"Token {LEGACY}")]
@@ -253,7 +263,7 @@ def test_relative_local_files_url_resolved_against_label_studio_url(ls, make_fet
 
 def test_absolute_label_studio_url_gets_the_token(ls, make_fetcher):
     # Local Storage tasks carry absolute URLs on Label Studio's own host (docs section 8).
-    fetcher = make_fetcher()
+    fetcher = make_fetcher(**allow(ls))
     url = f"{ls.base}/data/local-files/?d=images/img5.png"
     assert fetcher.fetch(url, hostname=ls.base, access_token=LEGACY).size == PNG_SIZE
     assert ls.recorder.auths() == [f"Token {LEGACY}"]
@@ -296,7 +306,7 @@ def test_pat_is_swapped_once_and_access_token_cached(ls, make_fetcher):
 
 
 def test_pat_from_setup_access_token_is_swapped_too(ls, make_fetcher):
-    fetcher = make_fetcher()
+    fetcher = make_fetcher(**allow(ls))
     fetcher.fetch("/data/upload/1/a.png", hostname=ls.base, access_token=PAT)
     assert ls.recorder.refresh_count() == 1
 
@@ -358,14 +368,14 @@ def test_concurrent_fetches_share_one_refresh(ls, make_fetcher):
 # ----- errors ----------------------------------------------------------------------------------
 
 def test_missing_token_is_unauthorized(ls, make_fetcher):
-    error = fetch_error(make_fetcher(), "/data/upload/1/a.png", hostname=ls.base)
+    error = fetch_error(make_fetcher(**allow(ls)), "/data/upload/1/a.png", hostname=ls.base)
     assert error.kind == "unauthorized" and "LABEL_STUDIO_API_KEY" in str(error)
 
 
 def test_wrong_token_is_unauthorized_and_not_echoed(ls, make_fetcher, caplog):
     caplog.set_level(logging.DEBUG)
     secret = "wrong-secret-token-xyz"
-    error = fetch_error(make_fetcher(), "/data/upload/1/a.png?token=" + secret, hostname=ls.base,
+    error = fetch_error(make_fetcher(**allow(ls)), "/data/upload/1/a.png?token=" + secret, hostname=ls.base,
                         access_token=secret)
     assert error.kind == "unauthorized"
     assert error.url == f"{ls.base}/data/upload/1/a.png"
@@ -495,11 +505,68 @@ def test_token_not_forwarded_on_redirect_to_other_host(ls, other, make_fetcher):
 
 
 def test_configured_key_not_sent_to_other_setup_hostname(ls, other, make_fetcher):
-    # /setup named a different host than LABEL_STUDIO_URL: the operator's key stays home.
-    fetcher = make_fetcher(label_studio_url=ls.base, label_studio_api_key=LEGACY)
-    error = fetch_error(fetcher, "/data/upload/1/a.png", hostname=other.base)
+    # /setup named a different host than LABEL_STUDIO_URL: the operator's key stays home,
+    # relative URLs go to LABEL_STUDIO_URL, and the other host gets only /setup's own token.
+    fetcher = make_fetcher(label_studio_url=ls.base, label_studio_api_key=LEGACY,
+                           allowed_image_hosts=(f"127.0.0.2:{other.port}",))
+    assert fetcher.fetch("/data/upload/1/a.png", hostname=other.base, access_token="setup-token").size == PNG_SIZE
+    assert ls.recorder.auths() == [f"Token {LEGACY}"]
+    assert other.recorder.requests == []
+    error = fetch_error(fetcher, f"{other.base}/data/upload/1/a.png", hostname=other.base,
+                        access_token="setup-token")
     assert error.kind == "unauthorized"
-    assert other.recorder.auths() == [None]
+    assert other.recorder.auths() == ["Token setup-token"]
+
+
+@pytest.mark.parametrize("key", [LEGACY, "PAT"])
+def test_operator_key_never_goes_to_a_setup_hostname(make_fetcher, key):
+    # The probe's repro: LABEL_STUDIO_API_KEY set, LABEL_STUDIO_URL not, /setup names an
+    # internal port. Refused before connecting; and even where the operator allows that host,
+    # the key does not go there (nor a PAT's refresh call).
+    key = PAT if key == "PAT" else key
+    with Canary() as canary:
+        fetcher = make_fetcher(label_studio_api_key=key)
+        for url in ("/data/upload/1/a.png", f"{canary.base}/data/upload/1/a.png"):
+            assert fetch_error(fetcher, url, hostname=canary.base).kind == "forbidden_address"
+        assert canary.hits == 0
+        allowed = make_fetcher(label_studio_api_key=key, **allow(canary))
+        for url in ("/data/upload/1/a.png", f"{canary.base}/data/upload/1/b.png"):
+            assert fetch_error(allowed, url, hostname=canary.base).kind == "not_found"
+        assert canary.hits == 2 and b"/data/upload/1/b.png" in canary.received
+        assert key.encode() not in canary.received and b"Authorization" not in canary.received
+
+
+def test_label_studio_url_on_loopback_is_trusted_and_gets_the_key(ls, make_fetcher):
+    # LABEL_STUDIO_URL is the operator's word: no allow-list needed for it, even on loopback,
+    # and a /setup hostname of the same origin is that same Label Studio.
+    fetcher = make_fetcher(label_studio_url=ls.base, label_studio_api_key=LEGACY)
+    assert fetcher.fetch("/data/upload/1/a.png", hostname=ls.base + "/", access_token="setup").size == PNG_SIZE
+    assert fetcher.fetch(f"{ls.base}/data/upload/1/b.png").size == PNG_SIZE
+    assert ls.recorder.auths() == [f"Token {LEGACY}"] * 2
+
+
+def test_setup_hostname_refusal_is_the_same_for_open_and_closed_ports(make_fetcher):
+    # Refused before connecting: a caller learns nothing about what listens there.
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    with Canary() as canary:
+        fetcher = make_fetcher()
+        answers = []
+        for port in (canary.port, closed_port):
+            base = f"http://127.0.0.1:{port}"
+            error = fetch_error(fetcher, "/data/upload/1/a.png", hostname=base, access_token="setup-token")
+            answers.append((error.kind, str(error).replace(str(port), "PORT")))
+        assert answers[0] == answers[1] and answers[0][0] == "forbidden_address"
+        assert canary.hits == 0
+
+
+def test_admin_client_sends_its_token_only_to_its_own_server(ls, other):
+    client = LabelStudioClient(ls.base, LEGACY)
+    client.download("/data/upload/1/a.png")
+    client.download(f"{other.base}/image.png")  # e.g. a task's absolute image URL
+    assert ls.recorder.auths() == [f"Token {LEGACY}"]
+    assert other.recorder.requests == [("GET", "/image.png", None)]
 
 
 # ----- cache -----------------------------------------------------------------------------------
@@ -535,6 +602,42 @@ def test_failures_are_not_cached(ls, make_fetcher, tmp_path):
 ])
 def test_address_classifier(address, forbidden):
     assert is_forbidden_address(address) is forbidden
+
+
+U, H = "http://label-studio:8080", "http://elsewhere.example"
+
+
+@pytest.mark.parametrize("configured, key, hostname, token, expected", [
+    # the operator's key goes only to LABEL_STUDIO_URL
+    (None, "K", H, None, {H: (None, False)}),
+    (None, "K", H, "T", {H: ("T", False)}),
+    (U, "K", H, "T", {U: ("K", True), H: ("T", False)}),
+    (U, None, H, "T", {U: (None, True), H: ("T", False)}),
+    # a /setup hostname of LABEL_STUDIO_URL's origin is that Label Studio; the key wins there
+    (U, "K", U + "/", "T", {U: ("K", True)}),
+    (U, None, "HTTP://Label-Studio:8080", "T", {U: ("T", True)}),
+    (U, "K", None, None, {U: ("K", True)}),
+    (None, "K", None, None, {}),
+])
+def test_which_token_goes_to_which_host(configured, key, hostname, token, expected):
+    studios = ls_auth.label_studios(configured, key, hostname, token)
+    assert {s.base: (s.token, s.configured) for s in studios.values()} == expected
+    first = ls_auth.primary(studios)
+    assert (first.base if first else None) == (configured or hostname)  # relative URLs: LABEL_STUDIO_URL first
+    assert ls_auth.token_for(H + "/x", studios) == (token if hostname == H else None)
+    assert ls_auth.token_for("http://label-studio:8081/x", studios) is None  # another port, another origin
+
+
+@pytest.mark.parametrize("url, ok", [
+    ("http://label-studio:8080", True), ("https://labels.example.org/", True), ("http://[::1]:8080/ls", True),
+    ("javascript:alert(document.domain)//", False), ("JAVASCRIPT://x.example/%0aalert(1)", False),
+    ("data:text/html,x", False), ("ftp://x.example", False), ("//x.example", False), ("http://", False),
+    ("http://user:pw@x.example", False), ("http://x.example:99999", False), ("http://x.example/?q", False),
+    ("http://x.example/#f", False), ('http://x.example/"><script>', False), ("http://x.example/\n", False), ("http://x .example", False), (5, False),
+    (None, False),
+])
+def test_label_studio_address_check(url, ok):
+    assert ls_auth.is_http_url(url) is ok
 
 
 def test_public_url_strips_secrets():

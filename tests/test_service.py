@@ -20,10 +20,11 @@ import redis
 from flask import request, request_started
 from prometheus_client.parser import text_string_to_metric_families
 
+from backend import images as images_module
 from backend import registry
 from backend.app import create_app
 from backend.label_config import parse_label_config
-from backend.projects import ProjectStore
+from backend.projects import PROJECTS_SET, ProjectStore
 from backend.settings import Settings
 from backend.training_requests import REQUESTS_LIST
 from backend.webhooks import EVENTS_STREAM
@@ -31,7 +32,8 @@ from model.network import NetConfig
 from model.pipeline import init_version
 from werkzeug.test import Client
 
-from images_server import ImageServer  # tests/ is on sys.path (rootdir-relative, no package)
+from canary import Canary  # tests/ is on sys.path (rootdir-relative, no package)
+from images_server import ImageServer
 
 from ls_examples import EXAMPLES, example  # noqa: E402
 
@@ -663,6 +665,159 @@ def test_webhook_answers_fast(client, db):
         slowest = max(slowest, elapsed)
         assert elapsed < 0.5, f"webhook {i} took {elapsed:.3f} s"
     assert db.xlen(EVENTS_STREAM) == 50
+
+
+# ----- whose token goes where; what /setup may store ---------------------------------------------
+
+KEY = "operator-key-0123456789abcdef"
+
+
+def setup_with(hostname=None, access_token=None, project=PROJECT) -> dict:
+    body = {**example("setup.json"), "project": project}
+    body.pop("hostname"), body.pop("access_token")
+    return {**body, **({"hostname": hostname} if hostname is not None else {}),
+            **({"access_token": access_token} if access_token is not None else {})}
+
+
+@pytest.mark.parametrize("access_token", [None, "setup-token-abc"])
+def test_setup_hostname_never_gets_the_operator_key(app, base_settings, db, access_token):
+    # The probe's repro: LABEL_STUDIO_API_KEY set, LABEL_STUDIO_URL not, /setup names a port
+    # on loopback, then /predict with a relative image and a resync.
+    keyed = app_with(app, base_settings, label_studio_api_key=KEY).test_client()
+    with Canary() as canary:
+        assert post(keyed, "/setup", setup_with(canary.base, access_token)).status_code == 200
+        reply = assert_client_error(post(keyed, "/predict", predict_body(["/data/upload/1/a.png"])), 422)
+        assert reply["errors"][0]["kind"] == "forbidden_address"
+        assert_client_error(keyed.post("/projects/1/resync"), 409)
+        assert canary.hits == 0 and KEY.encode() not in canary.received
+
+
+def test_setup_hostname_allowed_by_the_operator_still_never_gets_the_key(app, base_settings, db):
+    with Canary() as canary:
+        keyed = app_with(app, base_settings, label_studio_api_key=KEY,
+                         allowed_image_hosts=(f"127.0.0.1:{canary.port}",)).test_client()
+        assert post(keyed, "/setup", setup_with(canary.base, "setup-token-abc")).status_code == 200
+        post(keyed, "/predict", predict_body(["/data/upload/1/a.png"]))
+        assert_client_error(keyed.post("/projects/1/resync"), 502)  # it was reached: it is no Label Studio
+        assert canary.hits >= 2 and b"/data/upload/1/a.png" in canary.received
+        assert KEY.encode() not in canary.received and b"setup-token-abc" in canary.received
+
+
+def test_label_studio_url_gets_the_key_without_an_allow_list(app, base_settings, db, private_server):
+    # LABEL_STUDIO_URL on a loopback address not in AESEMO_ALLOWED_IMAGE_HOSTS (aesemo stack's
+    # case): trusted, and the key goes there; so does a /setup hostname of the same origin.
+    ls_url = private_server.url("")
+    keyed = app_with(app, base_settings, label_studio_url=ls_url, label_studio_api_key=KEY).test_client()
+    assert post(keyed, "/setup", setup_with(ls_url, "setup-token-abc")).status_code == 200
+    response = post(keyed, "/predict", predict_body(["/img/7.png", private_server.url("/img/8.png")]))
+    assert response.status_code == 200 and "errors" not in response.get_json(), response.get_json()
+    assert sorted(private_server.requests) == [("GET", "/img/7.png", f"Token {KEY}"),
+                                               ("GET", "/img/8.png", f"Token {KEY}")]
+
+
+def test_resync_checks_the_address_it_connected_to(app, base_settings, db, monkeypatch):
+    # Our lookup says "public", the connection lands on loopback (DNS rebinding): the Label
+    # Studio SDK's connection is checked as the image downloads' are, before a byte is sent.
+    client = app.test_client()
+    with Canary() as canary:
+        assert post(client, "/setup", setup_with(canary.base, "setup-token-abc")).status_code == 200
+        monkeypatch.setattr(images_module, "_resolve_addresses", lambda host, port: ["93.184.216.34"])
+        assert_client_error(client.post("/projects/1/resync"), 409, "AESEMO_ALLOWED_IMAGE_HOSTS")
+        canary.settle()
+        assert canary.received == b""
+
+
+@pytest.mark.parametrize("hostname", [
+    "javascript:alert(document.domain)//", "JavaScript://x.example/%0aalert(1)", "data:text/html,<b>x</b>",
+    "ftp://x.example", "127.0.0.1:8080", "http://", "http://user:pw@x.example", "http://x.example:99999",
+    "http://x.example/\n", "http://" + "x" * 3000 + ".example", 5, ["http://x.example"], {"url": "x"}, True,
+])
+def test_setup_refuses_a_hostname_that_is_no_http_url(client, db, hostname):
+    response = post(client, "/setup", setup_with(hostname, "setup-token-abc"))
+    assert_client_error(response, 400, '"hostname"', "http(s) URL")
+    assert db.hgetall("aesemo:project:1:setup") == {} and db.smembers(PROJECTS_SET) == set()
+
+
+@pytest.mark.parametrize("token", ["a b", "tok\r\nX-Injected: 1", "x" * 5000, 5, ["t"], "tök"])
+def test_setup_refuses_a_malformed_access_token_without_echoing_it(client, db, token):
+    response = post(client, "/setup", setup_with("http://label-studio:8080", token))
+    assert_client_error(response, 400, '"access_token"')
+    if isinstance(token, str):
+        assert token not in response.get_data(as_text=True)
+    assert db.hgetall("aesemo:project:1:setup") == {}
+
+
+def test_setup_keeps_hostname_and_token_as_a_pair(client, db):
+    # A later /setup that names only a hostname must not inherit the token sent with another.
+    assert post(client, "/setup", setup_with("http://label-studio:8080", "setup-token-abc")).status_code == 200
+    assert post(client, "/setup", setup_with("http://elsewhere.example")).status_code == 200
+    context = ProjectStore(db).get("1")
+    assert (context.hostname, context.access_token) == ("http://elsewhere.example", None)
+    assert post(client, "/setup", setup_with()).status_code == 200  # names neither: both stay
+    assert ProjectStore(db).get("1").hostname == "http://elsewhere.example"
+
+
+# ----- ids -----------------------------------------------------------------------------------------
+
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize("project", [HUGE + ".1", "9223372036854775808", "0", "-1", "1e3", "١", True, 1.5, None])
+def test_setup_refuses_project_ids_out_of_range(client, db, project):
+    assert_client_error(post(client, "/setup", setup_with(project=project)), 400, '"project"')
+    assert db.smembers(PROJECTS_SET) == set()
+    assert client.get("/").status_code == 200
+
+
+def test_project_ids_are_stored_in_one_spelling(client, db):
+    assert post(client, "/setup", setup_with(project="007.1795782039")).status_code == 200
+    assert db.smembers(PROJECTS_SET) == {"7"}
+
+
+@pytest.mark.parametrize("path", ["/projects/{}/consensus", "/projects/{}/jobs", "/projects/{}/versions"])
+@pytest.mark.parametrize("project", [HUGE, "9223372036854775808", "0"])
+def test_project_ids_in_urls_are_bounded(client, db, path, project):
+    assert_client_error(client.get(path.format(project)), 400, '"project"')
+
+
+def test_largest_project_id_in_a_url_is_accepted(client, db):
+    response = client.get(f"/projects/{2**63 - 1}/jobs")
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def annotation_event(**changes) -> dict:
+    body = copy.deepcopy(example("webhook_ANNOTATION_CREATED.json"))
+    for path, value in changes.items():
+        target = body
+        *parents, leaf = path.split("__")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return body
+
+
+@pytest.mark.parametrize("field, path", [("annotation.id", "annotation__id"), ("task.id", "task__id"),
+                                         ("annotation.completed_by", "annotation__completed_by"),
+                                         ("annotation.task", "annotation__task")])
+@pytest.mark.parametrize("value", [True, 1.5, 2**63, "7", -3, 0, [1]])
+def test_webhook_ids_out_of_range_are_400_naming_the_field(client, db, field, path, value):
+    assert_client_error(post(client, "/webhook", annotation_event(**{path: value})), 400, f'"{field}"')
+    assert db.hlen("aesemo:p:1:votes") == 0
+
+
+def test_webhook_id_of_5000_digits_is_400(client, db):
+    raw = json.dumps(example("webhook_ANNOTATION_CREATED.json")).replace('"id": 1,', f'"id": {HUGE},', 1)
+    response = client.post("/webhook", data=raw, content_type="application/json")
+    assert_client_error(response, 400, "JSON")
+
+
+@pytest.mark.parametrize("action, body", [
+    ("ANNOTATIONS_DELETED", {"annotations": [{"id": 1}, {"id": True}]}),
+    ("TASKS_DELETED", {"tasks": [{"id": 2**64}]}),
+])
+def test_webhook_id_lists_are_bounded(client, db, action, body):
+    event = {"action": action, "project": {"id": 1}, **body}
+    assert_client_error(post(client, "/webhook", event), 400, "[1].id" if action == "ANNOTATIONS_DELETED" else "[0].id")
 
 
 def test_tokens_never_logged(client, db, server, caplog):
