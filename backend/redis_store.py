@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 SOCKET_NAME = "redis.sock"
 _MAX_SOCKET_PATH = 100  # unix socket paths are limited to about 108 bytes
@@ -74,6 +76,22 @@ def _answers(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
     except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError, OSError):
         return False
+
+
+def reachable(client: redis.Redis, timeout_s: float = 0.25) -> bool:
+    """Whether the client's server answers PING within `timeout_s`, asked on a connection of its
+    own: the client's connections have no timeouts, and a Redis that stopped answering must not
+    hold /health past Label Studio's 1 s."""
+    pool = client.connection_pool
+    probe = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": timeout_s,
+                                     "socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 0)})
+    try:
+        probe.send_command("PING")
+        return probe.read_response() in ("PONG", b"PONG", True)
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        probe.disconnect()
 
 
 def redis_url(settings) -> str:
