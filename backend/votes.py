@@ -114,8 +114,9 @@ def upgrade_vote_times(client: redis.Redis, project: str) -> int:
         value = text.decode() if isinstance(text, bytes) else text
         if not value.lstrip("-").isdigit():
             args += [annotation, text, stored_instant_us(value)]
+    for start in range(0, len(args), 3 * 1000):  # a bounded command each, however large the project
+        client.eval(_UPGRADE_TIMES, 1, times, *args[start:start + 3 * 1000])
     if args:
-        client.eval(_UPGRADE_TIMES, 1, times, *args)
         log.info("project %s: %d vote times stored as text rewritten as instants", project, len(args) // 3)
     return len(args) // 3
 
