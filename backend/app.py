@@ -5,12 +5,15 @@ import json
 import logging
 import time
 
+import redis
 from flask import Flask, Response, g, jsonify, render_template, request, send_file
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import BaseConverter
 
 from . import admin_page
-from .auth import basic_auth_ok, same_origin
+from .auth import basic_auth_ok, cross_site_refusal
 from .errors import RequestError
 from .metrics import observe_request, render
 from .projects import project_id
@@ -21,6 +24,12 @@ from .settings import Settings, load_settings
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
+INTERNAL_ERROR = "internal server error; see the server log"
+REDIS_DOWN = ("Redis is unreachable: votes, consensus, jobs and versions are unavailable until it is back "
+              "(predictions still come from the models in memory)")
+# what reading a body can raise for the client's mistakes: a broken chunked framing (gunicorn
+# parses chunks as the app reads them) or a connection lost mid-body
+_UNREADABLE_BODY = (ParseException, OSError)
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
@@ -41,11 +50,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         if not authorized(request.headers.get("Authorization")):
             return Response(json.dumps({"error": "wrong or missing Basic credentials"}), status=401,
                             mimetype="application/json", headers={"WWW-Authenticate": 'Basic realm="aesemo"'})
-        if request.method not in ("GET", "HEAD", "OPTIONS") and not same_origin(request.headers.get("Origin"),
-                                                                                  request.host):
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
             # a page elsewhere must not use the admin's browser (and its cached Basic
-            # credentials) to promote versions or start jobs; servers send no Origin at all
-            return jsonify({"error": f"cross-site request from {request.headers['Origin']} refused"}), 403
+            # credentials) to promote versions or start jobs; servers send neither header
+            refusal = cross_site_refusal(request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
+                                         request.host)
+            if refusal:
+                return jsonify({"error": refusal}), 403
 
     @app.before_request
     def check_project():
@@ -65,16 +76,31 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         return jsonify(error_body(exc)), exc.status
 
     @app.errorhandler(413)
-    def too_large(_):
-        return jsonify({"error": f"body over {MAX_BODY_BYTES} bytes"}), 413
+    def too_large(exc):
+        return json_error(exc, f"body over {MAX_BODY_BYTES} bytes")
 
     @app.errorhandler(404)
-    def not_found(_):
-        return jsonify({"error": f"no endpoint {request.method} {request.path}"}), 404
+    def not_found(exc):
+        return json_error(exc, f"no endpoint {request.method} {request.path}")
 
     @app.errorhandler(405)
-    def wrong_method(_):
-        return jsonify({"error": f"{request.method} is not allowed on {request.path}"}), 405
+    def wrong_method(exc):
+        return json_error(exc, f"{request.method} is not allowed on {request.path}")
+
+    @app.errorhandler(HTTPException)
+    def other_http_error(exc: HTTPException):  # 400, 415, 416, 431...: Flask's own, as JSON
+        return json_error(exc, exc.description or exc.name)
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def redis_down(exc):
+        log.warning("%s %s: Redis is unreachable (%s)", request.method, request.path, exc)
+        return jsonify({"error": REDIS_DOWN}), 503
+
+    @app.errorhandler(Exception)
+    def internal_error(_):  # logged whole here; the client learns nothing of the internals
+        log.exception("Exception on %s %s", request.method, request.path)
+        return jsonify({"error": INTERNAL_ERROR}), 500
 
     app.add_template_filter(admin_page.format_number, "num")
     app.add_template_filter(admin_page.format_when, "when")
@@ -131,7 +157,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.post("/projects/<project:project>/train")
     def train(project):
-        raw = request.get_data(cache=True)
+        raw = request_body()
         return jsonify(backend.train(str(project), json_body() if raw.strip() else {}, "admin")), 202
 
     @app.post("/train")
@@ -178,7 +204,7 @@ class FastWebhook:
     machinery, which cost about as much CPU as the whole annotation event. It takes only an
     authorized request whose Content-Length is within the limit, before reading any of it,
     and answers as the Flask route does: the same JSON, error bodies and metrics. Anything
-    else (other paths, wrong credentials, a cross-site Origin, a chunked or oversized body) goes to
+    else (other paths, wrong credentials, a cross-site request, a chunked or oversized body) goes to
     Flask untouched."""
 
     PATH = "/webhook"
@@ -195,16 +221,20 @@ class FastWebhook:
         length = environ.get("CONTENT_LENGTH") or ""
         if not (length.isascii() and length.isdigit() and int(length) <= MAX_BODY_BYTES) \
                 or not self.authorized(environ.get("HTTP_AUTHORIZATION")) \
-                or not same_origin(environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST", "")):
+                or cross_site_refusal(environ.get("HTTP_ORIGIN"), environ.get("HTTP_SEC_FETCH_SITE"),
+                                      environ.get("HTTP_HOST", "")):
             return self.flask_wsgi(environ, start_response)
         started = time.perf_counter()
         try:
-            status, reply = 200, self.backend.webhook(parse_json(environ["wsgi.input"].read(int(length))))
+            status, reply = 200, self.backend.webhook(parse_json(read_body(environ["wsgi.input"].read, int(length))))
         except RequestError as exc:
             status, reply = exc.status, error_body(exc)
-        except Exception:  # Flask would log it and answer 500 too
-            log.exception("Exception on %s [POST]", self.PATH)
-            status, reply = 500, {"error": "internal server error; see the server log"}
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # as the Flask app's handlers
+            log.warning("POST %s: Redis is unreachable (%s)", self.PATH, exc)
+            status, reply = 503, {"error": REDIS_DOWN}
+        except Exception:
+            log.exception("Exception on POST %s", self.PATH)
+            status, reply = 500, {"error": INTERNAL_ERROR}
         # as jsonify: the app's JSON settings, compact, one newline
         body = (self.json.dumps(reply, separators=(",", ":")) + "\n").encode()
         start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN').upper()}",
@@ -220,8 +250,35 @@ def error_body(exc: RequestError) -> dict:
     return body
 
 
+def json_error(exc: HTTPException, message: str) -> Response:
+    """werkzeug's answer for `exc` (its status and headers, e.g. 405's Allow) with a JSON body."""
+    response = exc.get_response()
+    response.set_data(json.dumps({"error": message}) + "\n")
+    response.mimetype = "application/json"
+    return response
+
+
 def json_body():
-    return parse_json(request.get_data(cache=True))
+    return parse_json(request_body())
+
+
+def request_body() -> bytes:
+    """The body; 413 over MAX_BODY_BYTES, chunked or not; 400 when it cannot be read."""
+    if request.content_length is None:
+        # werkzeug cuts a chunked body (no Content-Length to refuse up front) off at the limit
+        # without a word: reading one byte more tells a body cut off from one that ended there
+        request.max_content_length = MAX_BODY_BYTES + 1
+    raw = read_body(request.get_data)
+    if len(raw) > MAX_BODY_BYTES:
+        raise RequestError(f"body over {MAX_BODY_BYTES} bytes", status=413)
+    return raw
+
+
+def read_body(read, *args) -> bytes:
+    try:
+        return read(*args)
+    except _UNREADABLE_BODY as exc:
+        raise RequestError(f"the request body could not be read ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def parse_json(raw: bytes):

@@ -29,3 +29,17 @@ def same_origin(origin: str | None, host: str) -> bool:
     if not origin:
         return True
     return urlsplit(origin).netloc.lower() == host.lower()
+
+
+def cross_site_refusal(origin: str | None, fetch_site: str | None, host: str) -> str | None:
+    """Why a state-changing request is refused as cross-site, or None to let it through.
+    Besides Origin, browsers send Sec-Fetch-Site, which a page cannot forge: `cross-site` is
+    refused; `same-site` (another port or subdomain of the site: a different origin, as foreign
+    as another site) unless its Origin names this host; `same-origin`, `none` (typed by the
+    user) and none at all (servers such as Label Studio, curl) are fine."""
+    if not same_origin(origin, host):
+        return f"cross-site request from {origin} refused"
+    site = (fetch_site or "").strip().lower()
+    if site == "cross-site" or (site == "same-site" and not origin):
+        return f"cross-site request refused (Sec-Fetch-Site: {site})"
+    return None

@@ -166,6 +166,16 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_redis(args) -> int:
+    from .redis_store import stop_unused_embedded_redis
+    from .settings import load_settings
+    settings = load_settings()
+    if settings.redis_url:
+        raise AesemoError("REDIS_URL is set: that Redis is not the embedded one, and not this command's to stop")
+    print(json.dumps(stop_unused_embedded_redis(settings.data_dir)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aesemo", description="Aesthetic and emotion suggestions for Label Studio")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -259,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ls-venv", default=None,
                    help="virtualenv holding Label Studio (default: $LS_VENV or .venv-ls; made when missing)")
     p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("redis", help="the data directory's embedded Redis (it also stops with its last user)")
+    p.add_argument("action", choices=["stop"], help="stop: shut it down (append-only file fsynced) unless a serve, worker or stack uses it")
+    p.set_defaults(func=cmd_redis)
 
     p = sub.add_parser("demo", help="train on generated images and print predictions")
     p.add_argument("--workdir", default="aesemo-data/demo")

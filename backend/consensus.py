@@ -60,7 +60,8 @@ class TaskConsensus:
 
 
 def latest_per_annotator(votes: list[Vote]) -> dict[int, list[Vote]]:
-    """task -> its votes, one per annotator (their latest: by updated_at, then annotation id)."""
+    """task -> its votes, one per annotator (their latest: by the instant of updated_at, then
+    annotation id)."""
     by_task: dict[int, list[Vote]] = {}
     for vote in _latest(votes):
         by_task.setdefault(vote.task, []).append(vote)
@@ -81,7 +82,7 @@ def _latest(votes: list[Vote]) -> list[Vote]:
             continue
         k = (vote.task, vote.annotator)
         old = get(k)
-        if old is None or (vote.updated_at, vote.annotation) > (old.updated_at, old.annotation):
+        if old is None or (vote.updated_us, vote.annotation) > (old.updated_us, old.annotation):
             latest[k] = vote
     return list(latest.values())
 

@@ -17,13 +17,13 @@ import redis
 from redis.exceptions import NoScriptError
 
 from .projects import PROJECTS_SET, setup_key
-from .votes import APPLY_VOTE_LUA, Vote, key
+from .votes import APPLY_VOTE_LUA, Vote, VoteStore, key
 from .webhooks import EVENTS_KEPT, EVENTS_STREAM, event_json
 
 # KEYS: events stream, project setup hash, projects set, votes, vote_times, tombstones,
 #       deleted_tasks, images, then task:{t} of each vote
 # ARGV: event JSON, stream cap, project id, label config ('' = leave as stored), then five per
-#       vote: annotation id, updated_at, record, task id, image URL ('' for none)
+#       vote: annotation id, updated_at (microseconds), record, task id, image URL ('' for none)
 _INGEST = APPLY_VOTE_LUA + """
 local out = {redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[1])}
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'label_config') ~= ARGV[4] then
@@ -44,6 +44,7 @@ class Ingest:
         self._client = client
         self._script = client.register_script(_INGEST)
         self._held = threading.local()
+        self._votes = VoteStore(client)
 
     def __call__(self, event: dict, label_config: str, votes: list[tuple[Vote, str | None]]) -> list[str]:
         """Records `event`, remembers `label_config`, applies the votes (each with its task's
@@ -54,12 +55,16 @@ class Ingest:
         args = [event_json(event), EVENTS_KEPT, project, label_config]
         for vote, image in votes:
             keys.append(key(project, f"task:{vote.task}"))
-            args += [vote.annotation, vote.updated_at, vote.record(), vote.task, image or ""]
+            args += [vote.annotation, vote.updated_us, vote.record(), vote.task, image or ""]
         try:
-            return self._evalsha(len(keys), *keys, *args)[1:]
+            outcomes = self._evalsha(len(keys), *keys, *args)[1:]
         except NoScriptError:  # a restarted (or flushed) Redis forgot the script
             self._script.sha = self._client.script_load(self._script.script)
-            return self._evalsha(len(keys), *keys, *args)[1:]
+            outcomes = self._evalsha(len(keys), *keys, *args)[1:]
+        # a vote whose stored time an older version wrote as text: VoteStore.apply upgrades
+        # the project's times and applies it again, by the same rule
+        return [self._votes.apply(project, vote, image) if outcome == "legacy" else outcome
+                for outcome, (vote, image) in zip(outcomes, votes)]
 
     def _evalsha(self, *args):
         """EVALSHA on a connection this thread holds for good, not through the client: its

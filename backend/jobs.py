@@ -129,6 +129,8 @@ def _fetch(connection: redis.Redis, job_id: str) -> Job | None:
         return Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
         return None
+    except ValueError:  # not an id RQ could have made ("a b", "%00"): no such job either
+        return None
 
 
 def describe_job(job: Job) -> dict:
@@ -195,7 +197,7 @@ def _project_job(settings: Settings, project: str, job_id: str) -> tuple[redis.R
     _reap_abandoned(settings, connection)
     job = _fetch(connection, job_id)
     if job is None or job.meta.get("project") != project:
-        raise RequestError(f"project {project} has no job {job_id!r}", status=404)
+        raise RequestError(f"project {project} has no job {job_id[:100]!r}", status=404)
     return connection, job
 
 

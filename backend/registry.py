@@ -68,11 +68,14 @@ def project_versions_dir(settings, project: str) -> Path:
     return Path(settings.data_dir) / "projects" / project / "versions"
 
 
+_NAME_MAX = 255  # bytes of one file name on Linux's file systems: a longer one fails stat() (ENAMETOOLONG)
+
+
 def version_folder(settings, project: str, name: str) -> Path | None:
     """The folder of the project's version `name`; None when there is no such version. A name
     with a slash, or a leading dot (a version still being written), never names one."""
     folder = project_versions_dir(settings, project) / name
-    if "/" in name or name.startswith(".") or not (folder / META_FILE).is_file():
+    if "/" in name or name.startswith(".") or len(name.encode()) > _NAME_MAX or not (folder / META_FILE).is_file():
         return None
     return folder
 

@@ -17,7 +17,8 @@ from .hotswap import HotSwap
 from .model_holder import ModelHolder
 from .predict import predict_tasks
 from .project_consensus import ProjectConsensus, vote_and_image
-from .projects import ProjectStore, project_id
+from .projects import ProjectContext, ProjectStore, project_id
+from .redis_store import reachable
 from .registry import (all_version_names, base_version_name, current_version_name, project_versions,
                        promote_version, resolve_current)
 from .resync import fetch_label_config, project_studio, resync
@@ -29,6 +30,8 @@ from .webhooks import parse_event, record_event
 log = logging.getLogger(__name__)
 
 MODEL_CLASS = "CrossBranchNet"
+REDIS_DOWN_EFFECT = ("Redis is unreachable: /predict and /setup answer from the models this process holds; "
+                     "webhooks, consensus, jobs and versions answer 503 until it is back")
 _VOTE_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 
 
@@ -49,7 +52,12 @@ class Backend:
                         "LABEL_STUDIO_URL, so it is not used; set LABEL_STUDIO_URL to Label Studio's address")
 
     def health(self) -> dict:
-        return {"status": "UP", "model_class": MODEL_CLASS}
+        """UP whenever the process answers: Label Studio skips every prediction of a backend whose
+        /health is not 200 UP, and predictions go on from memory without Redis. What is degraded
+        is said beside it."""
+        if reachable(self.redis):
+            return {"status": "UP", "model_class": MODEL_CLASS, "redis": "up"}
+        return {"status": "UP", "model_class": MODEL_CLASS, "redis": "down", "degraded": REDIS_DOWN_EFFECT}
 
     def labels(self, label_config: str | None) -> ProjectLabels:
         if not label_config:
@@ -69,8 +77,23 @@ class Backend:
         labels = self.labels(schema)
         # checked before anything is stored: the admin page links to the hostname, and the
         # token goes into an Authorization header
-        self.projects.remember_setup(project, schema, _hostname(body), _access_token(body))
-        return {"model_version": self.version_name(project, labels)}
+        hostname, token = _hostname(body), _access_token(body)
+        try:
+            self.projects.remember_setup(project, schema, hostname, token)
+            return {"model_version": self.version_name(project, labels)}
+        except (redis.ConnectionError, redis.TimeoutError):
+            return self._setup_from_memory(ProjectContext(project, schema, hostname, token), labels)
+
+    def _setup_from_memory(self, context: ProjectContext, labels: ProjectLabels) -> dict:
+        """/setup without Redis: Label Studio skips predicting for a backend whose /setup fails,
+        so a project whose model this process holds goes on with it (the context kept here for
+        /predict); any other project gets 503, not a made-up version name."""
+        held = self.swap.get(context.project)
+        if not _knows(held, labels):
+            raise RequestError("Redis is unavailable and this process holds no model for project "
+                               f"{context.project}", status=503)
+        self._contexts[context.project] = context
+        return {"model_version": held[0]}
 
     def predict(self, body) -> dict:
         body = _object(body)
@@ -110,7 +133,7 @@ class Backend:
         """The project's current model: from this process's memory when it holds one for these
         class lists (no Redis needed), else resolved through the registry and remembered."""
         held = self.swap.get(project) if project else None
-        if held and all(set(held[1].classes[t]) >= set(c) for t, c in labels.classes().items()):
+        if _knows(held, labels):
             return held
         try:
             version = (resolve_current(self.redis, self.settings, project, labels.classes()) if project
@@ -283,6 +306,11 @@ class Backend:
 
     def versions(self) -> dict:
         return {"versions": all_version_names(self.settings)}
+
+
+def _knows(held, labels: ProjectLabels) -> bool:
+    """Whether a held (version name, predictor) has every class of the label config."""
+    return bool(held) and all(set(held[1].classes[t]) >= set(c) for t, c in labels.classes().items())
 
 
 def _base(settings, labels):

@@ -39,7 +39,7 @@ from model.errors import AesemoError
 from .label_studio_admin import (LS_VERSION, REPO_ROOT, LabelStudioClient, LabelStudioError, ensure_ls_venv,
                                  is_up, label_studio_command, label_studio_environment, local_session,
                                  port_moved)
-from .redis_store import embedded_redis_running, ensure_embedded_redis, stop_embedded_redis
+from .redis_store import lease_embedded_redis, release_embedded_redis
 from .settings import load_settings
 
 READY_LINE = "aesemo stack: ready"
@@ -306,20 +306,18 @@ class Processes:
 
 
 class EmbeddedRedis:
-    """The data directory's Redis, stopped at the end only when this run started it."""
+    """The data directory's Redis, used by this run (its backend and worker get its URL): at the
+    end it stops unless another process of the data directory (a serve or worker started by
+    hand) still uses it (backend/redis_store.py)."""
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
-        self.owned = False
 
     def start(self) -> str:
-        self.owned = not embedded_redis_running(self.data_dir)
-        return ensure_embedded_redis(self.data_dir)
+        return lease_embedded_redis(self.data_dir)
 
     def stop(self) -> None:
-        if self.owned:
-            stop_embedded_redis(self.data_dir)
-            self.owned = False
+        if release_embedded_redis(self.data_dir):
             say("stopped the embedded Redis")
 
 

@@ -2,7 +2,7 @@
 
 Per project p:
     aesemo:p:{p}:votes          hash  annotation id -> vote record (JSON, sorted keys)
-    aesemo:p:{p}:vote_times     hash  annotation id -> updated_at (ISO 8601, compares as text)
+    aesemo:p:{p}:vote_times     hash  annotation id -> updated_at in microseconds since the epoch
     aesemo:p:{p}:task:{t}       set   annotation ids of task t
     aesemo:p:{p}:tombstones     set   deleted annotation ids (a late create must not revive them)
     aesemo:p:{p}:deleted_tasks  set   deleted task ids (their votes are gone, late events ignored)
@@ -10,6 +10,8 @@ Per project p:
 
 A record replaces the stored one only if its `updated_at` is not older, inside one Lua script,
 so repeated events change nothing and reordered events end where the ordered stream ends.
+Times are compared as instants (integers), never as text: `12:00:05Z` is older than
+`12:00:05.3Z`, and `13:00:05+01:00` is `12:00:05Z`.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import redis
 
@@ -30,8 +33,10 @@ log = logging.getLogger(__name__)
 DIMENSIONS = ("aesthetic", "emotion")
 
 # One vote: keys votes, vote_times, tombstones, task:{t}, deleted_tasks, images; arguments the
-# annotation id, updated_at, record, task id and image URL ('' for none). Shared by _APPLY and
-# by the webhook's one-round-trip script (INGEST), so both keep the same ordering rules.
+# annotation id, updated_at (microseconds since the epoch), record, task id and image URL ('' for
+# none). Shared by _APPLY and by the webhook's one-round-trip script (INGEST), so both keep the
+# same ordering rules. 'legacy': the stored time is ISO text from an older version, which Lua
+# cannot compare; the caller upgrades the project's times (upgrade_vote_times) and applies again.
 APPLY_VOTE_LUA = """
 local function apply_vote(votes, times, tombstones, task_key, deleted_tasks, images, id, updated_at, record, task, image)
   if redis.call('SISMEMBER', deleted_tasks, task) == 1 then return 'task_deleted' end
@@ -40,7 +45,11 @@ local function apply_vote(votes, times, tombstones, task_key, deleted_tasks, ima
   if image ~= '' then redis.call('HSET', images, task, image) end
   if redis.call('SISMEMBER', tombstones, id) == 1 then return 'deleted' end
   local current = redis.call('HGET', times, id)
-  if current and current > updated_at then return 'stale' end
+  if current then
+    current = tonumber(current)
+    if not current then return 'legacy' end
+    if current > tonumber(updated_at) then return 'stale' end
+  end
   local old = redis.call('HGET', votes, id)
   if old == record then return 'same' end
   redis.call('HSET', votes, id, record)
@@ -66,6 +75,52 @@ redis.call('SREM', ARGV[2] .. task, ARGV[1])
 return tostring(task)
 """
 
+# pairs (annotation id, ISO text it had, microseconds): rewritten only where the text is still
+# there, so a vote applied meanwhile is not undone
+_UPGRADE_TIMES = """
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2]) end
+end
+"""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def instant_us(text) -> int:
+    """Microseconds since the epoch of an ISO 8601 time, with or without a fraction, `Z` or an
+    offset (none: UTC, as Label Studio's are). ValueError when it is not one."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected an ISO 8601 text, got {type(text).__name__}")
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def stored_instant_us(text) -> int:
+    """The instant of a time stored by an older version; 0 (oldest) for none or a bad one, which
+    the webhook would have refused had it checked then."""
+    try:
+        return instant_us(text.decode() if isinstance(text, bytes) else text)
+    except ValueError:
+        return 0
+
+
+def upgrade_vote_times(client: redis.Redis, project: str) -> int:
+    """Rewrites the project's vote times stored as ISO text (by versions that compared them as
+    text) as microseconds; returns how many."""
+    times = key(project, "vote_times")
+    args = []
+    for annotation, text in client.hgetall(times).items():
+        value = text.decode() if isinstance(text, bytes) else text
+        if not value.lstrip("-").isdigit():
+            args += [annotation, text, stored_instant_us(value)]
+    for start in range(0, len(args), 3 * 1000):  # a bounded command each, however large the project
+        client.eval(_UPGRADE_TIMES, 1, times, *args[start:start + 3 * 1000])
+    if args:
+        log.info("project %s: %d vote times stored as text rewritten as instants", project, len(args) // 3)
+    return len(args) // 3
+
 
 @contextmanager
 def gc_paused():
@@ -89,15 +144,20 @@ class Vote:
     annotation: int
     task: int
     annotator: int
-    updated_at: str
+    updated_at: str         # as Label Studio sent it
     labels: dict            # dimension -> class name, or None when the annotation has none
     ground_truth: bool = False
     cancelled: bool = False
     problems: tuple = ()    # choices that are not in the label config, kept for the admin
+    updated_us: int = None  # updated_at in microseconds since the epoch: what orders votes
+
+    def __post_init__(self):
+        if self.updated_us is None:  # a record of an older version, or a vote built by hand
+            object.__setattr__(self, "updated_us", stored_instant_us(self.updated_at))
 
     def record(self) -> str:
         return json.dumps({"annotation": self.annotation, "task": self.task, "annotator": self.annotator,
-                           "updated_at": self.updated_at, "labels": self.labels,
+                           "updated_at": self.updated_at, "updated_us": self.updated_us, "labels": self.labels,
                            "ground_truth": self.ground_truth, "cancelled": self.cancelled,
                            "problems": list(self.problems)}, sort_keys=True, separators=(",", ":"))
 
@@ -147,10 +207,23 @@ def vote_from_annotation(annotation: dict, task_id, labels: ProjectLabels) -> Vo
     chosen, problems = ({d: None for d in DIMENSIONS}, []) if cancelled else _choices(annotation["result"], labels)
     for problem in problems:
         log.warning("%s on task %s: %s", where, task, problem)
-    return Vote(annotation=annotation["id"], task=task, annotator=author,
-                updated_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
-                labels=chosen, ground_truth=bool(annotation.get("ground_truth")), cancelled=cancelled,
-                problems=tuple(problems))
+    updated_at, updated_us = _updated(annotation, where)
+    return Vote(annotation=annotation["id"], task=task, annotator=author, updated_at=updated_at,
+                updated_us=updated_us, labels=chosen, ground_truth=bool(annotation.get("ground_truth")),
+                cancelled=cancelled, problems=tuple(problems))
+
+
+def _updated(annotation: dict, where: str) -> tuple[str, int]:
+    """updated_at (else created_at) as sent and as an instant; none at all is the oldest."""
+    for field in ("updated_at", "created_at"):
+        value = annotation.get(field)
+        if value is None or value == "":
+            continue
+        try:
+            return value, instant_us(value)
+        except ValueError:
+            raise RequestError(f"{where}: \"{field}\" is not an ISO 8601 time: {repr(value)[:80]}") from None
+    return "", 0
 
 
 def _choices(result: list, labels: ProjectLabels) -> tuple[dict, list[str]]:
@@ -184,8 +257,12 @@ class VoteStore:
         """'added', 'changed', 'same', 'stale', 'deleted' (tombstoned) or 'task_deleted'."""
         keys = [key(project, "votes"), key(project, "vote_times"), key(project, "tombstones"),
                 key(project, f"task:{vote.task}"), key(project, "deleted_tasks"), key(project, "images")]
-        return self._apply(keys=keys, args=[vote.annotation, vote.updated_at, vote.record(), vote.task,
-                                            image_url or ""])
+        args = [vote.annotation, vote.updated_us, vote.record(), vote.task, image_url or ""]
+        outcome = self._apply(keys=keys, args=args)
+        if outcome == "legacy":
+            upgrade_vote_times(self.redis, project)
+            outcome = self._apply(keys=keys, args=args)
+        return outcome
 
     def delete(self, project: str, annotation_id: int) -> int | None:
         """Removes the vote and remembers the id; returns its task, or None if never seen."""
@@ -245,7 +322,7 @@ class VoteStore:
         for a in added + changed:
             vote = wanted[a]
             pipe.hset(key(project, "votes"), a, vote.record())
-            pipe.hset(key(project, "vote_times"), a, vote.updated_at)
+            pipe.hset(key(project, "vote_times"), a, vote.updated_us)
             pipe.sadd(key(project, f"task:{vote.task}"), a)
         # Label Studio's export is the truth: what it holds exists again
         if wanted:

@@ -235,7 +235,7 @@ def large_project(args) -> None:
                 pipe = client.pipeline(transaction=False)
                 for vote in votes[start:start + 10_000]:
                     pipe.hset(key(project, "votes"), vote.annotation, vote.record())
-                    pipe.hset(key(project, "vote_times"), vote.annotation, vote.updated_at)
+                    pipe.hset(key(project, "vote_times"), vote.annotation, vote.updated_us)
                     pipe.sadd(key(project, f"task:{vote.task}"), vote.annotation)
                 pipe.execute()
             wrote, wrote_cpu = time.perf_counter() - started, time.process_time() - cpu

@@ -21,7 +21,7 @@ import redis
 from backend.app import create_app
 from backend.redis_store import ensure_embedded_redis, stop_embedded_redis
 from backend.training_requests import REQUESTS_LIST
-from backend.votes import VoteStore
+from backend.votes import Vote, VoteStore
 from backend.webhooks import EVENTS_STREAM
 
 from ls_examples import example  # noqa: E402
@@ -321,6 +321,87 @@ def test_label_config_sent_with_an_event_replaces_the_stored_one(client, db):
     assert votes_by_annotation(db)[1].labels == {"aesthetic": "high", "emotion": "wonder"}
 
 
+# ----- times are instants, not text --------------------------------------------------------------
+
+def timed_event(ann: int, user: int, aesthetic: str, updated_at, action: str = "ANNOTATION_CREATED",
+                step_by_step: bool = False) -> dict:
+    body = annotation_event(ann, 1, user, aesthetic, None, action=action)
+    body["annotation"]["updated_at"] = updated_at
+    return without_label_config(body) if step_by_step else body
+
+
+def set_up_project(client) -> None:
+    """The label config stored, for events that do not carry it (the step-by-step path)."""
+    config = example("webhook_ANNOTATION_CREATED.json")["project"]["label_config"]
+    assert post(client, "/setup", {"project": PROJECT, "label_config": config}).status_code == 200
+
+
+@pytest.mark.parametrize("step_by_step", [False, True], ids=["one-round-trip", "step-by-step"])
+@pytest.mark.parametrize("older, newer", [
+    ("2026-11-27T12:00:05Z", "2026-11-27T12:00:05.300000Z"),       # as text, "Z" sorts after "."
+    ("2026-11-27T12:00:05.3Z", "2026-11-27T12:00:05.300001Z"),
+    ("2026-11-27T12:30:00+01:00", "2026-11-27T12:00:00Z"),          # 11:30 UTC, then 12:00 UTC
+    ("2026-11-27T12:00:00Z", "2026-11-27T07:30:00-05:00"),          # 12:00 UTC, then 12:30 UTC
+])
+def test_updates_are_ordered_by_instant_not_text(client, db, older, newer, step_by_step):
+    set_up_project(client)
+    assert send(client, timed_event(1, 2, "high", older, step_by_step=step_by_step))["votes"] == ["added"]
+    update = timed_event(1, 2, "low", newer, "ANNOTATION_UPDATED", step_by_step)
+    assert send(client, update)["votes"] == ["changed"]
+    assert send(client, timed_event(1, 2, "high", older, step_by_step=step_by_step))["votes"] == ["stale"]
+    assert votes_by_annotation(db)[1].labels["aesthetic"] == "low"
+
+
+def test_latest_vote_of_an_annotator_is_the_latest_instant(client, db):
+    """Two annotations of one annotator on one task: the later in time counts, whatever their ids
+    and however their times are written."""
+    send(client, timed_event(9, 2, "low", "2026-11-27T12:00:05.500000Z"))
+    send(client, timed_event(10, 2, "high", "2026-11-27T12:00:05Z"))
+    send(client, timed_event(11, 3, "high", "2026-11-27T13:00:00+01:00"))   # 12:00 UTC
+    send(client, timed_event(12, 3, "low", "2026-11-27T12:30:00Z"))
+    assert task_state(client, 1)["votes"] == {"2": "low", "3": "low"}
+
+
+@pytest.mark.parametrize("step_by_step", [False, True], ids=["one-round-trip", "step-by-step"])
+@pytest.mark.parametrize("field, value", [
+    ("updated_at", "yesterday"), ("updated_at", "2026-13-01T00:00:00Z"), ("updated_at", 1795782039),
+    ("updated_at", ["2026-11-27T12:00:00Z"]), ("created_at", "27/11/2026 12:00"),
+])
+def test_bad_time_is_400_naming_the_field(client, db, field, value, step_by_step):
+    set_up_project(client)
+    body = timed_event(1, 2, "high", "2026-11-27T12:00:00Z", step_by_step=step_by_step)
+    if field == "created_at":
+        del body["annotation"]["updated_at"]
+    body["annotation"][field] = value
+    response = post(client, "/webhook", body)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert f'"{field}"' in response.get_json()["error"] and "ISO 8601" in response.get_json()["error"]
+    assert records(db) == []
+
+
+@pytest.mark.parametrize("step_by_step", [False, True], ids=["one-round-trip", "step-by-step"])
+def test_votes_stored_with_text_times_by_an_older_version(client, db, step_by_step):
+    """Records and vote times that an older version wrote (ISO text, no instant) keep their
+    order: the stored times are rewritten as instants on the project's next vote."""
+    set_up_project(client)
+    for ann, user, at in ((1, 2, "2026-11-27T12:00:05Z"), (2, 3, "2026-11-27T12:00:07Z")):
+        old = json.loads(Vote(annotation=ann, task=1, annotator=user, updated_at=at,
+                              labels={"aesthetic": "high", "emotion": None}).record())
+        del old["updated_us"]
+        db.hset(f"aesemo:p:{PROJECT}:votes", ann, json.dumps(old, sort_keys=True, separators=(",", ":")))
+        db.hset(f"aesemo:p:{PROJECT}:vote_times", ann, at)
+        db.sadd(f"aesemo:p:{PROJECT}:task:1", ann)
+    older = timed_event(1, 2, "low", "2026-11-27T12:00:04.900000Z", "ANNOTATION_UPDATED", step_by_step)
+    assert send(client, older)["votes"] == ["stale"]
+    newer = timed_event(1, 2, "low", "2026-11-27T12:00:05.200000Z", "ANNOTATION_UPDATED", step_by_step)
+    assert send(client, newer)["votes"] == ["changed"]
+    times = db.hgetall(f"aesemo:p:{PROJECT}:vote_times")
+    assert times == {"1": "1795780805200000", "2": "1795780807000000"}
+    votes = votes_by_annotation(db)
+    assert votes[2].updated_us == 1795780807000000          # read from the older record's text
+    assert [votes[1].labels["aesthetic"], votes[2].labels["aesthetic"]] == ["low", "high"]
+
+
 # ----- what counts as a vote ---------------------------------------------------------------------
 
 def test_same_annotator_twice_counts_once_their_latest(client, db):
@@ -608,3 +689,12 @@ def test_record_round_trip_and_older_records():
     assert Vote.from_record(json.dumps(older)) == Vote(**{**older, "problems": ()})
     with pytest.raises(TypeError):                # an unknown field is refused as before
         Vote.from_record(json.dumps({**older, "surprise": 1}))
+
+
+def test_record_without_an_instant_takes_it_from_its_text():
+    vote = Vote(annotation=5, task=2, annotator=3, updated_at="2026-11-27T13:00:00.25+01:00", labels={})
+    assert vote.updated_us == 1795780800250000
+    older = json.loads(vote.record())
+    del older["updated_us"]
+    assert Vote.from_record(json.dumps(older)) == vote
+    assert Vote(annotation=5, task=2, annotator=3, updated_at="", labels={}).updated_us == 0
