@@ -19,6 +19,8 @@ from rq import Queue, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from model.errors import VersionError
+from model.limits import check_training_value, shown
 from model.network import NetConfig
 from model.pipeline import train_version
 from model.train import TrainConfig
@@ -38,7 +40,7 @@ from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-TRAIN_PARAMS = {"epochs": int, "batch_size": int, "lr": float, "backbone": str}
+TRAIN_PARAMS = ("epochs", "batch_size", "lr", "backbone")
 
 
 class JobCancelled(Exception):
@@ -67,6 +69,8 @@ def _history_key(project: str) -> str:
 
 
 def check_params(params) -> dict:
+    """The request's training parameters, each checked against its documented range
+    (model/limits.py); RequestError naming the field and the range otherwise."""
     if params is None:
         return {}
     if not isinstance(params, dict):
@@ -74,21 +78,18 @@ def check_params(params) -> dict:
     unknown = set(params) - set(TRAIN_PARAMS)
     if unknown:
         raise RequestError(f"unknown training parameters {sorted(unknown)}; known: {sorted(TRAIN_PARAMS)}")
-    checked = {}
-    for name, value in params.items():
-        kind = TRAIN_PARAMS[name]
-        if kind is float and isinstance(value, int):
-            value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise RequestError(f"training parameter {name} must be {kind.__name__}, got {value!r}")
-        if kind in (int, float) and value <= 0:
-            raise RequestError(f"training parameter {name} must be positive, got {value!r}")
-        checked[name] = value
-    if "backbone" in checked:
-        from model.backbones import SPECS
-        if checked["backbone"] not in SPECS:
-            raise RequestError(f"unknown backbone {checked['backbone']!r}; choose one of {sorted(SPECS)}")
-    return checked
+    try:
+        return {name: _check_backbone(value) if name == "backbone" else check_training_value(name, value)
+                for name, value in params.items()}
+    except ValueError as exc:
+        raise RequestError(f"training parameter {exc}") from None
+
+
+def _check_backbone(value) -> str:
+    from model.backbones import SPECS
+    if not isinstance(value, str) or value not in SPECS:
+        raise ValueError(f"backbone must be one of {sorted(SPECS)}, got {shown(value)}")
+    return value
 
 
 def submit_training(settings: Settings, project: str, reason: str, params: dict | None = None) -> dict:

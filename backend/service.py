@@ -21,7 +21,7 @@ from .registry import (all_version_names, base_version_name, current_version_nam
                        promote_version, resolve_current)
 from .resync import fetch_label_config, resync
 from .settings import Settings
-from .jobs import cancel_job, get_job, project_jobs, submit_training
+from .jobs import cancel_job, check_params, get_job, project_jobs, submit_training
 from .training_requests import request_training
 from .webhooks import parse_event, record_event
 
@@ -206,7 +206,9 @@ class Backend:
     # -- training
     def train(self, project: str, params, reason: str = "admin") -> dict:
         """Queue a training job (or merge into the pending one) if the project has enough
-        consensus labels; RequestError 409 otherwise, and no job."""
+        consensus labels; RequestError 409 otherwise, and no job. Bad parameters are refused
+        (400) first, whatever the project's state."""
+        params = check_params(params)
         labels = self.project_labels(project)
         agreed = self.consensus.agreed_task_count(project, labels)
         if agreed < self.settings.min_training_labels:

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from .classes import TASKS
 from .dataset import TrainingData
+from .errors import TrainingDiverged
+from .limits import TRAINING_LIMITS, check_training_value
 from .loss import DEFAULT_LAMBDA, two_task_loss
 from .metrics import selection_score, task_metrics
 from .network import CrossBranchNet
@@ -46,16 +48,12 @@ class TrainConfig:
     bf16: bool | None = None          # None: bf16 autocast on CUDA devices that support it
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in TRAINING_LIMITS:  # LimitError (a ValueError) naming the field and its range
+            check_training_value(name, getattr(self, name))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not 1 <= self.crop_size <= self.train_size:
-            raise ValueError(f"crop_size {self.crop_size} must lie in [1, train_size {self.train_size}]")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.crop_size > self.train_size:
+            raise ValueError(f"crop_size {self.crop_size} must not exceed train_size {self.train_size}")
 
 
 @dataclass

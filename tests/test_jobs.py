@@ -128,12 +128,17 @@ def test_too_few_consensus_labels_is_409_and_queues_nothing(lab):
 
 @pytest.mark.parametrize("params, words", [
     ({"epochs": 1, "momentum": 0.5}, ["unknown training parameters", "momentum"]),
-    ({"epochs": -2}, ["epochs", "positive"]),
-    ({"epochs": 0}, ["epochs", "positive"]),
-    ({"lr": -0.1}, ["lr", "positive"]),
-    ({"epochs": "3"}, ["epochs", "must be int"]),
-    ({"epochs": True}, ["epochs", "must be int"]),
-    ({"backbone": "resnet9000"}, ["unknown backbone", "resnet18"]),
+    ({"epochs": -2}, ["epochs", "an integer in 1..1000"]),
+    ({"epochs": 0}, ["epochs", "an integer in 1..1000"]),
+    ({"epochs": 10 ** 400}, ["epochs", "an integer in 1..1000"]),
+    ({"lr": -0.1}, ["lr", "a finite number in (0, 1]"]),
+    ({"lr": float("inf")}, ["lr", "a finite number in (0, 1]"]),
+    ({"lr": float("nan")}, ["lr", "a finite number in (0, 1]"]),
+    ({"lr": 1e308}, ["lr", "a finite number in (0, 1]"]),
+    ({"batch_size": 4096}, ["batch_size", "an integer in 1..1024"]),
+    ({"epochs": "3"}, ["epochs", "an integer in 1..1000"]),
+    ({"epochs": True}, ["epochs", "an integer in 1..1000"]),
+    ({"backbone": "resnet9000"}, ["backbone must be one of", "resnet18"]),
     ([1, 2], ["JSON object"]),
 ])
 def test_bad_training_parameters_are_400(lab, params, words):
