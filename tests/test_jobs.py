@@ -8,6 +8,7 @@ small (resnet18 at 40/35 pixels, one epoch unless a test needs a longer one).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -236,6 +237,30 @@ def test_failed_downloads_are_skipped_and_counted_then_fatal_over_the_threshold(
     assert "2 of 16 images could not be fetched" in job["error"], job["error"]
     assert job["progress"]["state"] == "failed"
     assert lab.current() == served and lab.version_dirs() == folders
+
+
+def test_a_loss_gone_nan_fails_the_job_and_promotes_nothing(lab, trained, monkeypatch):
+    """The job runs in an RQ SimpleWorker in this process, so that its loss can be made NaN."""
+    from backend.worker import run_worker
+    from model import train as train_module
+    original = train_module.two_task_loss
+
+    def poisoned(*args, **kwargs):
+        parts = original(*args, **kwargs)
+        return dataclasses.replace(parts, total=parts.total * float("nan"))
+    monkeypatch.setattr(train_module, "two_task_loss", poisoned)
+    served, folders = lab.current(), lab.version_dirs()
+    answer = lab.client.post(f"/projects/{PROJECT}/train", json={"epochs": 2})
+    assert answer.status_code == 202, answer.get_json()
+    with environment(lab.env):
+        run_worker(burst=True)
+    job = next(j for j in lab.client.get(f"/projects/{PROJECT}/jobs").get_json()["jobs"]
+               if j["job_id"] == answer.get_json()["job_id"])
+    assert job["status"] == "failed", job
+    assert "TrainingDiverged" in job["error"] and "the loss became nan at epoch 1, step 1" in job["error"], job
+    assert job["progress"]["state"] == "failed"
+    assert lab.current() == served and lab.version_dirs() == folders
+    assert lab.raw.get(f"aesemo:p:{PROJECT}:job:running") is None
 
 
 # ----- one pending job at most; cancelling --------------------------------------------------------
