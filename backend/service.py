@@ -17,7 +17,7 @@ from .model_holder import ModelHolder
 from .predict import predict_tasks
 from .project_consensus import ProjectConsensus, vote_and_image
 from .projects import ProjectStore, project_id
-from .registry import (all_version_names, base_version_name, current_version_name, project_versions,
+from .registry import (all_versions, base_version_name, current_version_name, project_versions,
                        promote_version, resolve_current)
 from .resync import fetch_label_config, resync
 from .settings import Settings
@@ -239,8 +239,9 @@ class Backend:
 
     def project_versions(self, project: str) -> dict:
         current = self.version_name(project, self.project_labels(project))
-        versions = [{**v, "current": v["version"] == current} for v in project_versions(self.settings, project)]
-        return {"project": project, "current": current, "versions": versions}
+        listed, skipped = project_versions(self.settings, project)
+        versions = [{**v, "current": v["version"] == current} for v in listed]
+        return {"project": project, "current": current, "versions": versions, "skipped": skipped}
 
     def promote(self, project: str, version: str) -> dict:
         return promote_version(self.redis, self.settings, project, version)
@@ -279,7 +280,8 @@ class Backend:
         return {**self.consensus.snapshot(project, labels), "resync": synced}
 
     def versions(self) -> dict:
-        return {"versions": all_version_names(self.settings)}
+        names, skipped = all_versions(self.settings)
+        return {"versions": names, "skipped": skipped}
 
 
 def _base(settings, labels):
