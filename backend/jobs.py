@@ -117,9 +117,30 @@ def submit_training(settings: Settings, project: str, reason: str, params: dict 
                   "progress": {"state": "queued"}})
         connection.set(_pending_key(project), job.id)
         connection.lpush(_history_key(project), job.id)
-        running = _get(connection, _running_key(project))
+        running = _running_job(settings, connection, project)
     message = f"queued job {job.id}" + (f" to run after {running}" if running else "")
     return {"job_id": job.id, "state": "queued", "merged": False, "message": message}
+
+
+def _running_job(settings: Settings, connection: redis.Redis, project: str) -> str | None:
+    """The project's running job, when it really runs: RQ says started and its worker's key
+    lives. The running key of a job whose worker was killed (no `finally` ran) is cleared."""
+    job_id = _get(connection, _running_key(project))
+    if not job_id:
+        return None
+    _reap_abandoned(settings, connection)
+    job = _fetch(connection, job_id)
+    if job is not None and job.get_status(refresh=True) == JobStatus.STARTED and _worker_alive(connection, job):
+        return job_id
+    if connection.eval(_DELETE_IF_EQUAL, 1, _running_key(project), job_id):
+        log.info("cleared project %s's running job %s: it no longer runs", project, job_id)
+    return None
+
+
+def _worker_alive(connection: redis.Redis, job: Job) -> bool:
+    from rq.worker import Worker
+    # a worker's key expires soon after its heartbeats stop
+    return not job.worker_name or bool(connection.exists(Worker.redis_worker_namespace_prefix + job.worker_name))
 
 
 def _get(connection: redis.Redis, key: str) -> str | None:

@@ -383,6 +383,9 @@ def test_worker_killed_with_sigkill_fails_the_job_and_a_new_one_trains(lab, trai
 
     answer = lab.client.post(f"/projects/{PROJECT}/train", json={"epochs": 1})
     assert answer.status_code == 202 and answer.get_json()["merged"] is False
+    # the dead job's running key is still there too: it is no reason to say "to run after" it
+    assert answer.get_json()["message"] == f"queued job {answer.get_json()['job_id']}", answer.get_json()
+    assert lab.raw.get(f"aesemo:p:{PROJECT}:job:running") is None
     started = time.monotonic()
     run = run_burst_worker({**lab.env, "AESEMO_PROMOTION": "always"}, lab.log("worker-after-kill"))
     seconds = time.monotonic() - started
