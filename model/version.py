@@ -150,7 +150,8 @@ def _classes_problem(meta: dict) -> str | None:
     for task in TASKS:
         names = classes.get(task)
         if not isinstance(names, list) or tuple(names) != architecture.classes[task]:
-            return f"'classes.{task}' must be the architecture's list {list(architecture.classes[task])}, got {shown(names)}"
+            return (f"'classes.{task}' must be the architecture's list {list(architecture.classes[task])}, "
+                    f"got {shown(names)}")
     return None
 
 
