@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from backend.app import create_app
 from backend.jobs import _running_key, submit_training
-from backend.registry import project_versions_dir, set_current_version
+from backend.registry import project_versions_dir
 from model.version import META_FILE, WEIGHTS_FILE, sha256_file
 
 from training_project import setup_project, write_small_version
