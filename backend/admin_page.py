@@ -61,7 +61,8 @@ def versions_section(backend, project: str) -> dict:
     folder = project_versions_dir(backend.settings, project)
     versions = [{**v, "reports": report_images(folder / v["version"])} for v in reversed(listing["versions"])]
     current = next((v for v in versions if v["current"]), None)
-    return {"current_name": listing["current"], "current": current, "versions": versions}
+    return {"current_name": listing["current"], "current": current, "versions": versions,
+            "skipped": listing["skipped"]}
 
 
 def report_images(version_folder: Path) -> list[str]:

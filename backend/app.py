@@ -286,7 +286,9 @@ def parse_json(raw: bytes):
         raise RequestError("empty body; expected JSON")
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also an int of over 4,300 digits
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"body is not valid JSON ({exc})") from None
+    except ValueError:  # Python refuses to convert an integer of over 4300 digits
+        raise RequestError("body holds a number too long to read (over 4300 digits)") from None
     except RecursionError:  # e.g. "[[[[..." thousands deep: the client's mistake, not a 500
         raise RequestError("body is not valid JSON (nested too deeply)") from None

@@ -11,6 +11,7 @@ from model.backbones import SPECS
 from redis import RedisError
 
 from model.errors import AesemoError
+from model.limits import TRAINING_LIMITS, LimitError
 
 log = logging.getLogger("aesemo")
 
@@ -176,6 +177,20 @@ def cmd_redis(args) -> int:
     return 0
 
 
+def _limited(name: str):
+    """An argparse type for the training number `name`: its range is the HTTP API's and the
+    settings' (model/limits.py), so `--lr inf` or `--epochs 0` stops with one line naming it."""
+    limit = TRAINING_LIMITS[name]
+
+    def parse(text: str):
+        try:
+            return limit.check(name, limit.kind(text))
+        except ValueError as exc:
+            message = str(exc) if isinstance(exc, LimitError) else f"{name} must be {limit.describe()}, got {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aesemo", description="Aesthetic and emotion suggestions for Label Studio")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -192,17 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--init-from", type=Path, default=None, help="fine-tune this version folder")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lam", type=float, default=0.25, help="weight of the emotion loss (lambda)")
+    p.add_argument("--epochs", type=_limited("epochs"), default=10)
+    p.add_argument("--batch-size", type=_limited("batch_size"), default=16)
+    p.add_argument("--lr", type=_limited("lr"), default=1e-3)
+    p.add_argument("--lam", type=_limited("lam"), default=0.25, help="weight of the emotion loss (lambda)")
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--patience", type=int, default=3, help="early stopping; 0 switches it off")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=_limited("val_fraction"), default=0.2)
+    p.add_argument("--patience", type=_limited("patience"), default=3, help="early stopping; 0 switches it off")
+    p.add_argument("--seed", type=_limited("seed"), default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
-    p.add_argument("--train-size", type=int, default=256)
-    p.add_argument("--crop-size", type=int, default=224)
+    p.add_argument("--train-size", type=_limited("train_size"), default=256)
+    p.add_argument("--crop-size", type=_limited("crop_size"), default=224)
     p.add_argument("--center-crop", action="store_true", help="evaluate and predict on a centre crop")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -244,9 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-project", help="ask for a training job for a Label Studio project")
     p.add_argument("project", type=int)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--epochs", type=_limited("epochs"), default=None)
+    p.add_argument("--batch-size", type=_limited("batch_size"), default=None)
+    p.add_argument("--lr", type=_limited("lr"), default=None)
     p.add_argument("--backbone", default=None, choices=sorted(SPECS))
     p.set_defaults(func=cmd_train_project)
 

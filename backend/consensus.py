@@ -15,10 +15,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from model.limits import Limit
+
 from .votes import DIMENSIONS, Vote, gc_paused
 
 STATES = ("no_votes", "waiting", "agreed", "disputed")
 METHODS = ("majority", "dawid_skene")
+
+
+POLICY_LIMITS = {"min_annotators": Limit(int, 1, 100), "min_agreement": Limit(float, 0, 1)}
 
 
 @dataclass(frozen=True)
@@ -31,13 +36,10 @@ class Policy:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if not isinstance(self.min_annotators, int) or isinstance(self.min_annotators, bool) \
-                or self.min_annotators < 1:
-            raise ValueError(f"min_annotators must be a positive integer, got {self.min_annotators!r}")
-        # a number, not "0.5": a string would pass float() here and break every later comparison
-        if not isinstance(self.min_agreement, (int, float)) or isinstance(self.min_agreement, bool) \
-                or not 0.0 <= float(self.min_agreement) <= 1.0:
-            raise ValueError(f"min_agreement must lie in [0, 1], got {self.min_agreement!r}")
+        # numbers, not "0.5" (it would break every later comparison), within bounds (10**30
+        # annotators overflows numpy's integers); LimitError names the field and the range
+        for name, limit in POLICY_LIMITS.items():
+            limit.check(name, getattr(self, name))
         if self.tie_break not in ("unresolved", "soft"):
             raise ValueError(f"tie_break must be 'unresolved' or 'soft', got {self.tie_break!r}")
 

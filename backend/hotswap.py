@@ -4,8 +4,9 @@ A promotion publishes a notice on Redis; a listener thread here loads the new ve
 request path (the Predictor checks the weights' hash), then replaces one dict entry. Requests
 already running keep the Predictor object they took, so they finish on the old model. A
 poller re-reads the pointers now and then, in case a notice was lost. A version that fails to
-load is refused with a log line and the old one keeps serving. With Redis down, requests are
-still served from the models in memory.
+load is refused with a log line and the old one keeps serving; it is tried again once its files
+change (repaired) or RETRY_REFUSED_S later. With Redis down, requests are still served from the
+models in memory.
 """
 from __future__ import annotations
 
@@ -23,13 +24,17 @@ from .registry import SWAP_CHANNEL, current_version_name, project_versions_dir
 
 log = logging.getLogger(__name__)
 
+RETRY_REFUSED_S = 300.0
+
 
 class HotSwap:
     def __init__(self, settings, client: redis.Redis):
         self.settings = settings
         self.redis = client
         self._current: dict[str, tuple[str, Predictor]] = {}
-        self._refused: set[tuple[str, str]] = set()
+        # (project, version) -> its files' state and when it was refused: retried once the files
+        # change (a repaired version) or a while later (a failure that was not the files' fault)
+        self._refused: dict[tuple[str, str], tuple[tuple, float]] = {}
         self._lock = threading.Lock()
         # one load at a time: the listener and the poller must not load the same version twice,
         # nor the poller finish loading a pointer read before a later promotion and undo it
@@ -48,19 +53,25 @@ class HotSwap:
         """Load `name` and make it current for `project`; False (old one kept) if it fails."""
         with self._swap_lock:
             held = self._current.get(project)
-            if held and held[0] == name or (project, name) in self._refused:
-                return False
             folder = project_versions_dir(self.settings, project) / name
+            if held and held[0] == name or self._still_refused(project, name, folder):
+                return False
             try:
                 predictor = Predictor(folder, max_pixels=self.settings.max_image_pixels)
             except (AesemoError, OSError, RuntimeError, ValueError) as exc:
-                self._refused.add((project, name))
+                self._refused[(project, name)] = (_files_state(folder), time.monotonic())
                 log.error("refused model version %s of project %s: %s; still serving %s",
                           name, project, exc, held[0] if held else "nothing")
                 return False
+            self._refused.pop((project, name), None)
             self._current[project] = (name, predictor)  # one reference: in-flight requests keep theirs
             log.info("project %s now serves model version %s", project, name)
             return True
+
+    def _still_refused(self, project: str, name: str, folder) -> bool:
+        refused = self._refused.get((project, name))
+        return refused is not None and refused[0] == _files_state(folder) \
+            and time.monotonic() - refused[1] < RETRY_REFUSED_S
 
     def _start(self) -> None:
         if self._started:
@@ -100,3 +111,11 @@ class HotSwap:
                         break
                     if name and name != self._current[project][0]:
                         self.swap_to(project, name)
+
+
+def _files_state(folder) -> tuple:
+    """Name, size and modification time of each file of a version folder: any repair changes it."""
+    try:
+        return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+    except OSError:
+        return ()

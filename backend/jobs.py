@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -19,6 +20,8 @@ from rq import Queue, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from model.errors import VersionError
+from model.limits import check_training_value, shown
 from model.network import NetConfig
 from model.pipeline import train_version
 from model.train import TrainConfig
@@ -31,14 +34,15 @@ from .label_config import parse_label_config
 from .project_consensus import ProjectConsensus
 from .projects import ProjectStore
 from .redis_store import redis_url
-from .registry import ensure_base_version, project_versions_dir, resolve_current, set_current_version
+from .registry import (ensure_base_version, project_versions_dir, refusal, resolve_current,
+                       set_current_version)
 from .report import write_report
 from .resync import project_studio, resync
 from .settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-TRAIN_PARAMS = {"epochs": int, "batch_size": int, "lr": float, "backbone": str}
+TRAIN_PARAMS = ("epochs", "batch_size", "lr", "backbone")
 
 
 class JobCancelled(Exception):
@@ -67,6 +71,8 @@ def _history_key(project: str) -> str:
 
 
 def check_params(params) -> dict:
+    """The request's training parameters, each checked against its documented range
+    (model/limits.py); RequestError naming the field and the range otherwise."""
     if params is None:
         return {}
     if not isinstance(params, dict):
@@ -74,21 +80,18 @@ def check_params(params) -> dict:
     unknown = set(params) - set(TRAIN_PARAMS)
     if unknown:
         raise RequestError(f"unknown training parameters {sorted(unknown)}; known: {sorted(TRAIN_PARAMS)}")
-    checked = {}
-    for name, value in params.items():
-        kind = TRAIN_PARAMS[name]
-        if kind is float and isinstance(value, int):
-            value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise RequestError(f"training parameter {name} must be {kind.__name__}, got {value!r}")
-        if kind in (int, float) and value <= 0:
-            raise RequestError(f"training parameter {name} must be positive, got {value!r}")
-        checked[name] = value
-    if "backbone" in checked:
-        from model.backbones import SPECS
-        if checked["backbone"] not in SPECS:
-            raise RequestError(f"unknown backbone {checked['backbone']!r}; choose one of {sorted(SPECS)}")
-    return checked
+    try:
+        return {name: _check_backbone(value) if name == "backbone" else check_training_value(name, value)
+                for name, value in params.items()}
+    except ValueError as exc:
+        raise RequestError(f"training parameter {exc}") from None
+
+
+def _check_backbone(value) -> str:
+    from model.backbones import SPECS
+    if not isinstance(value, str) or value not in SPECS:
+        raise ValueError(f"backbone must be one of {sorted(SPECS)}, got {shown(value)}")
+    return value
 
 
 def submit_training(settings: Settings, project: str, reason: str, params: dict | None = None) -> dict:
@@ -114,9 +117,30 @@ def submit_training(settings: Settings, project: str, reason: str, params: dict 
                   "progress": {"state": "queued"}})
         connection.set(_pending_key(project), job.id)
         connection.lpush(_history_key(project), job.id)
-        running = _get(connection, _running_key(project))
+        running = _running_job(settings, connection, project)
     message = f"queued job {job.id}" + (f" to run after {running}" if running else "")
     return {"job_id": job.id, "state": "queued", "merged": False, "message": message}
+
+
+def _running_job(settings: Settings, connection: redis.Redis, project: str) -> str | None:
+    """The project's running job, when it really runs: RQ says started and its worker's key
+    lives. The running key of a job whose worker was killed (no `finally` ran) is cleared."""
+    job_id = _get(connection, _running_key(project))
+    if not job_id:
+        return None
+    _reap_abandoned(settings, connection)
+    job = _fetch(connection, job_id)
+    if job is not None and job.get_status(refresh=True) == JobStatus.STARTED and _worker_alive(connection, job):
+        return job_id
+    if connection.eval(_DELETE_IF_EQUAL, 1, _running_key(project), job_id):
+        log.info("cleared project %s's running job %s: it no longer runs", project, job_id)
+    return None
+
+
+def _worker_alive(connection: redis.Redis, job: Job) -> bool:
+    from rq.worker import Worker
+    # a worker's key expires soon after its heartbeats stop
+    return not job.worker_name or bool(connection.exists(Worker.redis_worker_namespace_prefix + job.worker_name))
 
 
 def _get(connection: redis.Redis, key: str) -> str | None:
@@ -352,13 +376,8 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
     header = {"classes": {"aesthetic": list(labels.aesthetic_classes), "emotion": list(labels.emotion_classes)}}
     manifest.write_text("\n".join(json.dumps(r) for r in [header] + rows) + "\n", encoding="utf-8")
 
-    classes = header["classes"]
-    parent = resolve_current(client, replace(settings, backbone=params.get("backbone", settings.backbone)),
-                             project, classes)
-    parent_meta = read_meta(parent.folder) if (parent.folder / "model.json").is_file() else {}
-    if parent_meta.get("classes") != classes:  # the label config changed since: start again from a base
-        parent = ensure_base_version(replace(settings, backbone=params.get("backbone", settings.backbone)), classes)
-        parent_meta = read_meta(parent.folder)
+    parent, parent_meta = _parent(replace(settings, backbone=params.get("backbone", settings.backbone)),
+                                  client, project, header["classes"])
 
     versions = project_versions_dir(settings, project)
     versions.mkdir(parents=True, exist_ok=True)
@@ -378,7 +397,7 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
     write_report(staging, meta)
     os.replace(staging, versions / name)  # a version folder appears whole or not at all
 
-    promoted, why = _promotion(settings, parent_meta, meta)
+    promoted, why = _promotion(settings, parent_meta, meta, versions / name)
     if promoted:
         set_current_version(client, project, name)
     progress.state("finished", version=name, promoted=promoted)
@@ -390,6 +409,22 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
                        "seconds": round(image_seconds, 3)},
             "training_seconds": round(meta["training"]["seconds"], 3), "device": meta["training"]["device"],
             "resync": resynced}
+
+
+def _parent(settings: Settings, client: redis.Redis, project: str, classes: dict):
+    """The version to fine-tune and its metadata: the current one, or a base version when the
+    label config changed since (other classes) or the current one's model.json is malformed."""
+    parent = resolve_current(client, settings, project, classes)
+    try:
+        parent_meta = read_meta(parent.folder)
+    except VersionError as exc:
+        log.warning("project %s: current version %s skipped (%s); training starts from a base version",
+                    project, parent.name, exc)
+        parent_meta = {}
+    if parent_meta.get("classes") != classes:
+        parent = ensure_base_version(settings, classes)
+        parent_meta = read_meta(parent.folder)
+    return parent, parent_meta
 
 
 def _cache_images(settings: Settings, snapshot_path: str, hostname: str | None, token: str | None):
@@ -410,18 +445,51 @@ def _cache_images(settings: Settings, snapshot_path: str, hostname: str | None, 
 
 
 def _score(meta: dict) -> float | None:
-    values = [m["macro_f1"] for m in (meta.get("metrics") or {}).values() if m]
-    return sum(values) / len(values) if values else None
+    """Mean held-out macro-F1 over the tasks with held-out labels; None without any."""
+    values = [m.get("macro_f1") for m in (meta.get("metrics") or {}).values() if m]
+    if not values:
+        return None
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return math.nan
+    return sum(values) / len(values)
 
 
-def _promotion(settings: Settings, parent_meta: dict, meta: dict) -> tuple[bool, str]:
+def _one_class(meta: dict) -> bool:
+    """Whether the version answered one class for every held-out image, in every task whose
+    held-out images have two true classes or more: it learned nothing (a network gone NaN does
+    this, as the argmax of NaN is class 0)."""
+    judged = [m["confusion"] for m in (meta.get("metrics") or {}).values()
+              if m and sum(1 for row in m.get("confusion") or [] if sum(row) > 0) >= 2]
+    return bool(judged) and all(sum(1 for column in zip(*c) if sum(column) > 0) == 1 for c in judged)
+
+
+def _promotion(settings: Settings, parent_meta: dict, meta: dict, folder: Path) -> tuple[bool, str]:
+    """The README's promotion rule: never a version that may not serve (see registry.refusal);
+    every other one with `always`; else by the held-out metric."""
+    why_not = refusal(folder)
+    if why_not:
+        return False, f"not promotable: {why_not}"
     if settings.promotion == "always":
         return True, "promotion rule: always"
+    return _by_metric(settings.promotion_margin, parent_meta, meta)
+
+
+def _by_metric(margin: float, parent_meta: dict, meta: dict) -> tuple[bool, str]:
+    """Not worse than the current version by more than `margin`; but a tie never goes to a
+    candidate that scores 0 or answers one class for everything, and no score is no promotion."""
+    new, old = _score(meta), _score(parent_meta)
+    if new is None or not math.isfinite(new):
+        return False, f"no valid held-out macro-F1 ({new}) to judge it by; promote it by hand if wanted"
     if not parent_meta.get("trained"):
         return True, "first trained version"
-    new, old = _score(meta), _score(parent_meta)
-    if old is None or new is None:
-        return True, "no held-out metric to compare"
-    if new >= old - settings.promotion_margin:
-        return True, f"held-out macro-F1 {new:.4f} vs current {old:.4f} (margin {settings.promotion_margin})"
-    return False, f"held-out macro-F1 {new:.4f} is worse than current {old:.4f} by more than {settings.promotion_margin}"
+    if old is None or not math.isfinite(old):
+        return True, f"held-out macro-F1 {new:.4f}; the current version has no valid one to compare"
+    versus = f"held-out macro-F1 {new:.4f} vs current {old:.4f}"
+    if new > old:
+        return True, versus
+    if new < old - margin:
+        return False, f"held-out macro-F1 {new:.4f} is worse than current {old:.4f} by more than {margin}"
+    if new <= 0 or _one_class(meta):
+        return False, versus + ": a tie, and the new version " + (
+            "scores 0" if new <= 0 else "answers one class for every held-out image")
+    return True, f"{versus} (margin {margin})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,8 @@ from .errors import RequestError
 from .label_config import ProjectLabels
 from .training_requests import count_new_labels, reset_new_labels
 from .votes import DIMENSIONS, Vote, VoteStore, key, vote_from_annotation
+
+log = logging.getLogger(__name__)
 
 
 def policy_key(project: str) -> str:
@@ -35,7 +38,11 @@ class ProjectConsensus:
         base = {"min_annotators": self.settings.consensus_min_annotators,
                 "min_agreement": self.settings.consensus_min_agreement,
                 "method": self.settings.consensus_method}
-        return Policy(**{**base, **(json.loads(stored) if stored else {})})
+        try:
+            return Policy(**{**base, **(json.loads(stored) if stored else {})})
+        except (TypeError, ValueError) as exc:  # stored before its bounds existed: every read would fail
+            log.warning("project %s: stored consensus policy ignored (%s); using the defaults", project, exc)
+            return Policy(**base)
 
     def set_policy(self, project: str, changes: dict) -> Policy:
         if not isinstance(changes, dict):

@@ -94,39 +94,73 @@ def set_current_version(client: redis.Redis, project: str, name: str) -> None:
 
 
 def promote_version(client: redis.Redis, settings, project: str, name: str) -> dict:
-    """Make `name` current (also a rollback), after checking it loads: its weights' hash."""
-    from model.errors import VersionError
-    from model.version import load_version
-
+    """Make `name` current (also a rollback), after checking that it may serve: see `refusal`."""
     from .errors import RequestError
     folder = version_folder(settings, project, name)
     if folder is None:
         raise RequestError(f"project {project} has no version {name!r}", status=404)
-    try:
-        load_version(folder)
-    except VersionError as exc:
-        raise RequestError(f"version {name} cannot be promoted: {exc}", status=409) from None
+    why = refusal(folder)
+    if why:
+        raise RequestError(f"version {name} cannot be promoted: {why}", status=409)
     previous = current_version_name(client, project)
     set_current_version(client, project, name)
     return {"project": project, "current": name, "previous": previous}
 
 
-def project_versions(settings, project: str) -> list[dict]:
-    """The project's trained versions, oldest first, each with its metadata summary."""
+def refusal(folder: Path) -> str | None:
+    """Why the version in `folder` must never become current, None when it may: its model.json
+    is malformed, its weights fail the hash check or hold NaN or infinity, or it answers
+    non-finite outputs. The one check of every promotion, by hand or by a training job."""
+    from model.errors import VersionError
+    from model.version import check_outputs, load_version
+    try:
+        model, meta = load_version(folder)
+        check_outputs(model, meta)
+    except VersionError as exc:
+        return str(exc)
+    return None
+
+
+def version_meta(folder: Path) -> tuple[dict | None, str | None]:
+    """A version's metadata, or None and why it is skipped (logged once per state of the file)."""
+    from model.errors import VersionError
+    from model.version import read_meta
+    try:
+        return read_meta(folder), None
+    except VersionError as exc:
+        reason = str(exc)
+    try:
+        stamp = (folder / META_FILE).stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    if (folder, stamp, reason) not in _LOGGED:
+        _LOGGED.add((folder, stamp, reason))
+        log.warning("skipped model version %s: %s", folder.name, reason)
+    return None, reason
+
+
+_LOGGED: set = set()  # skipped versions already logged: listings are asked for often
+
+
+def project_versions(settings, project: str) -> tuple[list[dict], list[dict]]:
+    """The project's trained versions, oldest first, each with its metadata summary; and the
+    versions skipped, each with the reason."""
     folder = project_versions_dir(settings, project)
-    out = []
+    out, skipped = [], []
     for meta_file in sorted(folder.glob(f"*/{META_FILE}")):
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        if meta_file.parent.name.startswith("."):  # still being written
+            continue
+        meta, reason = version_meta(meta_file.parent)
+        if meta is None:
+            skipped.append({"version": meta_file.parent.name, "reason": reason})
             continue
         out.append({"version": meta_file.parent.name, "created_at": meta.get("created_at"),
                     "parent": meta.get("parent_version"), "snapshot": meta.get("snapshot_id"),
                     "metrics": _metric_summary(meta.get("metrics") or {}),
                     "device": (meta.get("training") or {}).get("device"),
                     "training_seconds": (meta.get("training") or {}).get("seconds"),
-                    "backbone": meta.get("architecture", {}).get("backbone")})
-    return sorted(out, key=lambda v: v["created_at"] or "")
+                    "backbone": meta["architecture"].get("backbone")})
+    return sorted(out, key=lambda v: v["created_at"] or ""), skipped
 
 
 def _metric_summary(metrics: dict) -> dict:
@@ -142,8 +176,17 @@ def resolve_current(client: redis.Redis, settings, project: str, classes: dict) 
     return ensure_base_version(settings, classes)
 
 
-def all_version_names(settings) -> list[str]:
+def all_versions(settings) -> tuple[list[str], list[dict]]:
+    """Every version's name (base versions first), and the versions skipped with the reason."""
     data = Path(settings.data_dir)
-    names = [p.parent.name for p in sorted((data / "base").glob(f"*/{META_FILE}"))]
-    names += [p.parent.name for p in sorted((data / "projects").glob(f"*/versions/*/{META_FILE}"))]
-    return names
+    folders = [p.parent for p in sorted((data / "base").glob(f"*/{META_FILE}"))]
+    folders += [p.parent for p in sorted((data / "projects").glob(f"*/versions/*/{META_FILE}"))
+                if not p.parent.name.startswith(".")]
+    names, skipped = [], []
+    for folder in folders:
+        meta, reason = version_meta(folder)
+        if meta is None:
+            skipped.append({"version": folder.name, "reason": reason})
+        else:
+            names.append(folder.name)
+    return names, skipped

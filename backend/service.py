@@ -19,11 +19,11 @@ from .predict import predict_tasks
 from .project_consensus import ProjectConsensus, vote_and_image
 from .projects import ProjectContext, ProjectStore, project_id
 from .redis_store import reachable
-from .registry import (all_version_names, base_version_name, current_version_name, project_versions,
+from .registry import (all_versions, base_version_name, current_version_name, project_versions,
                        promote_version, resolve_current)
 from .resync import fetch_label_config, project_studio, resync
 from .settings import Settings
-from .jobs import cancel_job, get_job, project_jobs, submit_training
+from .jobs import cancel_job, check_params, get_job, project_jobs, submit_training
 from .training_requests import request_training
 from .webhooks import parse_event, record_event
 
@@ -235,7 +235,9 @@ class Backend:
     # -- training
     def train(self, project: str, params, reason: str = "admin") -> dict:
         """Queue a training job (or merge into the pending one) if the project has enough
-        consensus labels; RequestError 409 otherwise, and no job."""
+        consensus labels; RequestError 409 otherwise, and no job. Bad parameters are refused
+        (400) first, whatever the project's state."""
+        params = check_params(params)
         labels = self.project_labels(project)
         agreed = self.consensus.agreed_task_count(project, labels)
         if agreed < self.settings.min_training_labels:
@@ -266,8 +268,9 @@ class Backend:
 
     def project_versions(self, project: str) -> dict:
         current = self.version_name(project, self.project_labels(project))
-        versions = [{**v, "current": v["version"] == current} for v in project_versions(self.settings, project)]
-        return {"project": project, "current": current, "versions": versions}
+        listed, skipped = project_versions(self.settings, project)
+        versions = [{**v, "current": v["version"] == current} for v in listed]
+        return {"project": project, "current": current, "versions": versions, "skipped": skipped}
 
     def promote(self, project: str, version: str) -> dict:
         return promote_version(self.redis, self.settings, project, version)
@@ -305,7 +308,8 @@ class Backend:
         return {**self.consensus.snapshot(project, labels), "resync": synced}
 
     def versions(self) -> dict:
-        return {"versions": all_version_names(self.settings)}
+        names, skipped = all_versions(self.settings)
+        return {"versions": names, "skipped": skipped}
 
 
 def _knows(held, labels: ProjectLabels) -> bool:

@@ -4,6 +4,7 @@ Each setting is listed, with its default, in the README's "Settings" table.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,12 @@ def _env_float(name: str, default: float) -> float:
     if raw is None:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):  # float() takes "nan", "inf" and "1e400"
+        raise ValueError(f"setting {name} must be a finite number, got {raw!r}")
+    return value
 
 
 def _env_list(name: str) -> tuple[str, ...]:
@@ -39,8 +43,40 @@ def _env_list(name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _check_ranges(settings) -> None:
+    """ValueError naming the variable and its range for a setting outside it; the training
+    ones share the ranges of the HTTP API and the command line (model/limits.py)."""
+    from model.limits import TRAINING_LIMITS, Limit
+
+    from .consensus import METHODS, POLICY_LIMITS
+    ranged = {
+        "AESEMO_TRAIN_EPOCHS": (settings.train_epochs, TRAINING_LIMITS["epochs"]),
+        "AESEMO_TRAIN_BATCH_SIZE": (settings.train_batch_size, TRAINING_LIMITS["batch_size"]),
+        "AESEMO_TRAIN_LR": (settings.train_lr, TRAINING_LIMITS["lr"]),
+        "AESEMO_TRAIN_PATIENCE": (settings.train_patience, TRAINING_LIMITS["patience"]),
+        "AESEMO_TRAIN_IMAGE_SIZE": (settings.train_image_size, TRAINING_LIMITS["train_size"]),
+        "AESEMO_TRAIN_CROP_SIZE": (settings.train_crop_size, TRAINING_LIMITS["crop_size"]),
+        "AESEMO_PROMOTION_MARGIN": (settings.promotion_margin, Limit(float, 0, 1)),
+        "AESEMO_MAX_FAILED_IMAGES": (settings.max_failed_image_fraction, Limit(float, 0, 1)),
+        "AESEMO_CONSENSUS_MIN_ANNOTATORS": (settings.consensus_min_annotators, POLICY_LIMITS["min_annotators"]),
+        "AESEMO_CONSENSUS_MIN_AGREEMENT": (settings.consensus_min_agreement, POLICY_LIMITS["min_agreement"]),
+    }
+    for name, (value, limit) in ranged.items():
+        limit.check(f"setting {name}", value)
+    for name, value, choices in (("AESEMO_PROMOTION", settings.promotion, ("metric", "always")),
+                                 ("AESEMO_CONSENSUS_METHOD", settings.consensus_method, METHODS)):
+        if value not in choices:
+            raise ValueError(f"setting {name} must be one of {', '.join(choices)}, got {value!r}")
+    if settings.train_crop_size > settings.train_image_size:
+        raise ValueError(f"setting AESEMO_TRAIN_CROP_SIZE ({settings.train_crop_size}) must not exceed "
+                         f"AESEMO_TRAIN_IMAGE_SIZE ({settings.train_image_size})")
+
+
 @dataclass(frozen=True)
 class Settings:
+    def __post_init__(self):
+        _check_ranges(self)  # at startup, not in the middle of a job or a request
+
     label_studio_url: str | None = None
     label_studio_api_key: str | None = field(default=None, repr=False)
     data_dir: Path = Path("aesemo-data")

@@ -15,3 +15,7 @@ class ManifestError(AesemoError):
 
 class VersionError(AesemoError):
     """A model version folder that is incomplete, inconsistent, or whose weights fail the hash check."""
+
+
+class TrainingDiverged(AesemoError):
+    """Training whose loss, held-out loss or weights stopped being finite numbers (NaN or infinity)."""

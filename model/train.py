@@ -16,10 +16,13 @@ import torch.nn.functional as F
 
 from .classes import TASKS
 from .dataset import TrainingData
+from .errors import TrainingDiverged
+from .limits import TRAINING_LIMITS, check_training_value
 from .loss import DEFAULT_LAMBDA, two_task_loss
 from .metrics import selection_score, task_metrics
 from .network import CrossBranchNet
 from .transforms import CROP_SIZE, IMAGENET_STD, TRAIN_SIZE, normalize, pixel_mean, random_crop_flip
+from .version import first_non_finite
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +49,12 @@ class TrainConfig:
     bf16: bool | None = None          # None: bf16 autocast on CUDA devices that support it
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in TRAINING_LIMITS:  # LimitError (a ValueError) naming the field and its range
+            check_training_value(name, getattr(self, name))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not 1 <= self.crop_size <= self.train_size:
-            raise ValueError(f"crop_size {self.crop_size} must lie in [1, train_size {self.train_size}]")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.crop_size > self.train_size:
+            raise ValueError(f"crop_size {self.crop_size} must not exceed train_size {self.train_size}")
 
 
 @dataclass
@@ -150,6 +149,8 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
                                       device, use_bf16, epoch, steps_per_epoch, started, progress, bar)
             metrics, val_loss = evaluate(model, val_set, mean, config, device, use_bf16) if len(val_set) \
                 else (evaluate(model, train_set, mean, config, device, use_bf16)[0], float("nan"))
+            _stop_if_diverged(model, config, epoch, {"training loss": train_loss,
+                                                     **({"held-out loss": val_loss} if len(val_set) else {})})
             score = selection_score(metrics)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                             "score": score, "metrics": _summary(metrics)})
@@ -177,6 +178,18 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
                        stopped_early=epoch < config.epochs, device=str(device), bf16=use_bf16,
                        seconds=time.monotonic() - started, train_size=len(train_set),
                        val_size=len(val_set), history=history)
+
+
+def _stop_if_diverged(model, config: TrainConfig, epoch: int, losses: dict) -> None:
+    """A network with a NaN or infinite weight answers NaN for every image (and an argmax over
+    NaN is class 0, which still scores): stop rather than keep or save it."""
+    bad = [f"the {name} is {value}" for name, value in losses.items() if not math.isfinite(value)]
+    tensor = first_non_finite(model.state_dict())
+    if tensor is not None:
+        bad.append(f"weights {tensor} are not finite")
+    if bad:
+        raise TrainingDiverged(f"training diverged at epoch {epoch}: {'; '.join(bad)} (lr {config.lr:g}); "
+                               "nothing was saved; try a lower learning rate")
 
 
 def _memory_format(device: torch.device) -> torch.memory_format:
@@ -227,6 +240,9 @@ def _train_epoch(model, data, mean, config, optimizer, scheduler, generator, dev
         optimizer.step()
         scheduler.step()
         value = float(loss.total.detach())
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"training diverged: the loss became {value} at epoch {epoch}, step {step} "
+                                   f"(lr {config.lr:g}); nothing was saved; try a lower learning rate")
         total, seen = total + value * len(index), seen + len(index)
         if bar is not None:
             bar.set_description(f"epoch {epoch}/{config.epochs}")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +19,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .classes import TASKS
 from .errors import VersionError
+from .limits import TRAINING_LIMITS, Limit, LimitError, shown
 from .network import CrossBranchNet, NetConfig
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -80,10 +84,140 @@ def read_meta(folder: str | Path) -> dict:
         raise VersionError(f"{path} cannot be read: {exc}") from None
     if not isinstance(meta, dict):
         raise VersionError(f"{path} must hold a JSON object, got {type(meta).__name__}")
-    for key in ("architecture", "weights_sha256", "pixel_mean"):
-        if key not in meta:
-            raise VersionError(f"{path} has no {key!r}")
+    problem = meta_problem(meta)
+    if problem:
+        raise VersionError(f"{path}: {problem}")
     return meta
+
+
+_REQUIRED = ("architecture", "weights_sha256", "pixel_mean", "classes")
+_TEXTS = ("created_at", "init", "parent_version", "snapshot_id", "job_id")
+_FLAGS = ("trained", "center_crop_eval")
+_SHARE = Limit(float, 0, 1)
+
+
+def meta_problem(meta: dict) -> str | None:
+    """What is wrong with a model.json's shape, None when nothing: every field that a listing,
+    the admin page, promotion or a loader reads is checked once, here, so none of them meets a
+    surprise type (a `"metrics": "x"` used to answer 500)."""
+    for check in (_required_problem, _plain_problem, _classes_problem, _metrics_problem, _training_problem):
+        problem = check(meta)
+        if problem:
+            return problem
+    return None
+
+
+def _required_problem(meta: dict) -> str | None:
+    missing = [key for key in _REQUIRED if key not in meta]
+    if missing:
+        return f"has no {missing[0]!r}"
+    if not isinstance(meta["weights_sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", meta["weights_sha256"]):
+        return "'weights_sha256' must be 64 lowercase hex digits"
+    name = meta.get("weights_file", WEIGHTS_FILE)
+    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name:
+        return "'weights_file' must name a file inside the version folder"
+    try:
+        NetConfig.from_dict(meta["architecture"])
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        return f"bad 'architecture': {exc}"
+    return None
+
+
+def _plain_problem(meta: dict) -> str | None:
+    for key in _TEXTS:
+        if key in meta and not isinstance(meta[key], str):
+            return f"{key!r} must be a string, got {shown(meta[key])}"
+    for key in _FLAGS:
+        if key in meta and not isinstance(meta[key], bool):
+            return f"{key!r} must be true or false, got {shown(meta[key])}"
+    for key, low in (("pixel_mean", -math.inf), ("pixel_std", 0.0)):
+        value = meta.get(key, [1.0, 1.0, 1.0])
+        if not (isinstance(value, list) and len(value) == 3 and all(_finite(v) and v > low for v in value)):
+            return f"{key!r} must be a list of 3 finite numbers{' above 0' if low == 0 else ''}, got {shown(value)}"
+    try:
+        for key in ("train_size", "crop_size"):
+            if key in meta:
+                TRAINING_LIMITS[key].check(key, meta[key])
+    except LimitError as exc:
+        return str(exc)
+    return None
+
+
+def _classes_problem(meta: dict) -> str | None:
+    classes, architecture = meta["classes"], NetConfig.from_dict(meta["architecture"])
+    if not isinstance(classes, dict):
+        return f"'classes' must be an object, got {shown(classes)}"
+    for task in TASKS:
+        names = classes.get(task)
+        if not isinstance(names, list) or tuple(names) != architecture.classes[task]:
+            return (f"'classes.{task}' must be the architecture's list {list(architecture.classes[task])}, "
+                    f"got {shown(names)}")
+    return None
+
+
+def _metrics_problem(meta: dict) -> str | None:
+    metrics = meta.get("metrics", {})
+    if not isinstance(metrics, dict):
+        return f"'metrics' must be an object, got {shown(metrics)}"
+    for task, values in metrics.items():
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            return f"'metrics.{task}' must be an object or null, got {shown(values)}"
+        try:
+            for key in ("accuracy", "macro_f1"):
+                if key in values:
+                    _SHARE.check(f"'metrics.{task}.{key}'", values[key])
+        except LimitError as exc:
+            return str(exc)
+        confusion = values.get("confusion", [])
+        if not (isinstance(confusion, list) and all(isinstance(row, list) and all(_count(c) for c in row)
+                                                    for row in confusion)):
+            return f"'metrics.{task}.confusion' must be a list of lists of counts"
+    return None
+
+
+def _training_problem(meta: dict) -> str | None:
+    training = meta.get("training", {})
+    if not isinstance(training, dict):
+        return f"'training' must be an object, got {shown(training)}"
+    if "seconds" in training and not (_finite(training["seconds"]) and training["seconds"] >= 0):
+        return f"'training.seconds' must be a finite number of at least 0, got {shown(training['seconds'])}"
+    if "device" in training and not isinstance(training["device"], str):
+        return f"'training.device' must be a string, got {shown(training['device'])}"
+    return None
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def first_non_finite(tensors: dict) -> str | None:
+    """The name of the first floating tensor holding a NaN or an infinity; None when all are finite."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def check_outputs(model: CrossBranchNet, meta: dict) -> None:
+    """VersionError when the network answers a non-finite logit for probe images: finite but
+    huge weights can overflow, and softmax then gives NaN for every image."""
+    size = min(int(meta.get("crop_size", 224)), 64)  # the pooled features scale alike; a CPU pays less
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(probe)
+    except RuntimeError as exc:
+        raise VersionError(f"it cannot run on a {size}x{size} probe image: {exc}") from None
+    for task, values in zip(TASKS, logits):
+        if not bool(torch.isfinite(values).all()):
+            raise VersionError(f"its {task} outputs are not finite numbers (NaN or infinity) on a probe image")
 
 
 def load_version(folder: str | Path) -> tuple[CrossBranchNet, dict]:
@@ -110,4 +244,7 @@ def load_version(folder: str | Path) -> tuple[CrossBranchNet, dict]:
         model.load_state_dict(state, strict=True, assign=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
         raise VersionError(f"{weights} does not fit the architecture in model.json: {exc}") from None
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise VersionError(f"{weights}: tensor {bad} holds NaN or infinite values; refusing to load")
     return model, meta

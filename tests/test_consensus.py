@@ -15,7 +15,7 @@ from PIL import Image
 from backend.app import create_app
 from backend.consensus import Policy, compute, krippendorff_alpha, summary
 from backend.label_config import parse_label_config
-from backend.project_consensus import ProjectConsensus
+from backend.project_consensus import ProjectConsensus, policy_key
 from backend.votes import Vote
 from model.dataset import load_training_data
 from model.manifest import read_manifest
@@ -151,6 +151,10 @@ def test_ground_truth_decides():
     ({"min_agreement": float("nan")}, "min_agreement"),
     ({"min_agreement": "0.5"}, "min_agreement"),
     ({"tie_break": "coin"}, "tie_break"),
+    ({"min_annotators": 10 ** 30}, "min_annotators must be an integer in 1..100"),
+    ({"min_annotators": 101}, "min_annotators must be an integer in 1..100"),
+    ({"min_agreement": float("inf")}, r"min_agreement must be a finite number in \[0, 1\]"),
+    ({"min_agreement": 10 ** 400}, r"min_agreement must be a finite number in \[0, 1\]"),
 ])
 def test_policy_validation(fields, word):
     with pytest.raises(ValueError, match=word):
@@ -218,6 +222,33 @@ def test_policy_per_project_via_endpoint(settings, redis_client):
     assert response.get_json()["policy"] == {"method": "majority", "min_annotators": 2, "min_agreement": 0.75,
                                              "tie_break": "soft"}
     assert _post(client, _annotation(3, 2, 4, "low")).status_code == 200
+
+
+def test_policy_numbers_are_bounded_via_endpoint(settings, redis_client):
+    client = create_app(settings).test_client()
+    assert _post(client, _annotation(1, 1, 2, "high")).status_code == 200
+    for raw, words in (('{"min_annotators": 1' + "0" * 30 + '}', ["min_annotators", "1..100"]),
+                       ('{"min_annotators": 101}', ["min_annotators", "1..100"]),
+                       ('{"min_agreement": 1e400}', ["min_agreement", "[0, 1]"]),
+                       ('{"min_agreement": NaN}', ["min_agreement", "[0, 1]"]),
+                       ('{"min_agreement": 1' + "0" * 400 + '}', ["min_agreement", "[0, 1]"])):
+        response = client.put("/projects/1/consensus/policy", data=raw, content_type="application/json")
+        assert response.status_code == 400, (raw[:40], response.get_data(as_text=True)[:300])
+        assert all(word in response.get_json()["error"] for word in words), response.get_json()
+    assert _put(client, 1, {"min_annotators": 100, "min_agreement": 1}).status_code == 200
+
+
+def test_a_stored_policy_out_of_bounds_falls_back_to_the_defaults(settings, redis_client, caplog):
+    client = create_app(settings).test_client()
+    assert _post(client, _annotation(1, 1, 2, "high")).status_code == 200
+    # written before the bounds existed
+    redis_client.set(policy_key("1"), json.dumps({"method": "majority", "min_annotators": 10 ** 30,
+                                                  "min_agreement": 0.5, "tie_break": "unresolved"}))
+    response = client.get("/projects/1/consensus")
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    assert response.get_json()["policy"]["min_annotators"] == settings.consensus_min_annotators
+    assert "stored consensus policy ignored" in caplog.text
+    assert _put(client, 1, {"min_annotators": 2}).get_json()["policy"]["min_annotators"] == 2
 
 
 # ----- Dawid-Skene ---------------------------------------------------------------------------------

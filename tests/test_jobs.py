@@ -8,6 +8,7 @@ small (resnet18 at 40/35 pixels, one epoch unless a test needs a longer one).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -128,12 +129,17 @@ def test_too_few_consensus_labels_is_409_and_queues_nothing(lab):
 
 @pytest.mark.parametrize("params, words", [
     ({"epochs": 1, "momentum": 0.5}, ["unknown training parameters", "momentum"]),
-    ({"epochs": -2}, ["epochs", "positive"]),
-    ({"epochs": 0}, ["epochs", "positive"]),
-    ({"lr": -0.1}, ["lr", "positive"]),
-    ({"epochs": "3"}, ["epochs", "must be int"]),
-    ({"epochs": True}, ["epochs", "must be int"]),
-    ({"backbone": "resnet9000"}, ["unknown backbone", "resnet18"]),
+    ({"epochs": -2}, ["epochs", "an integer in 1..1000"]),
+    ({"epochs": 0}, ["epochs", "an integer in 1..1000"]),
+    ({"epochs": 10 ** 400}, ["epochs", "an integer in 1..1000"]),
+    ({"lr": -0.1}, ["lr", "a finite number in (0, 1]"]),
+    ({"lr": float("inf")}, ["lr", "a finite number in (0, 1]"]),
+    ({"lr": float("nan")}, ["lr", "a finite number in (0, 1]"]),
+    ({"lr": 1e308}, ["lr", "a finite number in (0, 1]"]),
+    ({"batch_size": 4096}, ["batch_size", "an integer in 1..1024"]),
+    ({"epochs": "3"}, ["epochs", "an integer in 1..1000"]),
+    ({"epochs": True}, ["epochs", "an integer in 1..1000"]),
+    ({"backbone": "resnet9000"}, ["backbone must be one of", "resnet18"]),
     ([1, 2], ["JSON object"]),
 ])
 def test_bad_training_parameters_are_400(lab, params, words):
@@ -231,6 +237,30 @@ def test_failed_downloads_are_skipped_and_counted_then_fatal_over_the_threshold(
     assert "2 of 16 images could not be fetched" in job["error"], job["error"]
     assert job["progress"]["state"] == "failed"
     assert lab.current() == served and lab.version_dirs() == folders
+
+
+def test_a_loss_gone_nan_fails_the_job_and_promotes_nothing(lab, trained, monkeypatch):
+    """The job runs in an RQ SimpleWorker in this process, so that its loss can be made NaN."""
+    from backend.worker import run_worker
+    from model import train as train_module
+    original = train_module.two_task_loss
+
+    def poisoned(*args, **kwargs):
+        parts = original(*args, **kwargs)
+        return dataclasses.replace(parts, total=parts.total * float("nan"))
+    monkeypatch.setattr(train_module, "two_task_loss", poisoned)
+    served, folders = lab.current(), lab.version_dirs()
+    answer = lab.client.post(f"/projects/{PROJECT}/train", json={"epochs": 2})
+    assert answer.status_code == 202, answer.get_json()
+    with environment(lab.env):
+        run_worker(burst=True)
+    job = next(j for j in lab.client.get(f"/projects/{PROJECT}/jobs").get_json()["jobs"]
+               if j["job_id"] == answer.get_json()["job_id"])
+    assert job["status"] == "failed", job
+    assert "TrainingDiverged" in job["error"] and "the loss became nan at epoch 1, step 1" in job["error"], job
+    assert job["progress"]["state"] == "failed"
+    assert lab.current() == served and lab.version_dirs() == folders
+    assert lab.raw.get(f"aesemo:p:{PROJECT}:job:running") is None
 
 
 # ----- one pending job at most; cancelling --------------------------------------------------------
@@ -353,6 +383,9 @@ def test_worker_killed_with_sigkill_fails_the_job_and_a_new_one_trains(lab, trai
 
     answer = lab.client.post(f"/projects/{PROJECT}/train", json={"epochs": 1})
     assert answer.status_code == 202 and answer.get_json()["merged"] is False
+    # the dead job's running key is still there too: it is no reason to say "to run after" it
+    assert answer.get_json()["message"] == f"queued job {answer.get_json()['job_id']}", answer.get_json()
+    assert lab.raw.get(f"aesemo:p:{PROJECT}:job:running") is None
     started = time.monotonic()
     run = run_burst_worker({**lab.env, "AESEMO_PROMOTION": "always"}, lab.log("worker-after-kill"))
     seconds = time.monotonic() - started

@@ -1,10 +1,12 @@
 """The training loop end to end on generated images whose labels are visible."""
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from model.errors import AesemoError, ManifestError
+from backend.cli import main as cli_main
+from model.errors import AesemoError, ManifestError, TrainingDiverged
 from model.network import NetConfig
 from model.pipeline import train_version
 from model.predictor import Predictor
@@ -138,3 +140,57 @@ def test_split_is_seeded_and_disjoint():
     assert torch.equal(a_val, b_val) and len(a_val) == 10
     assert set(a_train.tolist()).isdisjoint(a_val.tolist())
     assert len(split_indices(3, 0.1, seed=0)[1]) == 1
+
+
+# ----- a loss or weights gone NaN stop the training ---------------------------------------------------
+
+@pytest.fixture
+def nan_loss(monkeypatch):
+    """The loss of every step made NaN, as a too-high learning rate ends up doing."""
+    from model import train as train_module
+    original = train_module.two_task_loss
+
+    def poisoned(*args, **kwargs):
+        parts = original(*args, **kwargs)
+        return dataclasses.replace(parts, total=parts.total * float("nan"))
+    monkeypatch.setattr(train_module, "two_task_loss", poisoned)
+
+
+def test_a_non_finite_loss_stops_training_and_saves_nothing(tmp_path, nan_loss):
+    manifest = write_synthetic_set(tmp_path / "images", 12, seed=8, size=32)
+    with pytest.raises(TrainingDiverged, match="the loss became nan at epoch 1, step 1"):
+        train_version(manifest, tmp_path / "v", NetConfig(backbone="resnet18"),
+                      TrainConfig(epochs=2, train_size=32, crop_size=28), use_pretrained=False)
+    assert not (tmp_path / "v").exists()
+
+
+def test_weights_gone_non_finite_stop_training_even_with_a_finite_loss(tmp_path, monkeypatch):
+    """One step an epoch: the step that breaks the weights still reports the loss before it."""
+    from model import train as train_module
+    original = train_module._train_epoch
+
+    def breaking(model, *args, **kwargs):
+        loss = original(model, *args, **kwargs)
+        with torch.no_grad():
+            model.branch_a.head.fc3.weight[0, 0] = float("inf")
+        return loss
+    monkeypatch.setattr(train_module, "_train_epoch", breaking)
+    manifest = write_synthetic_set(tmp_path / "images", 6, seed=9, size=32)
+    with pytest.raises(TrainingDiverged) as info:
+        train_version(manifest, tmp_path / "v", NetConfig(backbone="resnet18"),
+                      TrainConfig(epochs=3, train_size=32, crop_size=28), use_pretrained=False)
+    assert "training diverged at epoch 1" in str(info.value)
+    assert "weights branch_a.head.fc3.weight are not finite" in str(info.value)
+    assert not (tmp_path / "v").exists()
+
+
+def test_aesemo_train_stops_with_one_line_when_the_loss_goes_nan(tmp_path, nan_loss, capsys):
+    manifest = write_synthetic_set(tmp_path / "images", 12, seed=8, size=32)
+    code = cli_main(["train", str(manifest), "--out", str(tmp_path / "v"), "--epochs", "1", "--train-size", "32",
+                     "--crop-size", "28", "--backbone", "resnet18", "--no-pretrained", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("aesemo: error:")]
+    assert len(errors) == 1 and "training diverged: the loss became nan" in errors[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "v").exists()

@@ -1,0 +1,73 @@
+"""The allowed range of every training number, in one table. The HTTP API, the command line,
+the settings and `TrainConfig` all check against it, so a value refused in one place is refused
+in all. No torch here: the settings import it.
+
+JSON and the command line both let through NaN, infinity and integers of any size (`1e400` is
+infinity to Python's float); a range check that compares without converting refuses them all.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+class LimitError(ValueError):
+    """A number of the wrong type or outside its range; the message names the field and the range."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    kind: type                 # int or float; a float field takes an int too
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        if self.kind is int:
+            return f"an integer in {self.low}..{self.high}"
+        return (f"a finite number in {'(' if self.low_open else '['}{self.low:g}, "
+                f"{self.high:g}{')' if self.high_open else ']'}")
+
+    def check(self, name: str, value):
+        """`value` (an int as a float for a float field) when allowed; LimitError otherwise."""
+        if self._allowed(value):
+            return float(value) if self.kind is float else value
+        raise LimitError(f"{name} must be {self.describe()}, got {shown(value)}")
+
+    def _allowed(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        # int and float compare exactly in Python: no float() that could overflow on 10**400
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+
+def shown(value, width: int = 40) -> str:
+    """A value for an error message, cut short (an integer may have hundreds of digits)."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+TRAINING_LIMITS: dict[str, Limit] = {
+    "epochs": Limit(int, 1, 1000),
+    "batch_size": Limit(int, 1, 1024),
+    "lr": Limit(float, 0, 1, low_open=True),
+    "momentum": Limit(float, 0, 1, high_open=True),
+    "weight_decay": Limit(float, 0, 1),
+    "val_fraction": Limit(float, 0, 1, high_open=True),
+    "patience": Limit(int, 0, 1000),
+    "seed": Limit(int, 0, 2**32 - 1),       # numpy's seed takes no more
+    "lam": Limit(float, 0, 100),
+    "train_size": Limit(int, 16, 1024),
+    "crop_size": Limit(int, 16, 1024),
+}
+
+
+def check_training_value(name: str, value):
+    return TRAINING_LIMITS[name].check(name, value)
