@@ -289,6 +289,6 @@ def parse_json(raw: bytes):
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"body is not valid JSON ({exc})") from None
     except ValueError:  # Python refuses to convert an integer of over 4300 digits
-        raise RequestError("body is not valid JSON for this server: it holds a number of over 4300 digits") from None
+        raise RequestError("body is not valid JSON for this server: it holds a number too long to read (over 4300 digits)") from None
     except RecursionError:  # e.g. "[[[[..." thousands deep: the client's mistake, not a 500
         raise RequestError("body is not valid JSON (nested too deeply)") from None
