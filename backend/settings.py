@@ -34,6 +34,13 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
 
 
+def _env_positive(name: str, default: float) -> float:
+    value = _env_float(name, default)
+    if not value > 0:
+        raise ValueError(f"setting {name} must be a number of seconds above 0, got {value!r}")
+    return value
+
+
 def _env_list(name: str) -> tuple[str, ...]:
     raw = _env(name, "") or ""
     return tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -54,6 +61,7 @@ class Settings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     image_timeout_s: float = 10.0
+    predict_budget_s: float = 60.0
     allowed_image_hosts: tuple[str, ...] = ()
     predict_chunk_size: int = 16
     max_tasks_per_request: int = 10_000
@@ -95,6 +103,7 @@ def load_settings() -> Settings:
         max_image_bytes=_env_int("AESEMO_MAX_IMAGE_BYTES", 20 * 1024 * 1024),
         max_image_pixels=_env_int("AESEMO_MAX_IMAGE_PIXELS", 50_000_000),
         image_timeout_s=_env_float("AESEMO_IMAGE_TIMEOUT", 10.0),
+        predict_budget_s=_env_positive("AESEMO_PREDICT_BUDGET", 60.0),
         allowed_image_hosts=_env_list("AESEMO_ALLOWED_IMAGE_HOSTS"),
         predict_chunk_size=_env_int("AESEMO_PREDICT_CHUNK", 16),
         max_tasks_per_request=_env_int("AESEMO_MAX_TASKS", 10_000),
