@@ -24,20 +24,16 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"setting {name} must be an integer, got {raw!r}") from None
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_float(name: str, default: float, above: float | None = None) -> float:
     raw = _env(name)
     if raw is None:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
-
-
-def _env_positive(name: str, default: float) -> float:
-    value = _env_float(name, default)
-    if not value > 0:
-        raise ValueError(f"setting {name} must be a number of seconds above 0, got {value!r}")
+    if above is not None and not value > above:
+        raise ValueError(f"setting {name} must be above {above:g}, got {raw!r}")
     return value
 
 
@@ -103,7 +99,7 @@ def load_settings() -> Settings:
         max_image_bytes=_env_int("AESEMO_MAX_IMAGE_BYTES", 20 * 1024 * 1024),
         max_image_pixels=_env_int("AESEMO_MAX_IMAGE_PIXELS", 50_000_000),
         image_timeout_s=_env_float("AESEMO_IMAGE_TIMEOUT", 10.0),
-        predict_budget_s=_env_positive("AESEMO_PREDICT_BUDGET", 60.0),
+        predict_budget_s=_env_float("AESEMO_PREDICT_BUDGET", 60.0, above=0),
         allowed_image_hosts=_env_list("AESEMO_ALLOWED_IMAGE_HOSTS"),
         predict_chunk_size=_env_int("AESEMO_PREDICT_CHUNK", 16),
         max_tasks_per_request=_env_int("AESEMO_MAX_TASKS", 10_000),
