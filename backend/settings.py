@@ -58,6 +58,7 @@ class Settings:
     max_image_pixels: int = 50_000_000
     image_timeout_s: float = 10.0
     predict_budget_s: float = 60.0
+    read_timeout_s: float = 30.0
     allowed_image_hosts: tuple[str, ...] = ()
     predict_chunk_size: int = 16
     max_tasks_per_request: int = 10_000
@@ -100,6 +101,7 @@ def load_settings() -> Settings:
         max_image_pixels=_env_int("AESEMO_MAX_IMAGE_PIXELS", 50_000_000),
         image_timeout_s=_env_float("AESEMO_IMAGE_TIMEOUT", 10.0),
         predict_budget_s=_env_float("AESEMO_PREDICT_BUDGET", 60.0, above=0),
+        read_timeout_s=_env_float("AESEMO_READ_TIMEOUT", 30.0, above=0),
         allowed_image_hosts=_env_list("AESEMO_ALLOWED_IMAGE_HOSTS"),
         predict_chunk_size=_env_int("AESEMO_PREDICT_CHUNK", 16),
         max_tasks_per_request=_env_int("AESEMO_MAX_TASKS", 10_000),

@@ -58,5 +58,7 @@ class HangingServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        # shutdown, not just close: a listener closed while accept() waits on it stays listening
+        self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.release()
