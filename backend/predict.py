@@ -9,7 +9,8 @@ reason is in the reply's `errors`, in the log and in the image-failure metric.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +26,12 @@ from .label_config import ProjectLabels, prediction_result
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[str], Image.Image]
+
+# Image downloads at once for one request. Each request has its own, so one caller's hanging
+# image servers cannot hold another's fetches up; a process runs at most --threads requests at
+# once, so at most --threads x FETCH_THREADS downloads.
+FETCH_THREADS = 8
+BUDGET_KIND = "budget"
 
 
 @dataclass
@@ -55,26 +62,62 @@ def class_order(labels: ProjectLabels, predictor: Predictor, version: str) -> di
 
 
 def predict_tasks(tasks: list, labels: ProjectLabels, predictor: Predictor, version: str, fetch: Fetch,
-                  pool: ThreadPoolExecutor, chunk_size: int) -> tuple[list, list[TaskFailure]]:
-    """`results[i]` answers `tasks[i]`: a prediction dict, or [] when that task failed."""
+                  chunk_size: int, deadline: float) -> tuple[list, list[TaskFailure]]:
+    """`results[i]` answers `tasks[i]`: a prediction dict, or [] when that task failed or the
+    request's budget (`deadline`, in time.monotonic()) was spent before it was done."""
     order = class_order(labels, predictor, version)
     results: list = []
     failures: list[TaskFailure] = []
-    for start in range(0, len(tasks), chunk_size):
-        chunk = tasks[start:start + chunk_size]
-        loaded = list(pool.map(lambda item: _load(item[0], item[1], labels, fetch), enumerate(chunk, start)))
-        good = [(i, image) for i, image in loaded if not isinstance(image, TaskFailure)]
-        failures += [f for _, f in loaded if isinstance(f, TaskFailure)]
-        probabilities = predictor.predict_images([image for _, image in good], batch_size=chunk_size) if good else []
-        by_index = {i: p for (i, _), p in zip(good, probabilities)}
-        for i in range(start, start + len(chunk)):
-            if i not in by_index:
-                results.append([])
-                continue
-            p = by_index[i]
-            results.append(prediction_result(labels, [p["aesthetic"][j] for j in order["aesthetic"]],
-                                             [p["emotion"][j] for j in order["emotion"]], version))
+    # A pool of this request's own: another request's hanging images never hold its fetches up.
+    pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="image-fetch")
+    try:
+        for start in range(0, len(tasks), chunk_size):
+            chunk = list(enumerate(tasks[start:start + chunk_size], start))
+            probabilities, chunk_failures = _predict_chunk(chunk, labels, predictor, fetch, pool, deadline)
+            failures += chunk_failures
+            results += [_result(labels, order, version, probabilities[i]) if i in probabilities else []
+                        for i, _ in chunk]
+    finally:
+        # fetches still running end by their own AESEMO_IMAGE_TIMEOUT (and fill the image cache
+        # for Label Studio's next try); those not started yet never start
+        pool.shutdown(wait=False, cancel_futures=True)
     return results, failures
+
+
+def _result(labels: ProjectLabels, order: dict[str, list[int]], version: str, p: dict) -> dict:
+    return prediction_result(labels, [p["aesthetic"][j] for j in order["aesthetic"]],
+                             [p["emotion"][j] for j in order["emotion"]], version)
+
+
+def _predict_chunk(chunk: list, labels: ProjectLabels, predictor: Predictor, fetch: Fetch,
+                   pool: ThreadPoolExecutor, deadline: float) -> tuple[dict[int, dict], list[TaskFailure]]:
+    """The model's probabilities by task index, and the chunk's failures. Images still loading at
+    the deadline are given up; what did arrive is predicted (the one forward pass that may end
+    past the deadline); a chunk that starts after the deadline fetches and predicts nothing."""
+    if time.monotonic() < deadline:
+        loaded = _load_chunk(chunk, labels, fetch, pool, deadline)
+    else:
+        loaded = [(i, _over_budget(i, task)) for i, task in chunk]
+    good = [(i, image) for i, image in loaded if not isinstance(image, TaskFailure)]
+    failures = [f for _, f in loaded if isinstance(f, TaskFailure)]
+    probabilities = predictor.predict_images([image for _, image in good], batch_size=len(chunk)) if good else []
+    return {i: p for (i, _), p in zip(good, probabilities)}, failures
+
+
+def _load_chunk(chunk: list, labels: ProjectLabels, fetch: Fetch, pool: ThreadPoolExecutor,
+                deadline: float) -> list:
+    """(index, image or TaskFailure) for each task of the chunk, waiting no longer than `deadline`."""
+    futures = [pool.submit(_load, i, task, labels, fetch) for i, task in chunk]
+    wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+    return [future.result() if future.done() else (i, _over_budget(i, task))
+            for future, (i, task) in zip(futures, chunk)]
+
+
+def _over_budget(index: int, task) -> TaskFailure:
+    task_id = task.get("id") if isinstance(task, dict) else None
+    return TaskFailure(index, task_id, BUDGET_KIND,
+                       f"task {task_id if task_id is not None else index}: not predicted within the "
+                       f"request's time budget (AESEMO_PREDICT_BUDGET)")
 
 
 def _load(index: int, task, labels: ProjectLabels, fetch: Fetch):

@@ -1,4 +1,5 @@
-"""`aesemo serve`: the app under gunicorn (threads share one model per worker process)."""
+"""`aesemo serve`: the app under gunicorn (threads share one model per worker process), its
+requests read by waitress in each worker (backend/http_worker.py)."""
 from __future__ import annotations
 
 import json
@@ -58,7 +59,10 @@ def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        # waitress reads each request whole before a thread sees it (backend/http_worker.py)
+        "worker_class": "backend.http_worker.BufferedWorker",
+        # seconds an idle connection is kept open between requests
+        "keepalive": 5,
         # /predict of a large body on a CPU can take a while; Label Studio waits 100 s
         "timeout": timeout_s,
         "graceful_timeout": 30,

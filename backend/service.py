@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 
 import redis
@@ -15,7 +15,7 @@ from .label_config import LabelConfigError, ProjectLabels, parse_label_config
 from .metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
 from .hotswap import HotSwap
 from .model_holder import ModelHolder
-from .predict import predict_tasks
+from .predict import BUDGET_KIND, predict_tasks
 from .project_consensus import ProjectConsensus, vote_and_image
 from .projects import ProjectContext, ProjectStore, project_id
 from .redis_store import reachable
@@ -42,7 +42,6 @@ class Backend:
         self.projects = ProjectStore(client)
         self.models = ModelHolder(settings.max_image_pixels)
         self.fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="image-fetch")
         self.consensus = ProjectConsensus(client, settings, on_auto_train=self._auto_train)
         self.ingest = Ingest(client)
         self.swap = HotSwap(settings, client)
@@ -108,17 +107,16 @@ class Backend:
         labels = self.labels(body.get("label_config") or (context.label_config if context else None))
         if not tasks:
             return {"results": []}
+        deadline = time.monotonic() + self.settings.predict_budget_s
         version_name, predictor = self._model_for(project, labels)
 
         def fetch(url):
             return self.fetcher.fetch(url, hostname=context.hostname if context else None,
                                       access_token=context.access_token if context else None)
 
-        results, failures = predict_tasks(tasks, labels, predictor, version_name, fetch, self.pool,
-                                          self.settings.predict_chunk_size)
-        for failure in failures:
-            IMAGE_FAILURES.labels(failure.kind).inc()
-            log.warning("no prediction for %s", failure.message)
+        results, failures = predict_tasks(tasks, labels, predictor, version_name, fetch,
+                                          self.settings.predict_chunk_size, deadline)
+        _log_failures(failures, self.settings.predict_budget_s)
         if failures and len(failures) == len(tasks):
             raise RequestError(f"no task could be predicted: {failures[0].message}"
                                + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
@@ -315,6 +313,19 @@ class Backend:
 def _knows(held, labels: ProjectLabels) -> bool:
     """Whether a held (version name, predictor) has every class of the label config."""
     return bool(held) and all(set(held[1].classes[t]) >= set(c) for t, c in labels.classes().items())
+
+
+def _log_failures(failures: list, budget_s: float) -> None:
+    over = 0
+    for failure in failures:
+        IMAGE_FAILURES.labels(failure.kind).inc()
+        if failure.kind == BUDGET_KIND:
+            over += 1  # one line for all of them: there may be thousands
+        else:
+            log.warning("no prediction for %s", failure.message)
+    if over:
+        log.warning("no prediction for %d tasks: the request's time budget of %g s "
+                    "(AESEMO_PREDICT_BUDGET) was spent", over, budget_s)
 
 
 def _base(settings, labels):

@@ -25,7 +25,7 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"setting {name} must be an integer, got {raw!r}") from None
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_float(name: str, default: float, above: float | None = None) -> float:
     raw = _env(name)
     if raw is None:
         return default
@@ -35,6 +35,8 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
     if not math.isfinite(value):  # float() takes "nan", "inf" and "1e400"
         raise ValueError(f"setting {name} must be a finite number, got {raw!r}")
+    if above is not None and not value > above:
+        raise ValueError(f"setting {name} must be above {above:g}, got {raw!r}")
     return value
 
 
@@ -90,6 +92,8 @@ class Settings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     image_timeout_s: float = 10.0
+    predict_budget_s: float = 60.0
+    read_timeout_s: float = 30.0
     allowed_image_hosts: tuple[str, ...] = ()
     predict_chunk_size: int = 16
     max_tasks_per_request: int = 10_000
@@ -131,6 +135,8 @@ def load_settings() -> Settings:
         max_image_bytes=_env_int("AESEMO_MAX_IMAGE_BYTES", 20 * 1024 * 1024),
         max_image_pixels=_env_int("AESEMO_MAX_IMAGE_PIXELS", 50_000_000),
         image_timeout_s=_env_float("AESEMO_IMAGE_TIMEOUT", 10.0),
+        predict_budget_s=_env_float("AESEMO_PREDICT_BUDGET", 60.0, above=0),
+        read_timeout_s=_env_float("AESEMO_READ_TIMEOUT", 30.0, above=0),
         allowed_image_hosts=_env_list("AESEMO_ALLOWED_IMAGE_HOSTS"),
         predict_chunk_size=_env_int("AESEMO_PREDICT_CHUNK", 16),
         max_tasks_per_request=_env_int("AESEMO_MAX_TASKS", 10_000),

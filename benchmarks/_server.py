@@ -70,6 +70,40 @@ class ImageServer:
         self.httpd.server_close()
 
 
+class HangingServer:
+    """An image host on 127.0.0.1 that accepts connections and never answers; `holding()` counts
+    the connections it keeps, and close() drops them all."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.host = self.url.removeprefix("http://")
+        self.lock, self.held = threading.Lock(), []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            with self.lock:
+                self.held.append(conn)
+
+    def holding(self) -> int:
+        with self.lock:
+            return len(self.held)
+
+    def close(self) -> None:
+        # shutdown, not just close: a listener closed while accept() waits on it stays listening
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self.lock:
+            held, self.held = self.held, []
+        for conn in held:
+            conn.close()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -1,0 +1,209 @@
+"""The gunicorn worker of `aesemo serve`: waitress reads every request whole, then a thread runs it.
+
+gunicorn's own threaded worker gives a connection to one of its threads as soon as the first byte
+arrives, and that thread then blocks while the headers and body come in: five or six clients that
+send a byte every two seconds held all of them, and `/health` stopped answering (before any
+credentials were checked). Waitress reads requests on one non-blocking loop and hands a thread only
+a complete one: headers and body buffered (in memory, or in a temporary file past 512 KiB). A slow
+or idle client costs a socket and a buffer, never a thread.
+
+gunicorn stays the process manager: `--workers` processes, the heartbeat (the loop below calls
+`notify`), graceful and quick shutdown on its signals, the access log in its format, the
+`child_exit` hook for the metrics files and the control socket. Per connection this worker adds
+what waitress lacks: a deadline for a whole request to arrive, and an idle timeout between
+requests (gunicorn's `keepalive`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from datetime import timedelta
+
+from gunicorn.workers import base
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
+
+from .app import MAX_BODY_BYTES
+from .settings import load_settings
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_CONNECTIONS = 1000  # per worker process; also kept well under its open-file limit
+_LOOP_WAIT_S = 0.5  # how late the loop may notice a stop signal or a deadline
+
+
+class BufferedWorker(base.Worker):
+    def run(self):
+        # "Task queue depth is N" for every request that waits for a free thread: normal under load
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+        socket_map: dict = {}
+        dispatcher = ThreadedTaskDispatcher()
+        dispatcher.set_thread_count(self.cfg.threads)
+        app, adj = _access_logged(self.wsgi, self.log), self._adjustments()
+        servers = [_Server(app, map=socket_map, _sock=listener.sock, dispatcher=dispatcher, adj=adj,
+                           bind_socket=False, sockinfo=_sockinfo(listener.sock)) for listener in self.sockets]
+        read_timeout_s = load_settings().read_timeout_s
+        for server in servers:
+            server.read_timeout_s = read_timeout_s
+        try:
+            self._serve(socket_map)
+            self._drain(servers, socket_map)
+        finally:
+            dispatcher.shutdown(cancel_pending=True, timeout=1)
+            wasyncore.close_all(socket_map)
+
+    def _adjustments(self) -> Adjustments:
+        return Adjustments(
+            threads=self.cfg.threads, backlog=self.cfg.backlog, ident="aesemo",
+            channel_timeout=self.cfg.keepalive, cleanup_interval=1,
+            max_request_header_size=MAX_HEADER_BYTES,
+            max_request_body_size=MAX_BODY_BYTES + 1,  # waitress refuses a body of this size or more
+            connection_limit=_connection_limit(), asyncore_use_poll=True)
+
+    def _serve(self, socket_map: dict) -> None:
+        beat = 0.0
+        while self.alive:
+            now = time.monotonic()
+            if now - beat >= 1.0:
+                self.notify()
+                beat = now
+                if self.ppid != os.getppid():
+                    self.log.info("Parent changed, shutting down: %s", self)
+                    return
+            wasyncore.poll2(_LOOP_WAIT_S, socket_map)
+
+    def _drain(self, servers: list, socket_map: dict) -> None:
+        """gunicorn's graceful stop: take no new connections, let the requests already handed to a
+        thread finish and their answers go out, for up to graceful_timeout. Connections idle or
+        still sending a request are closed: no thread has seen them yet."""
+        for server in servers:
+            # this process's copy of the listening socket: with it open, the kernel would go on
+            # queueing connections that nobody accepts (the trigger stays: the threads need it)
+            wasyncore.dispatcher.close(server)
+        running = sum(len(channel.requests) for channel in _channels(servers))
+        self.log.info("graceful stop: %d request(s) in flight", running)
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while time.monotonic() < deadline:
+            self.notify()
+            busy = False
+            for channel in _channels(servers):
+                if channel.requests or channel.total_outbufs_len:
+                    busy = True
+                elif not channel.will_close:
+                    channel.will_close = True
+            if not busy:
+                return
+            wasyncore.poll2(0.1, socket_map)
+
+
+def _channels(servers: list) -> list:
+    return [channel for server in servers for channel in list(server.active_channels.values())]
+
+
+def _sockinfo(sock) -> tuple:
+    return sock.family, sock.type, sock.proto, sock.getsockname()
+
+
+def _connection_limit() -> int:
+    """Past its open-file limit a process could not even open an image or a Redis connection."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(16, min(MAX_CONNECTIONS, soft // 2))
+
+
+class _Parser(HTTPRequestParser):
+    def __init__(self, adj):
+        super().__init__(adj)
+        self.started = time.time()  # waitress keeps its channel times in time.time() too
+
+
+class _JsonErrorTask(ErrorTask):
+    """Waitress's own refusals (headers or body too large, malformed request) as the app's JSON."""
+
+    def execute(self):
+        error = self.request.error
+        message = {413: f"body over {MAX_BODY_BYTES} bytes",
+                   431: f"request headers over {MAX_HEADER_BYTES} bytes"}.get(error.code,
+                                                                            f"{error.reason}: {error.body}")
+        body = (json.dumps({"error": message}) + "\n").encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):
+    parser_class = _Parser
+    error_task_class = _JsonErrorTask
+
+
+class _Server(TcpWSGIServer):
+    channel_class = _Channel
+    read_timeout_s = 30.0
+
+    def maintenance(self, now):
+        """Close (waitress runs this every cleanup_interval) a connection whose request has not
+        arrived whole within read_timeout_s since its first byte, whatever its pace, and one idle
+        for channel_timeout between requests. A request being answered is left alone."""
+        for channel in self.active_channels.values():
+            if channel.requests:
+                continue
+            if channel.request is not None:
+                expired = now - channel.request.started > self.read_timeout_s
+            elif channel.total_outbufs_len:  # an answer the client is slow to read
+                expired = now - channel.last_activity > self.read_timeout_s
+            else:
+                expired = now - channel.last_activity > self.adj.channel_timeout
+            if expired:
+                channel.will_close = True
+
+
+class _Answer:
+    """What gunicorn's access log reads of a response."""
+
+    def __init__(self, status: str, headers: list):
+        self.status, self.headers, self.sent = status, headers, 0
+
+
+def _access_logged(app, log):
+    """The app, writing one access-log line through gunicorn's logger (its format, its target)
+    once each answer has been sent."""
+
+    def logged(environ, start_response):
+        started = time.perf_counter()
+        environ.setdefault("RAW_URI", environ.get("REQUEST_URI", ""))  # gunicorn's log reads it
+        answer = _Answer("500", [])
+
+        def start(status, headers, exc_info=None):
+            answer.status, answer.headers = status, headers
+            return start_response(status, headers, exc_info)
+
+        def done():
+            log.access(answer, (), environ, timedelta(seconds=time.perf_counter() - started))
+
+        return _Body(app(environ, start), answer, done)
+
+    return logged
+
+
+class _Body:
+    def __init__(self, chunks, answer: _Answer, on_close):
+        self.chunks, self.answer, self.on_close = chunks, answer, on_close
+
+    def __iter__(self):
+        for chunk in self.chunks:
+            self.answer.sent += len(chunk)
+            yield chunk
+
+    def close(self):
+        try:
+            if hasattr(self.chunks, "close"):
+                self.chunks.close()
+        finally:
+            self.on_close()

@@ -1,0 +1,120 @@
+"""/predict's time budget (AESEMO_PREDICT_BUDGET) and its fetches per request.
+
+Real pieces only: the session's embedded Redis, an image server and an image host that accepts
+connections and never answers, both on 127.0.0.1. Nothing here asserts a duration: the budget
+decides *which* tasks are answered, and the order in which requests finish shows starvation.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from backend.app import create_app
+from backend.predict import FETCH_THREADS
+from backend.settings import Settings, load_settings
+
+from hanging_server import HangingServer
+from images_server import ImageServer
+from training_project import environment, predict_body, wait_for
+
+PROJECT = 5
+
+
+@pytest.fixture(scope="module")
+def images():
+    with ImageServer("127.0.0.1") as server:
+        yield server
+
+
+@pytest.fixture
+def hanging():
+    with HangingServer("127.0.0.1") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def base_app(tmp_path_factory, redis_url, images):
+    # "127.0.0.1" without a port: the image server and every hanging server are allowed
+    settings = replace(Settings(), data_dir=Path(tmp_path_factory.mktemp("budget")) / "data", redis_url=redis_url,
+                       backbone="resnet18", allowed_image_hosts=("127.0.0.1",))
+    app = create_app(settings)
+    warm = post(app.test_client(), predict_body(PROJECT, [images.url("/img/1.png")]))
+    assert warm.status_code == 200, warm.get_data(as_text=True)  # the model is loaded from here on
+    return app
+
+
+def app_with(base_app, **changes):
+    """An app on changed settings sharing base_app's loaded models."""
+    backend = base_app.extensions["aesemo"]
+    app = create_app(replace(backend.settings, **changes))
+    app.extensions["aesemo"].models = backend.models
+    return app
+
+
+def post(client, body):
+    return client.post("/predict", data=json.dumps(body), content_type="application/json")
+
+
+def test_budget_answers_what_finished(base_app, images, hanging, redis_client):
+    # chunks of 2: [good, hanging], [good, good]. The first chunk waits for its hanging image until
+    # the budget is spent, predicts the image it has, and the second chunk is never started.
+    app = app_with(base_app, predict_budget_s=3.0, image_timeout_s=20.0, predict_chunk_size=2)
+    images.reset()
+    urls = [images.url("/img/2.png"), hanging.url("/hang.png"), images.url("/img/3.png"), images.url("/img/4.png")]
+    response = post(app.test_client(), predict_body(PROJECT, urls))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    reply = response.get_json()
+    results = reply["results"]
+    assert results[0] and results[0]["result"]
+    assert results[1:] == [[], [], []]
+    assert [(e["index"], e["task"], e["kind"]) for e in reply["errors"]] == \
+        [(1, 2, "budget"), (2, 3, "budget"), (3, 4, "budget")]
+    assert all("AESEMO_PREDICT_BUDGET" in e["error"] for e in reply["errors"])
+    assert images.paths() == ["/img/2.png"]  # nothing fetched after the budget was spent
+    assert hanging.accepted == 1
+
+
+def test_nothing_finished_in_budget_is_422(base_app, hanging, redis_client):
+    app = app_with(base_app, predict_budget_s=1.0, image_timeout_s=20.0)
+    response = post(app.test_client(), predict_body(PROJECT, [hanging.url(f"/{i}.png") for i in range(3)]))
+    assert response.status_code == 422, response.get_data(as_text=True)
+    reply = response.get_json()
+    assert "no task could be predicted" in reply["error"]
+    assert {e["kind"] for e in reply["errors"]} == {"budget"}
+
+
+def test_hanging_images_do_not_starve_another_request(base_app, images, hanging, redis_client):
+    """Request A's images hang (more of them than one request fetches at once); request B, one
+    good image, sent while all of A's fetches are stuck, is answered while A is still waiting."""
+    app = app_with(base_app, predict_budget_s=600.0, image_timeout_s=30.0)
+    slow_body = predict_body(PROJECT, [hanging.url(f"/{i}.png") for i in range(2 * FETCH_THREADS)])
+    slow: dict = {}
+    thread = threading.Thread(target=lambda: slow.setdefault("response", post(app.test_client(), slow_body)),
+                              daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: hanging.holding() >= FETCH_THREADS, 60, what="request A's fetches to hang")
+        quick = post(app.test_client(), predict_body(PROJECT, [images.url("/img/6.png")]))
+        a_still_waiting = thread.is_alive()
+    finally:
+        hanging.release()  # A's fetches fail at once from here on
+        thread.join(60)
+    assert quick.status_code == 200, quick.get_data(as_text=True)
+    assert quick.get_json()["results"][0]["result"]
+    assert a_still_waiting, "request B was answered only after request A"
+    assert slow["response"].status_code == 422  # A: every image refused by the released host
+    assert {e["kind"] for e in slow["response"].get_json()["errors"]} == {"connection"}
+
+
+def test_budget_setting():
+    with environment({"AESEMO_PREDICT_BUDGET": "12.5"}):
+        assert load_settings().predict_budget_s == 12.5
+    with environment({}):
+        assert load_settings().predict_budget_s == 60.0
+    for bad in ("0", "-3", "soon"):
+        with environment({"AESEMO_PREDICT_BUDGET": bad}), pytest.raises(ValueError, match="AESEMO_PREDICT_BUDGET"):
+            load_settings()
