@@ -64,7 +64,9 @@ class BufferedWorker(base.Worker):
             channel_timeout=self.cfg.keepalive, cleanup_interval=1,
             max_request_header_size=MAX_HEADER_BYTES,
             max_request_body_size=MAX_BODY_BYTES + 1,  # waitress refuses a body of this size or more
-            connection_limit=_connection_limit(), asyncore_use_poll=True)
+            connection_limit=_connection_limit(), asyncore_use_poll=True,
+            # served under a proxy's sub-path: as gunicorn's own workers, from the environment
+            url_prefix=os.environ.get("SCRIPT_NAME", ""))
 
     def _serve(self, socket_map: dict) -> None:
         beat = 0.0
