@@ -26,7 +26,7 @@ from gunicorn.workers import base
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
-from waitress.parser import HTTPRequestParser
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
@@ -122,6 +122,13 @@ class _Parser(HTTPRequestParser):
     def __init__(self, adj):
         super().__init__(adj)
         self.started = time.time()  # waitress keeps its channel times in time.time() too
+
+    def parse_header(self, header_plus):
+        super().parse_header(header_plus)
+        # waitress answers any HTTP/x.y as if it were 1.0; a version we do not speak is the
+        # client's mistake, and says so (a request line without a version is HTTP/0.9's form)
+        if self.version not in ("1.0", "1.1"):
+            raise ParsingError(f"HTTP version {self.version or '0.9'} is not supported; use HTTP/1.1")
 
 
 class _JsonErrorTask(ErrorTask):

@@ -2,12 +2,10 @@
 requests read by waitress in each worker (backend/http_worker.py)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-import gunicorn.util
 from gunicorn.app.base import BaseApplication
 
 from .redis_store import redis_url
@@ -33,16 +31,6 @@ def _child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
-def json_error_page(sock, status_int: int, reason: str, mesg: str) -> None:
-    """gunicorn's own answer to a request it could not parse (request line, headers, chunked
-    framing), in JSON like every other error of the service rather than its HTML page. Every
-    worker class answers through `gunicorn.util.write_error`, which this replaces."""
-    body = (json.dumps({"error": f"{reason}: {mesg}" if mesg else reason}) + "\n").encode()
-    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
-    gunicorn.util.write_nonblock(sock, head + body)
-
-
 def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120) -> None:
     settings = load_settings()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -54,7 +42,6 @@ def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     # start the embedded Redis once here rather than racing in every worker
     os.environ["REDIS_URL"] = redis_url(settings)
-    gunicorn.util.write_error = json_error_page
     _Gunicorn({
         "bind": f"{host}:{port}",
         "workers": workers,

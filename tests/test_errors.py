@@ -281,7 +281,7 @@ def chunked_request(chunks: bytes, path: str = "/webhook") -> bytes:
 def test_malformed_chunked_framing_is_400_json(served, chunks):
     status, content_type, body = raw_exchange(served, chunked_request(chunks))
     assert (status, content_type) == (400, "application/json"), body[:300]
-    assert "could not be read" in json.loads(body)["error"]
+    assert "chunk" in json.loads(body)["error"].lower()
 
 
 def test_chunked_body_over_the_limit_is_413_json(served):
@@ -296,7 +296,7 @@ def test_chunked_body_over_the_limit_is_413_json(served):
     (b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n", 400),                    # an HTTP version it cannot speak
     (b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n", 400),    # a header name with a space
 ])
-def test_requests_gunicorn_cannot_parse_get_json(served, request_bytes, status):
+def test_requests_the_server_cannot_parse_get_json(served, request_bytes, status):
     got, content_type, body = raw_exchange(served, request_bytes)
     assert (got, content_type) == (status, "application/json"), body[:300]
     assert json.loads(body)["error"]
