@@ -30,7 +30,7 @@ def _net_flags(parser: argparse.ArgumentParser) -> None:
 
 def _net_config(args, classes: dict | None = None):
     from model.network import NetConfig
-    from .settings import load_settings
+    from backend.core.settings import load_settings
     extra = {"aesthetic_classes": tuple(classes["aesthetic"]), "emotion_classes": tuple(classes["emotion"])} \
         if classes else {}
     return NetConfig(backbone=args.backbone or load_settings().backbone, cross_branch=not args.no_cross_branch,
@@ -38,7 +38,7 @@ def _net_config(args, classes: dict | None = None):
 
 
 def _pretrained_path(args):
-    from .settings import load_settings
+    from backend.core.settings import load_settings
     return args.pretrained or load_settings().pretrained_path
 
 
@@ -99,25 +99,25 @@ def cmd_info(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from backend.tools.demo import run_demo
     return run_demo(Path(args.workdir), epochs=args.epochs)
 
 
 def cmd_stack(args) -> int:
-    from .stack import run_stack, stack_options
+    from backend.tools.stack import run_stack, stack_options
     return run_stack(stack_options(args.ls_port, args.backend_port, args.ls_venv))
 
 
 def cmd_serve(args) -> int:
-    from .serve import serve
+    from backend.http.server import serve
     serve(args.host, args.port, args.workers, args.threads)
     return 0
 
 
 def _backend():
-    from .redis_store import connect
-    from .service import Backend
-    from .settings import load_settings
+    from backend.core.redis_connection import connect
+    from backend.service import Backend
+    from backend.core.settings import load_settings
     settings = load_settings()
     return Backend(settings, connect(settings))
 
@@ -137,7 +137,7 @@ def cmd_resync(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from .worker import run_worker
+    from backend.training.worker import run_worker
     run_worker(args.queue, args.device, args.burst)
     return 0
 
@@ -168,8 +168,8 @@ def cmd_promote(args) -> int:
 
 
 def cmd_redis(args) -> int:
-    from .redis_store import stop_unused_embedded_redis
-    from .settings import load_settings
+    from backend.core.redis_connection import stop_unused_embedded_redis
+    from backend.core.settings import load_settings
     settings = load_settings()
     if settings.redis_url:
         raise AesemoError("REDIS_URL is set: that Redis is not the embedded one, and not this command's to stop")

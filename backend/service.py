@@ -7,25 +7,25 @@ from pathlib import Path
 
 import redis
 
-from . import label_studio_auth as ls_auth
-from .errors import RequestError
-from .images import ImageFetcher
-from .ingest import Ingest
-from .label_config import LabelConfigError, ProjectLabels, parse_label_config
-from .metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
-from .hotswap import HotSwap
-from .model_holder import ModelHolder
-from .predict import BUDGET_KIND, predict_tasks
-from .project_consensus import ProjectConsensus, vote_and_image
-from .projects import ProjectContext, ProjectStore, project_id
-from .redis_store import reachable
-from .registry import (all_versions, base_version_name, current_version_name, project_versions,
+from backend.labelstudio import tokens as ls_auth
+from backend.core.errors import RequestError
+from backend.fetch.fetcher import ImageFetcher
+from backend.votes.ingest import Ingest
+from backend.labelstudio.label_config import LabelConfigError, ProjectLabels, parse_label_config
+from backend.http.prometheus_metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
+from backend.serving.hotswap import HotSwap
+from backend.serving.model_holder import ModelHolder
+from backend.serving.predict import BUDGET_KIND, predict_tasks
+from backend.votes.project_consensus import ProjectConsensus, vote_and_image
+from backend.labelstudio.projects import ProjectContext, ProjectStore, project_id
+from backend.core.redis_connection import reachable
+from backend.serving.registry import (all_versions, base_version_name, current_version_name, project_versions,
                        promote_version, resolve_current)
-from .resync import fetch_label_config, project_studio, resync
-from .settings import Settings
-from .jobs import cancel_job, check_params, get_job, project_jobs, submit_training
-from .training_requests import request_training
-from .webhooks import parse_event, record_event
+from backend.votes.resync import fetch_label_config, project_studio, resync
+from backend.core.settings import Settings
+from backend.training.jobs import cancel_job, check_params, get_job, project_jobs, submit_training
+from backend.training.training_requests import request_training
+from backend.labelstudio.webhook_events import parse_event, record_event
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class Backend:
         return {"status": "ok", "action": event["action"], **self._act_on(event, body)}
 
     def _ingest_votes(self, event: dict, body: dict) -> list[str] | None:
-        """The common case in one Redis round trip (backend/ingest.py): an annotation event whose
+        """The common case in one Redis round trip (backend/votes/ingest.py): an annotation event whose
         body carries the project's label config, with auto-training off. Returns the votes'
         outcomes, or None to go step by step: for every other event, and for one with anything
         to refuse, so that the step-by-step path records it and answers the error as always."""
@@ -329,7 +329,7 @@ def _log_failures(failures: list, budget_s: float) -> None:
 
 
 def _base(settings, labels):
-    from .registry import ensure_base_version
+    from backend.serving.registry import ensure_base_version
     return ensure_base_version(settings, labels.classes())
 
 

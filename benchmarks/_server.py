@@ -209,7 +209,7 @@ class Service:
             session.close()
 
     def stop(self) -> None:
-        from backend.redis_store import stop_embedded_redis
+        from backend.core.redis_connection import stop_embedded_redis
 
         proc, self.proc = self.proc, None
         if proc is not None:
@@ -244,7 +244,7 @@ class Service:
     def redis(self):
         import redis
 
-        from backend.redis_store import embedded_socket_path
+        from backend.core.redis_connection import embedded_socket_path
         return redis.Redis.from_url(f"unix://{embedded_socket_path(self.data_dir)}", decode_responses=True)
 
     def log_text(self) -> str:

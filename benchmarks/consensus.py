@@ -8,7 +8,7 @@
     >= 1000 events/s, p99 < 50 ms). Below a goal, one request path is profiled in process
     (Flask test client, same Redis kind) and what dominates is printed.
 (b) consensus of --tasks tasks x 3 annotators (2 aesthetic, 8 emotion classes, noisy
-    annotators): backend.consensus.compute with majority vote and with Dawid-Skene, and
+    annotators): backend.votes.consensus.compute with majority vote and with Dawid-Skene, and
     VoteStore.all_votes after writing the records with a pipeline (goals: under 10 s each).
 """
 from __future__ import annotations
@@ -97,14 +97,14 @@ def profile_webhook(n: int) -> None:
         metrics_dir = Path(tmp) / "prometheus"  # as under gunicorn: multiprocess metric files
         metrics_dir.mkdir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        from backend.redis_store import ensure_embedded_redis, stop_embedded_redis
+        from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_redis
         data_dir = Path(tmp) / "data"
         try:
             url = ensure_embedded_redis(data_dir)
-            from backend.app import create_app
-            from backend.redis_store import connect
+            from backend.http.app import create_app
+            from backend.core.redis_connection import connect
             from backend.service import Backend
-            from backend.settings import Settings
+            from backend.core.settings import Settings
             settings = Settings(data_dir=data_dir, redis_url=url, backbone="resnet18")
             backend = Backend(settings, connect(settings))
             commands = [0]
@@ -177,7 +177,7 @@ def _area(filename: str, func: str) -> str:
 def generate_votes(n_tasks: int, per_task: int, seed: int):
     import numpy as np
 
-    from backend.votes import Vote
+    from backend.votes.store import Vote
     rng = np.random.default_rng(seed)
     n_annotators = 60
     accuracy = rng.uniform(0.55, 0.95, n_annotators)  # each annotator's chance of the true class
@@ -198,10 +198,10 @@ def generate_votes(n_tasks: int, per_task: int, seed: int):
 
 
 def large_project(args) -> None:
-    from backend.consensus import Policy, compute
-    from backend.redis_store import connect, ensure_embedded_redis, stop_embedded_redis
-    from backend.settings import Settings
-    from backend.votes import VoteStore, key
+    from backend.votes.consensus import Policy, compute
+    from backend.core.redis_connection import connect, ensure_embedded_redis, stop_embedded_redis
+    from backend.core.settings import Settings
+    from backend.votes.store import VoteStore, key
 
     started = time.perf_counter()
     votes, true_a, true_e = generate_votes(args.tasks, 3, seed=3)
@@ -256,7 +256,7 @@ def large_project(args) -> None:
 
 
 def _profile_compute(votes, classes, policy, method: str) -> None:
-    from backend.consensus import compute
+    from backend.votes.consensus import compute
     profiler = cProfile.Profile()
     profiler.enable()
     compute(votes, classes, policy)

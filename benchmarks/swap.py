@@ -72,8 +72,8 @@ def ms(seconds: float) -> str:
 
 def make_versions(service: Service, backbone: str, names: list[str]) -> tuple[float, float]:
     """Untrained versions of `backbone` in the project's versions folder; (seconds, MB each)."""
-    from backend.registry import project_versions_dir
-    from backend.settings import Settings
+    from backend.serving.registry import project_versions_dir
+    from backend.core.settings import Settings
     from model.network import NetConfig
     from model.pipeline import init_version
     folder = project_versions_dir(Settings(data_dir=service.data_dir), "1")
@@ -88,8 +88,8 @@ def make_versions(service: Service, backbone: str, names: list[str]) -> tuple[fl
 
 def load_breakdown(service: Service, name: str) -> tuple[float, float, float]:
     """Seconds for Predictor(folder), for building the network alone, for hashing the weights."""
-    from backend.registry import project_versions_dir
-    from backend.settings import Settings
+    from backend.serving.registry import project_versions_dir
+    from backend.core.settings import Settings
     from model.network import CrossBranchNet, NetConfig
     from model.predictor import Predictor
     from model.version import WEIGHTS_FILE, read_meta, sha256_file
@@ -264,9 +264,9 @@ def run_b(args, service: Service, names: list[str], urls: list[str]) -> None:
 # -- (c) ------------------------------------------------------------------------------------
 
 def run_c(args) -> None:
-    from backend.app import create_app
-    from backend.redis_store import ensure_embedded_redis, stop_embedded_redis
-    from backend.settings import Settings
+    from backend.http.app import create_app
+    from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_redis
+    from backend.core.settings import Settings
     from model.synthetic import write_synthetic_set
 
     tmp = Path(tempfile.mkdtemp(prefix="aesemo-bench-train-"))

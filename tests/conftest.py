@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from backend.redis_store import ensure_embedded_redis, stop_embedded_redis
-from backend.settings import Settings
+from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_redis
+from backend.core.settings import Settings
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ import pytest
 import redis
 import requests
 
-from backend.app import create_app
-from backend.registry import project_versions_dir, set_current_version
+from backend.http.app import create_app
+from backend.serving.registry import project_versions_dir, set_current_version
 
 from images_server import ImageServer
 from training_project import (aesemo_command, free_port, label_tasks, log_tail, service_env, settings_for,

@@ -11,9 +11,9 @@ import re
 import pytest
 import redis
 
-from backend.admin_page import format_duration, format_number, progress_fraction
-from backend.app import create_app
-from backend.registry import project_versions_dir, set_current_version
+from backend.http.admin_page import format_duration, format_number, progress_fraction
+from backend.http.app import create_app
+from backend.serving.registry import project_versions_dir, set_current_version
 
 from training_project import (AESTHETIC, EMOTION, example, label_tasks, service_env, settings_for, setup_project,
                               write_reported_version)
@@ -196,7 +196,7 @@ def test_the_page_and_its_files_need_basic_auth_when_it_is_on(admin):
 
 
 def test_a_section_that_fails_shows_why_and_the_rest_still_renders(admin, monkeypatch):
-    from backend.errors import RequestError
+    from backend.core.errors import RequestError
     from backend.service import Backend
 
     def broken(self, project, state):
@@ -267,7 +267,7 @@ def test_cross_site_posts_are_refused_and_same_site_ones_pass(admin):
 
 
 def test_cross_site_webhook_is_refused_too(admin):
-    """/webhook takes a path around Flask (backend.app.FastWebhook): the Origin check holds there."""
+    """/webhook takes a path around Flask (backend.http.app.FastWebhook): the Origin check holds there."""
     body = copy.deepcopy(example("webhook_ANNOTATION_CREATED.json"))
     body["project"]["id"] = PROJECT
     body["annotation"].update(id=5000, completed_by=9, task=60, project=PROJECT)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.app import create_app
-from backend.consensus import Policy, compute, krippendorff_alpha, summary
-from backend.label_config import parse_label_config
-from backend.project_consensus import ProjectConsensus, policy_key
-from backend.votes import Vote
+from backend.http.app import create_app
+from backend.votes.consensus import Policy, compute, krippendorff_alpha, summary
+from backend.labelstudio.label_config import parse_label_config
+from backend.votes.project_consensus import ProjectConsensus, policy_key
+from backend.votes.store import Vote
 from model.dataset import load_training_data
 from model.manifest import read_manifest
 

@@ -1,6 +1,6 @@
 """The Docker deployment (docker/) agrees with the code: compose services, volumes, ports, health
 checks and the GPU reservation; every environment variable the backend and worker get is a
-setting of backend/settings.py, and every setting is in docker/.env.example (with its default) and
+setting of backend/core/settings.py, and every setting is in docker/.env.example (with its default) and
 in the README's Settings table; the images run existing `aesemo` subcommands; the requirements
 repeat pyproject.toml's pins. Static checks (no Docker engine needed), plus the health-check
 script against a small HTTP server."""
@@ -21,8 +21,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from backend import settings as settings_module
-from backend.settings import Settings, load_settings
+from backend.core import settings as settings_module
+from backend.core.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -97,7 +97,7 @@ def _healthcheck_command(service: dict) -> str:
     return str(test)
 
 
-# -- what backend/settings.py reads --------------------------------------------------------
+# -- what backend/core/settings.py reads --------------------------------------------------------
 
 def _setting_names() -> list[str]:
     source = inspect.getsource(load_settings)
@@ -112,7 +112,7 @@ def test_settings_are_parsed_from_their_one_place():
     # and nothing else in the module reads the environment by name
     module_source = inspect.getsource(settings_module)
     other = set(re.findall(r'"([A-Z][A-Z0-9_]{3,})"', module_source)) - set(names)
-    assert not other, f"names in backend/settings.py outside load_settings: {other}"
+    assert not other, f"names in backend/core/settings.py outside load_settings: {other}"
 
 
 # -- docker/.env.example ---------------------------------------------------------------------

@@ -21,9 +21,9 @@ import pytest
 import requests
 from werkzeug.exceptions import BadRequest, RequestHeaderFieldsTooLarge, UnsupportedMediaType
 
-from backend.app import MAX_BODY_BYTES, create_app
-from backend.redis_store import ensure_embedded_redis, stop_embedded_redis
-from backend.registry import project_versions_dir, set_current_version
+from backend.http.app import MAX_BODY_BYTES, create_app
+from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_redis
+from backend.serving.registry import project_versions_dir, set_current_version
 
 from images_server import ImageServer
 from training_project import (aesemo_command, example, free_port, log_tail, predict_body, service_env, start_process,
@@ -85,7 +85,7 @@ def test_unhandled_exception_is_json_500_without_internals(settings, redis_clien
     def boom():
         raise RuntimeError("internal detail /secret/path")
 
-    with caplog.at_level(logging.ERROR, logger="backend.app"):
+    with caplog.at_level(logging.ERROR, logger="backend.http.app"):
         response = app.test_client().get("/test/boom")
     body = assert_json_error(response, 500, "internal server error")
     assert "secret" not in json.dumps(body)

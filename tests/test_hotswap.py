@@ -18,9 +18,9 @@ import pytest
 import redis
 import requests
 
-from backend.app import create_app
-from backend.redis_store import connect, ensure_embedded_redis, stop_embedded_redis
-from backend.registry import project_versions_dir, set_current_version
+from backend.http.app import create_app
+from backend.core.redis_connection import connect, ensure_embedded_redis, stop_embedded_redis
+from backend.serving.registry import project_versions_dir, set_current_version
 from backend.service import Backend
 
 from images_server import ImageServer

@@ -1,4 +1,4 @@
-"""backend.images.ImageFetcher against real HTTP servers on loopback.
+"""backend.fetch.fetcher.ImageFetcher against real HTTP servers on loopback.
 
 Two servers run in threads: "Label Studio" on 127.0.0.1 and "elsewhere" on 127.0.0.2 (also
 loopback). No test sends traffic outside 127.0.0.0/8: cloud and other schemes are refused before
@@ -21,11 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from backend import images as images_module
-from backend import label_studio_auth as ls_auth
-from backend.images import ERROR_KINDS, ImageFetcher, ImageFetchError, is_forbidden_address, public_url
-from backend.label_studio_admin import LabelStudioClient
-from backend.settings import Settings
+from backend.fetch import fetcher as images_module
+from backend.labelstudio import tokens as ls_auth
+from backend.fetch.fetcher import ERROR_KINDS, ImageFetcher, ImageFetchError, is_forbidden_address, public_url
+from backend.labelstudio.admin_client import LabelStudioClient
+from backend.core.settings import Settings
 
 from canary import Canary
 

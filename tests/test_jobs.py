@@ -20,10 +20,10 @@ import pytest
 import redis
 from PIL import Image
 
-from backend.app import create_app
+from backend.http.app import create_app
 from backend.cli import main as cli_main
-from backend.jobs import training_queue
-from backend.registry import project_versions_dir
+from backend.training.jobs import training_queue
+from backend.serving.registry import project_versions_dir
 
 from images_server import ImageServer
 from training_project import (aesemo_command, environment, flip_a_byte, label_tasks, legacy_train_body, log_tail,
@@ -241,7 +241,7 @@ def test_failed_downloads_are_skipped_and_counted_then_fatal_over_the_threshold(
 
 def test_a_loss_gone_nan_fails_the_job_and_promotes_nothing(lab, trained, monkeypatch):
     """The job runs in an RQ SimpleWorker in this process, so that its loss can be made NaN."""
-    from backend.worker import run_worker
+    from backend.training.worker import run_worker
     from model import train as train_module
     original = train_module.two_task_loss
 

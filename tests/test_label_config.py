@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.label_config import (
+from backend.labelstudio.label_config import (
     LabelConfigError,
     ProjectLabels,
     choice_to_index,

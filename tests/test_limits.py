@@ -8,7 +8,7 @@ import math
 import pytest
 
 from backend.cli import main as cli_main
-from backend.settings import Settings, load_settings
+from backend.core.settings import Settings, load_settings
 from model.limits import TRAINING_LIMITS, LimitError, check_training_value
 from model.train import TrainConfig
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.app import create_app
-from backend.predict import FETCH_THREADS
-from backend.settings import Settings, load_settings
+from backend.http.app import create_app
+from backend.serving.predict import FETCH_THREADS
+from backend.core.settings import Settings, load_settings
 
 from hanging_server import HangingServer
 from images_server import ImageServer

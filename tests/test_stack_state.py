@@ -11,7 +11,7 @@ import stat
 import pytest
 from PIL import Image
 
-from backend.stack import (SAMPLE_PHOTOS, StackError, StackOptions, _only_stack_of, check_ports_free,
+from backend.tools.stack import (SAMPLE_PHOTOS, StackError, StackOptions, _only_stack_of, check_ports_free,
                            load_or_create_state, sample_photos, uploaded_name)
 
 

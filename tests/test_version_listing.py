@@ -13,11 +13,11 @@ from dataclasses import replace
 
 import pytest
 
-from backend import registry
-from backend.app import create_app
-from backend.hotswap import HotSwap
-from backend.registry import project_versions_dir
-from backend.settings import Settings
+from backend.serving import registry
+from backend.http.app import create_app
+from backend.serving.hotswap import HotSwap
+from backend.serving.registry import project_versions_dir
+from backend.core.settings import Settings
 from model.version import META_FILE, WEIGHTS_FILE
 
 from training_project import flip_a_byte, setup_project, write_small_version
@@ -70,7 +70,7 @@ def listed(listed_settings, redis_client):
 def test_project_versions_skip_and_name_each_bad_one(listed, caplog, monkeypatch):
     client, _ = listed
     monkeypatch.setattr(registry, "_LOGGED", set())  # as in a fresh process
-    with caplog.at_level(logging.WARNING, logger="backend.registry"):
+    with caplog.at_level(logging.WARNING, logger="backend.serving.registry"):
         answer = client.get(f"/projects/{PROJECT}/versions")
         again = client.get(f"/projects/{PROJECT}/versions")
     assert answer.status_code == 200, answer.get_data(as_text=True)[:500]
@@ -113,7 +113,7 @@ def test_promotion_refuses_a_bad_version(listed, redis_client, name):
 
 def test_hot_swap_refuses_a_bad_version(redis_client, listed, caplog):
     swap = HotSwap(listed[1], redis_client)
-    with caplog.at_level(logging.ERROR, logger="backend.hotswap"):
+    with caplog.at_level(logging.ERROR, logger="backend.serving.hotswap"):
         assert swap.swap_to(str(PROJECT), "v0003-metrics-text") is False
     assert "refused model version v0003-metrics-text" in caplog.text and "'metrics'" in caplog.text
     assert swap.swap_to(str(PROJECT), GOOD) is True
@@ -127,7 +127,7 @@ def test_hot_swap_retries_a_refused_version_once_it_is_repaired(settings, redis_
     assert swap.swap_to(str(PROJECT), "v0001-first") is True
     weights = folder / "v0002-second" / WEIGHTS_FILE
     flip_a_byte(weights)
-    with caplog.at_level(logging.ERROR, logger="backend.hotswap"):
+    with caplog.at_level(logging.ERROR, logger="backend.serving.hotswap"):
         assert swap.swap_to(str(PROJECT), "v0002-second") is False
         assert swap.swap_to(str(PROJECT), "v0002-second") is False  # unchanged files: not loaded again
     assert caplog.text.count("refused model version v0002-second") == 1

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from backend.app import create_app
-from backend.redis_store import ensure_embedded_redis, stop_embedded_redis
-from backend.training_requests import REQUESTS_LIST
-from backend.votes import Vote, VoteStore
-from backend.webhooks import EVENTS_STREAM
+from backend.http.app import create_app
+from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_redis
+from backend.training.training_requests import REQUESTS_LIST
+from backend.votes.store import Vote, VoteStore
+from backend.labelstudio.webhook_events import EVENTS_STREAM
 
 from ls_examples import example  # noqa: E402
 
@@ -676,7 +676,7 @@ def test_auto_training_off_at_threshold_zero(trigger_settings, db):
 
 
 def test_record_round_trip_and_older_records():
-    from backend.votes import Vote
+    from backend.votes.store import Vote
     vote = Vote(annotation=5, task=2, annotator=3, updated_at="2026-11-27T12:00:00Z",
                 labels={"aesthetic": "high", "emotion": None}, ground_truth=True, problems=("x: bad",))
     back = Vote.from_record(vote.record())

@@ -71,7 +71,7 @@ def environment(env: dict):
 
 
 def settings_for(env: dict):
-    from backend.settings import load_settings
+    from backend.core.settings import load_settings
     with environment(env):
         return load_settings()
 
@@ -177,7 +177,7 @@ def report_metrics(accuracy: float) -> dict:
 
 def write_reported_version(folder: Path, accuracy: float, created_at: str, **meta) -> None:
     """A small version with held-out metrics and its report (metrics.json, confusion PNGs)."""
-    from backend.report import write_report
+    from backend.training.report import write_report
     saved = write_small_version(folder, seed=len(folder.name), metrics=report_metrics(accuracy),
                                 created_at=created_at, **meta)
     write_report(folder, {**saved, "metrics": report_metrics(accuracy)})

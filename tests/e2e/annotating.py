@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from backend.consensus import STATES
+from backend.votes.consensus import STATES
 from ls_server import LabelStudioServer
 
 

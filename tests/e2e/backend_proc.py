@@ -110,7 +110,7 @@ class BackendProcess:
             time.sleep(0.5)
 
     def stop(self, timeout: float = 40.0) -> None:
-        from backend.redis_store import stop_embedded_redis
+        from backend.core.redis_connection import stop_embedded_redis
 
         proc, self.proc = self.proc, None
         if proc is not None:
@@ -129,7 +129,7 @@ class BackendProcess:
         stop_embedded_redis(self.data_dir)  # a daemon: not in the process group
 
     def redis(self) -> redis.Redis:
-        from backend.redis_store import embedded_socket_path
+        from backend.core.redis_connection import embedded_socket_path
 
         return redis.Redis.from_url(f"unix://{embedded_socket_path(self.data_dir)}", decode_responses=True)
 

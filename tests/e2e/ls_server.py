@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from backend.label_studio_admin import (  # noqa: F401  (LabelStudioError and LS_VERSION are re-exported)
+from backend.labelstudio.admin_client import (  # noqa: F401  (LabelStudioError and LS_VERSION are re-exported)
     LS_VERSION,
     LabelStudioClient,
     LabelStudioError,
@@ -42,7 +42,7 @@ from backend.label_studio_admin import (  # noqa: F401  (LabelStudioError and LS
     local_session,
     port_moved,
 )
-from backend.label_studio_admin import ensure_ls_venv as _ensure_ls_venv
+from backend.labelstudio.admin_client import ensure_ls_venv as _ensure_ls_venv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-ls"
@@ -67,7 +67,7 @@ def ensure_ls_venv(venv: Path = DEFAULT_VENV) -> Path:
 
 class LabelStudioServer(LabelStudioClient):
     """One Label Studio process on 127.0.0.1, plus the REST helpers of ``LabelStudioClient``
-    (backend/label_studio_admin.py, shared with ``aesemo stack``; ``Authorization: Token``)."""
+    (backend/labelstudio/admin_client.py, shared with ``aesemo stack``; ``Authorization: Token``)."""
 
     def __init__(
         self,

@@ -268,9 +268,9 @@ def test_consensus_of_three_annotators(label_studio: LabelStudioServer, image_se
 
 def test_resync_after_backend_was_down(label_studio: LabelStudioServer, image_server: ImageServer,
                                        annotators: list[Annotator], make_backend, show_logs_on_failure, tmp_path):
-    from backend.consensus import Policy, compute
-    from backend.label_config import parse_label_config
-    from backend.resync import votes_from_export
+    from backend.votes.consensus import Policy, compute
+    from backend.labelstudio.label_config import parse_label_config
+    from backend.votes.resync import votes_from_export
 
     ls = label_studio
     a, b, c = annotators

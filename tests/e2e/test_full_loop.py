@@ -104,7 +104,7 @@ def stopped_at_end():
 
 
 def test_full_loop(label_studio: LabelStudioServer, image_server: ImageServer, tmp_path_factory, stopped_at_end):
-    from backend.redis_store import embedded_socket_path
+    from backend.core.redis_connection import embedded_socket_path
     from model.synthetic import write_synthetic_set
 
     ls = label_studio

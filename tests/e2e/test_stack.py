@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.label_studio_admin import LabelStudioClient
-from backend.redis_store import embedded_redis_running
-from backend.stack import READY_LINE, SAMPLE_PHOTOS
+from backend.labelstudio.admin_client import LabelStudioClient
+from backend.core.redis_connection import embedded_redis_running
+from backend.tools.stack import READY_LINE, SAMPLE_PHOTOS
 from backend_proc import SCRUB_ENV, aesemo_executable
 from ls_server import free_port
 
@@ -90,7 +90,7 @@ class StackRun:
                 os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        from backend.redis_store import stop_embedded_redis
+        from backend.core.redis_connection import stop_embedded_redis
 
         stop_embedded_redis(self.data_dir)
 

@@ -16,9 +16,9 @@ import threading
 import redis
 from redis.exceptions import NoScriptError
 
-from .projects import PROJECTS_SET, setup_key
-from .votes import APPLY_VOTE_LUA, Vote, VoteStore, key
-from .webhooks import EVENTS_KEPT, EVENTS_STREAM, event_json
+from backend.labelstudio.projects import PROJECTS_SET, setup_key
+from backend.votes.store import APPLY_VOTE_LUA, Vote, VoteStore, key
+from backend.labelstudio.webhook_events import EVENTS_KEPT, EVENTS_STREAM, event_json
 
 # KEYS: events stream, project setup hash, projects set, votes, vote_times, tombstones,
 #       deleted_tasks, images, then task:{t} of each vote

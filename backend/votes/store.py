@@ -24,9 +24,9 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 
-from .errors import RequestError
-from .ids import as_id, shown
-from .label_config import ProjectLabels
+from backend.core.errors import RequestError
+from backend.core.ids import as_id, shown
+from backend.labelstudio.label_config import ProjectLabels
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Rules this module keeps:
 
 * A token goes only to the Label Studio origin it belongs to (scheme, host and port), never to
   any other host, including redirect targets: LABEL_STUDIO_API_KEY only to LABEL_STUDIO_URL,
-  /setup's access_token only to /setup's hostname (backend/label_studio_auth.py decides).
+  /setup's access_token only to /setup's hostname (backend/labelstudio/tokens.py decides).
 * Relative URLs are Label Studio's: LABEL_STUDIO_URL when set, else /setup's hostname.
 * No request reaches a loopback, private, link-local, multicast, reserved or otherwise
   non-global address (SSRF), unless the host is LABEL_STUDIO_URL's or listed in
@@ -46,8 +46,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from backend import label_studio_auth as ls_auth
-from backend.settings import Settings
+from backend.labelstudio import tokens as ls_auth
+from backend.core.settings import Settings
 from model.errors import AesemoError, ImageError
 from model.images import open_image
 

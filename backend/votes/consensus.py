@@ -17,7 +17,7 @@ import numpy as np
 
 from model.limits import Limit
 
-from .votes import DIMENSIONS, Vote, gc_paused
+from backend.votes.store import DIMENSIONS, Vote, gc_paused
 
 STATES = ("no_votes", "waiting", "agreed", "disputed")
 METHODS = ("majority", "dawid_skene")

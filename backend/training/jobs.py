@@ -27,18 +27,18 @@ from model.pipeline import train_version
 from model.train import TrainConfig
 from model.version import read_meta
 
-from .errors import RequestError
-from .image_cache import cached_training_image
-from .images import ImageFetchError, ImageFetcher
-from .label_config import parse_label_config
-from .project_consensus import ProjectConsensus
-from .projects import ProjectStore
-from .redis_store import redis_url
-from .registry import (ensure_base_version, project_versions_dir, refusal, resolve_current,
+from backend.core.errors import RequestError
+from backend.training.image_cache import cached_training_image
+from backend.fetch.fetcher import ImageFetchError, ImageFetcher
+from backend.labelstudio.label_config import parse_label_config
+from backend.votes.project_consensus import ProjectConsensus
+from backend.labelstudio.projects import ProjectStore
+from backend.core.redis_connection import redis_url
+from backend.serving.registry import (ensure_base_version, project_versions_dir, refusal, resolve_current,
                        set_current_version)
-from .report import write_report
-from .resync import project_studio, resync
-from .settings import Settings, load_settings
+from backend.training.report import write_report
+from backend.votes.resync import project_studio, resync
+from backend.core.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
 
     progress.state("images", total=snapshot["rows"])
     started = time.monotonic()
-    # the fetcher picks each image's token itself (backend/label_studio_auth.py): what goes in
+    # the fetcher picks each image's token itself (backend/labelstudio/tokens.py): what goes in
     # is /setup's pair as stored, never the operator's key
     rows, failed = _cache_images(settings, snapshot["path"], context.hostname, context.access_token)
     image_seconds = time.monotonic() - started

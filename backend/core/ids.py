@@ -7,7 +7,7 @@ project list, so the admin page failed for good.
 """
 from __future__ import annotations
 
-from .errors import RequestError
+from backend.core.errors import RequestError
 
 MAX_ID = 2**63 - 1
 

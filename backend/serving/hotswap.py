@@ -20,7 +20,7 @@ import redis
 from model.errors import AesemoError
 from model.predictor import Predictor
 
-from .registry import SWAP_CHANNEL, current_version_name, project_versions_dir
+from backend.serving.registry import SWAP_CHANNEL, current_version_name, project_versions_dir
 
 log = logging.getLogger(__name__)
 

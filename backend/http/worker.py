@@ -30,8 +30,8 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
-from .app import MAX_BODY_BYTES
-from .settings import load_settings
+from backend.http.app import MAX_BODY_BYTES
+from backend.core.settings import load_settings
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_CONNECTIONS = 1000  # per worker process; also kept well under its open-file limit

@@ -16,10 +16,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import requests
 
-from . import label_studio_auth as ls_auth
+from backend.labelstudio import tokens as ls_auth
 
 LS_VERSION = "1.23.2"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LS_VENV_SCRIPT = REPO_ROOT / "scripts" / "ls-venv.sh"
 
 # Variables of the calling environment that must not leak into Label Studio's interpreter.

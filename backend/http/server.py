@@ -1,5 +1,5 @@
 """`aesemo serve`: the app under gunicorn (threads share one model per worker process), its
-requests read by waitress in each worker (backend/http_worker.py)."""
+requests read by waitress in each worker (backend/http/worker.py)."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,8 @@ from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
-from .redis_store import redis_url
-from .settings import load_settings
+from backend.core.redis_connection import redis_url
+from backend.core.settings import load_settings
 
 
 class _Gunicorn(BaseApplication):
@@ -22,7 +22,7 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from .app import create_app
+        from backend.http.app import create_app
         return create_app()
 
 
@@ -46,8 +46,8 @@ def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        # waitress reads each request whole before a thread sees it (backend/http_worker.py)
-        "worker_class": "backend.http_worker.BufferedWorker",
+        # waitress reads each request whole before a thread sees it (backend/http/worker.py)
+        "worker_class": "backend.http.worker.BufferedWorker",
         # seconds an idle connection is kept open between requests
         "keepalive": 5,
         # /predict of a large body on a CPU can take a while; Label Studio waits 100 s

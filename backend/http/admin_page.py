@@ -10,9 +10,9 @@ from pathlib import Path
 
 import redis
 
-from . import label_studio_auth as ls_auth
-from .errors import RequestError
-from .registry import project_versions_dir, version_folder
+from backend.labelstudio import tokens as ls_auth
+from backend.core.errors import RequestError
+from backend.serving.registry import project_versions_dir, version_folder
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,15 @@ import logging
 
 from label_studio_sdk import LabelStudio
 
-from . import label_studio_auth as ls_auth
-from .errors import RequestError
-from .ids import as_id, shown
-from .images import AddressGuard, ImageFetchError, allowed_host_entries, guarded_httpx_client
-from .label_config import ProjectLabels
-from .project_consensus import ProjectConsensus
-from .projects import ProjectContext
-from .settings import Settings
-from .votes import Vote, vote_from_annotation
+from backend.labelstudio import tokens as ls_auth
+from backend.core.errors import RequestError
+from backend.core.ids import as_id, shown
+from backend.fetch.fetcher import AddressGuard, ImageFetchError, allowed_host_entries, guarded_httpx_client
+from backend.labelstudio.label_config import ProjectLabels
+from backend.votes.project_consensus import ProjectConsensus
+from backend.labelstudio.projects import ProjectContext
+from backend.core.settings import Settings
+from backend.votes.store import Vote, vote_from_annotation
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def project_studio(settings: Settings, context: ProjectContext) -> ls_auth.Studi
 
 def sdk_client(settings: Settings, studio: ls_auth.Studio, timeout_s: float) -> LabelStudio:
     """The SDK's client for `studio`. LABEL_STUDIO_URL is the operator's and used as it is; a
-    /setup hostname is held to the image downloads' address rules (backend/images.py) on every
+    /setup hostname is held to the image downloads' address rules (backend/fetch/fetcher.py) on every
     connection, so naming an internal service in /setup cannot make the backend call it.
     RequestError (409) when refused: before any connection, whether anything listens there or not."""
     if not ls_auth.is_http_url(studio.base):

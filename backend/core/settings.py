@@ -50,7 +50,7 @@ def _check_ranges(settings) -> None:
     ones share the ranges of the HTTP API and the command line (model/limits.py)."""
     from model.limits import TRAINING_LIMITS, Limit
 
-    from .consensus import METHODS, POLICY_LIMITS
+    from backend.votes.consensus import METHODS, POLICY_LIMITS
     ranged = {
         "AESEMO_TRAIN_EPOCHS": (settings.train_epochs, TRAINING_LIMITS["epochs"]),
         "AESEMO_TRAIN_BATCH_SIZE": (settings.train_batch_size, TRAINING_LIMITS["batch_size"]),

@@ -36,11 +36,11 @@ from rq import Worker
 
 from model.errors import AesemoError
 
-from .label_studio_admin import (LS_VERSION, REPO_ROOT, LabelStudioClient, LabelStudioError, ensure_ls_venv,
+from backend.labelstudio.admin_client import (LS_VERSION, REPO_ROOT, LabelStudioClient, LabelStudioError, ensure_ls_venv,
                                  is_up, label_studio_command, label_studio_environment, local_session,
                                  port_moved)
-from .redis_store import lease_embedded_redis, release_embedded_redis
-from .settings import load_settings
+from backend.core.redis_connection import lease_embedded_redis, release_embedded_redis
+from backend.core.settings import load_settings
 
 READY_LINE = "aesemo stack: ready"
 ADMIN_EMAIL = "admin@example.com"
@@ -308,7 +308,7 @@ class Processes:
 class EmbeddedRedis:
     """The data directory's Redis, used by this run (its backend and worker get its URL): at the
     end it stops unless another process of the data directory (a serve or worker started by
-    hand) still uses it (backend/redis_store.py)."""
+    hand) still uses it (backend/core/redis_connection.py)."""
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir

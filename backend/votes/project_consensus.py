@@ -11,11 +11,11 @@ from pathlib import Path
 
 import redis
 
-from .consensus import STATES, Policy, TaskConsensus, compute, summary
-from .errors import RequestError
-from .label_config import ProjectLabels
-from .training_requests import count_new_labels, reset_new_labels
-from .votes import DIMENSIONS, Vote, VoteStore, key, vote_from_annotation
+from backend.votes.consensus import STATES, Policy, TaskConsensus, compute, summary
+from backend.core.errors import RequestError
+from backend.labelstudio.label_config import ProjectLabels
+from backend.training.training_requests import count_new_labels, reset_new_labels
+from backend.votes.store import DIMENSIONS, Vote, VoteStore, key, vote_from_annotation
 
 log = logging.getLogger(__name__)
 

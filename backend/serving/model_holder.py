@@ -6,7 +6,7 @@ import threading
 
 from model.predictor import Predictor
 
-from .registry import VersionRef
+from backend.serving.registry import VersionRef
 
 log = logging.getLogger(__name__)
 

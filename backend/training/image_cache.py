@@ -11,7 +11,7 @@ from PIL import Image
 
 from model.transforms import TRAIN_SIZE
 
-from .images import ImageFetcher
+from backend.fetch.fetcher import ImageFetcher
 
 
 def cache_path(cache_dir: Path, url: str) -> Path:

@@ -21,8 +21,8 @@ import redis
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
-from .jobs import raw_connection, training_queue
-from .settings import load_settings
+from backend.training.jobs import raw_connection, training_queue
+from backend.core.settings import load_settings
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import time
 
 import redis
 
-from .errors import RequestError
-from .ids import require_id
-from .projects import project_id
+from backend.core.errors import RequestError
+from backend.core.ids import require_id
+from backend.labelstudio.projects import project_id
 
 EVENTS_STREAM = "aesemo:events"
 EVENTS_KEPT = 100_000  # about 100 MB of Redis memory at most
@@ -108,5 +108,5 @@ def event_json(event: dict) -> str:
 def record_event(client: redis.Redis, event: dict) -> str:
     """Append to the audit stream of recent events; returns the entry id."""
     # capped: the votes already hold what counts, and Label Studio's export is the full record
-    # (backend/ingest.py appends the same entry, with the same cap, for annotation events)
+    # (backend/votes/ingest.py appends the same entry, with the same cap, for annotation events)
     return client.xadd(EVENTS_STREAM, {"event": event_json(event)}, maxlen=EVENTS_KEPT, approximate=True)

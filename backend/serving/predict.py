@@ -19,9 +19,9 @@ from PIL import Image
 from model.classes import TASKS
 from model.predictor import Predictor
 
-from .errors import RequestError
-from .images import ImageFetchError
-from .label_config import ProjectLabels, prediction_result
+from backend.core.errors import RequestError
+from backend.fetch.fetcher import ImageFetchError
+from backend.labelstudio.label_config import ProjectLabels, prediction_result
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import BaseConverter
 
-from . import admin_page
-from .auth import basic_auth_ok, cross_site_refusal
-from .errors import RequestError
-from .metrics import observe_request, render
-from .projects import project_id
-from .redis_store import connect
-from .service import Backend
-from .settings import Settings, load_settings
+from backend.http import admin_page
+from backend.http.auth import basic_auth_ok, cross_site_refusal
+from backend.core.errors import RequestError
+from backend.http.prometheus_metrics import observe_request, render
+from backend.labelstudio.projects import project_id
+from backend.core.redis_connection import connect
+from backend.service import Backend
+from backend.core.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 

@@ -95,7 +95,7 @@ def set_current_version(client: redis.Redis, project: str, name: str) -> None:
 
 def promote_version(client: redis.Redis, settings, project: str, name: str) -> dict:
     """Make `name` current (also a rollback), after checking that it may serve: see `refusal`."""
-    from .errors import RequestError
+    from backend.core.errors import RequestError
     folder = version_folder(settings, project, name)
     if folder is None:
         raise RequestError(f"project {project} has no version {name!r}", status=404)

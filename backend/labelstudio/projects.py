@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import redis
 
-from .errors import RequestError
-from .ids import as_id, id_from_text, shown
+from backend.core.errors import RequestError
+from backend.core.ids import as_id, id_from_text, shown
 
 log = logging.getLogger(__name__)
 
