@@ -24,7 +24,6 @@ from backend.serving.registry import (all_versions, base_version_name, current_v
 from backend.votes.resync import fetch_label_config, project_studio, resync
 from backend.core.settings import Settings
 from backend.training.jobs import cancel_job, check_params, get_job, project_jobs, submit_training
-from backend.training.training_requests import request_training
 from backend.labelstudio.webhook_events import parse_event, record_event
 
 log = logging.getLogger(__name__)
@@ -166,38 +165,44 @@ class Backend:
 
     def webhook(self, body) -> dict:
         event = parse_event(body)
-        outcomes = self._ingest_votes(event, body)
-        if outcomes is not None:
-            WEBHOOK_EVENTS.labels(event["action"]).inc()
-            return {"status": "ok", "action": event["action"], "votes": outcomes}
-        record_event(self.redis, event)
+        label_config = self._one_round_trip_config(event, body)
+        if label_config is not None:
+            answer = {"votes": self._ingest_votes(event, body, label_config)}
+        else:
+            record_event(self.redis, event)
+            answer = self._act_on(event, body)
         WEBHOOK_EVENTS.labels(event["action"]).inc()
-        return {"status": "ok", "action": event["action"], **self._act_on(event, body)}
+        return {"status": "ok", "action": event["action"], **answer}
 
-    def _ingest_votes(self, event: dict, body: dict) -> list[str] | None:
-        """The common case in one Redis round trip (backend/votes/ingest.py): an annotation event whose
-        body carries the project's label config, with auto-training off. Returns the votes'
-        outcomes, or None to go step by step: for every other event, and for one with anything
-        to refuse, so that the step-by-step path records it and answers the error as always."""
+    def _one_round_trip_config(self, event: dict, body: dict) -> str | None:
+        """The label config a vote event's body carries when the event takes one Redis round
+        trip (backend/votes/ingest.py); None for every other event, and with auto-training on
+        (each vote is then judged before and after, step by step)."""
         if event["action"] not in _VOTE_ACTIONS or self.consensus.tracks_agreement():
             return None
         project_object = body["project"]
         sent = project_object.get("label_config") if isinstance(project_object, dict) else None
-        if not sent or not isinstance(sent, str):
-            return None
-        annotations = body["annotation"] if isinstance(body["annotation"], list) else [body["annotation"]]
+        return sent if sent and isinstance(sent, str) else None
+
+    def _ingest_votes(self, event: dict, body: dict, label_config: str) -> list[str]:
+        """The votes' outcomes. A refusal stores what the step-by-step path stores before it
+        refuses (the event, a readable label config, the votes before the bad one), and is
+        answered with the same error."""
+        votes, usable_config = [], ""
         try:
-            labels = self.labels(sent)
-            votes = [vote_and_image(labels, a, body.get("task")) for a in annotations]
+            labels = self.labels(label_config)
+            usable_config = label_config
+            for annotation in _annotations(body):
+                votes.append(vote_and_image(labels, annotation, body.get("task")))
         except RequestError:
-            return None
-        return self.ingest(event, sent, votes)
+            self.ingest(event, usable_config, votes)
+            raise
+        return self.ingest(event, label_config, votes)
 
     def _act_on(self, event: dict, body: dict) -> dict:
         """Votes from annotation events; a training request from START_TRAINING."""
         action, project = event["action"], event["project"]
         if action == "START_TRAINING":
-            request_training(self.redis, project, "START_TRAINING")
             self.project_labels(project, body.get("project"))  # the body carries the label config
             try:
                 return {"training": self.train(project, {}, "START_TRAINING")}
@@ -212,8 +217,8 @@ class Backend:
             return {}
         if action == "ANNOTATIONS_DELETED":
             return {"deleted": self.consensus.delete_annotations(project, labels, event["annotations"])}
-        annotations = body["annotation"] if isinstance(body["annotation"], list) else [body["annotation"]]
-        return {"votes": [self.consensus.apply_annotation(project, labels, a, body.get("task")) for a in annotations]}
+        return {"votes": [self.consensus.apply_annotation(project, labels, a, body.get("task"))
+                          for a in _annotations(body)]}
 
     def project_labels(self, project: str, project_object=None) -> ProjectLabels:
         """The project's label config: what /setup stored, or what a webhook body carries (Label
@@ -331,6 +336,11 @@ def _log_failures(failures: list, budget_s: float) -> None:
 def _base(settings, labels):
     from backend.serving.registry import ensure_base_version
     return ensure_base_version(settings, labels.classes())
+
+
+def _annotations(body: dict) -> list:
+    """A vote event's annotations: ANNOTATIONS_CREATED may carry a list."""
+    return body["annotation"] if isinstance(body["annotation"], list) else [body["annotation"]]
 
 
 def _object(body) -> dict:

@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backend.core import keys  # noqa: E402
 from _server import (CLIENTS, Service, closed_loop, cpu_seconds, local_session, percentile,  # noqa: E402
                      recorded_body, webhook_body)
 
@@ -66,7 +67,7 @@ def ingest(args) -> dict:
         cpu = {k: v - cpu_before[k] for k, v in service.cpu().items()}
         lat = out["latencies"]
         rate = len(lat) / out["wall"]
-        stored = service.redis().hlen(f"aesemo:p:{PROJECT}:votes")
+        stored = service.redis().hlen(keys.votes(PROJECT))
         print(f"(a) /webhook ingest, aesemo serve --workers {args.workers} --threads {args.threads}, "
               f"{args.clients} client connections (closed loop): {len(lat)} events in {out['wall']:.2f} s = "
               f"{rate:.0f} events/s (goal >= 1000/s) | latency p50 {percentile(lat, 50) * 1e3:.1f} ms, "
@@ -201,7 +202,7 @@ def large_project(args) -> None:
     from backend.votes.consensus import Policy, compute
     from backend.core.redis_connection import connect, ensure_embedded_redis, stop_embedded_redis
     from backend.core.settings import Settings
-    from backend.votes.store import VoteStore, key
+    from backend.votes.store import VoteStore
 
     started = time.perf_counter()
     votes, true_a, true_e = generate_votes(args.tasks, 3, seed=3)
@@ -234,9 +235,9 @@ def large_project(args) -> None:
             for start in range(0, len(votes), 10_000):
                 pipe = client.pipeline(transaction=False)
                 for vote in votes[start:start + 10_000]:
-                    pipe.hset(key(project, "votes"), vote.annotation, vote.record())
-                    pipe.hset(key(project, "vote_times"), vote.annotation, vote.updated_us)
-                    pipe.sadd(key(project, f"task:{vote.task}"), vote.annotation)
+                    pipe.hset(keys.votes(project), vote.annotation, vote.record())
+                    pipe.hset(keys.vote_times(project), vote.annotation, vote.updated_us)
+                    pipe.sadd(keys.task_votes(project, vote.task), vote.annotation)
                 pipe.execute()
             wrote, wrote_cpu = time.perf_counter() - started, time.process_time() - cpu
             wrote_redis = cpu_seconds(redis_pid) - redis_cpu

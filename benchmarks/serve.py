@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backend.core import keys  # noqa: E402
 from _common import interleaved_seconds  # noqa: E402
 from _server import (CLIENTS, ImageServer, Service, local_session, paced_open_loop, percentile,  # noqa: E402
                      recorded_body, webhook_body)
@@ -215,7 +216,7 @@ def run(args, service: Service, images: ImageServer, photos: dict[str, bytes], s
         print(f"(c) CPU per webhook (less load-sensitive than wall time): server worker {server_ms:.2f} ms + redis-server "
               f"{redis_ms:.2f} ms (+ client {client_ms:.2f} ms); so one worker process (one GIL) tops out near "
               f"{1e3 / server_ms:.0f}/s at this CPU cost")
-        stored = service.redis().hlen("aesemo:p:1:votes")
+        stored = service.redis().hlen(keys.votes("1"))
         expected = len(warm) + len(bodies) - len(out["errors"])
         print(f"(c) votes stored in Redis for project 1: {stored} (expected {expected})")
     session.close()

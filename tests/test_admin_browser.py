@@ -16,6 +16,7 @@ import pytest
 import redis
 import requests
 
+from backend.core import keys
 from backend.http.app import create_app
 from backend.serving.registry import project_versions_dir, set_current_version
 
@@ -118,7 +119,7 @@ def browser_page(running, tmp_path):
 
 
 def current_version(running) -> str | None:
-    return running["raw"].get(f"aesemo:project:{PROJECT}:current")
+    return running["raw"].get(keys.current_version(PROJECT))
 
 
 def test_roll_back_then_train_with_live_progress(running, browser_page):
@@ -177,7 +178,7 @@ def test_roll_back_then_train_with_live_progress(running, browser_page):
 def test_a_refused_training_request_shows_the_reason(running, browser_page, tmp_path):
     """Too few consensus labels (the threshold raised for this server): 409, and its message."""
     page, url = browser_page, running["url"]
-    running["raw"].delete(f"aesemo:p:{PROJECT}:votes")  # no votes at all: nothing to train on
+    running["raw"].delete(keys.votes(PROJECT))  # no votes at all: nothing to train on
     page.goto(f"{url}/?project={PROJECT}")
     page.locator("#start-training").click()
     page.wait_for_selector("#message.error", timeout=30_000)

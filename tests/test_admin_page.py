@@ -11,6 +11,7 @@ import re
 import pytest
 import redis
 
+from backend.core import keys
 from backend.http.admin_page import format_duration, format_number, progress_fraction
 from backend.http.app import create_app
 from backend.serving.registry import project_versions_dir, set_current_version
@@ -127,7 +128,7 @@ def test_unknown_project_in_the_query_falls_back_with_a_notice(admin):
 def test_a_stored_hostname_never_becomes_a_script_link(admin, stored):
     """/setup refuses such hostnames now; one stored before that check, or written to Redis
     directly, must not become a javascript: link either (nor break out of the attribute)."""
-    key = f"aesemo:project:{PROJECT}:setup"
+    key = keys.setup(PROJECT)
     admin["raw"].hset(key, "hostname", stored)
     try:
         text = page_text(admin)
@@ -143,11 +144,11 @@ def test_bad_project_ids_in_redis_are_skipped_and_named(admin):
     """Ids that /setup refuses now, but that an older version stored (or someone wrote to Redis):
     the page renders, lists the good projects, and names what it skipped."""
     bad = ["9" * 5000 + ".1", "abc", "007", "-4", "99999999999999999999"]
-    admin["raw"].sadd("aesemo:projects", *bad)
+    admin["raw"].sadd(keys.PROJECTS, *bad)
     try:
         response = admin["client"].get("/")
     finally:
-        admin["raw"].srem("aesemo:projects", *bad)
+        admin["raw"].srem(keys.PROJECTS, *bad)
     assert response.status_code == 200
     text = html.unescape(response.get_data(as_text=True))
     assert f"project {PROJECT}" in text and "not project ids, skipped" in text
@@ -273,7 +274,7 @@ def test_cross_site_webhook_is_refused_too(admin):
     body["annotation"].update(id=5000, completed_by=9, task=60, project=PROJECT)
     response = admin["client"].post("/webhook", json=body, headers={"Origin": "http://evil.example"})
     assert response.status_code == 403
-    assert admin["raw"].hget(f"aesemo:p:{PROJECT}:votes", "5000") is None
+    assert admin["raw"].hget(keys.votes(PROJECT), "5000") is None
 
 
 def test_redis_down_gives_a_page_that_says_so(admin, tmp_path):

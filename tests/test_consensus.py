@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.core import keys
 from backend.http.app import create_app
 from backend.votes.consensus import Policy, compute, krippendorff_alpha, summary
 from backend.labelstudio.label_config import parse_label_config
-from backend.votes.project_consensus import ProjectConsensus, policy_key
+from backend.votes.project_consensus import ProjectConsensus
 from backend.votes.store import Vote
 from model.dataset import load_training_data
 from model.manifest import read_manifest
@@ -242,7 +243,7 @@ def test_a_stored_policy_out_of_bounds_falls_back_to_the_defaults(settings, redi
     client = create_app(settings).test_client()
     assert _post(client, _annotation(1, 1, 2, "high")).status_code == 200
     # written before the bounds existed
-    redis_client.set(policy_key("1"), json.dumps({"method": "majority", "min_annotators": 10 ** 30,
+    redis_client.set(keys.policy("1"), json.dumps({"method": "majority", "min_annotators": 10 ** 30,
                                                   "min_agreement": 0.5, "tie_break": "unresolved"}))
     response = client.get("/projects/1/consensus")
     assert response.status_code == 200, response.get_data(as_text=True)[:300]

@@ -20,6 +20,7 @@ import pytest
 import redis
 from PIL import Image
 
+from backend.core import keys
 from backend.http.app import create_app
 from backend.cli import main as cli_main
 from backend.training.jobs import training_queue
@@ -53,7 +54,7 @@ class Lab:
         return training_queue(self.settings, self.raw).count
 
     def current(self, project: int = PROJECT) -> str | None:
-        value = self.raw.get(f"aesemo:project:{project}:current")
+        value = self.raw.get(keys.current_version(project))
         return value.decode() if value else None
 
     def job(self, job_id: str, project: int = PROJECT) -> dict:
@@ -260,7 +261,7 @@ def test_a_loss_gone_nan_fails_the_job_and_promotes_nothing(lab, trained, monkey
     assert "TrainingDiverged" in job["error"] and "the loss became nan at epoch 1, step 1" in job["error"], job
     assert job["progress"]["state"] == "failed"
     assert lab.current() == served and lab.version_dirs() == folders
-    assert lab.raw.get(f"aesemo:p:{PROJECT}:job:running") is None
+    assert lab.raw.get(keys.running_job(PROJECT)) is None
 
 
 # ----- one pending job at most; cancelling --------------------------------------------------------
@@ -379,13 +380,13 @@ def test_worker_killed_with_sigkill_fails_the_job_and_a_new_one_trains(lab, trai
     assert lab.current() == served
     assert [v for v in lab.version_dirs() if not v.startswith(".")] == [v for v in folders if not v.startswith(".")]
     # the dead job's training lock is still there: the next job must not wait for its expiry
-    assert lab.raw.get(f"aesemo:p:{PROJECT}:training") == job_k.encode()
+    assert lab.raw.get(keys.training_lock(PROJECT)) == job_k.encode()
 
     answer = lab.client.post(f"/projects/{PROJECT}/train", json={"epochs": 1})
     assert answer.status_code == 202 and answer.get_json()["merged"] is False
     # the dead job's running key is still there too: it is no reason to say "to run after" it
     assert answer.get_json()["message"] == f"queued job {answer.get_json()['job_id']}", answer.get_json()
-    assert lab.raw.get(f"aesemo:p:{PROJECT}:job:running") is None
+    assert lab.raw.get(keys.running_job(PROJECT)) is None
     started = time.monotonic()
     run = run_burst_worker({**lab.env, "AESEMO_PROMOTION": "always"}, lab.log("worker-after-kill"))
     seconds = time.monotonic() - started
@@ -397,7 +398,7 @@ def test_worker_killed_with_sigkill_fails_the_job_and_a_new_one_trains(lab, trai
     assert job["result"]["promoted"] is True and job["result"]["parent"] == served
     assert lab.current() == job["result"]["version"] != served
     print(f"training after the kill: {seconds:.1f} s")
-    assert lab.raw.get(f"aesemo:p:{PROJECT}:training") is None
+    assert lab.raw.get(keys.training_lock(PROJECT)) is None
     assert lab.job(job_k)["status"] == "failed"
 
 

@@ -17,8 +17,9 @@ from rq import Queue
 from rq.job import JobStatus
 from safetensors.torch import load_file, save_file
 
+from backend.core import keys
 from backend.http.app import create_app
-from backend.training.jobs import _running_key, submit_training
+from backend.training.jobs import submit_training
 from backend.serving.registry import project_versions_dir
 from model.version import META_FILE, WEIGHTS_FILE, sha256_file
 
@@ -107,7 +108,7 @@ def test_promote_by_hand_refuses_a_version_that_answers_nan(settings, redis_clie
     answer = client.post(f"/projects/{PROJECT}/versions/{name}/promote")
     assert answer.status_code == 409, answer.get_json()
     assert name in answer.get_json()["error"] and words in answer.get_json()["error"]
-    assert redis_client.get(f"aesemo:project:{PROJECT}:current") == "v0001-good"
+    assert redis_client.get(keys.current_version(PROJECT)) == "v0001-good"
 
 
 # ----- training parameters are checked first ------------------------------------------------------
@@ -157,17 +158,17 @@ def test_a_stale_running_key_is_cleared_not_announced(settings, redis_client, ca
         stale = started_job(settings, raw, "ghost-worker")
         if case == "failed":
             Queue("elsewhere", connection=raw).fetch_job(stale).set_status(JobStatus.FAILED)
-    raw.set(_running_key("7"), stale)
+    raw.set(keys.running_job("7"), stale)
     answer = submit_training(settings, "7", "test")
     assert answer["message"] == f"queued job {answer['job_id']}", answer
-    assert raw.get(_running_key("7")) is None
+    assert raw.get(keys.running_job("7")) is None
 
 
 def test_a_running_job_with_a_live_worker_is_announced(settings, redis_client):
     raw = redis.Redis.from_url(settings.redis_url)
     running = started_job(settings, raw, "live-worker")
     raw.set("rq:worker:live-worker", "1", ex=60)
-    raw.set(_running_key("7"), running)
+    raw.set(keys.running_job("7"), running)
     answer = submit_training(settings, "7", "test")
     assert answer["message"] == f"queued job {answer['job_id']} to run after {running}"
-    assert raw.get(_running_key("7")) == running.encode()
+    assert raw.get(keys.running_job("7")) == running.encode()

@@ -20,14 +20,14 @@ import redis
 from flask import request, request_started
 from prometheus_client.parser import text_string_to_metric_families
 
+from backend.core import keys
 from backend.fetch import fetcher as images_module
 from backend.serving import registry
 from backend.http.app import create_app
 from backend.labelstudio.label_config import parse_label_config
-from backend.labelstudio.projects import PROJECTS_SET, ProjectStore
+from backend.labelstudio.projects import ProjectStore
 from backend.core.settings import Settings
-from backend.training.training_requests import REQUESTS_LIST
-from backend.labelstudio.webhook_events import EVENTS_STREAM
+from backend.training.jobs import project_jobs
 from model.network import NetConfig
 from model.pipeline import init_version
 from werkzeug.test import Client
@@ -246,22 +246,21 @@ def test_predict_several_tasks_keeps_order(client, server):
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("webhook_*.json")))
-def test_webhook_recorded_bodies(client, db, name):
+def test_webhook_recorded_bodies(client, db, base_settings, name):
     body = copy.deepcopy(example(name))
     token = f"project-token-{name}"
     body["project"]["token"] = token
-    before = db.xlen(EVENTS_STREAM)
+    before = db.xlen(keys.EVENTS)
     response = post(client, "/webhook", body)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json()["action"] == body["action"]
     if body["action"] == "START_TRAINING":
-        # no job while the project has too few consensus labels; the answer says why, and the
-        # request is still recorded
+        # no job while the project has too few consensus labels; the answer says why
         training = response.get_json()["training"]
         assert training["started"] is False and "consensus-labelled" in training["error"]
-        assert db.llen(REQUESTS_LIST) == 1
-    assert db.xlen(EVENTS_STREAM) == before + 1
-    entries = db.xrange(EVENTS_STREAM)
+        assert project_jobs(base_settings, "1") == []
+    assert db.xlen(keys.EVENTS) == before + 1
+    entries = db.xrange(keys.EVENTS)
     _, fields = entries[-1]
     event = json.loads(fields["event"])
     assert event["action"] == body["action"]
@@ -463,7 +462,7 @@ def test_basic_auth(app, base_settings, db, server):
         assert_client_error(response, 401, "Basic")
         assert response.headers["WWW-Authenticate"].startswith("Basic")
     assert server.paths() == []
-    assert db.xlen(EVENTS_STREAM) == 0
+    assert db.xlen(keys.EVENTS) == 0
 
     good = basic("ls-user", "ls-pass")
     assert client.get("/health", headers=good).status_code == 200
@@ -472,7 +471,7 @@ def test_basic_auth(app, base_settings, db, server):
     assert response.status_code == 200, response.get_data(as_text=True)
     response = post(client, "/webhook", example("webhook_ANNOTATION_CREATED.json"), headers=good)
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert db.xlen(EVENTS_STREAM) == 1
+    assert db.xlen(keys.EVENTS) == 1
 
 
 def test_unknown_webhook_action(client, db):
@@ -482,7 +481,7 @@ def test_unknown_webhook_action(client, db):
     # an unhashable action: was a TypeError in `action not in ACTIONS` -> 500
     for action in (["ANNOTATION_CREATED"], {"a": 1}):
         assert_client_error(post(client, "/webhook", {**body, "action": action}), 400, "unknown webhook action")
-    assert db.xlen(EVENTS_STREAM) == 0
+    assert db.xlen(keys.EVENTS) == 0
 
 
 def test_webhook_missing_keys(client, db):
@@ -497,7 +496,7 @@ def test_webhook_missing_keys(client, db):
     assert_client_error(post(client, "/webhook", {"action": deleted["action"], "project": deleted["project"]}),
                         400, "annotations")
     assert_client_error(post(client, "/webhook", {**deleted, "project": "not-a-project"}), 400, "project")
-    assert db.xlen(EVENTS_STREAM) == 0
+    assert db.xlen(keys.EVENTS) == 0
 
 
 def webhook_cases() -> list[tuple[str, bytes]]:
@@ -526,7 +525,7 @@ def test_webhook_fast_path_answers_as_the_flask_route(app, client, db):
         answers[which] = [(name, r.status_code, r.headers["Content-Type"], r.get_data())
                           for name, data in webhook_cases()
                           for r in [c.post("/webhook", data=data, content_type="application/json")]]
-        answers[which].append(("stored", db.hgetall("aesemo:p:1:votes"), db.xlen(EVENTS_STREAM), None))
+        answers[which].append(("stored", db.hgetall(keys.votes("1")), db.xlen(keys.EVENTS), None))
     assert answers["fast"] == answers["flask"]
     assert [status for _, status, _, _ in answers["fast"][:-1]] == [200, 200, 200, 200, 404, 422, 400, 400, 400,
                                                                     400, 400, 400, 400]
@@ -564,7 +563,7 @@ def test_webhook_over_the_body_limit_is_413(client, db):
     response = client.post("/webhook", data=b"{}", content_type="application/json",
                            environ_overrides={"CONTENT_LENGTH": str(MAX_BODY_BYTES + 1)})
     assert_client_error(response, 413, "body over")
-    assert db.xlen(EVENTS_STREAM) == 0
+    assert db.xlen(keys.EVENTS) == 0
 
 
 @pytest.mark.parametrize("region", [
@@ -582,7 +581,7 @@ def test_webhook_malformed_annotation_result(client, db, region):
     body["annotation"]["result"] = [region]
     response = post(client, "/webhook", body)
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert db.xlen(EVENTS_STREAM) == 1
+    assert db.xlen(keys.EVENTS) == 1
 
 
 def test_too_many_tasks(app, base_settings, db, server):
@@ -664,7 +663,7 @@ def test_webhook_answers_fast(client, db):
         assert response.status_code == 200
         slowest = max(slowest, elapsed)
         assert elapsed < 0.5, f"webhook {i} took {elapsed:.3f} s"
-    assert db.xlen(EVENTS_STREAM) == 50
+    assert db.xlen(keys.EVENTS) == 50
 
 
 # ----- whose token goes where; what /setup may store ---------------------------------------------
@@ -735,7 +734,7 @@ def test_resync_checks_the_address_it_connected_to(app, base_settings, db, monke
 def test_setup_refuses_a_hostname_that_is_no_http_url(client, db, hostname):
     response = post(client, "/setup", setup_with(hostname, "setup-token-abc"))
     assert_client_error(response, 400, '"hostname"', "http(s) URL")
-    assert db.hgetall("aesemo:project:1:setup") == {} and db.smembers(PROJECTS_SET) == set()
+    assert db.hgetall(keys.setup("1")) == {} and db.smembers(keys.PROJECTS) == set()
 
 
 @pytest.mark.parametrize("token", ["a b", "tok\r\nX-Injected: 1", "x" * 5000, 5, ["t"], "tök"])
@@ -744,7 +743,7 @@ def test_setup_refuses_a_malformed_access_token_without_echoing_it(client, db, t
     assert_client_error(response, 400, '"access_token"')
     if isinstance(token, str):
         assert token not in response.get_data(as_text=True)
-    assert db.hgetall("aesemo:project:1:setup") == {}
+    assert db.hgetall(keys.setup("1")) == {}
 
 
 def test_setup_keeps_hostname_and_token_as_a_pair(client, db):
@@ -765,13 +764,13 @@ HUGE = "9" * 5000
 @pytest.mark.parametrize("project", [HUGE + ".1", "9223372036854775808", "0", "-1", "1e3", "١", True, 1.5, None])
 def test_setup_refuses_project_ids_out_of_range(client, db, project):
     assert_client_error(post(client, "/setup", setup_with(project=project)), 400, '"project"')
-    assert db.smembers(PROJECTS_SET) == set()
+    assert db.smembers(keys.PROJECTS) == set()
     assert client.get("/").status_code == 200
 
 
 def test_project_ids_are_stored_in_one_spelling(client, db):
     assert post(client, "/setup", setup_with(project="007.1795782039")).status_code == 200
-    assert db.smembers(PROJECTS_SET) == {"7"}
+    assert db.smembers(keys.PROJECTS) == {"7"}
 
 
 @pytest.mark.parametrize("path", ["/projects/{}/consensus", "/projects/{}/jobs", "/projects/{}/versions"])
@@ -802,7 +801,7 @@ def annotation_event(**changes) -> dict:
 @pytest.mark.parametrize("value", [True, 1.5, 2**63, "7", -3, 0, [1]])
 def test_webhook_ids_out_of_range_are_400_naming_the_field(client, db, field, path, value):
     assert_client_error(post(client, "/webhook", annotation_event(**{path: value})), 400, f'"{field}"')
-    assert db.hlen("aesemo:p:1:votes") == 0
+    assert db.hlen(keys.votes("1")) == 0
 
 
 def test_webhook_id_of_5000_digits_is_400(client, db):
@@ -860,7 +859,7 @@ def test_tokens_never_logged(client, db, server, caplog):
     assert all(SECRET not in text for text in texts)
     # nowhere in Redis either, except the /setup access token the backend must keep to fetch images
     for key in db.scan_iter("*"):
-        if key == "aesemo:project:1:setup":
+        if key == keys.setup("1"):
             continue
         assert SECRET not in json.dumps(redis_value(db, key), default=str), key
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import pytest
 
+from backend.core import keys
 from backend.serving import registry
 from backend.http.app import create_app
 from backend.serving.hotswap import HotSwap
@@ -108,7 +109,7 @@ def test_promotion_refuses_a_bad_version(listed, redis_client, name):
     answer = client.post(f"/projects/{PROJECT}/versions/{name}/promote")
     assert answer.status_code == 409, answer.get_json()
     assert name in answer.get_json()["error"] and BAD[name][1] in answer.get_json()["error"]
-    assert redis_client.get(f"aesemo:project:{PROJECT}:current") is None
+    assert redis_client.get(keys.current_version(PROJECT)) is None
 
 
 def test_hot_swap_refuses_a_bad_version(redis_client, listed, caplog):

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from backend.core import keys
 from backend.http.app import create_app
 from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_redis
-from backend.training.training_requests import REQUESTS_LIST
+from backend.training.jobs import training_queue
 from backend.votes.store import Vote, VoteStore
-from backend.labelstudio.webhook_events import EVENTS_STREAM
 
 from ls_examples import example  # noqa: E402
 
@@ -227,13 +227,13 @@ def test_duplicated_streams_end_the_same(client, db):
 
 def stored_state(db, project: str = PROJECT) -> dict:
     """Everything an annotation event may write, the audit stream included (less its times)."""
-    state = {name: sorted(db.smembers(f"aesemo:p:{project}:{name}")) for name in ("tombstones", "deleted_tasks")}
+    state = {name: sorted(db.smembers(getattr(keys, name)(project))) for name in ("tombstones", "deleted_tasks")}
     state["votes"] = records(db, project)
-    state["images"] = db.hgetall(f"aesemo:p:{project}:images")
-    state["tasks"] = {k: sorted(db.smembers(k)) for k in db.scan_iter(f"aesemo:p:{project}:task:*")}
-    state["label_config"] = db.hget(f"aesemo:project:{project}:setup", "label_config")
-    state["projects"] = sorted(db.smembers("aesemo:projects"))
-    events = [json.loads(fields["event"]) for _, fields in db.xrange(EVENTS_STREAM)]
+    state["images"] = db.hgetall(keys.images(project))
+    state["tasks"] = {k: sorted(db.smembers(k)) for k in db.scan_iter(keys.task_votes_prefix(project) + "*")}
+    state["label_config"] = db.hget(keys.setup(project), "label_config")
+    state["projects"] = sorted(db.smembers(keys.PROJECTS))
+    events = [json.loads(fields["event"]) for _, fields in db.xrange(keys.EVENTS)]
     state["events"] = [{k: v for k, v in e.items() if k != "received_at"} for e in events]
     return state
 
@@ -284,7 +284,7 @@ def test_annotation_event_is_one_round_trip(client, db):
     reply, sent = redis_calls(client, db, annotation_event(2, 1, 3, "low", "fear", at=2))
     assert reply["votes"] == ["added"] and sent == ["EVALSHA"]
     # and the one script did all of it: the event is in the audit stream, the vote is stored
-    assert [json.loads(f["event"])["annotation"]["id"] for _, f in db.xrange(EVENTS_STREAM)] == [1, 2]
+    assert [json.loads(f["event"])["annotation"]["id"] for _, f in db.xrange(keys.EVENTS)] == [1, 2]
     assert votes_by_annotation(db)[2].labels == {"aesthetic": "low", "emotion": "fear"}
     several = example("webhook_ANNOTATION_CREATED.json")
     several["action"] = "ANNOTATIONS_CREATED"
@@ -317,7 +317,7 @@ def test_label_config_sent_with_an_event_replaces_the_stored_one(client, db):
     body["project"]["label_config"] = changed
     body["annotation"]["result"][1]["value"]["choices"] = ["wonder"]
     assert send(client, body)["votes"] == ["added"]
-    assert db.hget(f"aesemo:project:{PROJECT}:setup", "label_config") == changed
+    assert db.hget(keys.setup(PROJECT), "label_config") == changed
     assert votes_by_annotation(db)[1].labels == {"aesthetic": "high", "emotion": "wonder"}
 
 
@@ -388,14 +388,14 @@ def test_votes_stored_with_text_times_by_an_older_version(client, db, step_by_st
         old = json.loads(Vote(annotation=ann, task=1, annotator=user, updated_at=at,
                               labels={"aesthetic": "high", "emotion": None}).record())
         del old["updated_us"]
-        db.hset(f"aesemo:p:{PROJECT}:votes", ann, json.dumps(old, sort_keys=True, separators=(",", ":")))
-        db.hset(f"aesemo:p:{PROJECT}:vote_times", ann, at)
-        db.sadd(f"aesemo:p:{PROJECT}:task:1", ann)
+        db.hset(keys.votes(PROJECT), ann, json.dumps(old, sort_keys=True, separators=(",", ":")))
+        db.hset(keys.vote_times(PROJECT), ann, at)
+        db.sadd(keys.task_votes(PROJECT, 1), ann)
     older = timed_event(1, 2, "low", "2026-11-27T12:00:04.900000Z", "ANNOTATION_UPDATED", step_by_step)
     assert send(client, older)["votes"] == ["stale"]
     newer = timed_event(1, 2, "low", "2026-11-27T12:00:05.200000Z", "ANNOTATION_UPDATED", step_by_step)
     assert send(client, newer)["votes"] == ["changed"]
-    times = db.hgetall(f"aesemo:p:{PROJECT}:vote_times")
+    times = db.hgetall(keys.vote_times(PROJECT))
     assert times == {"1": "1795780805200000", "2": "1795780807000000"}
     votes = votes_by_annotation(db)
     assert votes[2].updated_us == 1795780807000000          # read from the older record's text
@@ -531,12 +531,12 @@ def test_events_for_deleted_tasks(client, db):
     assert 31 not in {t["task"] for s in STATES for t in consensus_view(client)[s]}
 
 
-def test_start_training_records_a_request(client, db):
+def test_start_training_queues_a_job(settings, db):
+    client = create_app(replace(settings, min_training_labels=1)).test_client()
+    agree_on(client, 1)
     reply = send(client, example("webhook_START_TRAINING.json"))
-    assert reply["action"] == "START_TRAINING" and "training" in reply
-    entries = [json.loads(e) for e in db.lrange(REQUESTS_LIST, 0, -1)]
-    assert len(entries) == 1
-    assert entries[0]["project"] == PROJECT and entries[0]["reason"] == "START_TRAINING"
+    assert reply["action"] == "START_TRAINING" and reply["training"]["state"] == "queued"
+    assert training_requests(settings) == [(PROJECT, "START_TRAINING")]
 
 
 # ----- persistence -------------------------------------------------------------------------------
@@ -599,13 +599,21 @@ def test_votes_survive_kill_9_after_one_second(settings, own_redis):
     assert _pid(own_redis) != pid
     restarted = redis.Redis.from_url(url, decode_responses=True)
     assert records(restarted) == before
-    assert restarted.sismember("aesemo:p:1:tombstones", 105)
+    assert restarted.sismember(keys.tombstones("1"), 105)
 
 
 # ----- the auto-training trigger ------------------------------------------------------------------
 
-def training_requests(db) -> list[dict]:
-    return [json.loads(e) for e in db.lrange(REQUESTS_LIST, 0, -1)]
+def training_requests(settings) -> list[tuple[str, str]]:
+    """(project, reason) of each training request in the RQ queue's jobs: a request made while
+    a job is queued merges into it."""
+    return [(job.meta["project"], request["reason"]) for job in training_queue(settings).get_jobs()
+            for request in job.meta["requests"]]
+
+
+def new_labels(db) -> int:
+    """Labels agreed since the last snapshot: what the auto-training threshold is checked against."""
+    return int(db.get(keys.new_labels(PROJECT)) or 0)
 
 
 def agree_on(client, task: int) -> None:
@@ -616,7 +624,7 @@ def agree_on(client, task: int) -> None:
 
 @pytest.fixture
 def trigger_settings(settings):
-    return replace(settings, auto_train_threshold=3, resync_before_snapshot=False)
+    return replace(settings, auto_train_threshold=3, resync_before_snapshot=False, min_training_labels=1)
 
 
 def test_auto_training_fires_at_each_threshold(trigger_settings, db):
@@ -624,22 +632,20 @@ def test_auto_training_fires_at_each_threshold(trigger_settings, db):
     counts = []
     for task in (1, 2):
         agree_on(client, task)
-        counts.append(len(training_requests(db)))
+        counts.append(len(training_requests(trigger_settings)))
     # the third label: nothing before its third vote, one request with it
     send(client, annotation_event(32, 3, 2, "high", None, at=32))
     send(client, annotation_event(33, 3, 3, "high", None, at=33))
-    assert len(training_requests(db)) == 0
+    assert len(training_requests(trigger_settings)) == 0
     send(client, annotation_event(34, 3, 4, "high", None, at=34))
-    counts.append(len(training_requests(db)))
+    counts.append(len(training_requests(trigger_settings)))
     send(client, annotation_event(34, 3, 4, "high", None, at=34))   # repeated: not a new label
     for task in (4, 5, 6):
         agree_on(client, task)
-        counts.append(len(training_requests(db)))
+        counts.append(len(training_requests(trigger_settings)))
     assert counts == [0, 0, 1, 1, 1, 2]
-    requests = training_requests(db)
-    assert [r["reason"] for r in requests] == ["auto", "auto"]
-    assert [r["params"]["new_labels"] for r in requests] == [3, 6]
-    assert {r["project"] for r in requests} == {PROJECT}
+    assert training_requests(trigger_settings) == [(PROJECT, "auto")] * 2
+    assert new_labels(db) == 6
 
     agree_on(client, 7)                                   # 7 labels since the start
     response = client.post(f"/projects/{PROJECT}/snapshot")
@@ -648,10 +654,10 @@ def test_auto_training_fires_at_each_threshold(trigger_settings, db):
     # counted from the snapshot: 1, 2 (no request; without the reset 9 would fire), 3 fires
     agree_on(client, 8)
     agree_on(client, 9)
-    assert len(training_requests(db)) == 2
+    assert len(training_requests(trigger_settings)) == 2
     agree_on(client, 10)
-    assert len(training_requests(db)) == 3
-    assert training_requests(db)[-1]["params"]["new_labels"] == 3
+    assert len(training_requests(trigger_settings)) == 3
+    assert new_labels(db) == 3
 
 
 def test_auto_training_when_one_event_brings_two_labels(trigger_settings, db):
@@ -663,16 +669,16 @@ def test_auto_training_when_one_event_brings_two_labels(trigger_settings, db):
     for task in (2, 3, 4):
         for user in (2, 3, 4):
             send(client, annotation_event(task * 10 + user, task, user, "low", "awe", at=task * 10 + user))
-        counts.append(len(training_requests(db)))
+        counts.append(len(training_requests(trigger_settings)))
     assert counts == [1, 1, 2]
-    assert [r["params"]["new_labels"] for r in training_requests(db)] == [3, 7]
+    assert new_labels(db) == 7
 
 
 def test_auto_training_off_at_threshold_zero(trigger_settings, db):
     client = create_app(replace(trigger_settings, auto_train_threshold=0)).test_client()
     for task in range(1, 8):
         agree_on(client, task)
-    assert training_requests(db) == []
+    assert training_requests(trigger_settings) == []
 
 
 def test_record_round_trip_and_older_records():

@@ -7,17 +7,25 @@ from dataclasses import dataclass
 
 import redis
 
+from backend.core import keys
 from backend.core.errors import RequestError
 from backend.core.ids import as_id, id_from_text, shown
 
 log = logging.getLogger(__name__)
 
-PROJECTS_SET = "aesemo:projects"
+# A label config from a webhook body or from Label Studio's API, shared by ProjectStore and the
+# webhook's one-round-trip script (backend/votes/ingest.py): written only when it differs, and
+# the project is then known. /setup's hostname and token are written by `remember_setup` only.
+REMEMBER_LABEL_CONFIG_LUA = """
+local function remember_label_config(setup, projects, project, label_config)
+  if redis.call('HGET', setup, 'label_config') ~= label_config then
+    redis.call('HSET', setup, 'label_config', label_config)
+    redis.call('SADD', projects, project)
+  end
+end
+"""
 
-
-def setup_key(project: str) -> str:
-    """The hash of what /setup (or a webhook body) told about the project."""
-    return f"aesemo:project:{project}:setup"
+_REMEMBER_LABEL_CONFIG = REMEMBER_LABEL_CONFIG_LUA + "remember_label_config(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
 
 
 def project_id(value) -> str:
@@ -47,29 +55,28 @@ class ProjectContext:
 class ProjectStore:
     def __init__(self, client: redis.Redis):
         self.redis = client
+        self._remember_label_config = client.register_script(_REMEMBER_LABEL_CONFIG)
 
     def remember_label_config(self, project: str, label_config: str) -> None:
-        """A label config from a webhook body or from Label Studio's API; /setup's hostname and
-        token are written by `remember_setup` only."""
-        self.redis.hset(setup_key(project), "label_config", label_config)
-        self.redis.sadd(PROJECTS_SET, project)
+        """See REMEMBER_LABEL_CONFIG_LUA."""
+        self._remember_label_config(keys=[keys.setup(project), keys.PROJECTS], args=[project, label_config])
 
     def remember_setup(self, project: str, label_config: str, hostname: str | None,
                        access_token: str | None) -> None:
         """What /setup sent. Its hostname and access_token are kept as a pair, replaced together
         whenever a /setup names either: the token goes back only to the host it came with, so a
         later /setup that names only a hostname must not inherit Label Studio's token."""
-        key = setup_key(project)
+        setup = keys.setup(project)
         pipe = self.redis.pipeline()  # MULTI: no reader sees a new hostname with the old token
-        pipe.hset(key, "label_config", label_config)
+        pipe.hset(setup, "label_config", label_config)
         if hostname or access_token:
-            pipe.hdel(key, "hostname", "access_token")
-            pipe.hset(key, mapping={k: v for k, v in (("hostname", hostname), ("access_token", access_token)) if v})
-        pipe.sadd(PROJECTS_SET, project)
+            pipe.hdel(setup, "hostname", "access_token")
+            pipe.hset(setup, mapping={k: v for k, v in (("hostname", hostname), ("access_token", access_token)) if v})
+        pipe.sadd(keys.PROJECTS, project)
         pipe.execute()
 
     def get(self, project: str) -> ProjectContext:
-        stored = self.redis.hgetall(setup_key(project))
+        stored = self.redis.hgetall(keys.setup(project))
         return ProjectContext(project=project, label_config=stored.get("label_config"),
                               hostname=stored.get("hostname"), access_token=stored.get("access_token"))
 
@@ -81,10 +88,10 @@ class ProjectStore:
         list can only hold what was written before ids were checked, or straight into Redis:
         it is shown, not fatal."""
         valid, invalid = [], []
-        for member in self.redis.smembers(PROJECTS_SET):
+        for member in self.redis.smembers(keys.PROJECTS):
             canonical = id_from_text(member) is not None and not member.startswith("0")
             (valid if canonical else invalid).append(member)
         invalid = [shown(m) for m in sorted(invalid, key=lambda m: (len(m), m))]
         if invalid:
-            log.warning("%s holds entries that are not project ids, skipped: %s", PROJECTS_SET, ", ".join(invalid))
+            log.warning("%s holds entries that are not project ids, skipped: %s", keys.PROJECTS, ", ".join(invalid))
         return sorted(valid, key=int), invalid

@@ -11,12 +11,23 @@ import time
 
 import redis
 
+from backend.core import keys
 from backend.core.errors import RequestError
 from backend.core.ids import require_id
 from backend.labelstudio.projects import project_id
 
-EVENTS_STREAM = "aesemo:events"
 EVENTS_KEPT = 100_000  # about 100 MB of Redis memory at most
+
+# The audit stream's one rule, shared by record_event and the webhook's one-round-trip script
+# (backend/votes/ingest.py): one "event" field, the stream capped (approximately) at EVENTS_KEPT,
+# since the votes already hold what counts and Label Studio's export is the full record.
+RECORD_EVENT_LUA = f"""
+local function record_event(stream, event)
+  return redis.call('XADD', stream, 'MAXLEN', '~', {EVENTS_KEPT}, '*', 'event', event)
+end
+"""
+
+_RECORD = RECORD_EVENT_LUA + "return record_event(KEYS[1], ARGV[1])"
 
 # action -> the body keys it must carry (protocol document, section 6)
 ACTIONS: dict[str, tuple[str, ...]] = {
@@ -107,6 +118,4 @@ def event_json(event: dict) -> str:
 
 def record_event(client: redis.Redis, event: dict) -> str:
     """Append to the audit stream of recent events; returns the entry id."""
-    # capped: the votes already hold what counts, and Label Studio's export is the full record
-    # (backend/votes/ingest.py appends the same entry, with the same cap, for annotation events)
-    return client.xadd(EVENTS_STREAM, {"event": event_json(event)}, maxlen=EVENTS_KEPT, approximate=True)
+    return client.register_script(_RECORD)(keys=[keys.EVENTS], args=[event_json(event)])

@@ -20,7 +20,8 @@ import redis
 from model.errors import AesemoError
 from model.predictor import Predictor
 
-from backend.serving.registry import SWAP_CHANNEL, current_version_name, project_versions_dir
+from backend.core import keys
+from backend.serving.registry import current_version_name, project_versions_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class HotSwap:
         while True:
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(SWAP_CHANNEL)
+                pubsub.subscribe(keys.VERSION_CHANNEL)
                 failures = 0
                 for message in pubsub.listen():
                     notice = json.loads(message["data"])

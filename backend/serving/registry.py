@@ -22,6 +22,8 @@ from model.pipeline import init_version
 from model.pretrained import default_pretrained_path
 from model.version import META_FILE
 
+from backend.core import keys
+
 log = logging.getLogger(__name__)
 
 
@@ -81,16 +83,13 @@ def version_folder(settings, project: str, name: str) -> Path | None:
 
 
 def current_version_name(client: redis.Redis, project: str) -> str | None:
-    return client.get(f"aesemo:project:{project}:current")
-
-
-SWAP_CHANNEL = "aesemo:versions"
+    return client.get(keys.current_version(project))
 
 
 def set_current_version(client: redis.Redis, project: str, name: str) -> None:
     """Point the project at `name` (one atomic SET) and tell every serving process."""
-    client.set(f"aesemo:project:{project}:current", name)
-    client.publish(SWAP_CHANNEL, json.dumps({"project": project, "version": name}))
+    client.set(keys.current_version(project), name)
+    client.publish(keys.VERSION_CHANNEL, json.dumps({"project": project, "version": name}))
 
 
 def promote_version(client: redis.Redis, settings, project: str, name: str) -> dict:

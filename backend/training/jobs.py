@@ -27,6 +27,7 @@ from model.pipeline import train_version
 from model.train import TrainConfig
 from model.version import read_meta
 
+from backend.core import keys
 from backend.core.errors import RequestError
 from backend.training.image_cache import cached_training_image
 from backend.fetch.fetcher import ImageFetchError, ImageFetcher
@@ -58,18 +59,6 @@ def training_queue(settings: Settings, connection: redis.Redis | None = None) ->
     return Queue(settings.training_queue, connection=connection or raw_connection(settings))
 
 
-def _pending_key(project: str) -> str:
-    return f"aesemo:p:{project}:job:pending"
-
-
-def _running_key(project: str) -> str:
-    return f"aesemo:p:{project}:job:running"
-
-
-def _history_key(project: str) -> str:
-    return f"aesemo:p:{project}:jobs"
-
-
 def check_params(params) -> dict:
     """The request's training parameters, each checked against its documented range
     (model/limits.py); RequestError naming the field and the range otherwise."""
@@ -99,8 +88,8 @@ def submit_training(settings: Settings, project: str, reason: str, params: dict 
     params = check_params(params)
     connection = raw_connection(settings)
     request = {"reason": reason, "params": params, "at": time.time()}
-    with connection.lock(f"aesemo:p:{project}:submit", timeout=10, blocking_timeout=10):
-        pending = _get(connection, _pending_key(project))
+    with connection.lock(keys.submit_lock(project), timeout=10, blocking_timeout=10):
+        pending = _get(connection, keys.pending_job(project))
         if pending:
             job = _fetch(connection, pending)
             if job is not None and job.get_status(refresh=True) == JobStatus.QUEUED:
@@ -115,8 +104,8 @@ def submit_training(settings: Settings, project: str, reason: str, params: dict 
             result_ttl=30 * 86400, failure_ttl=30 * 86400, description=f"train project {project}",
             meta={"project": project, "params": dict(params), "requests": [request],
                   "progress": {"state": "queued"}})
-        connection.set(_pending_key(project), job.id)
-        connection.lpush(_history_key(project), job.id)
+        connection.set(keys.pending_job(project), job.id)
+        connection.lpush(keys.job_history(project), job.id)
         running = _running_job(settings, connection, project)
     message = f"queued job {job.id}" + (f" to run after {running}" if running else "")
     return {"job_id": job.id, "state": "queued", "merged": False, "message": message}
@@ -125,14 +114,14 @@ def submit_training(settings: Settings, project: str, reason: str, params: dict 
 def _running_job(settings: Settings, connection: redis.Redis, project: str) -> str | None:
     """The project's running job, when it really runs: RQ says started and its worker's key
     lives. The running key of a job whose worker was killed (no `finally` ran) is cleared."""
-    job_id = _get(connection, _running_key(project))
+    job_id = _get(connection, keys.running_job(project))
     if not job_id:
         return None
     _reap_abandoned(settings, connection)
     job = _fetch(connection, job_id)
     if job is not None and job.get_status(refresh=True) == JobStatus.STARTED and _worker_alive(connection, job):
         return job_id
-    if connection.eval(_DELETE_IF_EQUAL, 1, _running_key(project), job_id):
+    if connection.eval(_DELETE_IF_EQUAL, 1, keys.running_job(project), job_id):
         log.info("cleared project %s's running job %s: it no longer runs", project, job_id)
     return None
 
@@ -210,7 +199,7 @@ def _last_line(text: str | None) -> str | None:
 def project_jobs(settings: Settings, project: str, limit: int = 20) -> list[dict]:
     connection = raw_connection(settings)
     _reap_abandoned(settings, connection)
-    ids = [i.decode() for i in connection.lrange(_history_key(project), 0, limit - 1)]
+    ids = [i.decode() for i in connection.lrange(keys.job_history(project), 0, limit - 1)]
     jobs = [_fetch(connection, i) for i in ids]
     return [describe_job(j) for j in jobs if j is not None]
 
@@ -237,10 +226,10 @@ def cancel_job(settings: Settings, project: str, job_id: str) -> dict:
         job.cancel()
         job.meta["error"] = "cancelled before it started"
         job.save_meta()
-        if _get(connection, _pending_key(project)) == job.id:
-            connection.delete(_pending_key(project))
+        if _get(connection, keys.pending_job(project)) == job.id:
+            connection.delete(keys.pending_job(project))
     elif status == JobStatus.STARTED:
-        connection.set(f"aesemo:job:{job.id}:cancel", 1, ex=86400)
+        connection.set(keys.job_cancel(job.id), 1, ex=86400)
     else:
         raise RequestError(f"job {job_id} is {status.value}; only queued or running jobs can be cancelled",
                            status=409)
@@ -271,7 +260,7 @@ class _Progress:
         if self.lock is not None:
             self.lock.reacquire()
         # too late to cancel once the version is written and promoted
-        if event.get("state") != "finished" and self.connection.exists(f"aesemo:job:{self.job.id}:cancel"):
+        if event.get("state") != "finished" and self.connection.exists(keys.job_cancel(self.job.id)):
             raise JobCancelled(f"job {self.job.id} cancelled by request")
 
     def state(self, state: str, **extra) -> None:
@@ -288,13 +277,13 @@ def train_project(project: str) -> dict:
     # One training per project at a time, even with several workers. The lock holds the job's
     # id and lasts as long as a job may run; a holder whose worker died (RQ marks its job failed
     # once its heartbeats stop) is noticed while waiting and its lock released.
-    lock = connection.lock(_lock_key(project), timeout=settings.job_timeout_s + 60)
+    lock = connection.lock(keys.training_lock(project), timeout=settings.job_timeout_s + 60)
     _acquire_training_lock(settings, connection, lock, project, job.id if job else f"local-{os.getpid()}")
     try:
         if job:
-            if _get(connection, _pending_key(project)) == job.id:
-                connection.delete(_pending_key(project))
-            connection.set(_running_key(project), job.id)
+            if _get(connection, keys.pending_job(project)) == job.id:
+                connection.delete(keys.pending_job(project))
+            connection.set(keys.running_job(project), job.id)
         progress = _Progress(job, connection, lock)
         try:
             return _train(settings, project, params, progress, job.id if job else "local")
@@ -305,16 +294,12 @@ def train_project(project: str) -> dict:
                 job.save_meta()
             raise
     finally:
-        if job and _get(connection, _running_key(project)) == job.id:
-            connection.delete(_running_key(project))
+        if job and _get(connection, keys.running_job(project)) == job.id:
+            connection.delete(keys.running_job(project))
         try:
             lock.release()
         except redis.exceptions.LockError:
             pass
-
-
-def _lock_key(project: str) -> str:
-    return f"aesemo:p:{project}:training"
 
 
 _DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -323,12 +308,12 @@ _DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.c
 def _acquire_training_lock(settings: Settings, connection: redis.Redis, lock, project: str, token: str) -> None:
     deadline = time.monotonic() + settings.job_timeout_s
     while not lock.acquire(blocking=False, token=token):
-        holder = _get(connection, _lock_key(project))
+        holder = _get(connection, keys.training_lock(project))
         if holder and holder.startswith("train-"):
             _reap_abandoned(settings, connection)
             held = _fetch(connection, holder)
             if (held is None or held.get_status(refresh=True) != JobStatus.STARTED) and \
-                    connection.eval(_DELETE_IF_EQUAL, 1, _lock_key(project), holder):
+                    connection.eval(_DELETE_IF_EQUAL, 1, keys.training_lock(project), holder):
                 log.warning("released project %s's training lock: its holder %s is no longer running", project, holder)
                 continue
         if time.monotonic() > deadline:

@@ -61,15 +61,6 @@ class TaskConsensus:
         return asdict(self)
 
 
-def latest_per_annotator(votes: list[Vote]) -> dict[int, list[Vote]]:
-    """task -> its votes, one per annotator (their latest: by the instant of updated_at, then
-    annotation id)."""
-    by_task: dict[int, list[Vote]] = {}
-    for vote in _latest(votes):
-        by_task.setdefault(vote.task, []).append(vote)
-    return by_task
-
-
 def _latest(votes: list[Vote]) -> list[Vote]:
     """Each annotator's latest vote per task, in the order their (task, annotator) first appears."""
     latest: dict[tuple[int, int], Vote] = {}

@@ -11,17 +11,13 @@ from pathlib import Path
 
 import redis
 
+from backend.core import keys
 from backend.votes.consensus import STATES, Policy, TaskConsensus, compute, summary
 from backend.core.errors import RequestError
 from backend.labelstudio.label_config import ProjectLabels
-from backend.training.training_requests import count_new_labels, reset_new_labels
-from backend.votes.store import DIMENSIONS, Vote, VoteStore, key, vote_from_annotation
+from backend.votes.store import DIMENSIONS, Vote, VoteStore, vote_from_annotation
 
 log = logging.getLogger(__name__)
-
-
-def policy_key(project: str) -> str:
-    return key(project, "policy")
 
 
 class ProjectConsensus:
@@ -34,7 +30,7 @@ class ProjectConsensus:
 
     # -- policy
     def policy(self, project: str) -> Policy:
-        stored = self.redis.get(policy_key(project))
+        stored = self.redis.get(keys.policy(project))
         base = {"min_annotators": self.settings.consensus_min_annotators,
                 "min_agreement": self.settings.consensus_min_agreement,
                 "method": self.settings.consensus_method}
@@ -54,7 +50,7 @@ class ProjectConsensus:
             policy = Policy(**{**self.policy(project).to_dict(), **changes})
         except (TypeError, ValueError) as exc:
             raise RequestError(f"bad policy: {exc}") from None
-        self.redis.set(policy_key(project), json.dumps(policy.to_dict()))
+        self.redis.set(keys.policy(project), json.dumps(policy.to_dict()))
         return policy
 
     # -- events
@@ -78,7 +74,7 @@ class ProjectConsensus:
         for annotation in ids:
             task = None
             if labels is not None and self.settings.auto_train_threshold > 0:
-                stored = self.redis.hget(key(project, "votes"), annotation)
+                stored = self.redis.hget(keys.votes(project), annotation)
                 task = Vote.from_record(stored).task if stored else None
             before = self._agreed_dimensions(project, labels, task) if task is not None else set()
             if self.votes.delete(project, annotation) is not None:
@@ -95,7 +91,7 @@ class ProjectConsensus:
 
     def _count_agreed(self, project: str, labels: ProjectLabels, task: int, before: set[str]) -> None:
         after = self._agreed_dimensions(project, labels, task)
-        if count_new_labels(self.redis, project, len(after - before), self.settings.auto_train_threshold) \
+        if _crossed_threshold(self.redis, project, len(after - before), self.settings.auto_train_threshold) \
                 and self.on_auto_train is not None:
             self.on_auto_train(project)
 
@@ -145,7 +141,7 @@ class ProjectConsensus:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, path)
-        reset_new_labels(self.redis, project)
+        self.redis.delete(keys.new_labels(project))
         return {"id": digest[:16], "sha256": digest, "path": str(path), "rows": len(rows)}
 
 
@@ -155,6 +151,16 @@ def vote_and_image(labels: ProjectLabels, annotation: dict, task: dict | None) -
     vote = vote_from_annotation(annotation, task_id, labels)
     image = ((task or {}).get("data") or {}).get(labels.image_key)
     return vote, image if isinstance(image, str) else None
+
+
+def _crossed_threshold(client: redis.Redis, project: str, new_labels: int, threshold: int) -> bool:
+    """Counts newly agreed labels since the last snapshot; True when this crossed a multiple of
+    `threshold` (0: auto-training off). INCRBY is atomic, so of concurrent webhook threads only
+    one sees a given multiple crossed."""
+    if new_labels <= 0:
+        return False
+    total = client.incrby(keys.new_labels(project), new_labels)
+    return threshold > 0 and (total - new_labels) // threshold != total // threshold
 
 
 def _classes(labels: ProjectLabels) -> dict[str, tuple[str, ...]]:

@@ -1,12 +1,5 @@
-"""Annotation events -> vote records in Redis, one per annotation id.
-
-Per project p:
-    aesemo:p:{p}:votes          hash  annotation id -> vote record (JSON, sorted keys)
-    aesemo:p:{p}:vote_times     hash  annotation id -> updated_at in microseconds since the epoch
-    aesemo:p:{p}:task:{t}       set   annotation ids of task t
-    aesemo:p:{p}:tombstones     set   deleted annotation ids (a late create must not revive them)
-    aesemo:p:{p}:deleted_tasks  set   deleted task ids (their votes are gone, late events ignored)
-    aesemo:p:{p}:images         hash  task id -> image URL (for the training snapshot)
+"""Annotation events -> vote records in Redis, one per annotation id (the keys: votes,
+vote_times, task:{t}, tombstones, deleted_tasks, images in backend/core/keys.py).
 
 A record replaces the stored one only if its `updated_at` is not older, inside one Lua script,
 so repeated events change nothing and reordered events end where the ordered stream ends.
@@ -24,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import redis
 
+from backend.core import keys
 from backend.core.errors import RequestError
 from backend.core.ids import as_id, shown
 from backend.labelstudio.label_config import ProjectLabels
@@ -32,13 +26,12 @@ log = logging.getLogger(__name__)
 
 DIMENSIONS = ("aesthetic", "emotion")
 
-# One vote: keys votes, vote_times, tombstones, task:{t}, deleted_tasks, images; arguments the
-# annotation id, updated_at (microseconds since the epoch), record, task id and image URL ('' for
-# none). Shared by _APPLY and by the webhook's one-round-trip script (INGEST), so both keep the
-# same ordering rules. 'legacy': the stored time is ISO text from an older version, which Lua
-# cannot compare; the caller upgrades the project's times (upgrade_vote_times) and applies again.
+# One vote: keys as `vote_keys` lists them, then task:{t}; arguments as `vote_args` lists them.
+# Shared by _APPLY and by the webhook's one-round-trip script (backend/votes/ingest.py), so both
+# keep the same ordering rules. 'legacy': the stored time is ISO text from an older version, which
+# Lua cannot compare; the caller upgrades the project's times (upgrade_vote_times) and applies again.
 APPLY_VOTE_LUA = """
-local function apply_vote(votes, times, tombstones, task_key, deleted_tasks, images, id, updated_at, record, task, image)
+local function apply_vote(votes, times, tombstones, deleted_tasks, images, task_key, id, updated_at, record, task, image)
   if redis.call('SISMEMBER', deleted_tasks, task) == 1 then return 'task_deleted' end
   -- the task exists whatever becomes of this annotation: a delete that overtook its create
   -- must leave the same tasks known as the ordered stream does
@@ -63,6 +56,20 @@ end
 _APPLY = APPLY_VOTE_LUA + """
 return apply_vote(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
+
+
+
+def vote_keys(project: str) -> list[str]:
+    """The project's keys apply_vote takes first, in its order (task:{t} comes after them)."""
+    return [keys.votes(project), keys.vote_times(project), keys.tombstones(project), keys.deleted_tasks(project),
+            keys.images(project)]
+
+
+def vote_args(vote: "Vote", image_url: str | None) -> list:
+    """apply_vote's arguments: annotation id, updated_at (microseconds since the epoch), record,
+    task id and image URL ('' for none)."""
+    return [vote.annotation, vote.updated_us, vote.record(), vote.task, image_url or ""]
+
 
 _DELETE = """
 redis.call('SADD', KEYS[3], ARGV[1])
@@ -109,7 +116,7 @@ def stored_instant_us(text) -> int:
 def upgrade_vote_times(client: redis.Redis, project: str) -> int:
     """Rewrites the project's vote times stored as ISO text (by versions that compared them as
     text) as microseconds; returns how many."""
-    times = key(project, "vote_times")
+    times = keys.vote_times(project)
     args = []
     for annotation, text in client.hgetall(times).items():
         value = text.decode() if isinstance(text, bytes) else text
@@ -133,10 +140,6 @@ def gc_paused():
     finally:
         if enabled:
             gc.enable()
-
-
-def key(project: str, name: str) -> str:
-    return f"aesemo:p:{project}:{name}"
 
 
 @dataclass(frozen=True)
@@ -255,44 +258,43 @@ class VoteStore:
 
     def apply(self, project: str, vote: Vote, image_url: str | None = None) -> str:
         """'added', 'changed', 'same', 'stale', 'deleted' (tombstoned) or 'task_deleted'."""
-        keys = [key(project, "votes"), key(project, "vote_times"), key(project, "tombstones"),
-                key(project, f"task:{vote.task}"), key(project, "deleted_tasks"), key(project, "images")]
-        args = [vote.annotation, vote.updated_us, vote.record(), vote.task, image_url or ""]
-        outcome = self._apply(keys=keys, args=args)
+        names = vote_keys(project) + [keys.task_votes(project, vote.task)]
+        args = vote_args(vote, image_url)
+        outcome = self._apply(keys=names, args=args)
         if outcome == "legacy":
             upgrade_vote_times(self.redis, project)
-            outcome = self._apply(keys=keys, args=args)
+            outcome = self._apply(keys=names, args=args)
         return outcome
 
     def delete(self, project: str, annotation_id: int) -> int | None:
         """Removes the vote and remembers the id; returns its task, or None if never seen."""
-        task = self._delete(keys=[key(project, "votes"), key(project, "vote_times"), key(project, "tombstones")],
-                            args=[annotation_id, key(project, "task:")])
+        task = self._delete(keys=[keys.votes(project), keys.vote_times(project), keys.tombstones(project)],
+                            args=[annotation_id, keys.task_votes_prefix(project)])
         return int(task) if task is not None else None
 
     def delete_tasks(self, project: str, task_ids: list[int]) -> int:
         removed = 0
         for task in task_ids:
-            annotations = self.redis.smembers(key(project, f"task:{task}"))
+            annotations = self.redis.smembers(keys.task_votes(project, task))
             pipe = self.redis.pipeline()
-            pipe.sadd(key(project, "deleted_tasks"), task)
+            pipe.sadd(keys.deleted_tasks(project), task)
             if annotations:
-                pipe.hdel(key(project, "votes"), *annotations)
-                pipe.hdel(key(project, "vote_times"), *annotations)
-            pipe.delete(key(project, f"task:{task}"))
-            pipe.hdel(key(project, "images"), task)
+                pipe.hdel(keys.votes(project), *annotations)
+                pipe.hdel(keys.vote_times(project), *annotations)
+            pipe.delete(keys.task_votes(project, task))
+            pipe.hdel(keys.images(project), task)
             pipe.execute()
             removed += len(annotations)
         return removed
 
     def task_votes(self, project: str, task: int) -> list[Vote]:
-        ids = self.redis.smembers(key(project, f"task:{task}"))
+        ids = self.redis.smembers(keys.task_votes(project, task))
         if not ids:
             return []
-        return [Vote.from_record(r) for r in self.redis.hmget(key(project, "votes"), list(ids)) if r]
+        return [Vote.from_record(r) for r in self.redis.hmget(keys.votes(project), list(ids)) if r]
 
     def all_votes(self, project: str) -> list[Vote]:
-        records = self.redis.hvals(key(project, "votes"))
+        records = self.redis.hvals(keys.votes(project))
         if not records:
             return []
         # one json.loads of all records joined as one array, not one call per record, with the
@@ -304,11 +306,11 @@ class VoteStore:
             return [Vote.from_dict(data) for data in json.loads(joined)]
 
     def image_urls(self, project: str) -> dict[int, str]:
-        return {int(t): url for t, url in self.redis.hgetall(key(project, "images")).items()}
+        return {int(t): url for t, url in self.redis.hgetall(keys.images(project)).items()}
 
     def replace_all(self, project: str, votes: list[Vote], images: dict[int, str]) -> dict:
         """Make the stored votes exactly `votes` (a resync); returns added/changed/removed counts."""
-        current = {int(k): v for k, v in self.redis.hgetall(key(project, "votes")).items()}
+        current = {int(k): v for k, v in self.redis.hgetall(keys.votes(project)).items()}
         wanted = {v.annotation: v for v in votes}
         added = [a for a in wanted if a not in current]
         changed = [a for a in wanted if a in current and current[a] != wanted[a].record()]
@@ -316,19 +318,19 @@ class VoteStore:
         pipe = self.redis.pipeline()
         for a in removed:
             old = Vote.from_record(current[a])
-            pipe.hdel(key(project, "votes"), a)
-            pipe.hdel(key(project, "vote_times"), a)
-            pipe.srem(key(project, f"task:{old.task}"), a)
+            pipe.hdel(keys.votes(project), a)
+            pipe.hdel(keys.vote_times(project), a)
+            pipe.srem(keys.task_votes(project, old.task), a)
         for a in added + changed:
             vote = wanted[a]
-            pipe.hset(key(project, "votes"), a, vote.record())
-            pipe.hset(key(project, "vote_times"), a, vote.updated_us)
-            pipe.sadd(key(project, f"task:{vote.task}"), a)
+            pipe.hset(keys.votes(project), a, vote.record())
+            pipe.hset(keys.vote_times(project), a, vote.updated_us)
+            pipe.sadd(keys.task_votes(project, vote.task), a)
         # Label Studio's export is the truth: what it holds exists again
         if wanted:
-            pipe.srem(key(project, "tombstones"), *wanted)
-            pipe.srem(key(project, "deleted_tasks"), *{v.task for v in votes})
+            pipe.srem(keys.tombstones(project), *wanted)
+            pipe.srem(keys.deleted_tasks(project), *{v.task for v in votes})
         if images:
-            pipe.hset(key(project, "images"), mapping={str(t): u for t, u in images.items()})
+            pipe.hset(keys.images(project), mapping={str(t): u for t, u in images.items()})
         pipe.execute()
         return {"added": len(added), "changed": len(changed), "removed": len(removed)}

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from backend.core import keys
 from backend_proc import (  # shared with test_consensus_with_label_studio.py
     AESTHETIC,
     EMOTION,
@@ -29,7 +30,6 @@ from backend_proc import (  # shared with test_consensus_with_label_studio.py
 from ls_server import LabelStudioError, LabelStudioServer, free_port
 
 BASIC_AUTH = ("ls-robot", "c0rrect-horse-battery")
-EVENTS_STREAM = "aesemo:events"
 
 COLOURS = [(220, 30, 30), (30, 180, 60), (40, 60, 210)]
 
@@ -257,7 +257,7 @@ def test_annotation_webhook_recorded(label_studio: LabelStudioServer, aesemo: Ba
         found = None
         deadline = time.monotonic() + 10
         while found is None and time.monotonic() < deadline:
-            for _entry_id, fields in client.xrange(EVENTS_STREAM):
+            for _entry_id, fields in client.xrange(keys.EVENTS):
                 event = json.loads(fields["event"])
                 if event["action"] == "ANNOTATION_CREATED" and event.get("annotation", {}).get("id") == annotation["id"]:
                     found = (fields["event"], event)

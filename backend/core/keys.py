@@ -1,0 +1,109 @@
+"""Every Redis key (and the pub/sub channel) the backend uses; code and tests name them only here.
+
+Per project p, under `aesemo:p:{p}:` (what the votes and jobs hold):
+    votes            hash    annotation id -> vote record (JSON, sorted keys)
+    vote_times       hash    annotation id -> updated_at in microseconds since the epoch
+    task:{t}         set     annotation ids of task t
+    tombstones       set     deleted annotation ids (a late create must not revive them)
+    deleted_tasks    set     deleted task ids (their votes are gone, late events ignored)
+    images           hash    task id -> image URL (for the training snapshot)
+    policy           string  the consensus policy (JSON), when the admin changed it
+    new_labels       string  labels agreed since the last snapshot (the auto-training counter)
+    job:pending      string  id of the queued training job (a new request merges into it)
+    job:running      string  id of the running training job
+    jobs             list    training job ids, newest first
+    submit           lock    serialises submitting training jobs
+    training         lock    one training per project at a time; holds the job id
+
+Per project p, under `aesemo:project:{p}:` (what the project is and serves):
+    setup            hash    label_config, and /setup's hostname and access_token
+    current          string  name of the model version the project serves
+
+Global:
+    aesemo:projects         set     ids of the projects the backend knows
+    aesemo:events           stream  recent webhook events (audit; capped)
+    aesemo:job:{id}:cancel  string  set (for a day) when a running job is asked to stop
+    aesemo:versions         channel a project's new current version, for every serving process
+
+Why two per-project prefixes: deployed backends hold data under both, and a key's name is
+where that data is found. Renaming one would orphan the stored votes, jobs or setup of every
+running deployment; the prefixes stay as they are, and this module is the one place to read
+them.
+"""
+from __future__ import annotations
+
+_DATA = "aesemo:p:{}:"
+_PROJECT = "aesemo:project:{}:"
+
+PROJECTS = "aesemo:projects"
+EVENTS = "aesemo:events"
+VERSION_CHANNEL = "aesemo:versions"
+
+
+def votes(project: str) -> str:
+    return _DATA.format(project) + "votes"
+
+
+def vote_times(project: str) -> str:
+    return _DATA.format(project) + "vote_times"
+
+
+def task_votes_prefix(project: str) -> str:
+    """What `task_votes` puts before the task id (a Lua script builds the key from a vote)."""
+    return _DATA.format(project) + "task:"
+
+
+def task_votes(project: str, task) -> str:
+    return f"{task_votes_prefix(project)}{task}"
+
+
+def tombstones(project: str) -> str:
+    return _DATA.format(project) + "tombstones"
+
+
+def deleted_tasks(project: str) -> str:
+    return _DATA.format(project) + "deleted_tasks"
+
+
+def images(project: str) -> str:
+    return _DATA.format(project) + "images"
+
+
+def policy(project: str) -> str:
+    return _DATA.format(project) + "policy"
+
+
+def new_labels(project: str) -> str:
+    return _DATA.format(project) + "new_labels"
+
+
+def pending_job(project: str) -> str:
+    return _DATA.format(project) + "job:pending"
+
+
+def running_job(project: str) -> str:
+    return _DATA.format(project) + "job:running"
+
+
+def job_history(project: str) -> str:
+    return _DATA.format(project) + "jobs"
+
+
+def submit_lock(project: str) -> str:
+    return _DATA.format(project) + "submit"
+
+
+def training_lock(project: str) -> str:
+    return _DATA.format(project) + "training"
+
+
+def setup(project: str) -> str:
+    return _PROJECT.format(project) + "setup"
+
+
+def current_version(project: str) -> str:
+    return _PROJECT.format(project) + "current"
+
+
+def job_cancel(job_id: str) -> str:
+    return f"aesemo:job:{job_id}:cancel"
