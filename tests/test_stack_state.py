@@ -7,12 +7,17 @@ from __future__ import annotations
 import json
 import socket
 import stat
+import tomllib
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from backend.tools.stack import (SAMPLE_PHOTOS, StackError, StackOptions, _only_stack_of, check_ports_free,
-                           load_or_create_state, sample_photos, uploaded_name)
+from backend.tools.stack import (LABEL_CONFIG, SAMPLE_PHOTOS, StackError, StackOptions, _only_stack_of,
+                                  check_ports_free, default_ls_venv, load_or_create_state, sample_photos,
+                                  uploaded_name)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_state_is_created_once_private_and_reused(tmp_path):
@@ -74,3 +79,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_the_label_config_ships_in_the_package():
+    """The stack reads the label config from the package (it works installed, without the
+    repository); label_config/ is where the README sends people, and links to that one copy."""
+    assert LABEL_CONFIG.read_text() == (ROOT / "label_config" / "aesthetic_emotion.xml").read_text()
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert LABEL_CONFIG.name in package_data["backend.labelstudio"]
+
+
+def test_label_studio_venv_default(tmp_path):
+    checkout, installed = tmp_path / "checkout", tmp_path / "site-packages"
+    checkout.mkdir()
+    (checkout / "pyproject.toml").touch()
+    assert default_ls_venv(tmp_path / "data", checkout) == checkout / ".venv-ls"
+    assert default_ls_venv(tmp_path / "data", installed) == tmp_path / "data" / ".venv-ls"
+    assert StackOptions(data_dir=tmp_path / "data", ls_venv=tmp_path / "ls").ls_venv == tmp_path / "ls"

@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+from venv import EnvBuilder
 
 import requests
 
 from backend.labelstudio import tokens as ls_auth
 
 LS_VERSION = "1.23.2"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-LS_VENV_SCRIPT = REPO_ROOT / "scripts" / "ls-venv.sh"
 
 # Variables of the calling environment that must not leak into Label Studio's interpreter.
 SCRUB_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "DJANGO_SETTINGS_MODULE", "PYTHONSTARTUP")
@@ -37,18 +37,26 @@ class LabelStudioError(RuntimeError):
 
 # ---------------------------------------------------------------------- the server process
 
-def ensure_ls_venv(venv: Path, script: Path = LS_VENV_SCRIPT) -> Path:
-    """Make sure `venv` holds Label Studio (runs scripts/ls-venv.sh when it does not)."""
+def ensure_ls_venv(venv: Path) -> Path:
+    """Make sure `venv` holds Label Studio LS_VERSION: a virtualenv of its own (it pins its own
+    Django, SDK and requests, about 1 GB), made with this interpreter and pip when missing
+    (about a minute, needs the package registry). Progress goes to stderr."""
     venv = Path(venv)
     stamp = venv / f".label-studio-{LS_VERSION}-installed"
     if stamp.is_file() and (venv / "bin" / "label-studio").is_file():
         return venv
-    if not Path(script).is_file():
-        raise LabelStudioError(f"no Label Studio in {venv}, and no {script} to install it")
-    env = dict(os.environ, LS_VENV=str(venv))
-    proc = subprocess.run(["bash", str(script)], env=env, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise LabelStudioError(f"scripts/ls-venv.sh failed with exit code {proc.returncode}")
+    if not (venv / "bin" / "python").is_file():
+        print(f"creating {venv} for Label Studio {LS_VERSION}", file=sys.stderr)
+        EnvBuilder(with_pip=True).create(venv)
+    print(f"installing label-studio=={LS_VERSION} into {venv} (about a minute)", file=sys.stderr)
+    for step in (["-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+                 ["-m", "pip", "install", "--quiet", f"label-studio=={LS_VERSION}"], ["-c", "import label_studio"]):
+        env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV}
+        if subprocess.run([str(venv / "bin" / "python"), *step], stdout=sys.stderr, env=env).returncode != 0:
+            raise LabelStudioError(f"installing Label Studio into {venv} failed at: python {' '.join(step)}")
+    if not (venv / "bin" / "label-studio").is_file():
+        raise LabelStudioError(f"{venv}/bin/label-studio missing after installing label-studio=={LS_VERSION}")
+    stamp.write_text(LS_VERSION + "\n")
     return venv
 
 
@@ -299,3 +307,4 @@ class LabelStudioClient:
 
     def annotations(self, task_id: int) -> list[dict]:
         return self.api_json("GET", f"/api/tasks/{task_id}/annotations")
+

@@ -27,6 +27,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -36,7 +37,7 @@ from rq import Worker
 
 from model.errors import AesemoError
 
-from backend.labelstudio.admin_client import (LS_VERSION, REPO_ROOT, LabelStudioClient, LabelStudioError, ensure_ls_venv,
+from backend.labelstudio.admin_client import (LS_VERSION, LabelStudioClient, LabelStudioError, ensure_ls_venv,
                                  is_up, label_studio_command, label_studio_environment, local_session,
                                  port_moved)
 from backend.core.redis_connection import lease_embedded_redis, release_embedded_redis
@@ -46,7 +47,8 @@ READY_LINE = "aesemo stack: ready"
 ADMIN_EMAIL = "admin@example.com"
 ANNOTATORS = 3
 PROJECT_TITLE = "Aesthetics and emotion (demo)"
-LABEL_CONFIG = REPO_ROOT / "label_config" / "aesthetic_emotion.xml"
+# shipped in the package (label_config/aesthetic_emotion.xml, its documented place, links to it)
+LABEL_CONFIG = resources.files("backend.labelstudio") / "aesthetic_emotion.xml"
 DEMO_BACKBONE = "resnet18"
 # real photographs inside scikit-image's wheel (skimage/data), read from the installed package
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -65,7 +67,11 @@ class StackOptions:
     data_dir: Path
     ls_port: int = 8080
     backend_port: int = 9090
-    ls_venv: Path = REPO_ROOT / ".venv-ls"
+    ls_venv: Path | None = None  # None: default_ls_venv(data_dir)
+
+    def __post_init__(self):
+        if self.ls_venv is None:
+            object.__setattr__(self, "ls_venv", default_ls_venv(self.data_dir))
 
     @property
     def ls_url(self) -> str:
@@ -88,9 +94,15 @@ class StackOptions:
         return self.data_dir / "logs"
 
 
+def default_ls_venv(data_dir: Path, checkout: Path = Path(__file__).resolve().parents[2]) -> Path:
+    """.venv-ls at the repository root when run from a checkout (beside .venv, where the
+    end-to-end tests make theirs too), else (an installed package) .venv-ls in the data directory."""
+    return checkout / ".venv-ls" if (checkout / "pyproject.toml").is_file() else Path(data_dir) / ".venv-ls"
+
+
 def stack_options(ls_port: int, backend_port: int, ls_venv: str | None = None) -> StackOptions:
     """The data directory of the settings (AESEMO_DATA_DIR); Label Studio from --ls-venv, else
-    $LS_VENV (as scripts/ls-venv.sh), else .venv-ls at the repository root."""
+    $LS_VENV, else `default_ls_venv`."""
     venv = ls_venv or os.environ.get("LS_VENV")
     return StackOptions(data_dir=load_settings().data_dir, ls_port=ls_port, backend_port=backend_port,
                         **({"ls_venv": Path(venv)} if venv else {}))

@@ -8,7 +8,7 @@ Plain Python (no pytest). Typical use::
         ls.connect_ml_backend(project["id"], "http://127.0.0.1:9090")
         ls.retrieve_predictions(project["id"], [t["id"] for t in ls.tasks(project["id"])])
 
-Label Studio lives in its own virtualenv, ``<repo>/.venv-ls`` (made by ``scripts/ls-venv.sh``
+Label Studio lives in its own virtualenv, ``<repo>/.venv-ls`` (made by ``ensure_ls_venv``
 on first use, about a minute). The server binds to 127.0.0.1 on a free port, keeps its sqlite
 database, uploads and log (``label-studio.log``) under ``data_dir``, and is started with the
 settings from docs/label-studio-protocol.md section 2: legacy ``Token`` auth on, local ML
@@ -36,17 +36,16 @@ from backend.labelstudio.admin_client import (  # noqa: F401  (LabelStudioError 
     LS_VERSION,
     LabelStudioClient,
     LabelStudioError,
+    ensure_ls_venv,
     is_up,
     label_studio_command,
     label_studio_environment,
     local_session,
     port_moved,
 )
-from backend.labelstudio.admin_client import ensure_ls_venv as _ensure_ls_venv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-ls"
-LS_VENV_SCRIPT = REPO_ROOT / "scripts" / "ls-venv.sh"
 
 
 class _PortTaken(Exception):
@@ -58,11 +57,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def ensure_ls_venv(venv: Path = DEFAULT_VENV) -> Path:
-    """Make sure ``venv`` holds Label Studio (runs scripts/ls-venv.sh when it does not)."""
-    return _ensure_ls_venv(venv, LS_VENV_SCRIPT)
 
 
 class LabelStudioServer(LabelStudioClient):
