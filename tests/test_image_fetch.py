@@ -287,11 +287,6 @@ def test_too_many_redirects(ls, make_fetcher):
     assert len(ls.recorder.requests) == 6
 
 
-def test_fetch_bytes_returns_raw_bytes(ls, make_fetcher):
-    fetcher = make_fetcher(allowed_image_hosts=("127.0.0.1",))
-    assert fetcher.fetch_bytes(f"{ls.base}/image.png") == png_bytes()
-
-
 # ----- Personal Access Tokens ----------------------------------------------------------------
 
 def test_pat_is_swapped_once_and_access_token_cached(ls, make_fetcher):
@@ -578,7 +573,7 @@ def test_cache_hit_needs_no_request(ls, make_fetcher, tmp_path):
     assert entry.read_bytes() == png_bytes()
     again = make_fetcher(label_studio_url=ls.base, label_studio_api_key=LEGACY).fetch("/data/upload/1/a.png")
     assert again.tobytes() == first.tobytes()
-    assert fetcher.fetch_bytes("/data/upload/1/a.png") == png_bytes()
+    assert fetcher.fetch("/data/upload/1/a.png").tobytes() == first.tobytes()
     assert len(ls.recorder.requests) == 1
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]  # no temp files left
 

@@ -7,7 +7,6 @@ import pytest
 from backend.labelstudio.label_config import (
     LabelConfigError,
     ProjectLabels,
-    choice_to_index,
     parse_label_config,
     prediction_result,
 )
@@ -217,19 +216,6 @@ def test_prediction_length_mismatch(a, e):
 def test_prediction_rejects_nan():
     with pytest.raises(ValueError, match="non-finite"):
         prediction_result(LABELS, [float("nan"), 0.5, 0.5], [0.25] * 4, "v0")
-
-
-def test_choice_to_index():
-    assert choice_to_index(LABELS, "beauty", "good") == 0
-    assert choice_to_index(LABELS, "beauty", "bad") == 2
-    assert choice_to_index(LABELS, "feeling", "anger") == 3
-
-
-def test_choice_to_index_errors():
-    with pytest.raises(LabelConfigError, match="'awe' is not a choice of 'feeling'"):
-        choice_to_index(LABELS, "feeling", "awe")
-    with pytest.raises(LabelConfigError, match="unknown control 'emotion'"):
-        choice_to_index(LABELS, "emotion", "joy")
 
 
 def test_config_the_sdk_cannot_read():

@@ -263,6 +263,36 @@ def test_one_round_trip_and_step_by_step_store_the_same(client, db):
         assert replay_state(client, db, [without_label_config(e) for e in events]) == fused, f"shuffle {attempt}"
 
 
+def refused_bodies() -> dict[str, dict]:
+    """Vote events that carry the label config and that the webhook refuses."""
+    no_author = annotation_event(1, 1, 2, "high", "awe", at=1)
+    del no_author["annotation"]["completed_by"]
+    several = annotation_event(2, 1, 3, at=2)
+    several["action"] = "ANNOTATIONS_CREATED"
+    several["annotation"] = [annotation_event(3, 1, 4, at=3)["annotation"], no_author["annotation"],
+                             annotation_event(4, 1, 5, at=4)["annotation"]]
+    bad_config = annotation_event(5, 1, 2, at=5)
+    bad_config["project"]["label_config"] = "<View><broken"
+    return {"no author": no_author, "a bad one of several": several, "bad label config": bad_config}
+
+
+def test_refused_votes_store_the_same_on_both_paths(client, settings, db):
+    """With auto-training on, a vote event goes step by step; off, in one round trip: a refusal
+    answers the same and leaves the same behind (the event, a readable label config, the votes
+    before the bad one)."""
+    step_by_step = create_app(replace(settings, auto_train_threshold=1000)).test_client()
+    for name, body in refused_bodies().items():
+        outcomes = []
+        for webhook in (client, step_by_step):
+            db.flushdb()
+            response = post(webhook, "/webhook", body)
+            outcomes.append((response.status_code, response.get_json(), stored_state(db)))
+        assert outcomes[0] == outcomes[1], name
+        status, _, stored = outcomes[0]
+        assert status in (400, 422) and len(stored["events"]) == 1, name
+        assert [json.loads(r)["annotation"] for r in stored["votes"]] == ([3] if name.endswith("several") else [])
+
+
 def redis_calls(client, db, body) -> tuple[dict, list[str]]:
     """The reply to one webhook and the commands Redis received for it (MONITOR, less those a
     Lua script ran), i.e. the backend's round trips."""

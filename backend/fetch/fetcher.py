@@ -314,16 +314,6 @@ class ImageFetcher:
         self._cache_write(resolved, data)  # only after it decoded: failures are never cached
         return image
 
-    def fetch_bytes(self, url: str, *, hostname: str | None = None,
-                    access_token: str | None = None) -> bytes:
-        """The raw bytes at `url` (not decoded; cached once downloaded). Raises ImageFetchError."""
-        resolved = self.resolve_url(url, hostname=hostname)
-        data = self._cache_read(resolved)
-        if data is None:
-            data = self._download(resolved, hostname, access_token)
-            self._cache_write(resolved, data)
-        return data
-
     def resolve_url(self, url: str, *, hostname: str | None = None) -> str:
         """The absolute http(s) URL a task's image value stands for. Raises ImageFetchError."""
         if not isinstance(url, str) or not url.strip():

@@ -153,16 +153,3 @@ def prediction_result(
             "score": probs[best],
         })
     return {"model_version": model_version, "score": min(r["score"] for r in result), "result": result}
-
-
-def choice_to_index(labels: ProjectLabels, control: str, value: str) -> int:
-    """Class index of an annotation's choice; `control` is the result's from_name."""
-    heads = {labels.aesthetic_control: labels.aesthetic_classes, labels.emotion_control: labels.emotion_classes}
-    if control not in heads:
-        raise LabelConfigError(f"unknown control {control!r}; the heads are {', '.join(map(repr, heads))}")
-    try:
-        return heads[control].index(value)
-    except ValueError:
-        raise LabelConfigError(
-            f"{value!r} is not a choice of {control!r} (choices: {', '.join(map(repr, heads[control]))})"
-        ) from None

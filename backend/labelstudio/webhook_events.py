@@ -76,7 +76,7 @@ def _annotation(action: str, annotation) -> dict:
     if not isinstance(annotation, dict):
         raise RequestError(f"{action}: \"annotation\" must be an object with an integer id")
     _id(action, annotation.get("id"), "annotation.id")
-    for key in ("task", "completed_by"):  # optional here; a vote needs completed_by (votes.py)
+    for key in ("task", "completed_by"):  # optional here; a vote needs completed_by (backend/votes/store.py)
         value = annotation.get(key)
         _id(action, value.get("id") if isinstance(value, dict) else value, f"annotation.{key}", optional=True)
     if not isinstance(annotation.get("result", []), list):

@@ -1,5 +1,6 @@
 """`aesemo demo`: trains a small two-task network on generated images and prints what it
-predicts for images it has not seen. (A later version brings up the whole service.)"""
+predicts for images it has not seen: the model alone, no Redis or Label Studio (`aesemo stack`
+runs the whole service)."""
 from __future__ import annotations
 
 import json

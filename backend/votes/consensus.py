@@ -234,7 +234,8 @@ def _dawid_skene(votes: _Votes, n_rows: int, k: int, iterations: int = 100,
     posterior, _ = e_step(theta)
     steps, step_max = 1, 1.0
     while steps < iterations:
-        # a plain EM step from theta; the convergence test of the old loop on each such step
+        # a plain EM step from theta, and the convergence test on it: SQUAREM's extrapolated
+        # steps only speed up the walk, so convergence is judged on the plain EM map
         theta1 = m_step(posterior)
         posterior1, _ = e_step(theta1)
         steps += 1

@@ -190,7 +190,7 @@ _VOTE_FIELDS = frozenset(Vote.__dataclass_fields__)
 
 def vote_from_annotation(annotation: dict, task_id, labels: ProjectLabels) -> Vote:
     """RequestError when the annotation lacks what a vote needs (id, task, author, result)."""
-    # the same bounds as webhooks.parse_event: these go into Redis keys, Lua arguments and sorts
+    # the same bounds as webhook_events.parse_event: these go into Redis keys, Lua arguments and sorts
     if not isinstance(annotation, dict) or as_id(annotation.get("id")) is None:
         found = annotation.get("id") if isinstance(annotation, dict) else annotation
         raise RequestError(f"annotation without a valid \"id\" (a positive integer below 2**63), got {shown(found)}")
