@@ -20,8 +20,9 @@ from backend.http.app import create_app
 from backend.serving.registry import project_versions_dir, set_current_version
 
 from images_server import ImageServer
-from training_project import (aesemo_command, free_port, label_tasks, log_tail, service_env, settings_for,
-                              setup_project, start_process, stop_process, wait_for, write_reported_version)
+from training_project import (aesemo_command, label_tasks, log_tail, service_env, settings_for, setup_project,
+                              start_process, stop_process, write_reported_version)
+from net import free_port, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 PROJECT = 4

@@ -26,7 +26,8 @@ from backend_proc import (  # shared with test_consensus_with_label_studio.py
     backend_env,
     make_pngs,
 )
-from ls_server import LabelStudioError, LabelStudioServer, free_port
+from ls_server import LabelStudioError, LabelStudioServer
+from net import free_port
 
 BASIC_AUTH = ("ls-robot", "c0rrect-horse-battery")
 EVENTS_STREAM = "aesemo:events"

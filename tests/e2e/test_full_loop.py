@@ -31,7 +31,8 @@ from backend_proc import (
     backend_env,
 )
 from annotating import Annotator, states, wait_until
-from ls_server import LabelStudioServer, free_port
+from ls_server import LabelStudioServer
+from net import free_port
 
 N_TASKS = 12
 WORKER_TIMEOUT_S = 900  # a 2-core machine under heavy load: torch import, resync, 1 epoch, evaluation

@@ -23,7 +23,7 @@ from backend.labelstudio.admin_client import LabelStudioClient
 from backend.core.redis_connection import embedded_redis_running
 from backend.tools.stack import READY_LINE, SAMPLE_PHOTOS
 from backend_proc import SCRUB_ENV, aesemo_executable
-from ls_server import free_port
+from net import free_port
 
 READY_TIMEOUT_S = 600
 STOP_TIMEOUT_S = 90
