@@ -201,6 +201,7 @@ def _cmd_argv(instructions) -> list[str]:
     return argv
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("name,subcommand", [("backend", "serve"), ("worker", "worker")])
 def test_dockerfile_cmd_is_an_aesemo_subcommand(name, subcommand):
     from backend.cli import build_parser  # imports torch: only this test pays for it
