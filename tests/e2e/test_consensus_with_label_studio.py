@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from backend_proc import LABEL_CONFIG, BackendProcess, ImageServer, backend_env
+from backend_proc import LABEL_CONFIG, BackendProcess, backend_env
+from images_server import ImageServer
 from annotating import Annotator, states, wait_until
 from ls_server import LabelStudioServer
 from net import free_port
