@@ -11,12 +11,13 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 stamp="$venv/.aesemo-installed"
 
-# pyproject.toml's dependencies and test extras, less torch and torchvision
+# pyproject.toml's dependencies and its test and demo extras, less torch and torchvision
 without_torch() {
     "$venv/bin/python" - "$root/pyproject.toml" <<'PY'
 import re, sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-for requirement in project["dependencies"] + project["optional-dependencies"]["test"]:
+extras = project["optional-dependencies"]
+for requirement in project["dependencies"] + extras["test"] + extras["demo"]:
     if re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower() not in ("torch", "torchvision"):
         print(requirement)
 PY
