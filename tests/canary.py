@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-import time
+
+from net import wait_for
 
 
 class Canary:
@@ -43,13 +44,11 @@ class Canary:
 
     def settle(self, timeout_s: float = 10.0) -> None:
         """Wait until every connection accepted so far has been read to its end (or its head)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._handled == self._hits:
-                    return
-            time.sleep(0.01)
-        raise TimeoutError("the canary still has connections open")
+        wait_for(self._all_handled, timeout_s, interval=0.01, what="the canary's open connections to end")
+
+    def _all_handled(self) -> bool:
+        with self._lock:
+            return self._handled == self._hits
 
     def _serve(self) -> None:
         while not self._stop.is_set():

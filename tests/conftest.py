@@ -1,6 +1,11 @@
-"""Shared fixtures: a real embedded Redis for the whole session, and settings that use it."""
+"""Shared fixtures: a real embedded Redis for the whole session, and settings that use it.
+
+Every test outside WITHOUT_TORCH is marked `torch`. A virtualenv without torch (scripts/setup.sh
+makes one for a Python other than 3.11: torch's wheels for those are gigabytes of CUDA) does not
+even collect those modules, since importing them imports torch."""
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,6 +14,23 @@ import redis
 
 from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_redis
 from backend.core.settings import Settings
+
+# test modules that import neither torch nor torchvision, directly or through backend/ and model/
+WITHOUT_TORCH = {"test_docker.py", "test_image_fetch.py", "test_images.py", "test_label_config.py",
+                 "test_stack_state.py"}
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+collect_ignore_glob = [] if HAVE_TORCH else [
+    path.name for path in Path(__file__).parent.glob("test_*.py") if path.name not in WITHOUT_TORCH] + ["e2e"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "torch: needs torch (deselect with -m \"not torch\")")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name not in WITHOUT_TORCH:
+            item.add_marker(pytest.mark.torch)
 
 
 @pytest.fixture(scope="session")

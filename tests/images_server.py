@@ -7,6 +7,7 @@ Paths it answers (GET):
     /fake.png           image/png Content-Type, but the bytes are not an image
     /auth.png           401 with WWW-Authenticate unless "Authorization: Basic dTpw" (u:p) is sent
     /redirect?to=<url>  302 to <url>
+    a path in `files`   those bytes, as image/png (`add_png` puts a PNG of one colour there)
     anything else       404
 
 Every request is recorded (method, path, Authorization header) so tests can prove that
@@ -63,6 +64,7 @@ class ImageServer:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str, str | None]] = []
         self.big = noise_png()
+        self.files: dict[str, bytes] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,6 +78,8 @@ class ImageServer:
                     server.requests.append(("GET", self.path, self.headers.get("Authorization")))
                 parts = urlsplit(self.path)
                 path = parts.path
+                if path in server.files:
+                    return self._send(200, server.files[path], "image/png")
                 if path.startswith("/img/") and path.endswith(".png") and path[5:-4].isdigit():
                     return self._send(200, png_bytes(color=color_for(int(path[5:-4]))), "image/png")
                 if path == "/big.png":
@@ -114,6 +118,12 @@ class ImageServer:
 
     def url(self, path: str) -> str:
         return f"http://{self.netloc}{path}"
+
+    def add_png(self, name: str, colour: tuple[int, int, int]) -> str:
+        """The URL of a new 64x48 PNG of `colour`, served at /img/<name>.png."""
+        path = f"/img/{name}.png"
+        self.files[path] = png_bytes((64, 48), colour)
+        return self.url(path)
 
     def paths(self) -> list[str]:
         with self.lock:

@@ -26,8 +26,9 @@ from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_r
 from backend.serving.registry import project_versions_dir, set_current_version
 
 from images_server import ImageServer
-from training_project import (aesemo_command, example, free_port, log_tail, predict_body, service_env, start_process,
-                              stop_process, wait_for, write_small_version)
+from training_project import (aesemo_command, example, log_tail, predict_body, service_env, start_process,
+                              stop_process, write_small_version)
+from net import free_port, wait_for
 
 PROJECT = 7
 

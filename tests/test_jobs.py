@@ -28,8 +28,9 @@ from backend.serving.registry import project_versions_dir
 
 from images_server import ImageServer
 from training_project import (aesemo_command, environment, flip_a_byte, label_tasks, legacy_train_body, log_tail,
-                              run_burst_worker, service_env, settings_for, setup_answer, setup_project, start_process,
-                              start_training_body, stop_process, wait_for, write_small_version)
+                              run_burst_worker, service_env, settings_for, setup_answer, setup_project,
+                              start_process, start_training_body, stop_process, write_small_version)
+from net import wait_for
 
 PROJECT = 1
 GOOD_TASKS = range(1, 15)     # 14 images the server has

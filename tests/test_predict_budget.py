@@ -19,7 +19,8 @@ from backend.core.settings import Settings, load_settings
 
 from hanging_server import HangingServer
 from images_server import ImageServer
-from training_project import environment, predict_body, wait_for
+from training_project import environment, predict_body
+from net import wait_for
 
 PROJECT = 5
 

@@ -23,7 +23,8 @@ import requests
 from backend.cli import main as cli_main
 from backend.core.redis_connection import embedded_socket_path, ensure_embedded_redis, stop_embedded_redis
 
-from training_project import REPO, aesemo_command, free_port, log_tail, start_process, stop_process, wait_for
+from training_project import REPO, aesemo_command, log_tail, start_process, stop_process
+from net import free_port, wait_for
 
 # a user of the data directory's embedded Redis, as serve, worker and the command line are: it
 # connects through the settings (no REDIS_URL), says so, and exits when its stdin closes

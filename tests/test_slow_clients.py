@@ -21,8 +21,8 @@ import requests
 from backend.http.app import MAX_BODY_BYTES
 
 from hanging_server import HangingServer
-from training_project import (aesemo_command, example, free_port, predict_body, service_env, start_process,
-                              stop_process, wait_for)
+from training_project import aesemo_command, example, predict_body, service_env, start_process, stop_process
+from net import free_port, wait_for
 
 USER, PASSWORD = "admin", "s3cret-pass"
 AUTH = (USER, PASSWORD)

@@ -19,6 +19,8 @@ from backend.tools.stack import (LABEL_CONFIG, SAMPLE_PHOTOS, StackError, StackO
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from net import free_port
+
 
 def test_state_is_created_once_private_and_reused(tmp_path):
     options = StackOptions(data_dir=tmp_path)
@@ -63,7 +65,7 @@ def test_a_busy_port_is_refused_with_the_flag_to_change(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(StackError, match="--backend-port"):
-            check_ports_free(StackOptions(data_dir=tmp_path, ls_port=_free_port(), backend_port=port))
+            check_ports_free(StackOptions(data_dir=tmp_path, ls_port=free_port(), backend_port=port))
 
 
 def test_one_stack_per_data_directory(tmp_path):
@@ -73,12 +75,6 @@ def test_one_stack_per_data_directory(tmp_path):
                 pass
     with _only_stack_of(tmp_path):  # free again
         pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_label_config_ships_in_the_package():

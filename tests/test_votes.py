@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from backend.training.jobs import training_queue
 from backend.votes.store import Vote, VoteStore
 
 from ls_examples import example  # noqa: E402
+from net import wait_for
 
 PROJECT = "1"   # the recorded bodies' project id
 STATES = ("no_votes", "waiting", "agreed", "disputed")
@@ -332,7 +332,7 @@ def test_annotation_events_after_a_redis_restart(settings, own_redis):
     db = redis.Redis.from_url(url, decode_responses=True)
     pid = _pid(own_redis)
     db.shutdown(nosave=False)  # the AOF keeps the vote; the script cache is gone
-    assert _gone(pid)
+    wait_for(lambda: _gone(pid), 10, interval=0.02, what="redis-server to die")
     assert ensure_embedded_redis(own_redis) == url
     assert send(client, annotation_event(2, 1, 3, at=2))["votes"] == ["added"]
     assert set(votes_by_annotation(redis.Redis.from_url(url, decode_responses=True))) == {1, 2}
@@ -575,14 +575,11 @@ def _pid(folder: Path) -> int:
     return int((folder / "redis" / "redis.pid").read_text().strip())
 
 
-def _gone(pid: int, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.02)
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
     return False
 
 
@@ -605,7 +602,7 @@ def test_votes_survive_a_redis_restart(settings, own_redis):
     pid = _pid(own_redis)
 
     stop_embedded_redis(own_redis)
-    assert _gone(pid), "SHUTDOWN did not stop redis-server"
+    wait_for(lambda: _gone(pid), 10, interval=0.02, what="SHUTDOWN to stop redis-server")
     assert not (own_redis / "redis" / "redis.pid").exists()
 
     url = ensure_embedded_redis(own_redis)
@@ -614,16 +611,22 @@ def test_votes_survive_a_redis_restart(settings, own_redis):
     assert consensus_view(create_app(replace(mine, redis_url=url)).test_client()) == view
 
 
-def test_votes_survive_kill_9_after_one_second(settings, own_redis):
+def _aof_written(db: redis.Redis) -> bool:
+    """Redis has handed every write to the append-only file (kill -9 cannot lose what the kernel holds)."""
+    info = db.info("persistence")
+    return info["aof_buffer_length"] == 0 and info["aof_pending_bio_fsync"] == 0
+
+
+def test_votes_survive_kill_9_once_written(settings, own_redis):
     url = ensure_embedded_redis(own_redis)
     client = create_app(replace(settings, redis_url=url)).test_client()
     for event in stream():
         send(client, event)
     before = records(redis.Redis.from_url(url, decode_responses=True))
-    time.sleep(1.1)                                     # appendfsync everysec
+    wait_for(lambda: _aof_written(redis.Redis.from_url(url)), 10, interval=0.05, what="the append-only file")
     pid = _pid(own_redis)
     os.kill(pid, signal.SIGKILL)
-    assert _gone(pid)
+    wait_for(lambda: _gone(pid), 10, interval=0.02, what="redis-server to die")
 
     url = ensure_embedded_redis(own_redis)
     assert _pid(own_redis) != pid

@@ -9,10 +9,8 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -192,12 +190,6 @@ def flip_a_byte(path: Path, offset: int | None = None) -> None:
 
 # ----- processes ----------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_process(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "ab")
     process = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -236,14 +228,3 @@ def run_burst_worker(env: dict, log_path: Path, timeout: float = 480.0) -> subpr
         result = subprocess.run(aesemo_command("worker", "--burst"), env=env, cwd=REPO, stdout=log,
                                 stderr=subprocess.STDOUT, timeout=timeout)
     return result
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)

@@ -1,77 +1,95 @@
-"""Every setting of the service, read from environment variables in this one place.
+"""Every setting of the service, declared once: each field of `Settings` names its environment
+variable, how its text is parsed, its default, its one-line documentation and its range.
 
-Each setting is listed, with its default, in the README's "Settings" table.
+`load_settings` reads them all; the README's "Settings" table is `python -m backend.core.settings
+--markdown` (a test keeps the two equal, and checks docker/.env.example against the same fields).
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Callable
+
+from model.limits import TRAINING_LIMITS, Limit
+
+Parser = Callable[[str, str], Any]
+Check = Callable[[str, Any], None]
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return default if value is None or value == "" else value
+def _text(name: str, raw: str) -> str:
+    return raw
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = _env(name)
-    if raw is None:
-        return default
+def _integer(name: str, raw: str) -> int:
     try:
         return int(raw)
     except ValueError:
         raise ValueError(f"setting {name} must be an integer, got {raw!r}") from None
 
 
-def _env_float(name: str, default: float, above: float | None = None) -> float:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value):  # float() takes "nan", "inf" and "1e400"
-        raise ValueError(f"setting {name} must be a finite number, got {raw!r}")
-    if above is not None and not value > above:
-        raise ValueError(f"setting {name} must be above {above:g}, got {raw!r}")
-    return value
+def _number(above: float | None = None) -> Parser:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
+        if not math.isfinite(value):  # float() takes "nan", "inf" and "1e400"
+            raise ValueError(f"setting {name} must be a finite number, got {raw!r}")
+        if above is not None and not value > above:
+            raise ValueError(f"setting {name} must be above {above:g}, got {raw!r}")
+        return value
+    return parse
 
 
-def _env_list(name: str) -> tuple[str, ...]:
-    raw = _env(name, "") or ""
+def _flag(name: str, raw: str) -> bool:
+    return raw.lower() in ("1", "true", "yes")
+
+
+def _comma_list(name: str, raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
-def _check_ranges(settings) -> None:
-    """ValueError naming the variable and its range for a setting outside it; the training
-    ones share the ranges of the HTTP API and the command line (model/limits.py)."""
-    from model.limits import TRAINING_LIMITS, Limit
+def _path(name: str, raw: str) -> Path:
+    return Path(raw)
 
-    from backend.votes.consensus import METHODS, POLICY_LIMITS
-    ranged = {
-        "AESEMO_TRAIN_EPOCHS": (settings.train_epochs, TRAINING_LIMITS["epochs"]),
-        "AESEMO_TRAIN_BATCH_SIZE": (settings.train_batch_size, TRAINING_LIMITS["batch_size"]),
-        "AESEMO_TRAIN_LR": (settings.train_lr, TRAINING_LIMITS["lr"]),
-        "AESEMO_TRAIN_PATIENCE": (settings.train_patience, TRAINING_LIMITS["patience"]),
-        "AESEMO_TRAIN_IMAGE_SIZE": (settings.train_image_size, TRAINING_LIMITS["train_size"]),
-        "AESEMO_TRAIN_CROP_SIZE": (settings.train_crop_size, TRAINING_LIMITS["crop_size"]),
-        "AESEMO_PROMOTION_MARGIN": (settings.promotion_margin, Limit(float, 0, 1)),
-        "AESEMO_MAX_FAILED_IMAGES": (settings.max_failed_image_fraction, Limit(float, 0, 1)),
-        "AESEMO_CONSENSUS_MIN_ANNOTATORS": (settings.consensus_min_annotators, POLICY_LIMITS["min_annotators"]),
-        "AESEMO_CONSENSUS_MIN_AGREEMENT": (settings.consensus_min_agreement, POLICY_LIMITS["min_agreement"]),
-    }
-    for name, (value, limit) in ranged.items():
-        limit.check(f"setting {name}", value)
-    for name, value, choices in (("AESEMO_PROMOTION", settings.promotion, ("metric", "always")),
-                                 ("AESEMO_CONSENSUS_METHOD", settings.consensus_method, METHODS)):
-        if value not in choices:
-            raise ValueError(f"setting {name} must be one of {', '.join(choices)}, got {value!r}")
-    if settings.train_crop_size > settings.train_image_size:
-        raise ValueError(f"setting AESEMO_TRAIN_CROP_SIZE ({settings.train_crop_size}) must not exceed "
-                         f"AESEMO_TRAIN_IMAGE_SIZE ({settings.train_image_size})")
+
+def _within(limit: Callable[[], Limit]) -> Check:
+    """The range of `limit()`, looked up when checked: the consensus limits import numpy."""
+    def check(name: str, value: Any) -> None:
+        limit().check(f"setting {name}", value)
+    return check
+
+
+def _one_of(choices: Callable[[], tuple[str, ...]]) -> Check:
+    def check(name: str, value: Any) -> None:
+        if value not in choices():
+            raise ValueError(f"setting {name} must be one of {', '.join(choices())}, got {value!r}")
+    return check
+
+
+def _consensus_limit(key: str) -> Callable[[], Limit]:
+    def limit() -> Limit:
+        from backend.votes.consensus import POLICY_LIMITS
+        return POLICY_LIMITS[key]
+    return limit
+
+
+def _consensus_methods() -> tuple[str, ...]:
+    from backend.votes.consensus import METHODS
+    return tuple(METHODS)
+
+
+_FRACTION = Limit(float, 0, 1)
+
+
+def setting(env: str, default: Any, doc: str, *, parse: Parser = _text, check: Check | None = None,
+            shown: str | None = None, secret: bool = False) -> Any:
+    """A field of `Settings` read from `env`; `shown` is the README's default when the value is not it."""
+    return field(default=default, repr=not secret,
+                 metadata={"env": env, "parse": parse, "check": check, "doc": doc, "shown": shown})
 
 
 @dataclass(frozen=True)
@@ -79,85 +97,186 @@ class Settings:
     def __post_init__(self):
         _check_ranges(self)  # at startup, not in the middle of a job or a request
 
-    label_studio_url: str | None = None
-    label_studio_api_key: str | None = field(default=None, repr=False)
-    data_dir: Path = Path("aesemo-data")
-    backbone: str = "vgg16"
-    pretrained_path: str | None = None
-    redis_url: str | None = None
-    basic_auth_user: str | None = None
-    basic_auth_pass: str | None = field(default=None, repr=False)
-    aesthetic_control: str = "aesthetic"
-    emotion_control: str = "emotion"
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 50_000_000
-    image_timeout_s: float = 10.0
-    predict_budget_s: float = 60.0
-    read_timeout_s: float = 30.0
-    allowed_image_hosts: tuple[str, ...] = ()
-    predict_chunk_size: int = 16
-    max_tasks_per_request: int = 10_000
-    consensus_method: str = "majority"
-    consensus_min_annotators: int = 3
-    consensus_min_agreement: float = 0.5
-    auto_train_threshold: int = 0
-    resync_before_snapshot: bool = True
-    training_queue: str = "training"
-    job_timeout_s: int = 6 * 3600
-    job_heartbeat_s: float = 10.0
-    min_training_labels: int = 10
-    max_failed_image_fraction: float = 0.2
-    train_epochs: int = 10
-    train_patience: int = 3
-    train_batch_size: int = 16
-    train_lr: float = 1e-3
-    train_device: str | None = None
-    train_image_size: int = 256
-    train_crop_size: int = 224
-    promotion: str = "metric"
-    promotion_margin: float = 0.02
-    swap_poll_s: float = 5.0
+    label_studio_url: str | None = setting(
+        "LABEL_STUDIO_URL", None,
+        "Label Studio's address as the backend reaches it: relative image URLs and resyncs go there "
+        "(else to `/setup`'s hostname); trusted on a private address; the only host "
+        "`LABEL_STUDIO_API_KEY` goes to")
+    label_studio_api_key: str | None = setting(
+        "LABEL_STUDIO_API_KEY", None,
+        "a legacy token or a personal access token (refreshed into 5-minute access tokens); sent only "
+        "to `LABEL_STUDIO_URL` (unused without it)", secret=True)
+    data_dir: Path = setting(
+        "AESEMO_DATA_DIR", Path("aesemo-data"), "versions, caches, the embedded Redis's files", parse=_path)
+    backbone: str = setting(
+        "AESEMO_BACKBONE", "vgg16", "backbone of a new model (`vgg16`, `resnet18`, `mobilenet_v3_small`)")
+    pretrained_path: str | None = setting(
+        "AESEMO_PRETRAINED", None, "ImageNet weights file for a new model", shown="torchvision's cache path")
+    redis_url: str | None = setting(
+        "REDIS_URL", None,
+        "a Redis server; without it, an embedded one in `<data dir>/redis/`, started by the first "
+        "process of the data directory that needs it and stopped (append-only file fsynced) when the "
+        "last of them (serve, worker, stack, a command) exits; one whose data directory was deleted is "
+        "stopped by the next start", shown="– (embedded Redis)")
+    basic_auth_user: str | None = setting(
+        "BASIC_AUTH_USER", None, "HTTP Basic user the service requires (none: no authentication)")
+    basic_auth_pass: str | None = setting(
+        "BASIC_AUTH_PASS", None, "HTTP Basic password the service requires", secret=True)
+    aesthetic_control: str = setting(
+        "AESEMO_AESTHETIC_CONTROL", "aesthetic", "name of the aesthetic `Choices` control in the label config")
+    emotion_control: str = setting(
+        "AESEMO_EMOTION_CONTROL", "emotion", "name of the emotion `Choices` control in the label config")
+    max_image_bytes: int = setting(
+        "AESEMO_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "largest image download, in bytes", parse=_integer)
+    max_image_pixels: int = setting(
+        "AESEMO_MAX_IMAGE_PIXELS", 50_000_000,
+        "largest image (width x height); larger ones are refused as decompression bombs", parse=_integer)
+    image_timeout_s: float = setting(
+        "AESEMO_IMAGE_TIMEOUT", 10.0, "seconds for one image download, all in", parse=_number())
+    predict_budget_s: float = setting(
+        "AESEMO_PREDICT_BUDGET", 60.0,
+        "seconds one `/predict` may spend on its tasks (fetches and forward passes); tasks not done by "
+        "then get `[]` and an error of kind `budget`. Keep it below Label Studio's `ML_TIMEOUT_PREDICT` "
+        "(100 s)", parse=_number(above=0))
+    read_timeout_s: float = setting(
+        "AESEMO_READ_TIMEOUT", 30.0,
+        "seconds a client has to send a whole request (headers and body) from its first byte; slower "
+        "connections are closed", parse=_number(above=0))
+    allowed_image_hosts: tuple[str, ...] = setting(
+        "AESEMO_ALLOWED_IMAGE_HOSTS", (),
+        "comma-separated hosts (`name` or `name:port`) allowed although they resolve to private or "
+        "loopback addresses: image hosts, and a Label Studio that `/setup` names when "
+        "`LABEL_STUDIO_URL` is not it", parse=_comma_list)
+    predict_chunk_size: int = setting(
+        "AESEMO_PREDICT_CHUNK", 16, "tasks per batched forward pass", parse=_integer)
+    max_tasks_per_request: int = setting(
+        "AESEMO_MAX_TASKS", 10_000, "most tasks accepted in one `/predict` body", parse=_integer)
+    consensus_method: str = setting(
+        "AESEMO_CONSENSUS_METHOD", "majority", "default consensus method (`majority` or `dawid_skene`)",
+        check=_one_of(_consensus_methods))
+    consensus_min_annotators: int = setting(
+        "AESEMO_CONSENSUS_MIN_ANNOTATORS", 3, "votes a task needs before it can be agreed (1..100)",
+        parse=_integer, check=_within(_consensus_limit("min_annotators")))
+    consensus_min_agreement: float = setting(
+        "AESEMO_CONSENSUS_MIN_AGREEMENT", 0.5, "least share of the top class for agreement ([0, 1])",
+        parse=_number(), check=_within(_consensus_limit("min_agreement")))
+    auto_train_threshold: int = setting(
+        "AESEMO_AUTO_TRAIN_THRESHOLD", 0, "ask for training each time this many new labels are agreed",
+        parse=_integer, shown="0 (off)")
+    resync_before_snapshot: bool = setting(
+        "AESEMO_RESYNC_BEFORE_SNAPSHOT", True, "resync from Label Studio before each snapshot", parse=_flag)
+    training_queue: str = setting("AESEMO_QUEUE", "training", "RQ queue of training jobs")
+    job_timeout_s: int = setting(
+        "AESEMO_JOB_TIMEOUT", 6 * 3600, "seconds a training job may run", parse=_integer)
+    job_heartbeat_s: float = setting(
+        "AESEMO_JOB_HEARTBEAT", 10.0,
+        "seconds between a training worker's heartbeats; a job whose worker missed them for 3x this "
+        "(+5 s) is reported failed", parse=_number())
+    min_training_labels: int = setting(
+        "AESEMO_MIN_TRAINING_LABELS", 10, "consensus-labelled tasks a project needs before training",
+        parse=_integer)
+    max_failed_image_fraction: float = setting(
+        "AESEMO_MAX_FAILED_IMAGES", 0.2, "largest share of training images that may fail to download ([0, 1])",
+        parse=_number(), check=_within(lambda: _FRACTION))
+    train_epochs: int = setting(
+        "AESEMO_TRAIN_EPOCHS", 10, "training epochs (a request's parameters win; range in \"Training jobs\")",
+        parse=_integer, check=_within(lambda: TRAINING_LIMITS["epochs"]))
+    train_patience: int = setting(
+        "AESEMO_TRAIN_PATIENCE", 3,
+        "early stopping: epochs without a better held-out score before a job stops; 0 switches it off "
+        "(0..1000)", parse=_integer, check=_within(lambda: TRAINING_LIMITS["patience"]))
+    train_batch_size: int = setting(
+        "AESEMO_TRAIN_BATCH_SIZE", 16,
+        "training batch size (a request's parameters win; range in \"Training jobs\")",
+        parse=_integer, check=_within(lambda: TRAINING_LIMITS["batch_size"]))
+    train_lr: float = setting(
+        "AESEMO_TRAIN_LR", 1e-3, "training learning rate (a request's parameters win; range in \"Training jobs\")",
+        parse=_number(), check=_within(lambda: TRAINING_LIMITS["lr"]))
+    train_device: str | None = setting(
+        "AESEMO_TRAIN_DEVICE", None, "device of the training worker (`aesemo worker --device` sets it)",
+        shown="CUDA when present")
+    train_image_size: int = setting(
+        "AESEMO_TRAIN_IMAGE_SIZE", 256, "training resize size in pixels (the patent's; 16..1024)",
+        parse=_integer, check=_within(lambda: TRAINING_LIMITS["train_size"]))
+    train_crop_size: int = setting(
+        "AESEMO_TRAIN_CROP_SIZE", 224,
+        "training random-crop size in pixels (the patent's; 16..1024, not above the resize size)",
+        parse=_integer, check=_within(lambda: TRAINING_LIMITS["crop_size"]))
+    promotion: str = setting(
+        "AESEMO_PROMOTION", "metric", "promotion rule of a new version: `metric` or `always`",
+        check=_one_of(lambda: ("metric", "always")))
+    promotion_margin: float = setting(
+        "AESEMO_PROMOTION_MARGIN", 0.02,
+        "how much worse (mean held-out macro-F1) a new version may be and still be promoted ([0, 1])",
+        parse=_number(), check=_within(lambda: _FRACTION))
+    swap_poll_s: float = setting(
+        "AESEMO_SWAP_POLL", 5.0, "seconds between a serving process's checks of the version pointers",
+        parse=_number())
+
+
+def setting_fields() -> tuple[Field, ...]:
+    return fields(Settings)
+
+
+def _check_ranges(settings: Settings) -> None:
+    """ValueError naming the variable and its range for a setting outside it; the training
+    ones share the ranges of the HTTP API and the command line (model/limits.py)."""
+    for f in setting_fields():
+        if f.metadata["check"] is not None:
+            f.metadata["check"](f.metadata["env"], getattr(settings, f.name))
+    if settings.train_crop_size > settings.train_image_size:
+        raise ValueError(f"setting AESEMO_TRAIN_CROP_SIZE ({settings.train_crop_size}) must not exceed "
+                         f"AESEMO_TRAIN_IMAGE_SIZE ({settings.train_image_size})")
+
+
+def _from_environment(f: Field) -> Any:
+    raw = os.environ.get(f.metadata["env"])
+    if raw is None or raw == "":  # an empty value means the default (docker/.env.example)
+        return f.default
+    return f.metadata["parse"](f.metadata["env"], raw)
 
 
 def load_settings() -> Settings:
     """Read the environment now (tests change it between app instances)."""
-    return Settings(
-        label_studio_url=_env("LABEL_STUDIO_URL"),
-        label_studio_api_key=_env("LABEL_STUDIO_API_KEY"),
-        data_dir=Path(_env("AESEMO_DATA_DIR", "aesemo-data")),
-        backbone=_env("AESEMO_BACKBONE", "vgg16"),
-        pretrained_path=_env("AESEMO_PRETRAINED"),
-        redis_url=_env("REDIS_URL"),
-        basic_auth_user=_env("BASIC_AUTH_USER"),
-        basic_auth_pass=_env("BASIC_AUTH_PASS"),
-        aesthetic_control=_env("AESEMO_AESTHETIC_CONTROL", "aesthetic"),
-        emotion_control=_env("AESEMO_EMOTION_CONTROL", "emotion"),
-        max_image_bytes=_env_int("AESEMO_MAX_IMAGE_BYTES", 20 * 1024 * 1024),
-        max_image_pixels=_env_int("AESEMO_MAX_IMAGE_PIXELS", 50_000_000),
-        image_timeout_s=_env_float("AESEMO_IMAGE_TIMEOUT", 10.0),
-        predict_budget_s=_env_float("AESEMO_PREDICT_BUDGET", 60.0, above=0),
-        read_timeout_s=_env_float("AESEMO_READ_TIMEOUT", 30.0, above=0),
-        allowed_image_hosts=_env_list("AESEMO_ALLOWED_IMAGE_HOSTS"),
-        predict_chunk_size=_env_int("AESEMO_PREDICT_CHUNK", 16),
-        max_tasks_per_request=_env_int("AESEMO_MAX_TASKS", 10_000),
-        consensus_method=_env("AESEMO_CONSENSUS_METHOD", "majority"),
-        consensus_min_annotators=_env_int("AESEMO_CONSENSUS_MIN_ANNOTATORS", 3),
-        consensus_min_agreement=_env_float("AESEMO_CONSENSUS_MIN_AGREEMENT", 0.5),
-        auto_train_threshold=_env_int("AESEMO_AUTO_TRAIN_THRESHOLD", 0),
-        resync_before_snapshot=_env("AESEMO_RESYNC_BEFORE_SNAPSHOT", "true").lower() in ("1", "true", "yes"),
-        training_queue=_env("AESEMO_QUEUE", "training"),
-        job_timeout_s=_env_int("AESEMO_JOB_TIMEOUT", 6 * 3600),
-        job_heartbeat_s=_env_float("AESEMO_JOB_HEARTBEAT", 10.0),
-        min_training_labels=_env_int("AESEMO_MIN_TRAINING_LABELS", 10),
-        max_failed_image_fraction=_env_float("AESEMO_MAX_FAILED_IMAGES", 0.2),
-        train_epochs=_env_int("AESEMO_TRAIN_EPOCHS", 10),
-        train_patience=_env_int("AESEMO_TRAIN_PATIENCE", 3),
-        train_batch_size=_env_int("AESEMO_TRAIN_BATCH_SIZE", 16),
-        train_lr=_env_float("AESEMO_TRAIN_LR", 1e-3),
-        train_device=_env("AESEMO_TRAIN_DEVICE"),
-        train_image_size=_env_int("AESEMO_TRAIN_IMAGE_SIZE", 256),
-        train_crop_size=_env_int("AESEMO_TRAIN_CROP_SIZE", 224),
-        promotion=_env("AESEMO_PROMOTION", "metric"),
-        promotion_margin=_env_float("AESEMO_PROMOTION_MARGIN", 0.02),
-        swap_poll_s=_env_float("AESEMO_SWAP_POLL", 5.0),
-    )
+    return Settings(**{f.name: _from_environment(f) for f in setting_fields()})
+
+
+def env_text(value: Any) -> str:
+    """A default as written in an environment file: the text that parses back to it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def _readme_default(f: Field) -> str:
+    if f.metadata["shown"] is not None:
+        return f.metadata["shown"]
+    if f.default is None or f.default == ():
+        return "–"
+    text = env_text(f.default)
+    return f"`{text}`" if isinstance(f.default, (str, Path)) else text
+
+
+def markdown_table() -> str:
+    """The README's "Settings" table."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{f.metadata['env']}` | {_readme_default(f)} | {f.metadata['doc']} |" for f in setting_fields()]
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m backend.core.settings",
+                                     description="Print the settings' declaration.")
+    parser.add_argument("--markdown", action="store_true", help="the README's Settings table")
+    parser.parse_args(argv)
+    print(markdown_table(), end="")
+
+
+if __name__ == "__main__":
+    main()

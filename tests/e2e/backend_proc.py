@@ -12,10 +12,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -141,56 +139,6 @@ class BackendProcess:
 
     def log_tail(self, lines: int = 60) -> str:
         return f"--- {self.log_path.name} (tail) ---\n" + "\n".join(self.log_text().splitlines()[-lines:])
-
-
-class ImageServer:
-    """A tiny HTTP server on 127.0.0.1: ``/img/<name>.png`` for the PNGs put in ``images``, 404 otherwise."""
-
-    def __init__(self):
-        self.images: dict[str, bytes] = {}
-        self.requests: list[tuple[str, int]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                data = server.images.get(self.path)
-                status = 200 if data is not None else 404
-                server.requests.append((self.path, status))
-                body = data if data is not None else b"not found"
-                self.send_response(status)
-                self.send_header("Content-Type", "image/png" if data is not None else "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def port(self) -> int:
-        return self.httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def add_png(self, name: str, colour: tuple[int, int, int]) -> str:
-        import io
-
-        buf = io.BytesIO()
-        Image.new("RGB", (64, 48), colour).save(buf, format="PNG")
-        path = f"/img/{name}.png"
-        self.images[path] = buf.getvalue()
-        return self.url + path
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def make_pngs(folder: Path, colours: list[tuple[int, int, int]], prefix: str = "photo") -> list[Path]:

@@ -49,7 +49,6 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def image_server():
     """A small HTTP server on 127.0.0.1 serving the test's generated images."""
-    from backend_proc import ImageServer
-    server = ImageServer()
-    yield server
-    server.close()
+    from images_server import ImageServer
+    with ImageServer() as server:
+        yield server

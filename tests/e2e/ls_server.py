@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from backend.labelstudio.admin_client import (  # noqa: F401  (LabelStudioError 
     local_session,
     port_moved,
 )
+from net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-ls"
@@ -52,11 +52,6 @@ class _PortTaken(Exception):
     pass
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class LabelStudioServer(LabelStudioClient):

@@ -23,11 +23,12 @@ from backend_proc import (  # shared with test_consensus_with_label_studio.py
     EMOTION,
     LABEL_CONFIG,
     BackendProcess,
-    ImageServer,
     backend_env,
     make_pngs,
 )
-from ls_server import LabelStudioError, LabelStudioServer, free_port
+from images_server import ImageServer
+from ls_server import LabelStudioError, LabelStudioServer
+from net import free_port, wait_for
 
 BASIC_AUTH = ("ls-robot", "c0rrect-horse-battery")
 
@@ -195,7 +196,7 @@ def test_unreadable_image_gets_no_prediction(label_studio: LabelStudioServer, ae
     pid = ls.create_project("aesemo e2e: one bad image", LABEL_CONFIG)["id"]
     ls.import_files(pid, make_pngs(tmp_path / "photos", COLOURS[:1]))
     good_url = image_server.add_png(f"good-{uuid.uuid4().hex[:6]}", (250, 200, 20))
-    bad_url = f"{image_server.url}/img/missing-{uuid.uuid4().hex[:6]}.png"
+    bad_url = image_server.url(f"/img/missing-{uuid.uuid4().hex[:6]}.png")  # not in its files: 404
     ls.import_tasks(pid, [{"image": good_url}, {"image": bad_url}])
     tasks = ls.tasks(pid)
     assert len(tasks) == 3
@@ -218,7 +219,7 @@ def test_unreadable_image_gets_no_prediction(label_studio: LabelStudioServer, ae
     assert ls.predictions(bad[0]) == [], log
     # Label Studio took the reply, [] item included, without an error of its own
     assert "ERROR" not in log and "Traceback" not in log, log
-    assert (urlsplit(bad_url).path, 404) in image_server.requests, image_server.requests
+    assert urlsplit(bad_url).path in image_server.paths(), image_server.paths()
     assert "no prediction for" in aesemo.log_text()[backend_log:], aesemo.log_tail()
     # The reply shape Label Studio was given: the same body sent straight to the backend answers
     # with a prediction for each good task and an empty list for the bad one, by position.
@@ -252,21 +253,20 @@ def test_annotation_webhook_recorded(label_studio: LabelStudioServer, aesemo: Ba
     ]
     annotation = ls.create_annotation(task_id, result, lead_time=1.5)
 
+    def recorded():
+        for _entry_id, fields in client.xrange(keys.EVENTS):
+            event = json.loads(fields["event"])
+            if event["action"] == "ANNOTATION_CREATED" and event.get("annotation", {}).get("id") == annotation["id"]:
+                return fields["event"], event
+        return None
+
     client = aesemo.redis()
     try:
-        found = None
-        deadline = time.monotonic() + 10
-        while found is None and time.monotonic() < deadline:
-            for _entry_id, fields in client.xrange(keys.EVENTS):
-                event = json.loads(fields["event"])
-                if event["action"] == "ANNOTATION_CREATED" and event.get("annotation", {}).get("id") == annotation["id"]:
-                    found = (fields["event"], event)
-            if found is None:
-                time.sleep(0.2)
+        raw, event = wait_for(recorded, 10, interval=0.2, what="the annotation event")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{aesemo.log_tail()}") from None
     finally:
         client.close()
-    assert found is not None, aesemo.log_tail()
-    raw, event = found
     assert event["project"] == str(pid)
     assert event["task"]["id"] == task_id
     assert event["annotation"]["result"] == annotation["result"]

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from backend_proc import LABEL_CONFIG, BackendProcess, ImageServer, backend_env
+from backend_proc import LABEL_CONFIG, BackendProcess, backend_env
+from images_server import ImageServer
 from annotating import Annotator, states, wait_until
-from ls_server import LabelStudioServer, free_port
+from ls_server import LabelStudioServer
+from net import free_port
 
 MIN_ANNOTATORS = 3  # the backend's default policy: 3 voters, a unique top class with share >= 0.5
 

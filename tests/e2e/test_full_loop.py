@@ -26,12 +26,13 @@ from backend_proc import (
     EMOTION,
     LABEL_CONFIG,
     BackendProcess,
-    ImageServer,
     aesemo_executable,
     backend_env,
 )
+from images_server import ImageServer
 from annotating import Annotator, states, wait_until
-from ls_server import LabelStudioServer, free_port
+from ls_server import LabelStudioServer
+from net import free_port
 
 N_TASKS = 12
 WORKER_TIMEOUT_S = 900  # a 2-core machine under heavy load: torch import, resync, 1 epoch, evaluation
@@ -134,8 +135,8 @@ def test_full_loop(label_studio: LabelStudioServer, image_server: ImageServer, t
         truth_by_url: dict[str, tuple[str, str]] = {}
         for row in lines[1:]:
             path = f"/img/{tag}-{row['image']}"
-            image_server.images[path] = (manifest.parent / row["image"]).read_bytes()
-            truth_by_url[image_server.url + path] = (row["aesthetic"], row["emotion"])
+            image_server.files[path] = (manifest.parent / row["image"]).read_bytes()
+            truth_by_url[image_server.url(path)] = (row["aesthetic"], row["emotion"])
 
         # ---- the project: overlap 3 on every task, three annotators
         pid = ls.create_project("aesemo e2e: full loop", LABEL_CONFIG)["id"]

@@ -23,7 +23,7 @@ from backend.labelstudio.admin_client import LabelStudioClient
 from backend.core.redis_connection import embedded_redis_running
 from backend.tools.stack import READY_LINE, SAMPLE_PHOTOS
 from backend_proc import SCRUB_ENV, aesemo_executable
-from ls_server import free_port
+from net import free_port, wait_for
 
 READY_TIMEOUT_S = 600
 STOP_TIMEOUT_S = 90
@@ -128,10 +128,8 @@ def assert_everything_stopped(run: StackRun, redis_pid: int) -> None:
     pgids = set(run.child_pids().values())
     assert len(pgids) == 3, run.output  # Label Studio, the backend, the worker
     assert live_group_members(pgids) == [], run.output
-    deadline = time.monotonic() + 10  # SHUTDOWN answers before the server has exited
-    while pid_alive(redis_pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not pid_alive(redis_pid), "the embedded Redis is still running"
+    # SHUTDOWN answers before the server has exited
+    wait_for(lambda: not pid_alive(redis_pid), 10, interval=0.2, what="the embedded Redis to exit")
     assert not embedded_redis_running(run.data_dir)
 
 
