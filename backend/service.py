@@ -14,7 +14,7 @@ from backend.votes.ingest import Ingest
 from backend.labelstudio.label_config import LabelConfigError, ProjectLabels, parse_label_config
 from backend.http.prometheus_metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
 from backend.serving.hotswap import HotSwap
-from backend.serving.model_holder import ModelHolder
+from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.votes.project_consensus import ProjectConsensus, vote_and_image
 from backend.labelstudio.projects import ProjectContext, ProjectStore, project_id
@@ -40,15 +40,19 @@ class Backend:
         self.settings = settings
         self.redis = client
         self.projects = ProjectStore(client)
-        self.models = ModelHolder(settings.max_image_pixels)
+        self.models = ModelCache(settings.max_image_pixels)
         self.fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
         self.consensus = ProjectConsensus(client, settings, on_auto_train=self._auto_train)
         self.ingest = Ingest(client)
-        self.swap = HotSwap(settings, client)
+        self.swap = HotSwap(settings, client, self.models)
         self._contexts: dict = {}
         if settings.label_studio_api_key and not settings.label_studio_url:
             log.warning("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key goes only to "
                         "LABEL_STUDIO_URL, so it is not used; set LABEL_STUDIO_URL to Label Studio's address")
+
+    def close(self) -> None:
+        """Stops the hot swap's threads (started by the app factory)."""
+        self.swap.stop()
 
     def health(self) -> dict:
         """UP whenever the process answers: Label Studio skips every prediction of a backend whose
@@ -88,11 +92,11 @@ class Backend:
         so a project whose model this process holds goes on with it (the context kept here for
         /predict); any other project gets 503, not a made-up version name."""
         held = self.swap.get(context.project)
-        if not _knows(held, labels):
+        if not (held and held.knows(labels.classes())):
             raise RequestError("Redis is unavailable and this process holds no model for project "
                                f"{context.project}", status=503)
         self._contexts[context.project] = context
-        return {"model_version": held[0]}
+        return {"model_version": held.version}
 
     def predict(self, body) -> dict:
         body = _object(body)
@@ -108,13 +112,14 @@ class Backend:
         if not tasks:
             return {"results": []}
         deadline = time.monotonic() + self.settings.predict_budget_s
-        version_name, predictor = self._model_for(project, labels)
+        served = self._model_for(project, labels)
+        version_name = served.version
 
         def fetch(url):
             return self.fetcher.fetch(url, hostname=context.hostname if context else None,
                                       access_token=context.access_token if context else None)
 
-        results, failures = predict_tasks(tasks, labels, predictor, version_name, fetch,
+        results, failures = predict_tasks(tasks, labels, served.predictor, version_name, fetch,
                                           self.settings.predict_chunk_size, deadline)
         _log_failures(failures, self.settings.predict_budget_s)
         if failures and len(failures) == len(tasks):
@@ -127,31 +132,23 @@ class Backend:
             reply["errors"] = [f.to_dict() for f in failures]
         return reply
 
-    def _model_for(self, project: str | None, labels: ProjectLabels):
+    def _model_for(self, project: str | None, labels: ProjectLabels) -> ServedModel:
         """The project's current model: from this process's memory when it holds one for these
-        class lists (no Redis needed), else resolved through the registry and remembered."""
+        class lists (no Redis needed), else resolved through the registry and made current."""
         held = self.swap.get(project) if project else None
-        if _knows(held, labels):
+        if held and held.knows(labels.classes()):
             return held
         try:
             version = (resolve_current(self.redis, self.settings, project, labels.classes()) if project
                        else _base(self.settings, labels))
         except redis.RedisError:
             raise RequestError("no model in memory for this project and Redis is unavailable", status=503) from None
-        if version.folder.parent.name == "base":
-            predictor = self.models.predictor(version)
-        else:
-            held = self.swap.get(project)
-            if not (held and held[0] == version.name):
-                self.swap.swap_to(project, version.name)
-            held = self.swap.get(project)
-            if not held:
-                raise RequestError(f"model version {version.name} of project {project} cannot be loaded",
-                                   status=503)
-            return held
-        if project:
-            self.swap.remember(project, version.name, predictor)
-        return version.name, predictor
+        if not project:
+            return self.models.load(version)
+        served = self.swap.serve(project, version)
+        if not served:
+            raise RequestError(f"model version {version.name} of project {project} cannot be loaded", status=503)
+        return served
 
     def project_context(self, project: str | None):
         """The project's /setup data; the last one seen when Redis does not answer."""
@@ -308,11 +305,6 @@ class Backend:
     def versions(self) -> dict:
         names, skipped = all_versions(self.settings)
         return {"versions": names, "skipped": skipped}
-
-
-def _knows(held, labels: ProjectLabels) -> bool:
-    """Whether a held (version name, predictor) has every class of the label config."""
-    return bool(held) and all(set(held[1].classes[t]) >= set(c) for t, c in labels.classes().items())
 
 
 def _log_failures(failures: list, budget_s: float) -> None:

@@ -190,6 +190,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         return Response(data, mimetype=content_type.split(";")[0])
 
     app.wsgi_app = FastWebhook(app.wsgi_app, backend, authorized, app.json)
+    backend.swap.start()  # here, not on first use: a request never starts threads
     return app
 
 
