@@ -8,7 +8,7 @@ from pathlib import Path
 import redis
 
 from backend.labelstudio import tokens as ls_auth
-from backend.core.errors import RequestError
+from backend.core.errors import Conflict, DomainError, InvalidInput, NotFound, TooLarge, Unavailable, Unprocessable
 from backend.fetch.fetcher import ImageFetcher
 from backend.votes.ingest import Ingest
 from backend.labelstudio.label_config import LabelConfigError, ProjectLabels, parse_label_config
@@ -64,11 +64,11 @@ class Backend:
 
     def labels(self, label_config: str | None) -> ProjectLabels:
         if not label_config:
-            raise RequestError("no label config: send \"label_config\" or call /setup for this project first")
+            raise InvalidInput("no label config: send \"label_config\" or call /setup for this project first")
         try:
             return parse_label_config(label_config, self.settings.aesthetic_control, self.settings.emotion_control)
         except LabelConfigError as exc:
-            raise RequestError(f"label config: {exc}", status=422) from None
+            raise Unprocessable(f"label config: {exc}") from None
 
     def version_name(self, project: str, labels: ProjectLabels) -> str:
         return current_version_name(self.redis, project) or base_version_name(self.settings, labels.classes())
@@ -93,8 +93,8 @@ class Backend:
         /predict); any other project gets 503, not a made-up version name."""
         held = self.swap.get(context.project)
         if not (held and held.knows(labels.classes())):
-            raise RequestError("Redis is unavailable and this process holds no model for project "
-                               f"{context.project}", status=503)
+            raise Unavailable("Redis is unavailable and this process holds no model for project "
+                              f"{context.project}")
         self._contexts[context.project] = context
         return {"model_version": held.version}
 
@@ -102,10 +102,10 @@ class Backend:
         body = _object(body)
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
-            raise RequestError("body has no \"tasks\" list")
+            raise InvalidInput("body has no \"tasks\" list")
         if len(tasks) > self.settings.max_tasks_per_request:
-            raise RequestError(f"{len(tasks)} tasks in one request; the limit is "
-                               f"{self.settings.max_tasks_per_request} (AESEMO_MAX_TASKS)", status=413)
+            raise TooLarge(f"{len(tasks)} tasks in one request; the limit is "
+                           f"{self.settings.max_tasks_per_request} (AESEMO_MAX_TASKS)")
         project = project_id(body.get("project")) if body.get("project") is not None else None
         context = self.project_context(project)
         labels = self.labels(body.get("label_config") or (context.label_config if context else None))
@@ -123,9 +123,9 @@ class Backend:
                                           self.settings.predict_chunk_size, deadline)
         _log_failures(failures, self.settings.predict_budget_s)
         if failures and len(failures) == len(tasks):
-            raise RequestError(f"no task could be predicted: {failures[0].message}"
-                               + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
-                               status=422, details=[f.to_dict() for f in failures])
+            raise Unprocessable(f"no task could be predicted: {failures[0].message}"
+                                + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
+                                details=[f.to_dict() for f in failures])
         PREDICTIONS.labels(version_name).inc(len(tasks) - len(failures))
         reply = {"results": results, "model_version": version_name}
         if failures:
@@ -142,12 +142,12 @@ class Backend:
             version = (resolve_current(self.redis, self.settings, project, labels.classes()) if project
                        else _base(self.settings, labels))
         except redis.RedisError:
-            raise RequestError("no model in memory for this project and Redis is unavailable", status=503) from None
+            raise Unavailable("no model in memory for this project and Redis is unavailable") from None
         if not project:
             return self.models.load(version)
         served = self.swap.serve(project, version)
         if not served:
-            raise RequestError(f"model version {version.name} of project {project} cannot be loaded", status=503)
+            raise Unavailable(f"model version {version.name} of project {project} cannot be loaded")
         return served
 
     def project_context(self, project: str | None):
@@ -186,7 +186,7 @@ class Backend:
         try:
             labels = self.labels(sent)
             votes = [vote_and_image(labels, a, body.get("task")) for a in annotations]
-        except RequestError:
+        except DomainError:
             return None
         return self.ingest(event, sent, votes)
 
@@ -198,7 +198,7 @@ class Backend:
             self.project_labels(project, body.get("project"))  # the body carries the label config
             try:
                 return {"training": self.train(project, {}, "START_TRAINING")}
-            except RequestError as exc:  # the event itself was fine: say why no job, in the answer
+            except DomainError as exc:  # the event itself was fine: say why no job, in the answer
                 return {"training": {"started": False, "error": str(exc)}}
         if action == "TASKS_DELETED":
             return {"votes_removed": self.consensus.votes.delete_tasks(project, [t["id"] for t in event["tasks"]])}
@@ -222,28 +222,28 @@ class Backend:
             self.projects.remember_label_config(project, sent)
             return labels
         if not stored:
-            raise RequestError(f"unknown project {project}: no label config yet; connect the backend to the "
-                               "project in Label Studio (it calls /setup), or resync it with LABEL_STUDIO_URL "
-                               "and LABEL_STUDIO_API_KEY set", status=404)
+            raise NotFound(f"unknown project {project}: no label config yet; connect the backend to the "
+                           "project in Label Studio (it calls /setup), or resync it with LABEL_STUDIO_URL "
+                           "and LABEL_STUDIO_API_KEY set")
         return self.labels(stored)
 
     # -- training
     def train(self, project: str, params, reason: str = "admin") -> dict:
         """Queue a training job (or merge into the pending one) if the project has enough
-        consensus labels; RequestError 409 otherwise, and no job. Bad parameters are refused
+        consensus labels; Conflict otherwise, and no job. Bad parameters are refused
         (400) first, whatever the project's state."""
         params = check_params(params)
         labels = self.project_labels(project)
         agreed = self.consensus.agreed_task_count(project, labels)
         if agreed < self.settings.min_training_labels:
-            raise RequestError(f"project {project} has {agreed} consensus-labelled tasks; training needs at least "
-                               f"{self.settings.min_training_labels} (AESEMO_MIN_TRAINING_LABELS)", status=409)
+            raise Conflict(f"project {project} has {agreed} consensus-labelled tasks; training needs at least "
+                           f"{self.settings.min_training_labels} (AESEMO_MIN_TRAINING_LABELS)")
         return submit_training(self.settings, project, reason, params)
 
     def _auto_train(self, project: str) -> None:
         try:
             self.train(project, {}, "auto")
-        except RequestError as exc:
+        except DomainError as exc:
             log.info("auto-training of project %s not started: %s", project, exc)
 
     def legacy_train(self, body) -> dict:
@@ -327,7 +327,7 @@ def _base(settings, labels):
 
 def _object(body) -> dict:
     if not isinstance(body, dict):
-        raise RequestError("body must be a JSON object")
+        raise InvalidInput("body must be a JSON object")
     return body
 
 
@@ -341,7 +341,7 @@ def _hostname(body: dict) -> str | None:
     if value is None or value == "":
         return None
     if not ls_auth.is_http_url(value) or len(value) > MAX_HOSTNAME_CHARS:
-        raise RequestError("\"hostname\" must be Label Studio's address, an http(s) URL like "
+        raise InvalidInput("\"hostname\" must be Label Studio's address, an http(s) URL like "
                            f"\"http://label-studio:8080\" (no user info, query or fragment, at most "
                            f"{MAX_HOSTNAME_CHARS} characters)")
     return value
@@ -355,6 +355,6 @@ def _access_token(body: dict) -> str | None:
         return None
     if not (isinstance(value, str) and len(value) <= MAX_TOKEN_CHARS and value.isascii() and value.isprintable()
             and " " not in value):
-        raise RequestError(f"\"access_token\" must be a Label Studio API token: printable ASCII without spaces, "
+        raise InvalidInput(f"\"access_token\" must be a Label Studio API token: printable ASCII without spaces, "
                            f"at most {MAX_TOKEN_CHARS} characters")
     return value
