@@ -8,13 +8,13 @@ from pathlib import Path
 import redis
 
 from backend.labelstudio import tokens as ls_auth
-from backend.core.errors import RequestError
+from backend.core.errors import Conflict, DomainError, InvalidInput, NotFound, TooLarge, Unavailable, Unprocessable
 from backend.fetch.fetcher import ImageFetcher
 from backend.votes.ingest import Ingest
 from backend.labelstudio.label_config import LabelConfigError, ProjectLabels, parse_label_config
 from backend.http.prometheus_metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
 from backend.serving.hotswap import HotSwap
-from backend.serving.model_holder import ModelHolder
+from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.votes.project_consensus import ProjectConsensus, vote_and_image
 from backend.labelstudio.projects import ProjectContext, ProjectStore, project_id
@@ -39,15 +39,19 @@ class Backend:
         self.settings = settings
         self.redis = client
         self.projects = ProjectStore(client)
-        self.models = ModelHolder(settings.max_image_pixels)
+        self.models = ModelCache(settings.max_image_pixels)
         self.fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
         self.consensus = ProjectConsensus(client, settings, on_auto_train=self._auto_train)
         self.ingest = Ingest(client)
-        self.swap = HotSwap(settings, client)
+        self.swap = HotSwap(settings, client, self.models)
         self._contexts: dict = {}
         if settings.label_studio_api_key and not settings.label_studio_url:
             log.warning("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key goes only to "
                         "LABEL_STUDIO_URL, so it is not used; set LABEL_STUDIO_URL to Label Studio's address")
+
+    def close(self) -> None:
+        """Stops the hot swap's threads (started by the app factory)."""
+        self.swap.stop()
 
     def health(self) -> dict:
         """UP whenever the process answers: Label Studio skips every prediction of a backend whose
@@ -59,11 +63,11 @@ class Backend:
 
     def labels(self, label_config: str | None) -> ProjectLabels:
         if not label_config:
-            raise RequestError("no label config: send \"label_config\" or call /setup for this project first")
+            raise InvalidInput("no label config: send \"label_config\" or call /setup for this project first")
         try:
             return parse_label_config(label_config, self.settings.aesthetic_control, self.settings.emotion_control)
         except LabelConfigError as exc:
-            raise RequestError(f"label config: {exc}", status=422) from None
+            raise Unprocessable(f"label config: {exc}") from None
 
     def version_name(self, project: str, labels: ProjectLabels) -> str:
         return current_version_name(self.redis, project) or base_version_name(self.settings, labels.classes())
@@ -87,70 +91,63 @@ class Backend:
         so a project whose model this process holds goes on with it (the context kept here for
         /predict); any other project gets 503, not a made-up version name."""
         held = self.swap.get(context.project)
-        if not _knows(held, labels):
-            raise RequestError("Redis is unavailable and this process holds no model for project "
-                               f"{context.project}", status=503)
+        if not (held and held.knows(labels.classes())):
+            raise Unavailable("Redis is unavailable and this process holds no model for project "
+                              f"{context.project}")
         self._contexts[context.project] = context
-        return {"model_version": held[0]}
+        return {"model_version": held.version}
 
     def predict(self, body) -> dict:
         body = _object(body)
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
-            raise RequestError("body has no \"tasks\" list")
+            raise InvalidInput("body has no \"tasks\" list")
         if len(tasks) > self.settings.max_tasks_per_request:
-            raise RequestError(f"{len(tasks)} tasks in one request; the limit is "
-                               f"{self.settings.max_tasks_per_request} (AESEMO_MAX_TASKS)", status=413)
+            raise TooLarge(f"{len(tasks)} tasks in one request; the limit is "
+                           f"{self.settings.max_tasks_per_request} (AESEMO_MAX_TASKS)")
         project = project_id(body.get("project")) if body.get("project") is not None else None
         context = self.project_context(project)
         labels = self.labels(body.get("label_config") or (context.label_config if context else None))
         if not tasks:
             return {"results": []}
         deadline = time.monotonic() + self.settings.predict_budget_s
-        version_name, predictor = self._model_for(project, labels)
+        served = self._model_for(project, labels)
+        version_name = served.version
 
         def fetch(url):
             return self.fetcher.fetch(url, hostname=context.hostname if context else None,
                                       access_token=context.access_token if context else None)
 
-        results, failures = predict_tasks(tasks, labels, predictor, version_name, fetch,
+        results, failures = predict_tasks(tasks, labels, served.predictor, version_name, fetch,
                                           self.settings.predict_chunk_size, deadline)
         _log_failures(failures, self.settings.predict_budget_s)
         if failures and len(failures) == len(tasks):
-            raise RequestError(f"no task could be predicted: {failures[0].message}"
-                               + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
-                               status=422, details=[f.to_dict() for f in failures])
+            raise Unprocessable(f"no task could be predicted: {failures[0].message}"
+                                + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
+                                details=[f.to_dict() for f in failures])
         PREDICTIONS.labels(version_name).inc(len(tasks) - len(failures))
         reply = {"results": results, "model_version": version_name}
         if failures:
             reply["errors"] = [f.to_dict() for f in failures]
         return reply
 
-    def _model_for(self, project: str | None, labels: ProjectLabels):
+    def _model_for(self, project: str | None, labels: ProjectLabels) -> ServedModel:
         """The project's current model: from this process's memory when it holds one for these
-        class lists (no Redis needed), else resolved through the registry and remembered."""
+        class lists (no Redis needed), else resolved through the registry and made current."""
         held = self.swap.get(project) if project else None
-        if _knows(held, labels):
+        if held and held.knows(labels.classes()):
             return held
         try:
             version = (resolve_current(self.redis, self.settings, project, labels.classes()) if project
                        else _base(self.settings, labels))
         except redis.RedisError:
-            raise RequestError("no model in memory for this project and Redis is unavailable", status=503) from None
-        if version.folder.parent.name == "base":
-            predictor = self.models.predictor(version)
-        else:
-            held = self.swap.get(project)
-            if not (held and held[0] == version.name):
-                self.swap.swap_to(project, version.name)
-            held = self.swap.get(project)
-            if not held:
-                raise RequestError(f"model version {version.name} of project {project} cannot be loaded",
-                                   status=503)
-            return held
-        if project:
-            self.swap.remember(project, version.name, predictor)
-        return version.name, predictor
+            raise Unavailable("no model in memory for this project and Redis is unavailable") from None
+        if not project:
+            return self.models.load(version)
+        served = self.swap.serve(project, version)
+        if not served:
+            raise Unavailable(f"model version {version.name} of project {project} cannot be loaded")
+        return served
 
     def project_context(self, project: str | None):
         """The project's /setup data; the last one seen when Redis does not answer."""
@@ -194,7 +191,7 @@ class Backend:
             usable_config = label_config
             for annotation in _annotations(body):
                 votes.append(vote_and_image(labels, annotation, body.get("task")))
-        except RequestError:
+        except DomainError:
             self.ingest(event, usable_config, votes)
             raise
         return self.ingest(event, label_config, votes)
@@ -206,7 +203,7 @@ class Backend:
             self.project_labels(project, body.get("project"))  # the body carries the label config
             try:
                 return {"training": self.train(project, {}, "START_TRAINING")}
-            except RequestError as exc:  # the event itself was fine: say why no job, in the answer
+            except DomainError as exc:  # the event itself was fine: say why no job, in the answer
                 return {"training": {"started": False, "error": str(exc)}}
         if action == "TASKS_DELETED":
             return {"votes_removed": self.consensus.votes.delete_tasks(project, [t["id"] for t in event["tasks"]])}
@@ -230,28 +227,28 @@ class Backend:
             self.projects.remember_label_config(project, sent)
             return labels
         if not stored:
-            raise RequestError(f"unknown project {project}: no label config yet; connect the backend to the "
-                               "project in Label Studio (it calls /setup), or resync it with LABEL_STUDIO_URL "
-                               "and LABEL_STUDIO_API_KEY set", status=404)
+            raise NotFound(f"unknown project {project}: no label config yet; connect the backend to the "
+                           "project in Label Studio (it calls /setup), or resync it with LABEL_STUDIO_URL "
+                           "and LABEL_STUDIO_API_KEY set")
         return self.labels(stored)
 
     # -- training
     def train(self, project: str, params, reason: str = "admin") -> dict:
         """Queue a training job (or merge into the pending one) if the project has enough
-        consensus labels; RequestError 409 otherwise, and no job. Bad parameters are refused
+        consensus labels; Conflict otherwise, and no job. Bad parameters are refused
         (400) first, whatever the project's state."""
         params = check_params(params)
         labels = self.project_labels(project)
         agreed = self.consensus.agreed_task_count(project, labels)
         if agreed < self.settings.min_training_labels:
-            raise RequestError(f"project {project} has {agreed} consensus-labelled tasks; training needs at least "
-                               f"{self.settings.min_training_labels} (AESEMO_MIN_TRAINING_LABELS)", status=409)
+            raise Conflict(f"project {project} has {agreed} consensus-labelled tasks; training needs at least "
+                           f"{self.settings.min_training_labels} (AESEMO_MIN_TRAINING_LABELS)")
         return submit_training(self.settings, project, reason, params)
 
     def _auto_train(self, project: str) -> None:
         try:
             self.train(project, {}, "auto")
-        except RequestError as exc:
+        except DomainError as exc:
             log.info("auto-training of project %s not started: %s", project, exc)
 
     def legacy_train(self, body) -> dict:
@@ -315,11 +312,6 @@ class Backend:
         return {"versions": names, "skipped": skipped}
 
 
-def _knows(held, labels: ProjectLabels) -> bool:
-    """Whether a held (version name, predictor) has every class of the label config."""
-    return bool(held) and all(set(held[1].classes[t]) >= set(c) for t, c in labels.classes().items())
-
-
 def _log_failures(failures: list, budget_s: float) -> None:
     over = 0
     for failure in failures:
@@ -345,7 +337,7 @@ def _annotations(body: dict) -> list:
 
 def _object(body) -> dict:
     if not isinstance(body, dict):
-        raise RequestError("body must be a JSON object")
+        raise InvalidInput("body must be a JSON object")
     return body
 
 
@@ -359,7 +351,7 @@ def _hostname(body: dict) -> str | None:
     if value is None or value == "":
         return None
     if not ls_auth.is_http_url(value) or len(value) > MAX_HOSTNAME_CHARS:
-        raise RequestError("\"hostname\" must be Label Studio's address, an http(s) URL like "
+        raise InvalidInput("\"hostname\" must be Label Studio's address, an http(s) URL like "
                            f"\"http://label-studio:8080\" (no user info, query or fragment, at most "
                            f"{MAX_HOSTNAME_CHARS} characters)")
     return value
@@ -373,6 +365,6 @@ def _access_token(body: dict) -> str | None:
         return None
     if not (isinstance(value, str) and len(value) <= MAX_TOKEN_CHARS and value.isascii() and value.isprintable()
             and " " not in value):
-        raise RequestError(f"\"access_token\" must be a Label Studio API token: printable ASCII without spaces, "
+        raise InvalidInput(f"\"access_token\" must be a Label Studio API token: printable ASCII without spaces, "
                            f"at most {MAX_TOKEN_CHARS} characters")
     return value

@@ -197,11 +197,11 @@ def test_the_page_and_its_files_need_basic_auth_when_it_is_on(admin):
 
 
 def test_a_section_that_fails_shows_why_and_the_rest_still_renders(admin, monkeypatch):
-    from backend.core.errors import RequestError
+    from backend.core.errors import InvalidInput
     from backend.service import Backend
 
     def broken(self, project, state):
-        raise RequestError("consensus is broken for this test")
+        raise InvalidInput("consensus is broken for this test")
     monkeypatch.setattr(Backend, "consensus_overview", broken)
     text = page_text(admin)
     assert "consensus is broken for this test" in text

@@ -338,7 +338,7 @@ def test_custom_label_config(base_settings, db, server):
     assert post(client, "/predict", body).status_code == 200
 
     ref = registry.resolve_current(db, settings, "7", labels.classes())
-    predictor = backend_of(flask_app).models.predictor(ref)
+    predictor = backend_of(flask_app).models.load(ref).predictor
     assert predictor.classes == {"aesthetic": ("ugly", "plain", "stunning"),
                                  "emotion": ("joy", "calm", "rage", "gloom")}
     assert predictor.model.branch_a.head.fc3.out_features == 3
@@ -598,7 +598,7 @@ def test_large_request_in_bounded_chunks(app, client, db, base_settings, server)
     body = predict_body([server.url("/img/5.png")] * count)
     labels = parse_label_config(body["label_config"])
     ref = registry.resolve_current(db, base_settings, "1", labels.classes())
-    predictor = backend_of(app).models.predictor(ref)
+    predictor = backend_of(app).models.load(ref).predictor
 
     original = predictor.predict_images
     batches: list[int] = []

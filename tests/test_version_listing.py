@@ -17,6 +17,7 @@ from backend.core import keys
 from backend.serving import registry
 from backend.http.app import create_app
 from backend.serving.hotswap import HotSwap
+from backend.serving.models import ModelCache
 from backend.serving.registry import project_versions_dir
 from backend.core.settings import Settings
 from model.version import META_FILE, WEIGHTS_FILE
@@ -113,7 +114,7 @@ def test_promotion_refuses_a_bad_version(listed, redis_client, name):
 
 
 def test_hot_swap_refuses_a_bad_version(redis_client, listed, caplog):
-    swap = HotSwap(listed[1], redis_client)
+    swap = HotSwap(listed[1], redis_client, ModelCache(listed[1].max_image_pixels))
     with caplog.at_level(logging.ERROR, logger="backend.serving.hotswap"):
         assert swap.swap_to(str(PROJECT), "v0003-metrics-text") is False
     assert "refused model version v0003-metrics-text" in caplog.text and "'metrics'" in caplog.text
@@ -124,7 +125,7 @@ def test_hot_swap_retries_a_refused_version_once_it_is_repaired(settings, redis_
     folder = project_versions_dir(settings, str(PROJECT))
     write_small_version(folder / "v0001-first", seed=1)
     write_small_version(folder / "v0002-second", seed=2)
-    swap = HotSwap(settings, redis_client)
+    swap = HotSwap(settings, redis_client, ModelCache(settings.max_image_pixels))
     assert swap.swap_to(str(PROJECT), "v0001-first") is True
     weights = folder / "v0002-second" / WEIGHTS_FILE
     flip_a_byte(weights)
@@ -134,4 +135,4 @@ def test_hot_swap_retries_a_refused_version_once_it_is_repaired(settings, redis_
     assert caplog.text.count("refused model version v0002-second") == 1
     flip_a_byte(weights)  # repaired
     assert swap.swap_to(str(PROJECT), "v0002-second") is True
-    assert swap._current[str(PROJECT)][0] == "v0002-second"
+    assert swap.get(str(PROJECT)).version == "v0002-second"

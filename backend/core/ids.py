@@ -7,7 +7,7 @@ project list, so the admin page failed for good.
 """
 from __future__ import annotations
 
-from backend.core.errors import RequestError
+from backend.core.errors import InvalidInput
 
 MAX_ID = 2**63 - 1
 
@@ -30,10 +30,10 @@ def id_from_text(text: str) -> int | None:
 
 
 def require_id(value, field: str) -> int:
-    """`value` as an id, or RequestError (400) naming `field`."""
+    """`value` as an id, or InvalidInput naming `field`."""
     found = as_id(value)
     if found is None:
-        raise RequestError(f"\"{field}\" must be a positive integer id below 2**63, got {shown(value)}")
+        raise InvalidInput(f"\"{field}\" must be a positive integer id below 2**63, got {shown(value)}")
     return found
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 
 from backend.labelstudio import tokens as ls_auth
-from backend.core.errors import RequestError
+from backend.core.errors import DomainError, NotFound
 from backend.serving.registry import project_versions_dir, version_folder
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def consensus_section(backend, project: str) -> dict:
 def _section(gather) -> dict:
     try:
         return gather()
-    except RequestError as exc:
+    except DomainError as exc:
         return {"error": str(exc)}
     except redis.RedisError as exc:
         log.warning("admin page: Redis error: %s", exc)
@@ -113,7 +113,7 @@ def report_file(settings, project: str, version: str, name: str) -> Path:
     folder = version_folder(settings, project, version)
     path = folder / "report" / name if folder is not None else None
     if path is None or "/" in name or name.startswith(".") or not path.is_file():
-        raise RequestError(f"project {project} has no report file {version}/{name}", status=404)
+        raise NotFound(f"project {project} has no report file {version}/{name}")
     return path
 
 

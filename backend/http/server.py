@@ -31,6 +31,14 @@ def _child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
+def _worker_exit(server, worker):
+    # the hot swap's threads end between two notices rather than mid-load
+    app = getattr(worker, "wsgi", None)
+    backend = getattr(app, "extensions", {}).get("aesemo")
+    if backend is not None:
+        backend.close()
+
+
 def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120) -> None:
     settings = load_settings()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -57,6 +65,7 @@ def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120
         # the access log shows paths only: no query strings, headers or bodies (tokens)
         "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
         "child_exit": _child_exit,
+        "worker_exit": _worker_exit,
         # one control socket per data directory, so two backends on one host never share one
         "control_socket": str(Path(settings.data_dir).resolve() / "gunicorn.ctl"),
     }).run()

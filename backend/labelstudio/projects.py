@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import redis
 
 from backend.core import keys
-from backend.core.errors import RequestError
+from backend.core.errors import InvalidInput
 from backend.core.ids import as_id, id_from_text, shown
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def project_id(value) -> str:
         if not dot or (stamp.isascii() and stamp.isdigit()):
             found = id_from_text(number)
     if found is None:
-        raise RequestError(f"\"project\" must be a Label Studio project id (a positive integer below 2**63, "
+        raise InvalidInput(f"\"project\" must be a Label Studio project id (a positive integer below 2**63, "
                            f"or like \"1.1795782039\"), got {shown(value)}")
     return str(found)
 

@@ -12,7 +12,7 @@ import time
 import redis
 
 from backend.core import keys
-from backend.core.errors import RequestError
+from backend.core.errors import DomainError, InvalidInput
 from backend.core.ids import require_id
 from backend.labelstudio.projects import project_id
 
@@ -49,15 +49,15 @@ _ANNOTATION_KEYS = ("id", "result", "completed_by", "was_cancelled", "ground_tru
 
 
 def parse_event(body) -> dict:
-    """The event to record, or RequestError naming what is wrong."""
+    """The event to record, or InvalidInput naming what is wrong."""
     if not isinstance(body, dict):
-        raise RequestError("webhook body must be a JSON object")
+        raise InvalidInput("webhook body must be a JSON object")
     action = body.get("action")
     if not isinstance(action, str) or action not in ACTIONS:  # a list/dict action is unhashable
-        raise RequestError(f"unknown webhook action {action!r}; known: {', '.join(sorted(ACTIONS))}")
+        raise InvalidInput(f"unknown webhook action {action!r}; known: {', '.join(sorted(ACTIONS))}")
     missing = [key for key in ACTIONS[action] if key not in body]
     if missing:
-        raise RequestError(f"{action} event without {', '.join(missing)}")
+        raise InvalidInput(f"{action} event without {', '.join(missing)}")
     event = {"action": action, "project": project_id(body["project"]), "received_at": time.time()}
     if "annotation" in body:
         event["annotation"] = _annotation(action, body["annotation"])
@@ -74,25 +74,25 @@ def _annotation(action: str, annotation) -> dict:
     if isinstance(annotation, list):  # ANNOTATIONS_CREATED may carry several
         return [_annotation(action, a) for a in annotation]
     if not isinstance(annotation, dict):
-        raise RequestError(f"{action}: \"annotation\" must be an object with an integer id")
+        raise InvalidInput(f"{action}: \"annotation\" must be an object with an integer id")
     _id(action, annotation.get("id"), "annotation.id")
     for key in ("task", "completed_by"):  # optional here; a vote needs completed_by (backend/votes/store.py)
         value = annotation.get(key)
         _id(action, value.get("id") if isinstance(value, dict) else value, f"annotation.{key}", optional=True)
     if not isinstance(annotation.get("result", []), list):
-        raise RequestError(f"{action}: annotation {annotation['id']} has a result that is not a list")
+        raise InvalidInput(f"{action}: annotation {annotation['id']} has a result that is not a list")
     return {key: annotation.get(key) for key in _ANNOTATION_KEYS if key in annotation}
 
 
 def _task(action: str, task, field: str = "task") -> dict:
     if not isinstance(task, dict):
-        raise RequestError(f"{action}: \"{field}\" must be an object with an integer id")
+        raise InvalidInput(f"{action}: \"{field}\" must be an object with an integer id")
     return {"id": _id(action, task.get("id"), f"{field}.id"), "data": task.get("data")}
 
 
 def _ids(action: str, key: str, items) -> list[int]:
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise RequestError(f"{action}: \"{key}\" must be a list of objects with integer ids")
+        raise InvalidInput(f"{action}: \"{key}\" must be a list of objects with integer ids")
     return [_id(action, item.get("id"), f"{key}[{n}].id") for n, item in enumerate(items)]
 
 
@@ -101,13 +101,13 @@ def _id(action: str, value, field: str, optional: bool = False) -> int | None:
         return None
     try:
         return require_id(value, field)
-    except RequestError as exc:
-        raise RequestError(f"{action}: {exc}") from None
+    except DomainError as exc:
+        raise InvalidInput(f"{action}: {exc}") from None
 
 
 def _tasks(action: str, tasks) -> list[dict]:
     if not isinstance(tasks, list):
-        raise RequestError(f"{action}: \"tasks\" must be a list")
+        raise InvalidInput(f"{action}: \"tasks\" must be a list")
     return [_task(action, t, f"tasks[{n}]") for n, t in enumerate(tasks)]
 
 

@@ -2,11 +2,11 @@
 
 A promotion publishes a notice on Redis; a listener thread here loads the new version off the
 request path (the Predictor checks the weights' hash), then replaces one dict entry. Requests
-already running keep the Predictor object they took, so they finish on the old model. A
-poller re-reads the pointers now and then, in case a notice was lost. A version that fails to
-load is refused with a log line and the old one keeps serving; it is tried again once its files
-change (repaired) or RETRY_REFUSED_S later. With Redis down, requests are still served from the
-models in memory.
+already running keep the ServedModel they took, so they finish on the old model. A poller
+re-reads the pointers now and then, in case a notice was lost. A version that fails to load is
+refused with a log line and the old one keeps serving; it is tried again once its files change
+(repaired) or RETRY_REFUSED_S later. With Redis down, requests are still served from the models
+in memory. The two threads run from `start` (the app factory) to `stop`.
 """
 from __future__ import annotations
 
@@ -14,58 +14,67 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 
 import redis
 
 from model.errors import AesemoError
-from model.predictor import Predictor
 
 from backend.core import keys
-from backend.serving.registry import current_version_name, project_versions_dir
+from backend.serving.models import ModelCache, ServedModel
+from backend.serving.registry import VersionRef, current_version_name, project_versions_dir
 
 log = logging.getLogger(__name__)
 
 RETRY_REFUSED_S = 300.0
+# how long the listener waits for a notice before it looks whether it should stop
+LISTEN_WAKE_S = 1.0
 
 
 class HotSwap:
-    def __init__(self, settings, client: redis.Redis):
+    def __init__(self, settings, client: redis.Redis, models: ModelCache):
         self.settings = settings
         self.redis = client
-        self._current: dict[str, tuple[str, Predictor]] = {}
+        self.models = models
+        self._current: dict[str, ServedModel] = {}
         # (project, version) -> its files' state and when it was refused: retried once the files
         # change (a repaired version) or a while later (a failure that was not the files' fault)
         self._refused: dict[tuple[str, str], tuple[tuple, float]] = {}
-        self._lock = threading.Lock()
         # one load at a time: the listener and the poller must not load the same version twice,
         # nor the poller finish loading a pointer read before a later promotion and undo it
         self._swap_lock = threading.RLock()
-        self._started = False
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
 
-    def get(self, project: str) -> tuple[str, Predictor] | None:
-        self._start()
+    def get(self, project: str) -> ServedModel | None:
         return self._current.get(project)
 
-    def remember(self, project: str, name: str, predictor: Predictor) -> None:
-        self._start()
-        self._current[project] = (name, predictor)
+    def serve(self, project: str, version: VersionRef) -> ServedModel | None:
+        """The project's model once `version` is current; None if it cannot be loaded."""
+        held = self._current.get(project)
+        if not (held and held.version == version.name):
+            self.swap_to(project, version.name, version.folder)
+        return self._current.get(project)
 
-    def swap_to(self, project: str, name: str) -> bool:
-        """Load `name` and make it current for `project`; False (old one kept) if it fails."""
+    def swap_to(self, project: str, name: str, folder: Path | None = None) -> bool:
+        """Load `name` (from the project's versions unless `folder` says otherwise) and make it
+        current for `project`; False (old one kept) if it fails."""
         with self._swap_lock:
             held = self._current.get(project)
-            folder = project_versions_dir(self.settings, project) / name
-            if held and held[0] == name or self._still_refused(project, name, folder):
+            folder = folder or project_versions_dir(self.settings, project) / name
+            if held and held.version == name or self._still_refused(project, name, folder):
                 return False
             try:
-                predictor = Predictor(folder, max_pixels=self.settings.max_image_pixels)
+                served = self.models.load(VersionRef(name, folder))
             except (AesemoError, OSError, RuntimeError, ValueError) as exc:
                 self._refused[(project, name)] = (_files_state(folder), time.monotonic())
                 log.error("refused model version %s of project %s: %s; still serving %s",
-                          name, project, exc, held[0] if held else "nothing")
+                          name, project, exc, held.version if held else "nothing")
                 return False
             self._refused.pop((project, name), None)
-            self._current[project] = (name, predictor)  # one reference: in-flight requests keep theirs
+            self._current[project] = served  # one reference: in-flight requests keep theirs
+            if held and all(m.folder != held.folder for m in self._current.values()):
+                self.models.forget(held.folder)
             log.info("project %s now serves model version %s", project, name)
             return True
 
@@ -74,43 +83,56 @@ class HotSwap:
         return refused is not None and refused[0] == _files_state(folder) \
             and time.monotonic() - refused[1] < RETRY_REFUSED_S
 
-    def _start(self) -> None:
-        if self._started:
+    def start(self) -> None:
+        if self._threads:
             return
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-            threading.Thread(target=self._listen, name="swap-listener", daemon=True).start()
-            threading.Thread(target=self._poll, name="swap-poller", daemon=True).start()
+        self._stopping.clear()
+        self._threads = [threading.Thread(target=self._listen, name="swap-listener", daemon=True),
+                         threading.Thread(target=self._poll, name="swap-poller", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+        self._threads = []
 
     def _listen(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping.is_set():
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(keys.VERSION_CHANNEL)
-                failures = 0
-                for message in pubsub.listen():
-                    notice = json.loads(message["data"])
-                    if notice.get("project") in self._current:
-                        self.swap_to(notice["project"], notice["version"])
+                try:
+                    pubsub.subscribe(keys.VERSION_CHANNEL)
+                    failures = 0
+                    self._take_notices(pubsub)
+                finally:
+                    pubsub.close()
             except (redis.RedisError, OSError, ValueError) as exc:
                 failures += 1
                 if failures == 1:  # once per outage; the poller covers the gap
                     log.warning("swap notices interrupted (%s); retrying", type(exc).__name__)
-                time.sleep(min(1.0 * failures, 30.0))
+                self._stopping.wait(min(1.0 * failures, 30.0))
+
+    def _take_notices(self, pubsub) -> None:
+        while not self._stopping.is_set():
+            message = pubsub.get_message(timeout=LISTEN_WAKE_S)
+            if message is None:
+                continue
+            notice = json.loads(message["data"])
+            if notice.get("project") in self._current:
+                self.swap_to(notice["project"], notice["version"])
 
     def _poll(self) -> None:
-        while True:
-            time.sleep(self.settings.swap_poll_s)
+        while not self._stopping.wait(self.settings.swap_poll_s):
             for project in list(self._current):
                 with self._swap_lock:  # the pointer is read and loaded before any later notice
                     try:
                         name = current_version_name(self.redis, project)
                     except redis.RedisError:
                         break
-                    if name and name != self._current[project][0]:
+                    if name and name != self._current[project].version:
                         self.swap_to(project, name)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from model.classes import TASKS
 from model.predictor import Predictor
 
-from backend.core.errors import RequestError
+from backend.core.errors import Conflict
 from backend.fetch.fetcher import ImageFetchError
 from backend.labelstudio.label_config import ProjectLabels, prediction_result
 
@@ -54,9 +54,9 @@ def class_order(labels: ProjectLabels, predictor: Predictor, version: str) -> di
         known = {name: i for i, name in enumerate(predictor.classes[task])}
         unknown = [name for name in wanted[task] if name not in known]
         if unknown:
-            raise RequestError(f"model version {version} has no {task} class for the label config's choices "
-                               f"{unknown} (it knows {list(predictor.classes[task])}); train a version on "
-                               f"this config", status=409)
+            raise Conflict(f"model version {version} has no {task} class for the label config's choices "
+                           f"{unknown} (it knows {list(predictor.classes[task])}); train a version on "
+                           f"this config")
         order[task] = [known[name] for name in wanted[task]]
     return order
 

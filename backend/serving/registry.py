@@ -94,13 +94,13 @@ def set_current_version(client: redis.Redis, project: str, name: str) -> None:
 
 def promote_version(client: redis.Redis, settings, project: str, name: str) -> dict:
     """Make `name` current (also a rollback), after checking that it may serve: see `refusal`."""
-    from backend.core.errors import RequestError
+    from backend.core.errors import Conflict, NotFound
     folder = version_folder(settings, project, name)
     if folder is None:
-        raise RequestError(f"project {project} has no version {name!r}", status=404)
+        raise NotFound(f"project {project} has no version {name!r}")
     why = refusal(folder)
     if why:
-        raise RequestError(f"version {name} cannot be promoted: {why}", status=409)
+        raise Conflict(f"version {name} cannot be promoted: {why}")
     previous = current_version_name(client, project)
     set_current_version(client, project, name)
     return {"project": project, "current": name, "previous": previous}

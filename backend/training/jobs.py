@@ -28,7 +28,7 @@ from model.train import TrainConfig
 from model.version import read_meta
 
 from backend.core import keys
-from backend.core.errors import RequestError
+from backend.core.errors import Conflict, DomainError, InvalidInput, NotFound
 from backend.training.image_cache import cached_training_image
 from backend.fetch.fetcher import ImageFetchError, ImageFetcher
 from backend.labelstudio.label_config import parse_label_config
@@ -61,19 +61,19 @@ def training_queue(settings: Settings, connection: redis.Redis | None = None) ->
 
 def check_params(params) -> dict:
     """The request's training parameters, each checked against its documented range
-    (model/limits.py); RequestError naming the field and the range otherwise."""
+    (model/limits.py); InvalidInput naming the field and the range otherwise."""
     if params is None:
         return {}
     if not isinstance(params, dict):
-        raise RequestError("training parameters must be a JSON object")
+        raise InvalidInput("training parameters must be a JSON object")
     unknown = set(params) - set(TRAIN_PARAMS)
     if unknown:
-        raise RequestError(f"unknown training parameters {sorted(unknown)}; known: {sorted(TRAIN_PARAMS)}")
+        raise InvalidInput(f"unknown training parameters {sorted(unknown)}; known: {sorted(TRAIN_PARAMS)}")
     try:
         return {name: _check_backbone(value) if name == "backbone" else check_training_value(name, value)
                 for name, value in params.items()}
     except ValueError as exc:
-        raise RequestError(f"training parameter {exc}") from None
+        raise InvalidInput(f"training parameter {exc}") from None
 
 
 def _check_backbone(value) -> str:
@@ -210,7 +210,7 @@ def _project_job(settings: Settings, project: str, job_id: str) -> tuple[redis.R
     _reap_abandoned(settings, connection)
     job = _fetch(connection, job_id)
     if job is None or job.meta.get("project") != project:
-        raise RequestError(f"project {project} has no job {job_id[:100]!r}", status=404)
+        raise NotFound(f"project {project} has no job {job_id[:100]!r}")
     return connection, job
 
 
@@ -231,8 +231,7 @@ def cancel_job(settings: Settings, project: str, job_id: str) -> dict:
     elif status == JobStatus.STARTED:
         connection.set(keys.job_cancel(job.id), 1, ex=86400)
     else:
-        raise RequestError(f"job {job_id} is {status.value}; only queued or running jobs can be cancelled",
-                           status=409)
+        raise Conflict(f"job {job_id} is {status.value}; only queued or running jobs can be cancelled")
     return describe_job(job)
 
 
@@ -325,7 +324,7 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
     client = redis.Redis.from_url(redis_url(settings), decode_responses=True)
     context = ProjectStore(client).get(project)
     if not context.label_config:
-        raise RequestError(f"project {project} has no label config (connect the backend to it first)")
+        raise InvalidInput(f"project {project} has no label config (connect the backend to it first)")
     labels = parse_label_config(context.label_config, settings.aesthetic_control, settings.emotion_control)
     consensus = ProjectConsensus(client, settings)
     studio = project_studio(settings, context)
@@ -335,13 +334,13 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
         progress.state("resync")
         try:
             resynced = resync(consensus, project, labels, settings, studio)
-        except RequestError as exc:  # keep training on the votes we have
+        except DomainError as exc:  # keep training on the votes we have
             log.warning("resync before training failed: %s", exc)
             resynced = {"error": str(exc)}
     progress.state("snapshot")
     snapshot = consensus.snapshot(project, labels)
     if snapshot["rows"] < settings.min_training_labels:
-        raise RequestError(f"project {project} has {snapshot['rows']} consensus-labelled images; training "
+        raise InvalidInput(f"project {project} has {snapshot['rows']} consensus-labelled images; training "
                            f"needs at least {settings.min_training_labels} (AESEMO_MIN_TRAINING_LABELS)")
 
     progress.state("images", total=snapshot["rows"])
@@ -352,7 +351,7 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
     image_seconds = time.monotonic() - started
     total = len(rows) + len(failed)
     if total == 0 or len(failed) / total > settings.max_failed_image_fraction:
-        raise RequestError(f"{len(failed)} of {total} images could not be fetched (over the allowed "
+        raise InvalidInput(f"{len(failed)} of {total} images could not be fetched (over the allowed "
                            f"{settings.max_failed_image_fraction:.0%}); first: {failed[0] if failed else '-'}")
 
     job_dir = Path(settings.data_dir) / "projects" / project / "jobs" / job_id

@@ -13,7 +13,7 @@ import redis
 
 from backend.core import keys
 from backend.votes.consensus import STATES, Policy, TaskConsensus, compute, summary
-from backend.core.errors import RequestError
+from backend.core.errors import InvalidInput
 from backend.labelstudio.label_config import ProjectLabels
 from backend.votes.store import DIMENSIONS, Vote, VoteStore, vote_from_annotation
 
@@ -42,14 +42,14 @@ class ProjectConsensus:
 
     def set_policy(self, project: str, changes: dict) -> Policy:
         if not isinstance(changes, dict):
-            raise RequestError("policy must be a JSON object")
+            raise InvalidInput("policy must be a JSON object")
         unknown = set(changes) - set(Policy.__dataclass_fields__)
         if unknown:
-            raise RequestError(f"unknown policy fields {sorted(unknown)}; known: {sorted(Policy.__dataclass_fields__)}")
+            raise InvalidInput(f"unknown policy fields {sorted(unknown)}; known: {sorted(Policy.__dataclass_fields__)}")
         try:
             policy = Policy(**{**self.policy(project).to_dict(), **changes})
         except (TypeError, ValueError) as exc:
-            raise RequestError(f"bad policy: {exc}") from None
+            raise InvalidInput(f"bad policy: {exc}") from None
         self.redis.set(keys.policy(project), json.dumps(policy.to_dict()))
         return policy
 
@@ -112,7 +112,7 @@ class ProjectConsensus:
 
     def tasks_in_state(self, project: str, labels: ProjectLabels, state: str, result: dict | None = None) -> list[dict]:
         if state not in STATES:
-            raise RequestError(f"state must be one of {', '.join(STATES)}, got {state!r}")
+            raise InvalidInput(f"state must be one of {', '.join(STATES)}, got {state!r}")
         result = result if result is not None else self.consensus(project, labels)
         tasks = sorted({t for d in DIMENSIONS for t, c in result[d].items() if c.state == state})
         return [{"task": t, **{d: result[d][t].to_dict() for d in DIMENSIONS}} for t in tasks]
@@ -146,7 +146,7 @@ class ProjectConsensus:
 
 
 def vote_and_image(labels: ProjectLabels, annotation: dict, task: dict | None) -> tuple[Vote, str | None]:
-    """The vote of an annotation event (RequestError if it has none) and its task's image URL."""
+    """The vote of an annotation event (InvalidInput if it has none) and its task's image URL."""
     task_id = task.get("id") if isinstance(task, dict) else None
     vote = vote_from_annotation(annotation, task_id, labels)
     image = ((task or {}).get("data") or {}).get(labels.image_key)

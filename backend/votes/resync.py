@@ -9,7 +9,7 @@ import logging
 from label_studio_sdk import LabelStudio
 
 from backend.labelstudio import tokens as ls_auth
-from backend.core.errors import RequestError
+from backend.core.errors import Conflict, DomainError, UpstreamError
 from backend.core.ids import as_id, shown
 from backend.fetch.fetcher import AddressGuard, ImageFetchError, allowed_host_entries, guarded_httpx_client
 from backend.labelstudio.label_config import ProjectLabels
@@ -34,10 +34,10 @@ def sdk_client(settings: Settings, studio: ls_auth.Studio, timeout_s: float) -> 
     """The SDK's client for `studio`. LABEL_STUDIO_URL is the operator's and used as it is; a
     /setup hostname is held to the image downloads' address rules (backend/fetch/fetcher.py) on every
     connection, so naming an internal service in /setup cannot make the backend call it.
-    RequestError (409) when refused: before any connection, whether anything listens there or not."""
+    Conflict when refused: before any connection, whether anything listens there or not."""
     if not ls_auth.is_http_url(studio.base):
-        raise RequestError(f"Label Studio's address {shown(studio.base)} is not an http(s) URL: set LABEL_STUDIO_URL, "
-                           "or connect the project again", status=409)
+        raise Conflict(f"Label Studio's address {shown(studio.base)} is not an http(s) URL: set LABEL_STUDIO_URL, "
+                       "or connect the project again")
     base = studio.base.rstrip("/")
     if studio.configured:
         return LabelStudio(base_url=base, api_key=studio.token, timeout=timeout_s)
@@ -50,17 +50,17 @@ def sdk_client(settings: Settings, studio: ls_auth.Studio, timeout_s: float) -> 
                        httpx_client=guarded_httpx_client(guard, base, timeout_s))
 
 
-def _refused(exc: ImageFetchError) -> RequestError:
-    return RequestError(f"Label Studio's address from /setup was refused: {exc.problem}", status=409)
+def _refused(exc: ImageFetchError) -> Conflict:
+    return Conflict(f"Label Studio's address from /setup was refused: {exc.problem}")
 
 
-def _sdk_failure(exc: Exception, what: str) -> RequestError:
+def _sdk_failure(exc: Exception, what: str) -> UpstreamError:
     """An SDK failure as an answer: the guard's refusal as such (it may surface from inside the
     SDK, on a connection to a host that resolved differently), anything else as a 502."""
     if isinstance(exc, ImageFetchError):
         return _refused(exc)
     status = getattr(exc, "status_code", None)
-    return RequestError(what + (f" with HTTP {status}" if status else f": {type(exc).__name__}"), status=502)
+    return UpstreamError(what + (f" with HTTP {status}" if status else f": {type(exc).__name__}"))
 
 
 def export_tasks(client: LabelStudio, project: str) -> list[dict]:
@@ -90,7 +90,7 @@ def votes_from_export(tasks: list[dict], labels: ProjectLabels) -> tuple[list[Vo
         for annotation in task.get("annotations") or []:
             try:
                 votes.append(vote_from_annotation(annotation, task["id"], labels))
-            except RequestError as exc:
+            except DomainError as exc:
                 problems.append(f"task {task.get('id')}: {exc}")
     return votes, images, problems
 
@@ -98,9 +98,9 @@ def votes_from_export(tasks: list[dict], labels: ProjectLabels) -> tuple[list[Vo
 def resync(consensus: ProjectConsensus, project: str, labels: ProjectLabels, settings: Settings,
            studio: ls_auth.Studio | None, timeout_s: float = 300) -> dict:
     if studio is None or not studio.token:
-        raise RequestError(f"cannot resync project {project}: no Label Studio address or token "
-                           "(set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the project so /setup "
-                           "sends them)", status=409)
+        raise Conflict(f"cannot resync project {project}: no Label Studio address or token "
+                       "(set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the project so /setup "
+                       "sends them)")
     client = sdk_client(settings, studio, timeout_s)
     try:
         tasks = export_tasks(client, project)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 import redis
 
 from backend.core import keys
-from backend.core.errors import RequestError
+from backend.core.errors import InvalidInput
 from backend.core.ids import as_id, shown
 from backend.labelstudio.label_config import ProjectLabels
 
@@ -189,23 +189,23 @@ _VOTE_FIELDS = frozenset(Vote.__dataclass_fields__)
 
 
 def vote_from_annotation(annotation: dict, task_id, labels: ProjectLabels) -> Vote:
-    """RequestError when the annotation lacks what a vote needs (id, task, author, result)."""
+    """InvalidInput when the annotation lacks what a vote needs (id, task, author, result)."""
     # the same bounds as webhook_events.parse_event: these go into Redis keys, Lua arguments and sorts
     if not isinstance(annotation, dict) or as_id(annotation.get("id")) is None:
         found = annotation.get("id") if isinstance(annotation, dict) else annotation
-        raise RequestError(f"annotation without a valid \"id\" (a positive integer below 2**63), got {shown(found)}")
+        raise InvalidInput(f"annotation without a valid \"id\" (a positive integer below 2**63), got {shown(found)}")
     where = f"annotation {annotation['id']}"
     author = annotation.get("completed_by")
     if isinstance(author, dict):  # exports nest the user object
         author = author.get("id")
     if as_id(author) is None:
-        raise RequestError(f"{where} has no valid \"completed_by\" user id (a positive integer below 2**63), "
+        raise InvalidInput(f"{where} has no valid \"completed_by\" user id (a positive integer below 2**63), "
                            f"got {shown(author)}")
     task = task_id if task_id is not None else annotation.get("task")
     if as_id(task) is None:
-        raise RequestError(f"{where} has no valid task id (a positive integer below 2**63), got {shown(task)}")
+        raise InvalidInput(f"{where} has no valid task id (a positive integer below 2**63), got {shown(task)}")
     if "result" not in annotation or not isinstance(annotation["result"], list):
-        raise RequestError(f"{where} has no \"result\" list")
+        raise InvalidInput(f"{where} has no \"result\" list")
     cancelled = bool(annotation.get("was_cancelled"))
     chosen, problems = ({d: None for d in DIMENSIONS}, []) if cancelled else _choices(annotation["result"], labels)
     for problem in problems:
@@ -225,7 +225,7 @@ def _updated(annotation: dict, where: str) -> tuple[str, int]:
         try:
             return value, instant_us(value)
         except ValueError:
-            raise RequestError(f"{where}: \"{field}\" is not an ISO 8601 time: {repr(value)[:80]}") from None
+            raise InvalidInput(f"{where}: \"{field}\" is not an ISO 8601 time: {repr(value)[:80]}") from None
     return "", 0
 
 
