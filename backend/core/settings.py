@@ -62,6 +62,8 @@ def _check_ranges(settings) -> None:
         "AESEMO_MAX_FAILED_IMAGES": (settings.max_failed_image_fraction, Limit(float, 0, 1)),
         "AESEMO_CONSENSUS_MIN_ANNOTATORS": (settings.consensus_min_annotators, POLICY_LIMITS["min_annotators"]),
         "AESEMO_CONSENSUS_MIN_AGREEMENT": (settings.consensus_min_agreement, POLICY_LIMITS["min_agreement"]),
+        "AESEMO_DOWNLOAD_CACHE_BYTES": (settings.download_cache_bytes, Limit(int, 0, 2 ** 62)),
+        "AESEMO_TRAIN_CACHE_BYTES": (settings.train_cache_bytes, Limit(int, 0, 2 ** 62)),
     }
     for name, (value, limit) in ranged.items():
         limit.check(f"setting {name}", value)
@@ -91,6 +93,8 @@ class Settings:
     emotion_control: str = "emotion"
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    download_cache_bytes: int = 2 * 1024 ** 3
+    train_cache_bytes: int = 2 * 1024 ** 3
     image_timeout_s: float = 10.0
     predict_budget_s: float = 60.0
     read_timeout_s: float = 30.0
@@ -134,6 +138,8 @@ def load_settings() -> Settings:
         emotion_control=_env("AESEMO_EMOTION_CONTROL", "emotion"),
         max_image_bytes=_env_int("AESEMO_MAX_IMAGE_BYTES", 20 * 1024 * 1024),
         max_image_pixels=_env_int("AESEMO_MAX_IMAGE_PIXELS", 50_000_000),
+        download_cache_bytes=_env_int("AESEMO_DOWNLOAD_CACHE_BYTES", 2 * 1024 ** 3),
+        train_cache_bytes=_env_int("AESEMO_TRAIN_CACHE_BYTES", 2 * 1024 ** 3),
         image_timeout_s=_env_float("AESEMO_IMAGE_TIMEOUT", 10.0),
         predict_budget_s=_env_float("AESEMO_PREDICT_BUDGET", 60.0, above=0),
         read_timeout_s=_env_float("AESEMO_READ_TIMEOUT", 30.0, above=0),

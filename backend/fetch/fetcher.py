@@ -24,13 +24,11 @@ Rules this module keeps:
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import ipaddress
 import logging
 import os
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +44,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from backend.fetch.disk_cache import DiskCache
 from backend.labelstudio import tokens as ls_auth
 from backend.core.settings import Settings
 from model.errors import AesemoError, ImageError
@@ -291,8 +290,7 @@ class ImageFetcher:
 
     def __init__(self, settings: Settings, cache_dir: Path):
         self._settings = settings
-        self._cache_dir = Path(cache_dir)
-        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        self._cache = DiskCache(cache_dir, settings.download_cache_bytes)
         self._allowed_hosts = allowed_host_entries(settings)
         self._tokens = ls_auth.AccessTokenCache()
 
@@ -559,42 +557,23 @@ class ImageFetcher:
 
     # ----- cache ------------------------------------------------------------------------------
 
-    def _cache_path(self, url: str) -> Path:
-        return self._cache_dir / hashlib.sha256(url.encode("utf-8")).hexdigest()
-
     def _cache_read(self, url: str) -> bytes | None:
-        path = self._cache_path(url)
-        try:
-            if path.stat().st_size > self._settings.max_image_bytes:
-                return None  # stored under a larger limit than today's
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            log.warning("image cache entry %s unreadable (%s); downloading again", path.name, exc.strerror)
-            return None
-        log.debug("image cache hit for %s", public_url(url))
+        # an entry stored under a larger limit than today's is a miss
+        data = self._cache.read_bytes(url, max_size=self._settings.max_image_bytes)
+        if data is not None:
+            log.debug("image cache hit for %s", public_url(url))
         return data
 
     def _cache_write(self, url: str, data: bytes) -> None:
-        """Write to a temporary file then rename, so no reader (thread or process) ever sees a
-        partial file. A full disk costs the cache, not the fetch."""
-        path = self._cache_path(url)
+        """A full disk costs the cache, not the fetch."""
         try:
-            fd, tmp = tempfile.mkstemp(dir=self._cache_dir, prefix=".partial-")
+            self._cache.write(url, lambda temp: Path(temp).write_bytes(data))
+            self._cache.evict_over_bound()
         except OSError as exc:
-            log.warning("cannot write image cache in %s (%s)", self._cache_dir, exc.strerror)
-            return
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot write image cache entry %s (%s)", path.name, exc.strerror)
-            Path(tmp).unlink(missing_ok=True)
+            log.warning("cannot write image cache in %s (%s)", self._cache.folder, exc.strerror)
 
     def _cache_drop(self, url: str) -> None:
-        self._cache_path(url).unlink(missing_ok=True)
+        self._cache.drop(url)
 
 
 def _header_pixels(data: bytes) -> int | None:

@@ -28,7 +28,7 @@ from model.train import TrainConfig
 from model.version import read_meta
 
 from backend.core.errors import RequestError
-from backend.training.image_cache import cached_training_image
+from backend.training.image_cache import cached_training_image, training_image_cache
 from backend.fetch.fetcher import ImageFetchError, ImageFetcher
 from backend.labelstudio.label_config import parse_label_config
 from backend.votes.project_consensus import ProjectConsensus
@@ -429,19 +429,21 @@ def _parent(settings: Settings, client: redis.Redis, project: str, classes: dict
 
 def _cache_images(settings: Settings, snapshot_path: str, hostname: str | None, token: str | None):
     fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
-    cache_dir = Path(settings.data_dir) / "cache" / "train256"
+    cache = training_image_cache(Path(settings.data_dir) / "cache" / "train256", settings.train_cache_bytes)
     entries = [json.loads(line) for line in Path(snapshot_path).read_text(encoding="utf-8").splitlines()[1:]]
 
     def one(row):
         try:
-            path = cached_training_image(fetcher, row["image"], cache_dir, hostname, token, settings.train_image_size)
+            path = cached_training_image(fetcher, row["image"], cache, hostname, token, settings.train_image_size)
             return {**row, "image": str(path)}, None
         except ImageFetchError as exc:
             return None, f"task {row['task']}: {exc}"
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(one, entries))
-    return [r for r, _ in results if r], [f for _, f in results if f]
+    rows = [r for r, _ in results if r]
+    cache.evict_over_bound(keep=[Path(r["image"]) for r in rows])
+    return rows, [f for _, f in results if f]
 
 
 def _score(meta: dict) -> float | None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import redis
+
+from model.files import write_text_atomically
 
 from backend.votes.consensus import STATES, Policy, TaskConsensus, compute, summary
 from backend.core.errors import RequestError
@@ -142,9 +143,7 @@ class ProjectConsensus:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{digest[:16]}.jsonl"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomically(path, text)
         reset_new_labels(self.redis, project)
         return {"id": digest[:16], "sha256": digest, "path": str(path), "rows": len(rows)}
 
