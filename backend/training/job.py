@@ -98,9 +98,7 @@ def train_project(project: str) -> dict:
             return _train(settings, project, params, progress, job.id if job else "local")
         except Exception as exc:
             if job:
-                job.meta["error"] = f"{type(exc).__name__}: {exc}"
-                job.meta["progress"] = {**job.meta.get("progress", {}), "state": "failed"}
-                job.save_meta()
+                _record_failure(job, exc)
             raise
     finally:
         if job and _get(connection, _running_key(project)) == job.id:
@@ -109,6 +107,12 @@ def train_project(project: str) -> dict:
             lock.release()
         except redis.exceptions.LockError:
             pass
+
+
+def _record_failure(job: Job, exc: Exception) -> None:
+    job.meta["error"] = f"{type(exc).__name__}: {exc}"
+    job.meta["progress"] = {**job.meta.get("progress", {}), "state": "failed"}
+    job.save_meta()
 
 
 def _acquire_training_lock(settings: Settings, connection: redis.Redis, lock, project: str, token: str) -> None:
