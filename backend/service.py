@@ -23,7 +23,7 @@ from backend.serving.registry import (all_versions, base_version_name, current_v
                        promote_version, resolve_current)
 from backend.votes.resync import fetch_label_config, project_studio, resync
 from backend.core.settings import Settings
-from backend.training.jobs import cancel_job, check_params, get_job, project_jobs, submit_training
+from backend.training.queue import cancel_job, check_params, get_job, project_jobs, submit_training
 from backend.labelstudio.webhook_events import parse_event, record_event
 
 log = logging.getLogger(__name__)

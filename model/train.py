@@ -142,13 +142,14 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
 
     best_score, best_state, best_epoch, best_metrics = -math.inf, None, 0, {}
     history, stale, started = [], 0, time.monotonic()
+    run = EpochRun(model, config, mean, device, use_bf16, optimizer, scheduler, generator, steps_per_epoch,
+                   started, progress, bar)
     epoch = 0
     try:
         for epoch in range(1, config.epochs + 1):
-            train_loss = _train_epoch(model, train_set, mean, config, optimizer, scheduler, generator,
-                                      device, use_bf16, epoch, steps_per_epoch, started, progress, bar)
-            metrics, val_loss = evaluate(model, val_set, mean, config, device, use_bf16) if len(val_set) \
-                else (evaluate(model, train_set, mean, config, device, use_bf16)[0], float("nan"))
+            train_loss = run.train_epoch(train_set, epoch)
+            metrics, val_loss = run.evaluate(val_set) if len(val_set) \
+                else (run.evaluate(train_set)[0], float("nan"))
             _stop_if_diverged(model, config, epoch, {"training loss": train_loss,
                                                      **({"held-out loss": val_loss} if len(val_set) else {})})
             score = selection_score(metrics)
@@ -221,64 +222,87 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
         yield order[step * batch_size:(step + 1) * batch_size]
 
 
-def _train_epoch(model, data, mean, config, optimizer, scheduler, generator, device, use_bf16,
-                 epoch, steps, started, progress, bar) -> float:
-    model.train()
-    total, seen = 0.0, 0
-    for step, index in enumerate(_batches(len(data), config.batch_size, generator), start=1):
-        images = random_crop_flip(data.images[index], config.crop_size, generator)
-        images = normalize(images.to(device, non_blocking=True), mean, IMAGENET_STD)
-        images = images.contiguous(memory_format=_memory_format(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits_a, logits_e = model(images)
-        loss = two_task_loss(logits_a, logits_e,
-                             data.targets["aesthetic"][index].to(device), data.targets["emotion"][index].to(device),
-                             data.masks["aesthetic"][index].to(device), data.masks["emotion"][index].to(device),
-                             lam=config.lam, weights=data.weights[index].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
-        optimizer.step()
-        scheduler.step()
-        value = float(loss.total.detach())
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"training diverged: the loss became {value} at epoch {epoch}, step {step} "
-                                   f"(lr {config.lr:g}); nothing was saved; try a lower learning rate")
-        total, seen = total + value * len(index), seen + len(index)
-        if bar is not None:
-            bar.set_description(f"epoch {epoch}/{config.epochs}")
-            bar.set_postfix(loss=f"{value:.4f}")
-            bar.update(1)
-        if progress:
-            done = (epoch - 1) * steps + step
-            elapsed = time.monotonic() - started
-            progress({"stage": "training", "epoch": epoch, "epochs": config.epochs, "step": step,
-                      "steps": steps, "loss": value, "lr": optimizer.param_groups[0]["lr"],
-                      "eta_s": elapsed / done * (steps * config.epochs - done)})
-    return total / max(seen, 1)
+@dataclass
+class EpochRun:
+    """One training run's moving parts, shared by its epochs and its evaluations."""
+    model: CrossBranchNet
+    config: TrainConfig
+    mean: tuple[float, float, float]
+    device: torch.device
+    use_bf16: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    steps: int                        # per epoch
+    started: float                    # time.monotonic() at the start, for the ETA
+    progress: Progress | None = None
+    bar: object = None                # a tqdm bar, or None
 
+    def _loss(self, images: torch.Tensor, data: TrainingData, index: torch.Tensor, weighted: bool):
+        """The two-task loss of a batch of normalised images and its logits. Training weights
+        each sample (data.weights); the held-out loss does not."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            logits_a, logits_e = self.model(images)
 
-@torch.no_grad()
-def evaluate(model, data: TrainingData, mean, config: TrainConfig, device, use_bf16, batch_size: int = 32):
-    """Held-out metrics per task (images prepared as at inference) and the held-out loss."""
-    model.eval()
-    probs = {task: [] for task in TASKS}
-    losses, weights = [], []
-    for start in range(0, len(data), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(data)))
-        images = eval_view(data.images[index], config.crop_size, config.center_crop_eval)
-        images = normalize(images.to(device), mean, IMAGENET_STD)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits_a, logits_e = model(images)
-        loss = two_task_loss(logits_a, logits_e,
-                             data.targets["aesthetic"][index].to(device), data.targets["emotion"][index].to(device),
-                             data.masks["aesthetic"][index].to(device), data.masks["emotion"][index].to(device),
-                             lam=config.lam)
-        losses.append(float(loss.total) * len(index))
-        weights.append(len(index))
-        for task, logits in zip(TASKS, (logits_a, logits_e)):
-            probs[task].append(torch.softmax(logits.float(), dim=1).cpu())
-    metrics = {task: task_metrics(torch.cat(probs[task]), data.targets[task].cpu(), data.masks[task].cpu()) for task in TASKS}
-    return metrics, sum(losses) / max(sum(weights), 1)
+        def picked(values: torch.Tensor) -> torch.Tensor:
+            return values[index].to(self.device)
+        loss = two_task_loss(logits_a, logits_e, picked(data.targets["aesthetic"]), picked(data.targets["emotion"]),
+                             picked(data.masks["aesthetic"]), picked(data.masks["emotion"]), lam=self.config.lam,
+                             weights=picked(data.weights) if weighted else None)
+        return loss, (logits_a, logits_e)
+
+    def train_epoch(self, data: TrainingData, epoch: int) -> float:
+        """One pass over `data` in random batches; the mean training loss."""
+        self.model.train()
+        total, seen = 0.0, 0
+        for step, index in enumerate(_batches(len(data), self.config.batch_size, self.generator), start=1):
+            images = random_crop_flip(data.images[index], self.config.crop_size, self.generator)
+            images = normalize(images.to(self.device, non_blocking=True), self.mean, IMAGENET_STD)
+            images = images.contiguous(memory_format=_memory_format(self.device))
+            loss, _ = self._loss(images, data, index, weighted=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.total.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            value = float(loss.total.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"training diverged: the loss became {value} at epoch {epoch}, step {step} "
+                                       f"(lr {self.config.lr:g}); nothing was saved; try a lower learning rate")
+            total, seen = total + value * len(index), seen + len(index)
+            self._report_step(epoch, step, value)
+        return total / max(seen, 1)
+
+    def _report_step(self, epoch: int, step: int, loss: float) -> None:
+        epochs = self.config.epochs
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {epoch}/{epochs}")
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+            self.bar.update(1)
+        if self.progress:
+            done = (epoch - 1) * self.steps + step
+            elapsed = time.monotonic() - self.started
+            self.progress({"stage": "training", "epoch": epoch, "epochs": epochs, "step": step,
+                           "steps": self.steps, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                           "eta_s": elapsed / done * (self.steps * epochs - done)})
+
+    @torch.no_grad()
+    def evaluate(self, data: TrainingData, batch_size: int = 32):
+        """Held-out metrics per task (images prepared as at inference) and the held-out loss."""
+        self.model.eval()
+        probs = {task: [] for task in TASKS}
+        losses, weights = [], []
+        for start in range(0, len(data), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(data)))
+            images = eval_view(data.images[index], self.config.crop_size, self.config.center_crop_eval)
+            images = normalize(images.to(self.device), self.mean, IMAGENET_STD)
+            loss, logits = self._loss(images, data, index, weighted=False)
+            losses.append(float(loss.total) * len(index))
+            weights.append(len(index))
+            for task, task_logits in zip(TASKS, logits):
+                probs[task].append(torch.softmax(task_logits.float(), dim=1).cpu())
+        metrics = {task: task_metrics(torch.cat(probs[task]), data.targets[task].cpu(), data.masks[task].cpu())
+                   for task in TASKS}
+        return metrics, sum(losses) / max(sum(weights), 1)
 
 
 def eval_view(images: torch.Tensor, crop: int, center_crop: bool) -> torch.Tensor:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .classes import TASKS
 from .errors import VersionError
+from .files import write_atomically, write_text_atomically
 from .limits import TRAINING_LIMITS, Limit, LimitError, shown
 from .network import CrossBranchNet, NetConfig
 
@@ -37,17 +36,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_version(folder: str | Path, model: CrossBranchNet, meta: dict) -> dict:
     """Write weights and metadata; returns the metadata as written."""
     folder = Path(folder)
@@ -55,7 +43,7 @@ def save_version(folder: str | Path, model: CrossBranchNet, meta: dict) -> dict:
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
     weights = folder / WEIGHTS_FILE
-    _write_atomically(weights, lambda tmp: save_file(state, tmp))
+    write_atomically(weights, lambda temp: save_file(state, temp))
     full = {
         "format": FORMAT,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -66,8 +54,7 @@ def save_version(folder: str | Path, model: CrossBranchNet, meta: dict) -> dict:
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": sha256_file(weights),
     }
-    _write_atomically(folder / META_FILE,
-                      lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8"))
+    write_text_atomically(folder / META_FILE, json.dumps(full, indent=2) + "\n")
     return full
 
 

@@ -21,9 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from backend.fetch import fetcher as images_module
+from backend.fetch import address_guard
 from backend.labelstudio import tokens as ls_auth
-from backend.fetch.fetcher import ERROR_KINDS, ImageFetcher, ImageFetchError, is_forbidden_address, public_url
+from backend.fetch.address_guard import is_forbidden_address
+from backend.fetch.errors import ERROR_KINDS, ImageFetchError, public_url
+from backend.fetch.fetcher import ImageFetcher
 from backend.labelstudio.admin_client import LabelStudioClient
 from backend.core.settings import Settings
 
@@ -425,7 +427,7 @@ def test_loopback_url_refused_before_any_request(ls, make_fetcher):
 def test_dns_rebinding_caught_at_connect(ls, make_fetcher, monkeypatch, scheme):
     # Our own lookup says "public", the connection still lands on loopback. For https the
     # check runs before the TLS handshake, so the plain-http test server is enough.
-    monkeypatch.setattr(images_module, "_resolve_addresses", lambda host, port: ["93.184.216.34"])
+    monkeypatch.setattr(address_guard, "_resolve_addresses", lambda host, port: ["93.184.216.34"])
     error = fetch_error(make_fetcher(), f"{scheme}://127.0.0.1:{ls.port}/image.png")
     assert error.kind == "forbidden_address"
     time.sleep(0.1)

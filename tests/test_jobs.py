@@ -23,7 +23,7 @@ from PIL import Image
 from backend.core import keys
 from backend.http.app import create_app
 from backend.cli import main as cli_main
-from backend.training.jobs import training_queue
+from backend.training.queue import training_queue
 from backend.serving.registry import project_versions_dir
 
 from images_server import ImageServer

@@ -19,13 +19,13 @@ from flask import request, request_started
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend.core import keys
-from backend.fetch import fetcher as images_module
+from backend.fetch import address_guard
 from backend.serving import registry
 from backend.http.app import create_app
 from backend.labelstudio.label_config import parse_label_config
 from backend.labelstudio.projects import ProjectStore
 from backend.core.settings import Settings
-from backend.training.jobs import project_jobs
+from backend.training.queue import project_jobs
 from model.network import NetConfig
 from model.pipeline import init_version
 from werkzeug.test import Client
@@ -713,7 +713,7 @@ def test_resync_checks_the_address_it_connected_to(app, base_settings, db, monke
     client = app.test_client()
     with Canary() as canary:
         assert post(client, "/setup", setup_with(canary.base, "setup-token-abc")).status_code == 200
-        monkeypatch.setattr(images_module, "_resolve_addresses", lambda host, port: ["93.184.216.34"])
+        monkeypatch.setattr(address_guard, "_resolve_addresses", lambda host, port: ["93.184.216.34"])
         assert_client_error(client.post("/projects/1/resync"), 409, "AESEMO_ALLOWED_IMAGE_HOSTS")
         canary.settle()
         assert canary.received == b""

@@ -166,15 +166,15 @@ def test_a_non_finite_loss_stops_training_and_saves_nothing(tmp_path, nan_loss):
 
 def test_weights_gone_non_finite_stop_training_even_with_a_finite_loss(tmp_path, monkeypatch):
     """One step an epoch: the step that breaks the weights still reports the loss before it."""
-    from model import train as train_module
-    original = train_module._train_epoch
+    from model.train import EpochRun
+    original = EpochRun.train_epoch
 
-    def breaking(model, *args, **kwargs):
-        loss = original(model, *args, **kwargs)
+    def breaking(run, *args, **kwargs):
+        loss = original(run, *args, **kwargs)
         with torch.no_grad():
-            model.branch_a.head.fc3.weight[0, 0] = float("inf")
+            run.model.branch_a.head.fc3.weight[0, 0] = float("inf")
         return loss
-    monkeypatch.setattr(train_module, "_train_epoch", breaking)
+    monkeypatch.setattr(EpochRun, "train_epoch", breaking)
     manifest = write_synthetic_set(tmp_path / "images", 6, seed=9, size=32)
     with pytest.raises(TrainingDiverged) as info:
         train_version(manifest, tmp_path / "v", NetConfig(backbone="resnet18"),

@@ -20,7 +20,7 @@ import redis
 from backend.core import keys
 from backend.http.app import create_app
 from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_redis
-from backend.training.jobs import training_queue
+from backend.training.queue import training_queue
 from backend.votes.store import Vote, VoteStore
 
 from ls_examples import example  # noqa: E402

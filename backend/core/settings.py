@@ -83,6 +83,7 @@ def _consensus_methods() -> tuple[str, ...]:
 
 
 _FRACTION = Limit(float, 0, 1)
+_CACHE_BYTES = Limit(int, 0, 2 ** 62)
 
 
 def setting(env: str, default: Any, doc: str, *, parse: Parser = _text, check: Check | None = None,
@@ -131,6 +132,15 @@ class Settings:
     max_image_pixels: int = setting(
         "AESEMO_MAX_IMAGE_PIXELS", 50_000_000,
         "largest image (width x height); larger ones are refused as decompression bombs", parse=_integer)
+    download_cache_bytes: int = setting(
+        "AESEMO_DOWNLOAD_CACHE_BYTES", 2 * 1024 ** 3,
+        "bytes the cache of downloaded task images (`<data dir>/cache/downloads`) may hold; least "
+        "recently used files are evicted past it", parse=_integer, check=_within(lambda: _CACHE_BYTES))
+    train_cache_bytes: int = setting(
+        "AESEMO_TRAIN_CACHE_BYTES", 2 * 1024 ** 3,
+        "bytes the cache of training images (`<data dir>/cache/train256`) may hold; least recently used "
+        "files are evicted past it (never a running job's own)", parse=_integer,
+        check=_within(lambda: _CACHE_BYTES))
     image_timeout_s: float = setting(
         "AESEMO_IMAGE_TIMEOUT", 10.0, "seconds for one image download, all in", parse=_number())
     predict_budget_s: float = setting(

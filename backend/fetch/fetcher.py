@@ -21,42 +21,35 @@ Rules this module keeps:
   the same whether anything listens there or not.
 * One deadline per fetch (connect, redirects, token refresh and body together), a byte limit
   while streaming, a pixel limit on decode.
+
+The address rules are backend/fetch/address_guard.py's, the errors backend/fetch/errors.py's and
+the bounded download cache backend/fetch/disk_cache.py's; this module is the download flow.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import ipaddress
 import logging
 import os
-import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
-import httpcore
-import httpx
 import requests
 import urllib3
 from PIL import Image
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from backend.labelstudio import tokens as ls_auth
 from backend.core.settings import Settings
-from model.errors import AesemoError, ImageError
+from backend.fetch.address_guard import AddressGuard, GuardedAdapter, allowed_host_entries
+from backend.fetch.disk_cache import DiskCache
+from backend.fetch.errors import ImageFetchError, network_error, public_url
+from backend.labelstudio import tokens as ls_auth
+from model.errors import ImageError
 from model.images import open_image
 
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
-ERROR_KINDS = ("not_found", "unauthorized", "forbidden_address", "bad_url", "too_large", "timeout",
-               "http_error", "not_image", "unsupported_scheme", "connection")
-
 _CHUNK_BYTES = 64 * 1024
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = ls_auth.DEFAULT_PORTS
@@ -72,216 +65,6 @@ _REQUEST_HEADERS = {
 Origin = ls_auth.Origin
 
 
-class ImageFetchError(AesemoError):
-    """A task image that could not be fetched. `kind` is one of ERROR_KINDS; `url` is the
-    address reduced to scheme://host[:port]/path, so no query-string token can leak from it."""
-
-    def __init__(self, kind: str, url: str, problem: str):
-        assert kind in ERROR_KINDS, kind
-        self.kind = kind
-        self.url = public_url(url)
-        self.problem = problem
-        super().__init__(f"{self.url or 'image URL'}: {problem}")
-
-    def __reduce__(self):  # keep it picklable (job queues move exceptions between processes)
-        return self.__class__, (self.kind, self.url, self.problem)
-
-
-def public_url(url: str) -> str:
-    """`url` without user info, query or fragment (presigned URLs carry signatures there)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "<malformed URL>"
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    netloc = f"{host}:{port}" if port else host
-    shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    # data: URLs hold the whole payload in the path.
-    return shown if len(shown) <= 200 else shown[:200] + "..."
-
-
-def is_forbidden_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True for any address an image fetch must not reach unless its host is explicitly trusted."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0] if isinstance(address, str) else address)
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
-    return (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast
-            or ip.is_reserved or ip.is_unspecified
-            # also 100.64.0.0/10 (carrier-grade NAT, used inside clouds and VPNs)
-            or not ip.is_global)
-
-
-def _resolve_addresses(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to (a module function so tests can replace it)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [info[4][0] for info in infos]
-
-
-def _parse_host_entry(entry: str) -> tuple[str, int | None] | None:
-    """An AESEMO_ALLOWED_IMAGE_HOSTS entry: "host", "host:port", "[v6]:port" or a URL."""
-    entry = entry.strip().lower()
-    if not entry:
-        return None
-    if "://" in entry:
-        parts = urlsplit(entry)
-        return (parts.hostname or "").rstrip("."), parts.port
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
-    host, sep, port = entry.partition(":")
-    if sep and port.isdigit() and ":" not in port:
-        return host.rstrip("."), int(port)
-    return entry.rstrip("."), None  # bare name, or an IPv6 literal without brackets
-
-
-def allowed_host_entries(settings: Settings) -> tuple[tuple[str, int | None], ...]:
-    return tuple(p for p in map(_parse_host_entry, settings.allowed_image_hosts) if p)
-
-
-class AddressGuard:
-    """Refuses any non-public address (see `is_forbidden_address`), except on trusted origins:
-    the operator's Label Studio and AESEMO_ALLOWED_IMAGE_HOSTS. Used by image downloads and by
-    the resync's Label Studio client alike."""
-
-    def __init__(self, allowed_hosts: tuple[tuple[str, int | None], ...],
-                 studios: dict[Origin, ls_auth.Studio]):
-        self._allowed_hosts = allowed_hosts
-        self._trusted = frozenset(origin for origin, studio in studios.items() if studio.configured)
-
-    def is_trusted(self, origin: Origin) -> bool:
-        host = origin[1].lower().strip("[]").rstrip(".")
-        return origin in self._trusted or any(host == h and (p is None or p == origin[2])
-                                              for h, p in self._allowed_hosts)
-
-    def check(self, url: str) -> None:
-        """Refuse, before connecting, a host that resolves to an address we must not reach."""
-        origin = ls_auth.origin_of(url)
-        if self.is_trusted(origin):
-            return
-        try:
-            addresses = _resolve_addresses(origin[1], origin[2])
-        except (socket.gaierror, UnicodeError) as exc:
-            reason = _failure_reason(exc)
-            raise ImageFetchError("connection", url, f"cannot resolve host {origin[1]!r} ({reason})") from None
-        for address in addresses:
-            if is_forbidden_address(address):
-                raise _forbidden(url, origin, address)
-
-    def check_peer(self, scheme: str, host: str, port: int, address: str) -> None:
-        """The check on a connected socket, before anything is sent (`_guarded_pool_classes`)."""
-        origin = (scheme, host.lower().strip("[]").rstrip("."), port)
-        if not self.is_trusted(origin) and is_forbidden_address(address):
-            raise _forbidden(f"{scheme}://{host}:{port}/", origin, address)
-
-
-def _forbidden(url: str, origin: Origin, address: str) -> ImageFetchError:
-    # The address stays in the log: in the answer it would map internal names for the caller.
-    log.info("refused %s: %s resolves to %s", public_url(url), origin[1], address)
-    return ImageFetchError(
-        "forbidden_address", url, f"{origin[1]} resolves to a loopback/private/link-local or otherwise "
-        f"non-public address; if this server is meant to be used, add '{origin[1]}:{origin[2]}' to "
-        f"AESEMO_ALLOWED_IMAGE_HOSTS (or, for Label Studio itself, set LABEL_STUDIO_URL to it)")
-
-
-def _guarded_pool_classes(guard: Callable[[str, str, int, str], None]) -> dict:
-    """urllib3 pool classes whose new connections call `guard` with the peer address before any
-    byte is sent: the check that still holds if DNS answered differently from our own lookup."""
-
-    def guarded(connection_cls: type, scheme: str) -> type:
-        class GuardedConnection(connection_cls):
-            def _new_conn(self):
-                sock = super()._new_conn()
-                try:
-                    guard(scheme, self.host, self.port, sock.getpeername()[0])
-                except BaseException:
-                    sock.close()
-                    raise
-                return sock
-        return GuardedConnection
-
-    return {
-        "http": type("GuardedHTTPPool", (HTTPConnectionPool,),
-                     {"ConnectionCls": guarded(HTTPConnection, "http")}),
-        "https": type("GuardedHTTPSPool", (HTTPSConnectionPool,),
-                      {"ConnectionCls": guarded(HTTPSConnection, "https")}),
-    }
-
-
-class _GuardedNetworkBackend(httpcore.SyncBackend):
-    """httpcore's connections (httpx, so the Label Studio SDK) with the peer check of
-    `_guarded_pool_classes`. httpcore does not know the scheme: the client must not redirect."""
-
-    def __init__(self, guard: Callable[[str, str, int, str], None], scheme: str):
-        self._guard = guard
-        self._scheme = scheme
-
-    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        stream = super().connect_tcp(host, port, timeout, local_address, socket_options)
-        try:
-            self._guard(self._scheme, host, port, stream.get_extra_info("server_addr")[0])
-        except BaseException:
-            stream.close()
-            raise
-        return stream
-
-
-def guarded_httpx_client(guard: AddressGuard, url: str, timeout_s: float) -> httpx.Client:
-    """An httpx client for `url`'s origin only: no redirects, no proxy, every connection's peer
-    address checked by `guard` before anything is sent."""
-    transport = httpx.HTTPTransport(trust_env=False)
-    # httpx has no public hook for the network backend; its pool reads this for each new connection
-    transport._pool._network_backend = _GuardedNetworkBackend(guard.check_peer, urlsplit(url).scheme.lower())
-    return httpx.Client(transport=transport, follow_redirects=False, trust_env=False, timeout=timeout_s)
-
-
-class _GuardedAdapter(HTTPAdapter):
-    def __init__(self, guard: Callable[[str, str, int, str], None]):
-        self._guard = guard  # before super().__init__, which builds the pool manager
-        super().__init__(max_retries=0)
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _guarded_pool_classes(self._guard)
-
-
-def _exception_chain(exc: BaseException, limit: int = 12):
-    """`exc` and the exceptions it wraps (urllib3 `reason`, causes, contexts, exception args)."""
-    seen: list[BaseException] = []
-    todo = [exc]
-    while todo and len(seen) < limit:
-        current = todo.pop(0)
-        seen.append(current)
-        yield current
-        nested = [getattr(current, "reason", None), current.__cause__, current.__context__, *current.args]
-        todo.extend(e for e in nested if isinstance(e, BaseException) and e not in seen)
-
-
-def _failure_reason(exc: BaseException) -> str:
-    """A short cause for a network error, without the exception text (urllib3 messages quote
-    the full URL, query string included)."""
-    for current in _exception_chain(exc):
-        if isinstance(current, OSError) and current.strerror:
-            return current.strerror
-    return type(exc).__name__
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
-    # urllib3's NewConnectionError (e.g. "connection refused") subclasses its ConnectTimeoutError.
-    return any(isinstance(e, timeouts) and not isinstance(e, urllib3.exceptions.NewConnectionError)
-               for e in _exception_chain(exc))
-
-
-def _network_error(exc: BaseException, url: str) -> ImageFetchError:
-    if _is_timeout(exc):
-        return ImageFetchError("timeout", url, "timed out while talking to the server")
-    if isinstance(exc, requests.exceptions.SSLError):
-        return ImageFetchError("connection", url, f"TLS error ({_failure_reason(exc)})")
-    return ImageFetchError("connection", url, f"connection failed ({_failure_reason(exc)})")
-
-
 class ImageFetcher:
     """Fetches task images over http(s) with the rules in the module docstring.
 
@@ -291,8 +74,7 @@ class ImageFetcher:
 
     def __init__(self, settings: Settings, cache_dir: Path):
         self._settings = settings
-        self._cache_dir = Path(cache_dir)
-        self._cache_dir.mkdir(parents=True, exist_ok=True)
+        self._cache = DiskCache(cache_dir, settings.download_cache_bytes)
         self._allowed_hosts = allowed_host_entries(settings)
         self._tokens = ls_auth.AccessTokenCache()
 
@@ -378,7 +160,7 @@ class ImageFetcher:
         # the SSRF checks, and netrc would add credentials for hosts we do not trust.
         session.trust_env = False
         session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        adapter = _GuardedAdapter(guard.check_peer)
+        adapter = GuardedAdapter(guard.check_peer)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -421,7 +203,7 @@ class ImageFetcher:
             return session.get(url, headers=headers, stream=True, allow_redirects=False,
                                timeout=self._remaining(deadline, url))
         except requests.RequestException as exc:
-            raise _network_error(exc, url) from None
+            raise network_error(exc, url) from None
 
     @staticmethod
     def _remaining(deadline: float, url: str) -> float:
@@ -473,7 +255,7 @@ class ImageFetcher:
             try:
                 chunk = read(_CHUNK_BYTES, decode_content=True)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise _network_error(exc, url) from None
+                raise network_error(exc, url) from None
             if not chunk:
                 return bytes(body)
             body += chunk
@@ -513,7 +295,7 @@ class ImageFetcher:
             response = session.post(refresh_url, json={"refresh": pat}, headers={"Accept": "application/json"},
                                     allow_redirects=False, timeout=self._remaining(deadline, refresh_url))
         except requests.RequestException as exc:
-            raise _network_error(exc, refresh_url) from None
+            raise network_error(exc, refresh_url) from None
         with response:
             if response.status_code in (400, 401, 403):
                 raise ImageFetchError(
@@ -549,42 +331,23 @@ class ImageFetcher:
 
     # ----- cache ------------------------------------------------------------------------------
 
-    def _cache_path(self, url: str) -> Path:
-        return self._cache_dir / hashlib.sha256(url.encode("utf-8")).hexdigest()
-
     def _cache_read(self, url: str) -> bytes | None:
-        path = self._cache_path(url)
-        try:
-            if path.stat().st_size > self._settings.max_image_bytes:
-                return None  # stored under a larger limit than today's
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            log.warning("image cache entry %s unreadable (%s); downloading again", path.name, exc.strerror)
-            return None
-        log.debug("image cache hit for %s", public_url(url))
+        # an entry stored under a larger limit than today's is a miss
+        data = self._cache.read_bytes(url, max_size=self._settings.max_image_bytes)
+        if data is not None:
+            log.debug("image cache hit for %s", public_url(url))
         return data
 
     def _cache_write(self, url: str, data: bytes) -> None:
-        """Write to a temporary file then rename, so no reader (thread or process) ever sees a
-        partial file. A full disk costs the cache, not the fetch."""
-        path = self._cache_path(url)
+        """A full disk costs the cache, not the fetch."""
         try:
-            fd, tmp = tempfile.mkstemp(dir=self._cache_dir, prefix=".partial-")
+            self._cache.write(url, lambda temp: Path(temp).write_bytes(data))
+            self._cache.evict_over_bound()
         except OSError as exc:
-            log.warning("cannot write image cache in %s (%s)", self._cache_dir, exc.strerror)
-            return
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot write image cache entry %s (%s)", path.name, exc.strerror)
-            Path(tmp).unlink(missing_ok=True)
+            log.warning("cannot write image cache in %s (%s)", self._cache.folder, exc.strerror)
 
     def _cache_drop(self, url: str) -> None:
-        self._cache_path(url).unlink(missing_ok=True)
+        self._cache.drop(url)
 
 
 def _header_pixels(data: bytes) -> int | None:

@@ -15,7 +15,7 @@ downloads, resync, training jobs, the admin client):
   /setup (Basic auth is optional) could otherwise name a host and collect it.
 * /setup's access_token is the caller's own: it goes back only to the hostname sent with it.
 * Only LABEL_STUDIO_URL is trusted to be on a private address; a /setup hostname is an outside
-  host like any other (see backend/fetch/fetcher.py).
+  host like any other (see backend/fetch/address_guard.py).
 
 This module does no HTTP itself: the caller passes the function that performs the swap, so that
 the swap goes through the same guarded session, deadline and error handling as the download.

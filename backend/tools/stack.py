@@ -36,6 +36,7 @@ import requests
 from rq import Worker
 
 from model.errors import AesemoError
+from model.files import write_text_atomically
 
 from backend.labelstudio.admin_client import (LS_VERSION, LabelStudioClient, LabelStudioError, ensure_ls_venv,
                                  is_up, label_studio_command, label_studio_environment, local_session,
@@ -176,11 +177,7 @@ def load_or_create_state(options: StackOptions) -> dict:
 
 def save_state(options: StackOptions, state: dict) -> None:
     """Written aside and renamed, readable by its owner only (it holds passwords)."""
-    tmp = options.state_path.with_suffix(".json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(state, f, indent=2)
-    os.replace(tmp, options.state_path)
+    write_text_atomically(options.state_path, json.dumps(state, indent=2))
 
 
 @contextmanager

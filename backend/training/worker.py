@@ -21,8 +21,10 @@ import redis
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
-from backend.training.jobs import raw_connection, training_queue
+from backend.training.queue import raw_connection, training_queue
 from backend.core.settings import load_settings
+# the job's code (torch included) loads before the first job, not once RQ has marked it started
+import backend.training.job  # noqa: F401
 
 log = logging.getLogger(__name__)
 

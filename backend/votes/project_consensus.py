@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import redis
 
 from backend.core import keys
+from model.files import write_text_atomically
+
 from backend.votes.consensus import STATES, Policy, TaskConsensus, compute, summary
 from backend.core.errors import InvalidInput
 from backend.labelstudio.label_config import ProjectLabels
@@ -138,9 +139,7 @@ class ProjectConsensus:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{digest[:16]}.jsonl"
         if not path.exists():
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomically(path, text)
         self.redis.delete(keys.new_labels(project))
         return {"id": digest[:16], "sha256": digest, "path": str(path), "rows": len(rows)}
 

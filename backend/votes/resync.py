@@ -11,7 +11,8 @@ from label_studio_sdk import LabelStudio
 from backend.labelstudio import tokens as ls_auth
 from backend.core.errors import Conflict, DomainError, UpstreamError
 from backend.core.ids import as_id, shown
-from backend.fetch.fetcher import AddressGuard, ImageFetchError, allowed_host_entries, guarded_httpx_client
+from backend.fetch.address_guard import AddressGuard, allowed_host_entries, guarded_httpx_client
+from backend.fetch.errors import ImageFetchError
 from backend.labelstudio.label_config import ProjectLabels
 from backend.votes.project_consensus import ProjectConsensus
 from backend.labelstudio.projects import ProjectContext
@@ -32,7 +33,7 @@ def project_studio(settings: Settings, context: ProjectContext) -> ls_auth.Studi
 
 def sdk_client(settings: Settings, studio: ls_auth.Studio, timeout_s: float) -> LabelStudio:
     """The SDK's client for `studio`. LABEL_STUDIO_URL is the operator's and used as it is; a
-    /setup hostname is held to the image downloads' address rules (backend/fetch/fetcher.py) on every
+    /setup hostname is held to the image downloads' address rules (backend/fetch/address_guard.py) on every
     connection, so naming an internal service in /setup cannot make the backend call it.
     Conflict when refused: before any connection, whether anything listens there or not."""
     if not ls_auth.is_http_url(studio.base):

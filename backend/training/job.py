@@ -1,0 +1,375 @@
+"""The training job, run by an RQ worker: one function, `train_project`, whose flow reads top
+to bottom in `_train` as named steps (resync, snapshot, images, manifest, parent, training,
+publish, promotion). Progress goes into the job's meta; a cancel request stops it at its next
+progress report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import redis
+from rq import get_current_job
+from rq.job import Job, JobStatus
+
+from model.errors import VersionError
+from model.network import NetConfig
+from model.pipeline import train_version
+from model.train import TrainConfig
+from model.version import read_meta
+
+from backend.core import keys
+from backend.core.errors import DomainError, InvalidInput
+from backend.core.redis_connection import redis_url
+from backend.core.settings import Settings, load_settings
+from backend.fetch.fetcher import ImageFetchError, ImageFetcher
+from backend.labelstudio.label_config import ProjectLabels, parse_label_config
+from backend.labelstudio.projects import ProjectContext, ProjectStore
+from backend.serving.registry import (ensure_base_version, project_versions_dir, refusal, resolve_current,
+                                      set_current_version)
+from backend.training.image_cache import cached_training_image, training_image_cache
+from backend.training.queue import _DELETE_IF_EQUAL, _fetch, _get, _reap_abandoned, raw_connection
+from backend.training.report import write_report
+from backend.votes.project_consensus import ProjectConsensus
+from backend.votes.resync import project_studio, resync
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class _Progress:
+    """Writes progress into the job's meta (at most once a second) and notices cancellation."""
+
+    def __init__(self, job: Job | None, connection: redis.Redis, lock):
+        self.job, self.connection, self.lock = job, connection, lock
+        self.last = 0.0
+
+    def __call__(self, event: dict, force: bool = False) -> None:
+        if self.job is None:
+            return
+        now = time.monotonic()
+        # steps are throttled to one write a second, but an epoch's last step always lands, so
+        # a fast epoch still leaves its step counts in the meta
+        last_step = event.get("step") == event.get("steps")
+        if not force and event.get("stage") == "training" and not last_step and now - self.last < 1.0:
+            return
+        self.last = now
+        self.job.meta["progress"] = {**self.job.meta.get("progress", {}), **event, "updated_at": time.time()}
+        self.job.save_meta()
+        if self.lock is not None:
+            self.lock.reacquire()
+        # too late to cancel once the version is written and promoted
+        if event.get("state") != "finished" and self.connection.exists(keys.job_cancel(self.job.id)):
+            raise JobCancelled(f"job {self.job.id} cancelled by request")
+
+    def state(self, state: str, **extra) -> None:
+        self({"state": state, **extra}, force=True)
+
+
+def train_project(project: str) -> dict:
+    """Resync, snapshot, fetch images into the cache, fine-tune, evaluate, write a version and
+    apply the promotion rule. Runs inside an RQ worker."""
+    settings = load_settings()
+    job = get_current_job()
+    connection = job.connection if job else raw_connection(settings)
+    params = dict(job.meta.get("params", {})) if job else {}
+    # One training per project at a time, even with several workers. The lock holds the job's
+    # id and lasts as long as a job may run; a holder whose worker died (RQ marks its job failed
+    # once its heartbeats stop) is noticed while waiting and its lock released.
+    lock = connection.lock(keys.training_lock(project), timeout=settings.job_timeout_s + 60)
+    _acquire_training_lock(settings, connection, lock, project, job.id if job else f"local-{os.getpid()}")
+    try:
+        if job:
+            if _get(connection, keys.pending_job(project)) == job.id:
+                connection.delete(keys.pending_job(project))
+            connection.set(keys.running_job(project), job.id)
+        progress = _Progress(job, connection, lock)
+        try:
+            return _train(settings, project, params, progress, job.id if job else "local")
+        except Exception as exc:
+            if job:
+                _record_failure(job, exc)
+            raise
+    finally:
+        if job and _get(connection, keys.running_job(project)) == job.id:
+            connection.delete(keys.running_job(project))
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass
+
+
+def _record_failure(job: Job, exc: Exception) -> None:
+    job.meta["error"] = f"{type(exc).__name__}: {exc}"
+    job.meta["progress"] = {**job.meta.get("progress", {}), "state": "failed"}
+    job.save_meta()
+
+
+def _acquire_training_lock(settings: Settings, connection: redis.Redis, lock, project: str, token: str) -> None:
+    deadline = time.monotonic() + settings.job_timeout_s
+    while not lock.acquire(blocking=False, token=token):
+        holder = _get(connection, keys.training_lock(project))
+        if holder and holder.startswith("train-"):
+            _reap_abandoned(settings, connection)
+            held = _fetch(connection, holder)
+            if (held is None or held.get_status(refresh=True) != JobStatus.STARTED) and \
+                    connection.eval(_DELETE_IF_EQUAL, 1, keys.training_lock(project), holder):
+                log.warning("released project %s's training lock: its holder %s is no longer running", project, holder)
+                continue
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"project {project} is still training elsewhere ({holder})")
+        time.sleep(1.0)
+
+
+@dataclass
+class _Run:
+    """What every step of one training run reads."""
+    settings: Settings
+    project: str
+    params: dict
+    progress: _Progress
+    job_id: str
+    client: redis.Redis
+    context: ProjectContext
+    labels: ProjectLabels
+    consensus: ProjectConsensus
+
+    @property
+    def classes(self) -> dict:
+        return {"aesthetic": list(self.labels.aesthetic_classes), "emotion": list(self.labels.emotion_classes)}
+
+
+@dataclass
+class _Images:
+    rows: list[dict]     # the snapshot's rows, each image a path in the training-image cache
+    failed: list[str]    # one message per image that could not be fetched
+    seconds: float
+
+
+def _train(settings: Settings, project: str, params: dict, progress: _Progress, job_id: str) -> dict:
+    run = _open_run(settings, project, params, progress, job_id)
+    resynced = resync_step(run)
+    snapshot = snapshot_step(run)
+    images = images_step(run, snapshot)
+    manifest = manifest_step(run, images)
+    parent, parent_meta = parent_step(run)
+    staging, folder = naming_step(run)
+    meta = training_step(run, manifest, staging, parent, snapshot, images)
+    publish_step(staging, folder, meta)
+    promoted, why = promotion_step(run, parent_meta, meta, folder)
+    progress.state("finished", version=folder.name, promoted=promoted)
+    return _result(folder.name, promoted, why, parent.name, meta, snapshot, images, resynced)
+
+
+def _open_run(settings: Settings, project: str, params: dict, progress: _Progress, job_id: str) -> _Run:
+    client = redis.Redis.from_url(redis_url(settings), decode_responses=True)
+    context = ProjectStore(client).get(project)
+    if not context.label_config:
+        raise InvalidInput(f"project {project} has no label config (connect the backend to it first)")
+    labels = parse_label_config(context.label_config, settings.aesthetic_control, settings.emotion_control)
+    return _Run(settings, project, params, progress, job_id, client, context, labels,
+                ProjectConsensus(client, settings))
+
+
+def resync_step(run: _Run) -> dict | None:
+    """Votes made while the backend was unreachable, fetched from Label Studio, when configured."""
+    studio = project_studio(run.settings, run.context)
+    if not (run.settings.resync_before_snapshot and studio and studio.token):
+        return None
+    run.progress.state("resync")
+    try:
+        return resync(run.consensus, run.project, run.labels, run.settings, studio)
+    except DomainError as exc:  # keep training on the votes we have
+        log.warning("resync before training failed: %s", exc)
+        return {"error": str(exc)}
+
+
+def snapshot_step(run: _Run) -> dict:
+    run.progress.state("snapshot")
+    snapshot = run.consensus.snapshot(run.project, run.labels)
+    if snapshot["rows"] < run.settings.min_training_labels:
+        raise InvalidInput(f"project {run.project} has {snapshot['rows']} consensus-labelled images; training "
+                           f"needs at least {run.settings.min_training_labels} (AESEMO_MIN_TRAINING_LABELS)")
+    return snapshot
+
+
+def images_step(run: _Run, snapshot: dict) -> _Images:
+    """Every snapshot image in the training-image cache; fails when too many could not be fetched."""
+    settings = run.settings
+    run.progress.state("images", total=snapshot["rows"])
+    started = time.monotonic()
+    # the fetcher picks each image's token itself (backend/labelstudio/tokens.py): what goes in
+    # is /setup's pair as stored, never the operator's key
+    rows, failed = _cache_images(settings, snapshot["path"], run.context.hostname, run.context.access_token)
+    images = _Images(rows, failed, time.monotonic() - started)
+    total = len(rows) + len(failed)
+    if total == 0 or len(failed) / total > settings.max_failed_image_fraction:
+        raise InvalidInput(f"{len(failed)} of {total} images could not be fetched (over the allowed "
+                           f"{settings.max_failed_image_fraction:.0%}); first: {failed[0] if failed else '-'}")
+    return images
+
+
+def manifest_step(run: _Run, images: _Images) -> Path:
+    """The training set as the model reads it: the classes, then one row per cached image."""
+    job_dir = Path(run.settings.data_dir) / "projects" / run.project / "jobs" / run.job_id
+    job_dir.mkdir(parents=True, exist_ok=True)
+    manifest = job_dir / "manifest.jsonl"
+    lines = [json.dumps(r) for r in [{"classes": run.classes}] + images.rows]
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return manifest
+
+
+def parent_step(run: _Run):
+    backbone = run.params.get("backbone", run.settings.backbone)
+    return _parent(replace(run.settings, backbone=backbone), run.client, run.project, run.classes)
+
+
+def naming_step(run: _Run) -> tuple[Path, Path]:
+    """The new version's staging folder and its final folder (numbered after the existing ones)."""
+    versions = project_versions_dir(run.settings, run.project)
+    versions.mkdir(parents=True, exist_ok=True)
+    name = f"v{len(list(versions.glob('v*'))) + 1:04d}-{time.strftime('%Y%m%d%H%M%S')}"
+    staging = versions / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging, versions / name
+
+
+def _train_config(settings: Settings, params: dict) -> TrainConfig:
+    """The request's parameters over the settings' defaults."""
+    return TrainConfig(epochs=params.get("epochs", settings.train_epochs),
+                       batch_size=params.get("batch_size", settings.train_batch_size),
+                       lr=params.get("lr", settings.train_lr), device=settings.train_device,
+                       patience=settings.train_patience,
+                       train_size=settings.train_image_size, crop_size=settings.train_crop_size)
+
+
+def training_step(run: _Run, manifest: Path, staging: Path, parent, snapshot: dict, images: _Images) -> dict:
+    """Fine-tune the parent on the manifest and write the version into `staging`."""
+    config = _train_config(run.settings, run.params)
+    run.progress.state("training", epochs=config.epochs)
+    return train_version(manifest, staging, NetConfig(), config, init_from=parent.folder, progress=run.progress,
+                         extra_meta={"parent_version": parent.name, "snapshot_id": snapshot["id"],
+                                     "snapshot_sha256": snapshot["sha256"], "job_id": run.job_id,
+                                     "images": {"used": len(images.rows), "failed": len(images.failed)}})
+
+
+def publish_step(staging: Path, folder: Path, meta: dict) -> None:
+    write_report(staging, meta)
+    os.replace(staging, folder)  # a version folder appears whole or not at all
+
+
+def promotion_step(run: _Run, parent_meta: dict, meta: dict, folder: Path) -> tuple[bool, str]:
+    promoted, why = _promotion(run.settings, parent_meta, meta, folder)
+    if promoted:
+        set_current_version(run.client, run.project, folder.name)
+    return promoted, why
+
+
+def _result(name: str, promoted: bool, why: str, parent: str, meta: dict, snapshot: dict, images: _Images,
+            resynced: dict | None) -> dict:
+    """The job's return value, as `aesemo jobs` and the admin page show it."""
+    return {"version": name, "promoted": promoted, "promotion": why, "parent": parent,
+            "metrics": {t: None if m is None else {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+                        for t, m in meta["metrics"].items()},
+            "snapshot": {k: snapshot[k] for k in ("id", "sha256", "rows")},
+            "images": {"used": len(images.rows), "failed": len(images.failed), "failures": images.failed[:20],
+                       "seconds": round(images.seconds, 3)},
+            "training_seconds": round(meta["training"]["seconds"], 3), "device": meta["training"]["device"],
+            "resync": resynced}
+
+
+def _parent(settings: Settings, client: redis.Redis, project: str, classes: dict):
+    """The version to fine-tune and its metadata: the current one, or a base version when the
+    label config changed since (other classes) or the current one's model.json is malformed."""
+    parent = resolve_current(client, settings, project, classes)
+    try:
+        parent_meta = read_meta(parent.folder)
+    except VersionError as exc:
+        log.warning("project %s: current version %s skipped (%s); training starts from a base version",
+                    project, parent.name, exc)
+        parent_meta = {}
+    if parent_meta.get("classes") != classes:
+        parent = ensure_base_version(settings, classes)
+        parent_meta = read_meta(parent.folder)
+    return parent, parent_meta
+
+
+def _cache_images(settings: Settings, snapshot_path: str, hostname: str | None, token: str | None):
+    fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
+    cache = training_image_cache(Path(settings.data_dir) / "cache" / "train256", settings.train_cache_bytes)
+    entries = [json.loads(line) for line in Path(snapshot_path).read_text(encoding="utf-8").splitlines()[1:]]
+
+    def one(row):
+        try:
+            path = cached_training_image(fetcher, row["image"], cache, hostname, token, settings.train_image_size)
+            return {**row, "image": str(path)}, None
+        except ImageFetchError as exc:
+            return None, f"task {row['task']}: {exc}"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, entries))
+    rows = [r for r, _ in results if r]
+    # after the step, not during it, so that no image of this job goes before training reads it
+    cache.evict_over_bound(keep=[Path(r["image"]) for r in rows])
+    return rows, [f for _, f in results if f]
+
+
+def _score(meta: dict) -> float | None:
+    """Mean held-out macro-F1 over the tasks with held-out labels; None without any."""
+    values = [m.get("macro_f1") for m in (meta.get("metrics") or {}).values() if m]
+    if not values:
+        return None
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return math.nan
+    return sum(values) / len(values)
+
+
+def _one_class(meta: dict) -> bool:
+    """Whether the version answered one class for every held-out image, in every task whose
+    held-out images have two true classes or more: it learned nothing (a network gone NaN does
+    this, as the argmax of NaN is class 0)."""
+    judged = [m["confusion"] for m in (meta.get("metrics") or {}).values()
+              if m and sum(1 for row in m.get("confusion") or [] if sum(row) > 0) >= 2]
+    return bool(judged) and all(sum(1 for column in zip(*c) if sum(column) > 0) == 1 for c in judged)
+
+
+def _promotion(settings: Settings, parent_meta: dict, meta: dict, folder: Path) -> tuple[bool, str]:
+    """The README's promotion rule: never a version that may not serve (see registry.refusal);
+    every other one with `always`; else by the held-out metric."""
+    why_not = refusal(folder)
+    if why_not:
+        return False, f"not promotable: {why_not}"
+    if settings.promotion == "always":
+        return True, "promotion rule: always"
+    return _by_metric(settings.promotion_margin, parent_meta, meta)
+
+
+def _by_metric(margin: float, parent_meta: dict, meta: dict) -> tuple[bool, str]:
+    """Not worse than the current version by more than `margin`; but a tie never goes to a
+    candidate that scores 0 or answers one class for everything, and no score is no promotion."""
+    new, old = _score(meta), _score(parent_meta)
+    if new is None or not math.isfinite(new):
+        return False, f"no valid held-out macro-F1 ({new}) to judge it by; promote it by hand if wanted"
+    if not parent_meta.get("trained"):
+        return True, "first trained version"
+    if old is None or not math.isfinite(old):
+        return True, f"held-out macro-F1 {new:.4f}; the current version has no valid one to compare"
+    versus = f"held-out macro-F1 {new:.4f} vs current {old:.4f}"
+    if new > old:
+        return True, versus
+    if new < old - margin:
+        return False, f"held-out macro-F1 {new:.4f} is worse than current {old:.4f} by more than {margin}"
+    if new <= 0 or _one_class(meta):
+        return False, versus + ": a tie, and the new version " + (
+            "scores 0" if new <= 0 else "answers one class for every held-out image")
+    return True, f"{versus} (margin {margin})"
