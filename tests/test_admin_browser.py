@@ -20,7 +20,7 @@ import requests
 from backend.core import keys
 from backend.http.app import create_app
 from backend.serving.registry import project_versions_dir, set_current_version
-from backend.training.jobs import training_queue
+from backend.training.queue import training_queue
 from rq.job import Job
 
 from images_server import ImageServer
