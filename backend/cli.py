@@ -188,6 +188,23 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_base(args) -> int:
+    from backend.core.redis_connection import connect
+    from backend.core.settings import load_settings
+    from backend.serving.registry import describe_base, register_base
+    if args.action == "set" and not args.folder:
+        raise ValueError("aesemo base set needs a trained version folder, or none")
+    settings = load_settings()
+    client = connect(settings)
+    if args.action == "show":
+        print(json.dumps(describe_base(client, settings), indent=2))
+        return 0
+    print(json.dumps(register_base(client, None if args.folder == "none" else Path(args.folder))))
+    if settings.base_model is not None:
+        log.warning("AESEMO_BASE_MODEL=%s is set and wins over this registration", settings.base_model)
+    return 0
+
+
 def cmd_redis(args) -> int:
     from backend.core.redis_connection import stop_unused_embedded_redis
     from backend.core.settings import load_settings
@@ -319,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ls-venv", default=None,
                    help="virtualenv holding Label Studio (default: $LS_VENV or .venv-ls; made when missing)")
     p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("base", help="the deployment's base model: a trained version new projects start from")
+    p.add_argument("action", choices=["set", "show"])
+    p.add_argument("folder", nargs="?", default=None, help="set: a trained version folder, or none to unregister")
+    p.set_defaults(func=cmd_base)
 
     p = sub.add_parser("redis", help="the data directory's embedded Redis (it also stops with its last user)")
     p.add_argument("action", choices=["stop"], help="stop: shut it down (append-only file fsynced) unless a serve, worker or stack uses it")
