@@ -310,7 +310,7 @@ class Backend:
 
     def versions(self) -> dict:
         names, skipped = all_versions(self.settings)
-        return {"versions": names, "skipped": skipped}
+        return {"versions": names, "skipped": skipped, "base_model": describe_base(self.redis, self.settings)}
 
 
 def _log_failures(failures: list, budget_s: float) -> None:

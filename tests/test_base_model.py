@@ -103,3 +103,18 @@ def test_base_command(redis_url, tmp_path, trained, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["base", "show"]) == 0
     assert json.loads(capsys.readouterr().out) is None
+
+
+def test_label_studio_versions_and_admin_page_name_it(redis_client, settings, trained):
+    from backend.http.app import create_app
+    from training_project import setup_answer, setup_project
+    register_base(redis_client, trained)
+    client = create_app(settings).test_client()
+    setup_project(client, 5)
+    assert setup_answer(client, 5) == REGISTERED_PREFIX + "ava-fi-v1"
+    assert client.get("/versions").get_json()["base_model"]["registered_by"] == "command"
+    listing = client.get("/projects/5/versions").get_json()
+    assert listing["current"] == REGISTERED_PREFIX + "ava-fi-v1"
+    assert listing["base_model"]["label"] == "base model ava-fi-v1 (registered)"
+    page = client.get("/?project=5").get_data(as_text=True)
+    assert "base model ava-fi-v1 (registered): not yet trained on this project" in page
