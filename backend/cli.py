@@ -92,6 +92,27 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_evaluate(args) -> int:
+    from model.evaluate import evaluate, summary_table, write_confusion_pngs
+    from model.predictor import Predictor
+    predictor = Predictor(args.version, device=args.device, precision=args.precision,
+                          center_crop=args.center_crop or None)
+    evaluation = evaluate(predictor, args.manifest, split=args.split, batch_size=args.batch_size,
+                          show_bar=not args.quiet)
+    report = {"version": str(args.version), "manifest": str(args.manifest), "split": args.split,
+              "center_crop": predictor.center_crop, "device": str(predictor.device), **evaluation.as_json()}
+    if args.out is None:
+        print(json.dumps(report, indent=2))
+        print(summary_table(evaluation), file=sys.stderr)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    report["figures"] = write_confusion_pngs(evaluation, args.out)
+    (args.out / "evaluation.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(summary_table(evaluation))
+    print(f"written: {args.out / 'evaluation.json'}, {', '.join(report['figures'])}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from model.version import read_meta
     print(json.dumps(read_meta(args.version), indent=2))
@@ -167,6 +188,23 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_base(args) -> int:
+    from backend.core.redis_connection import connect
+    from backend.core.settings import load_settings
+    from backend.serving.registry import describe_base, register_base
+    if args.action == "set" and not args.folder:
+        raise ValueError("aesemo base set needs a trained version folder, or none")
+    settings = load_settings()
+    client = connect(settings)
+    if args.action == "show":
+        print(json.dumps(describe_base(client, settings), indent=2))
+        return 0
+    print(json.dumps(register_base(client, None if args.folder == "none" else Path(args.folder))))
+    if settings.base_model is not None:
+        log.warning("AESEMO_BASE_MODEL=%s is set and wins over this registration", settings.base_model)
+    return 0
+
+
 def cmd_redis(args) -> int:
     from backend.core.redis_connection import stop_unused_embedded_redis
     from backend.core.settings import load_settings
@@ -231,6 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--center-crop", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("evaluate", help="a version's accuracy, macro-F1, recall and calibration on a manifest")
+    p.add_argument("version", type=Path)
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--split", default=None,
+                   help="only rows whose \"split\" field is this (e.g. test); rows without the field: all rows")
+    p.add_argument("--center-crop", action="store_true", help="predict on a centre crop (default: the version's)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write evaluation.json and confusion PNGs here (default: JSON on stdout)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--batch-size", type=_limited("batch_size"), default=32)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("info", help="a version's metadata as JSON")
     p.add_argument("version", type=Path)
     p.set_defaults(func=cmd_info)
@@ -284,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ls-venv", default=None,
                    help="virtualenv holding Label Studio (default: $LS_VENV or .venv-ls; made when missing)")
     p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("base", help="the deployment's base model: a trained version new projects start from")
+    p.add_argument("action", choices=["set", "show"])
+    p.add_argument("folder", nargs="?", default=None, help="set: a trained version folder, or none to unregister")
+    p.set_defaults(func=cmd_base)
 
     p = sub.add_parser("redis", help="the data directory's embedded Redis (it also stops with its last user)")
     p.add_argument("action", choices=["stop"], help="stop: shut it down (append-only file fsynced) unless a serve, worker or stack uses it")

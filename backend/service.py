@@ -19,8 +19,8 @@ from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.votes.project_consensus import ProjectConsensus, vote_and_image
 from backend.labelstudio.projects import ProjectContext, ProjectStore, project_id
 from backend.core.redis_connection import reachable
-from backend.serving.registry import (all_versions, base_version_name, current_version_name, project_versions,
-                       promote_version, resolve_current)
+from backend.serving.registry import (all_versions, base_for, base_name, current_version_name, describe_base,
+                       project_versions, promote_version, resolve_current)
 from backend.votes.resync import fetch_label_config, project_studio, resync
 from backend.core.settings import Settings
 from backend.training.queue import cancel_job, check_params, get_job, project_jobs, submit_training
@@ -70,7 +70,7 @@ class Backend:
             raise Unprocessable(f"label config: {exc}") from None
 
     def version_name(self, project: str, labels: ProjectLabels) -> str:
-        return current_version_name(self.redis, project) or base_version_name(self.settings, labels.classes())
+        return current_version_name(self.redis, project) or base_name(self.redis, self.settings, labels.classes())
 
     def setup(self, body) -> dict:
         body = _object(body)
@@ -139,7 +139,7 @@ class Backend:
             return held
         try:
             version = (resolve_current(self.redis, self.settings, project, labels.classes()) if project
-                       else _base(self.settings, labels))
+                       else base_for(self.redis, self.settings, labels.classes()))
         except redis.RedisError:
             raise Unavailable("no model in memory for this project and Redis is unavailable") from None
         if not project:
@@ -270,7 +270,8 @@ class Backend:
         current = self.version_name(project, self.project_labels(project))
         listed, skipped = project_versions(self.settings, project)
         versions = [{**v, "current": v["version"] == current} for v in listed]
-        return {"project": project, "current": current, "versions": versions, "skipped": skipped}
+        return {"project": project, "current": current, "versions": versions, "skipped": skipped,
+                "base_model": describe_base(self.redis, self.settings)}
 
     def promote(self, project: str, version: str) -> dict:
         return promote_version(self.redis, self.settings, project, version)
@@ -309,7 +310,7 @@ class Backend:
 
     def versions(self) -> dict:
         names, skipped = all_versions(self.settings)
-        return {"versions": names, "skipped": skipped}
+        return {"versions": names, "skipped": skipped, "base_model": describe_base(self.redis, self.settings)}
 
 
 def _log_failures(failures: list, budget_s: float) -> None:
@@ -323,11 +324,6 @@ def _log_failures(failures: list, budget_s: float) -> None:
     if over:
         log.warning("no prediction for %d tasks: the request's time budget of %g s "
                     "(AESEMO_PREDICT_BUDGET) was spent", over, budget_s)
-
-
-def _base(settings, labels):
-    from backend.serving.registry import ensure_base_version
-    return ensure_base_version(settings, labels.classes())
 
 
 def _annotations(body: dict) -> list:

@@ -45,6 +45,17 @@ class TrainingData:
         )
 
 
+def stack_targets(rows: list[Row], classes: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per task the (N, C) targets, zeros where unlabelled, and the (N,) mask of labelled rows."""
+    targets, masks = {}, {}
+    for task in TASKS:
+        width = len(classes[task])
+        targets[task] = torch.stack([r.targets[task] if r.targets[task] is not None else torch.zeros(width)
+                                     for r in rows])
+        masks[task] = torch.tensor([0.0 if r.targets[task] is None else 1.0 for r in rows])
+    return targets, masks
+
+
 def load_training_data(manifest: Manifest, size: int = TRAIN_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
                        strict: bool = False) -> tuple[TrainingData, list[str]]:
     """Returns the data and one message per skipped row."""
@@ -63,11 +74,6 @@ def load_training_data(manifest: Manifest, size: int = TRAIN_SIZE, max_pixels: i
         rows.append(row)
     if not rows:
         raise ManifestError(f"{manifest.path}: none of the {len(manifest.rows)} images could be read")
-    targets, masks = {}, {}
-    for task in TASKS:
-        width = len(manifest.classes[task])
-        targets[task] = torch.stack([r.targets[task] if r.targets[task] is not None else torch.zeros(width)
-                                     for r in rows])
-        masks[task] = torch.tensor([0.0 if r.targets[task] is None else 1.0 for r in rows])
+    targets, masks = stack_targets(rows, manifest.classes)
     return TrainingData(images=torch.stack(images), targets=targets, masks=masks,
                         weights=torch.tensor([r.weight for r in rows]), rows=rows), skipped

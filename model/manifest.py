@@ -2,11 +2,14 @@
 
     {"classes": {"aesthetic": [...], "emotion": [...]}}        optional first line
     {"image": "a.jpg", "aesthetic": "high", "emotion": {"awe": 0.75, "fear": 0.25}, "weight": 1.0}
+    {"image": "b.jpg", "emotion": "fear", "split": "test"}
 
 A label is a class name, a distribution over class names (normalised here), or absent/null
-when the image is not labelled for that task. Relative image paths are relative to the
-manifest's folder. Rows that break the format stop the whole read (a wrong class name means
-the manifest and the model disagree); unreadable images are dealt with when loading.
+when the image is not labelled for that task. An optional "split" (a dataset's own
+train/val/test) is kept for `aesemo evaluate --split`; training reads every row whatever its split.
+Relative image paths are relative to the manifest's folder. Rows that break the format stop
+the whole read (a wrong class name means the manifest and the model disagree); unreadable
+images are dealt with when loading.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ class Row:
     image: Path
     targets: dict[str, torch.Tensor | None]    # per task: a distribution over its classes, or None
     weight: float = 1.0
+    split: str | None = None                   # the dataset's own split name, when the row carries one
 
 
 @dataclass
@@ -83,10 +87,13 @@ def _parse_row(path: Path, number: int, record: dict, classes) -> Row:
     weight = record.get("weight", 1.0)
     if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight <= 0:
         raise ManifestError(f"{where}: weight must be a positive number, got {weight!r}")
+    split = record.get("split")
+    if split is not None and (not isinstance(split, str) or not split):
+        raise ManifestError(f"{where}: split must be a non-empty string, got {split!r}")
     image_path = Path(image)
     if not image_path.is_absolute():
         image_path = path.parent / image_path
-    return Row(line=number, image=image_path, targets=targets, weight=float(weight))
+    return Row(line=number, image=image_path, targets=targets, weight=float(weight), split=split)
 
 
 def _parse_label(where: str, task: str, label, names: tuple[str, ...]) -> torch.Tensor | None:

@@ -38,6 +38,7 @@ _PROJECT = "aesemo:project:{}:"
 PROJECTS = "aesemo:projects"
 EVENTS = "aesemo:events"
 VERSION_CHANNEL = "aesemo:versions"
+BASE_MODEL = "aesemo:base_model"   # the folder `aesemo base set` registered
 
 
 def votes(project: str) -> str:

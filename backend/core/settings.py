@@ -82,6 +82,16 @@ def _consensus_methods() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
+def _base_model(name: str, value: Path | None) -> None:
+    """Cheap (model.json only, no weights read): the hash is checked when the model loads."""
+    if value is None:
+        return
+    from backend.serving.registry import base_problem
+    why = base_problem(value, thorough=False)
+    if why:
+        raise ValueError(f"setting {name}: {why}")
+
+
 _FRACTION = Limit(float, 0, 1)
 _CACHE_BYTES = Limit(int, 0, 2 ** 62)
 
@@ -113,6 +123,11 @@ class Settings:
         "AESEMO_BACKBONE", "vgg16", "backbone of a new model (`vgg16`, `resnet18`, `mobilenet_v3_small`)")
     pretrained_path: str | None = setting(
         "AESEMO_PRETRAINED", None, "ImageNet weights file for a new model", shown="torchvision's cache path")
+    base_model: Path | None = setting(
+        "AESEMO_BASE_MODEL", None,
+        "a trained version folder that projects with the same class lists start from and serve until they "
+        "have their own trained version; wins over `aesemo base set`", parse=_path, check=_base_model,
+        shown="– (the one `aesemo base set` registered, if any)")
     redis_url: str | None = setting(
         "REDIS_URL", None,
         "a Redis server; without it, an embedded one in `<data dir>/redis/`, started by the first "

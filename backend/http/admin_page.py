@@ -62,7 +62,7 @@ def versions_section(backend, project: str) -> dict:
     versions = [{**v, "reports": report_images(folder / v["version"])} for v in reversed(listing["versions"])]
     current = next((v for v in versions if v["current"]), None)
     return {"current_name": listing["current"], "current": current, "versions": versions,
-            "skipped": listing["skipped"]}
+            "skipped": listing["skipped"], "base_model": listing["base_model"]}
 
 
 def report_images(version_folder: Path) -> list[str]:

@@ -4,6 +4,10 @@ Folders live under the data directory:
     base/<name>/                      one per backbone, init and class lists
     projects/<id>/versions/<name>/    trained versions of a project
 The pointer to a project's current version is a Redis key, so every process sees the same one.
+
+A deployment may register a trained version folder as its base model (`AESEMO_BASE_MODEL`, or
+`aesemo base set`, a Redis key): projects whose class lists match start from it, and serve it
+until they have their own trained version, instead of the untrained base version.
 """
 from __future__ import annotations
 
@@ -64,6 +68,79 @@ def ensure_base_version(settings, classes: dict) -> VersionRef:
                                emotion_classes=tuple(classes["emotion"]))
             init_version(folder, config, settings.pretrained_path)
     return VersionRef(name, folder)
+
+
+REGISTERED_PREFIX = "registered-"
+
+
+def base_problem(folder: Path, thorough: bool = True) -> str | None:
+    """Why `folder` cannot be the deployment's base model, None when it can: a version folder
+    whose heads saw labelled images; `thorough` also checks the weights (hash, finite outputs)."""
+    from model.errors import VersionError
+    from model.version import read_meta
+    try:
+        meta = read_meta(folder)
+    except VersionError as exc:
+        return str(exc)
+    if not meta.get("trained"):
+        return f"{folder} holds an untrained version; register one trained on labelled images"
+    return refusal(folder) if thorough else None
+
+
+def register_base(client: redis.Redis, folder: Path | None) -> dict:
+    """Registers `folder` (None: no base model) after checking it thoroughly."""
+    from backend.core.errors import Conflict
+    if folder is None:
+        client.delete(keys.BASE_MODEL)
+        return {"base_model": None}
+    folder = Path(folder).resolve()
+    why = base_problem(folder)
+    if why:
+        raise Conflict(f"not registered as the base model: {why}")
+    client.set(keys.BASE_MODEL, str(folder))
+    return {"base_model": str(folder), "name": REGISTERED_PREFIX + folder.name}
+
+
+def registered_base(client: redis.Redis, settings) -> tuple[VersionRef | None, str | None]:
+    """The registered base model and where it was registered ("setting" or "command")."""
+    if settings.base_model is not None:
+        folder, source = Path(settings.base_model), "setting"
+    else:
+        stored = client.get(keys.BASE_MODEL)
+        if not stored:
+            return None, None
+        folder, source = Path(stored), "command"
+    return VersionRef(REGISTERED_PREFIX + folder.name, folder), source
+
+
+def describe_base(client: redis.Redis, settings) -> dict | None:
+    """What `/versions` and the admin page show about the registered base model."""
+    ref, source = registered_base(client, settings)
+    if ref is None:
+        return None
+    meta, reason = version_meta(ref.folder)
+    return {"name": ref.name, "folder": str(ref.folder), "registered_by": source,
+            "classes": meta and meta.get("classes"), "problem": reason,
+            "label": f"base model {ref.folder.name} (registered)"}
+
+
+def _matching_base(client: redis.Redis, settings, classes: dict) -> VersionRef | None:
+    ref, _ = registered_base(client, settings)
+    if ref is None:
+        return None
+    meta, _ = version_meta(ref.folder)
+    return ref if meta is not None and meta.get("classes") == {k: list(v) for k, v in classes.items()} else None
+
+
+def base_for(client: redis.Redis, settings, classes: dict) -> VersionRef:
+    """The registered base model when its class lists are the project's, else the base version."""
+    return _matching_base(client, settings, classes) or ensure_base_version(settings, classes)
+
+
+def base_name(client: redis.Redis, settings, classes: dict) -> str:
+    """`base_for`'s name without writing or loading a model (`/setup` answers with it)."""
+    ref = _matching_base(client, settings, classes)
+    return ref.name if ref else base_version_name(settings, classes)
 
 
 def project_versions_dir(settings, project: str) -> Path:
@@ -168,11 +245,11 @@ def _metric_summary(metrics: dict) -> dict:
 
 
 def resolve_current(client: redis.Redis, settings, project: str, classes: dict) -> VersionRef:
-    """The project's current trained version, or the base version for its class lists."""
+    """The project's current trained version, or the base for its class lists (see `base_for`)."""
     name = current_version_name(client, project)
     if name:
         return VersionRef(name, project_versions_dir(settings, project) / name)
-    return ensure_base_version(settings, classes)
+    return base_for(client, settings, classes)
 
 
 def all_versions(settings) -> tuple[list[str], list[dict]]:

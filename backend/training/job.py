@@ -32,7 +32,7 @@ from backend.core.settings import Settings, load_settings
 from backend.fetch.fetcher import ImageFetchError, ImageFetcher
 from backend.labelstudio.label_config import ProjectLabels, parse_label_config
 from backend.labelstudio.projects import ProjectContext, ProjectStore
-from backend.serving.registry import (ensure_base_version, project_versions_dir, refusal, resolve_current,
+from backend.serving.registry import (base_for, project_versions_dir, refusal, resolve_current,
                                       set_current_version)
 from backend.training.image_cache import cached_training_image, training_image_cache
 from backend.training.queue import _DELETE_IF_EQUAL, _fetch, _get, _reap_abandoned, raw_connection
@@ -299,7 +299,7 @@ def _parent(settings: Settings, client: redis.Redis, project: str, classes: dict
                     project, parent.name, exc)
         parent_meta = {}
     if parent_meta.get("classes") != classes:
-        parent = ensure_base_version(settings, classes)
+        parent = base_for(client, settings, classes)
         parent_meta = read_meta(parent.folder)
     return parent, parent_meta
 

@@ -1,36 +1,10 @@
-"""A version's report: metrics.json and one confusion-matrix PNG per task, drawn with Pillow
-(no plotting library needed on a worker)."""
+"""A version's report: metrics.json and one confusion-matrix PNG per task (model/figures.py draws them)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
-
-CELL = 44
-MARGIN = 110
-
-
-def confusion_png(matrix: list[list[int]], classes: list[str], title: str, path: Path) -> None:
-    n = len(classes)
-    width, height = MARGIN + n * CELL + 10, MARGIN + n * CELL + 30
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    peak = max((max(row) for row in matrix), default=0) or 1
-    draw.text((10, 8), title, fill="black", font=font)
-    draw.text((MARGIN, height - 18), "predicted", fill="black", font=font)
-    draw.text((4, MARGIN - 16), "true", fill="black", font=font)
-    for i, name in enumerate(classes):
-        draw.text((4, MARGIN + i * CELL + CELL // 2 - 6), name[:16], fill="black", font=font)
-        draw.text((MARGIN + i * CELL + 2, MARGIN - 14 - (i % 2) * 12), name[:7], fill="black", font=font)
-        for j in range(n):
-            value = matrix[i][j]
-            shade = int(255 - 200 * value / peak)
-            x, y = MARGIN + j * CELL, MARGIN + i * CELL
-            draw.rectangle((x, y, x + CELL - 2, y + CELL - 2), fill=(shade, shade, 255))
-            draw.text((x + 6, y + CELL // 2 - 6), str(value), fill="black" if shade > 120 else "white", font=font)
-    image.save(path)
+from model.figures import confusion_png
 
 
 def write_report(folder: Path, meta: dict) -> list[str]:
