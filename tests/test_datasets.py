@@ -10,7 +10,7 @@ from backend.cli import main
 from model.classes import DEFAULT_CLASSES
 from model.datasets import import_dataset
 from model.datasets.merge import merge_manifests
-from model.errors import DatasetError
+from model.errors import DatasetError, ManifestError
 from model.manifest import read_manifest
 
 EMOSET_ORDER = ["amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness"]
@@ -258,3 +258,16 @@ def test_cli_broken_layout_is_one_error_line(tmp_path, capsys):
     assert main(["dataset", "iea", str(root), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("aesemo: error: ") and "iea.csv:2: unknown emotion 'joy'" in err[0]
+
+
+def test_merge_makes_relative_paths_absolute_and_refuses_bad_rows(tmp_path):
+    (tmp_path / "a").mkdir()
+    first = tmp_path / "a" / "m.jsonl"
+    first.write_text(json.dumps({"image": "photos/x.jpg", "emotion": "awe"}) + "\n")
+    assert merge_manifests([first], tmp_path / "mixed.jsonl") == 1
+    assert _lines(tmp_path / "mixed.jsonl")[1]["image"] == str((tmp_path / "a" / "photos/x.jpg").resolve())
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"image": "y.jpg", "emotion": "awe"}) + "\n{not json\n")
+    with pytest.raises(ManifestError, match=r"broken.jsonl:2: not valid JSON"):
+        merge_manifests([first, broken], tmp_path / "other.jsonl")
+    assert not (tmp_path / "other.jsonl").exists()

@@ -8,58 +8,32 @@ were relative to their own manifest's folder.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..classes import DEFAULT_CLASSES, TASKS, check_classes
 from ..errors import DatasetError
-from .writer import PARTIAL
+from ..files import write_atomically
+from ..manifest_lines import read_manifest_records
 
 
 def merge_manifests(inputs: list[Path], out: Path) -> int:
+    """Write every input's rows to `out` under the first input's header; returns the row count.
+    Every input is read and checked first, so a refused merge writes nothing."""
+    loaded = [(path, *read_manifest_records(path)) for path in inputs]
+    classes = _checked(loaded[0][0], loaded[0][1] or DEFAULT_CLASSES)
+    for path, header, _ in loaded[1:]:
+        _same_classes(path, classes, _checked(path, header or DEFAULT_CLASSES))
+
+    def write(temp: str) -> None:
+        with open(temp, "w", encoding="utf-8") as sink:
+            sink.write(json.dumps({"classes": {task: list(names) for task, names in classes.items()}}) + "\n")
+            for path, _, records in loaded:
+                for number, record in records:
+                    sink.write(json.dumps(_absolute(path, number, record)) + "\n")
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + PARTIAL)
-    classes, rows = None, 0
-    try:
-        with open(partial, "w", encoding="utf-8") as sink:
-            for path in inputs:
-                classes, written = _copy(path, sink, classes)
-                rows += written
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, out)
-    return rows
-
-
-def _copy(path: Path, sink, classes: dict | None) -> tuple[dict, int]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    records = [(number, _record(path, number, text)) for number, text in enumerate(lines, start=1) if text.strip()]
-    own = DEFAULT_CLASSES
-    if records and "classes" in records[0][1] and "image" not in records[0][1]:
-        own = records.pop(0)[1]["classes"]
-    own = _checked(path, own)
-    if classes is None:
-        classes = own
-        sink.write(json.dumps({"classes": {task: list(names) for task, names in classes.items()}}) + "\n")
-    else:
-        _same_classes(path, classes, own)
-    for number, record in records:
-        sink.write(json.dumps(_absolute(path, number, record)) + "\n")
-    return classes, len(records)
-
-
-def _record(path: Path, number: int, text: str) -> dict:
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-    if not isinstance(record, dict):
-        raise DatasetError(f"{path}:{number}: a row must be a JSON object")
-    return record
+    write_atomically(out, write)
+    return sum(len(records) for _, _, records in loaded)
 
 
 def _checked(path: Path, classes) -> dict:
