@@ -1,11 +1,12 @@
 """FI, Flickr & Instagram (You et al., AAAI 2016): one folder per Mikels emotion holding that
-emotion's images. The distributions seen use lower-case folder names (amusement, anger, awe,
-contentment, disgust, excitement, fear, sadness); the match ignores case so a capitalised copy
-imports too. FI publishes no split: every image goes to all.jsonl (`aesemo train` holds out its
+emotion's images (amusement, anger, awe, contentment, disgust, excitement, fear, sadness).
+The archive itself could not be checked here for the folders' capitalisation, so the match
+ignores case. FI publishes no split: every image goes to all.jsonl (`aesemo train` holds out its
 own seeded 20 %).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -34,7 +35,7 @@ def _emotion_folders(root: Path) -> dict[str, Path]:
             raise DatasetError(f"{entry}: not one of FI's emotion folders ({', '.join(emotions)})")
         if name in folders:
             raise DatasetError(f"{entry}: a second folder for {name!r} (the other is {folders[name]})")
-        folders[name] = entry
+        folders[name] = entry.resolve()
     missing = [name for name in emotions if name not in folders]
     if missing:
         raise DatasetError(f"{root}: no folder for {', '.join(missing)} (FI has one per emotion)")
@@ -43,8 +44,8 @@ def _emotion_folders(root: Path) -> dict[str, Path]:
 
 def _rows(folders: dict[str, Path]) -> Iterator[tuple[str, dict]]:
     for emotion, folder in folders.items():
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
+        names = sorted(name for name in os.listdir(folder) if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        if not names:
             raise DatasetError(f"{folder}: no images")
-        for image in images:
-            yield "all", image_row(image.resolve(), emotion=emotion)
+        for name in names:
+            yield "all", image_row(folder / name, emotion=emotion)
