@@ -119,6 +119,20 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_dataset(args) -> int:
+    if args.name == "merge":
+        from model.datasets.merge import merge_manifests
+        rows = merge_manifests([Path(p) for p in args.roots], Path(args.out))
+        print(json.dumps({"manifest": args.out, "rows": rows}))
+        return 0
+    if len(args.roots) != 1:
+        raise ValueError(f"dataset {args.name} takes one ROOT folder, got {len(args.roots)}")
+    from model.datasets import import_dataset
+    counts = import_dataset(args.name, args.roots[0], args.out, soft=args.soft)
+    print(json.dumps({"out": args.out, "rows": counts}))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from backend.tools.demo import run_demo
     return run_demo(Path(args.workdir), epochs=args.epochs)
@@ -345,6 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("redis", help="the data directory's embedded Redis (it also stops with its last user)")
     p.add_argument("action", choices=["stop"], help="stop: shut it down (append-only file fsynced) unless a serve, worker or stack uses it")
     p.set_defaults(func=cmd_redis)
+
+    p = sub.add_parser("dataset", help="a public dataset (ava, fi, emoset, iea) as training manifests, or merge manifests")
+    p.add_argument("name", choices=["ava", "fi", "emoset", "iea", "merge"])
+    p.add_argument("roots", nargs="+", metavar="ROOT",
+                   help="the dataset's folder as published; for merge: the manifests to concatenate")
+    p.add_argument("--out", required=True, help="folder for <split>.jsonl (merge: the manifest file to write)")
+    p.add_argument("--soft", action="store_true",
+                   help="AVA, IEA: aesthetic targets from the share of ratings above 5 instead of high/low by mean")
+    p.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("demo", help="train on generated images and print predictions")
     p.add_argument("--workdir", default="aesemo-data/demo")

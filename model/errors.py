@@ -19,3 +19,7 @@ class VersionError(AesemoError):
 
 class TrainingDiverged(AesemoError):
     """Training whose loss, held-out loss or weights stopped being finite numbers (NaN or infinity)."""
+
+
+class DatasetError(AesemoError):
+    """A public dataset whose files do not follow its published layout; names the file and line."""

@@ -13,7 +13,6 @@ images are dealt with when loading.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from .classes import DEFAULT_CLASSES, TASKS, check_classes
 from .errors import ManifestError
+from .manifest_lines import read_manifest_records
 
 
 @dataclass
@@ -44,28 +44,7 @@ def read_manifest(path: str | Path, classes: dict | None = None) -> Manifest:
     """Parse and validate a manifest. `classes` (from the model being trained) wins over the
     manifest's own header; without either, the default class lists apply."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ManifestError(f"manifest {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"manifest {path} cannot be read: {exc}") from None
-
-    records = []
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise ManifestError(f"{path}:{number}: a row must be a JSON object")
-        records.append((number, record))
-
-    header = records[0][1].get("classes") if records and "image" not in records[0][1] else None
-    if header is not None:
-        records = records[1:]
+    header, records = read_manifest_records(path)
     try:
         chosen = check_classes(classes or header or DEFAULT_CLASSES)
     except ValueError as exc:
