@@ -38,6 +38,9 @@ def _classes_digest(classes: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+UNTRAINED_SUFFIX = "-untrained"
+
+
 def base_version_name(settings, classes: dict) -> str:
     """Cheap (a stat, no model): `/setup` answers with it before any model exists."""
     pretrained = Path(settings.pretrained_path) if settings.pretrained_path else default_pretrained_path(settings.backbone)
@@ -46,13 +49,20 @@ def base_version_name(settings, classes: dict) -> str:
     default = {k: tuple(v) for k, v in DEFAULT_CLASSES.items()}
     if {k: tuple(v) for k, v in classes.items()} != default:
         name += "-" + _classes_digest(classes)
-    return name
+    # its heads are fresh: the name Label Studio shows must not pass for a trained model's
+    return name + UNTRAINED_SUFFIX
+
+
+def base_version_ref(settings, classes: dict) -> VersionRef:
+    """Where the base version for these class lists lives, written or not."""
+    name = base_version_name(settings, classes)
+    return VersionRef(name, Path(settings.data_dir) / "base" / name)
 
 
 def ensure_base_version(settings, classes: dict) -> VersionRef:
     """The base version folder, written once (under a file lock shared by all processes)."""
-    name = base_version_name(settings, classes)
-    folder = Path(settings.data_dir) / "base" / name
+    ref = base_version_ref(settings, classes)
+    name, folder = ref.name, ref.folder
     if (folder / META_FILE).is_file():
         return VersionRef(name, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +74,17 @@ def ensure_base_version(settings, classes: dict) -> VersionRef:
                                emotion_classes=tuple(classes["emotion"]))
             init_version(folder, config, settings.pretrained_path)
     return VersionRef(name, folder)
+
+
+def is_trained_version(folder: Path) -> bool:
+    """Whether the version in `folder` was trained on labels (model.json, see model.version's
+    `is_trained`). A base version not written yet will be untrained, and a model.json that cannot
+    be read never serves, so neither counts as trained."""
+    from model.version import is_trained
+    if not (folder / META_FILE).is_file():
+        return False
+    meta, _ = version_meta(folder)
+    return meta is not None and is_trained(meta)
 
 
 def project_versions_dir(settings, project: str) -> Path:
@@ -144,6 +165,7 @@ _LOGGED: set = set()  # skipped versions already logged: listings are asked for 
 def project_versions(settings, project: str) -> tuple[list[dict], list[dict]]:
     """The project's trained versions, oldest first, each with its metadata summary; and the
     versions skipped, each with the reason."""
+    from model.version import is_trained
     folder = project_versions_dir(settings, project)
     out, skipped = [], []
     for meta_file in sorted(folder.glob(f"*/{META_FILE}")):
@@ -158,7 +180,7 @@ def project_versions(settings, project: str) -> tuple[list[dict], list[dict]]:
                     "metrics": _metric_summary(meta.get("metrics") or {}),
                     "device": (meta.get("training") or {}).get("device"),
                     "training_seconds": (meta.get("training") or {}).get("seconds"),
-                    "backbone": meta["architecture"].get("backbone")})
+                    "backbone": meta["architecture"].get("backbone"), "trained": is_trained(meta)})
     return sorted(out, key=lambda v: v["created_at"] or ""), skipped
 
 
