@@ -23,6 +23,7 @@ from model.pretrained import default_pretrained_path
 from model.version import META_FILE
 
 from backend.core import keys
+from backend.serving.suggestions import UNTRAINED_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,6 @@ class VersionRef:
 def _classes_digest(classes: dict) -> str:
     text = json.dumps({k: list(v) for k, v in sorted(classes.items())})
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-UNTRAINED_SUFFIX = "-untrained"
 
 
 def base_version_name(settings, classes: dict) -> str:

@@ -13,6 +13,8 @@ import threading
 
 log = logging.getLogger(__name__)
 
+# ends the name of every base version: the name Label Studio shows must not pass for a trained model's
+UNTRAINED_SUFFIX = "-untrained"
 WITHHELD_FIELD = "no_suggestions"  # in /setup's and /predict's answers; Label Studio reads neither
 
 
