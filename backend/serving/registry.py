@@ -20,7 +20,7 @@ from model.classes import DEFAULT_CLASSES
 from model.network import NetConfig
 from model.pipeline import init_version
 from model.pretrained import default_pretrained_path
-from model.version import META_FILE
+from model.version import META_FILE, is_trained
 
 from backend.core import keys
 from backend.serving.suggestions import UNTRAINED_SUFFIX
@@ -47,8 +47,7 @@ def base_version_name(settings, classes: dict) -> str:
     default = {k: tuple(v) for k, v in DEFAULT_CLASSES.items()}
     if {k: tuple(v) for k, v in classes.items()} != default:
         name += "-" + _classes_digest(classes)
-    # its heads are fresh: the name Label Studio shows must not pass for a trained model's
-    return name + UNTRAINED_SUFFIX
+    return name + UNTRAINED_SUFFIX  # ensure_base_version writes fresh heads
 
 
 def base_version_ref(settings, classes: dict) -> VersionRef:
@@ -78,7 +77,6 @@ def is_trained_version(folder: Path) -> bool:
     """Whether the version in `folder` was trained on labels (model.json, see model.version's
     `is_trained`). A base version not written yet will be untrained, and a model.json that cannot
     be read never serves, so neither counts as trained."""
-    from model.version import is_trained
     if not (folder / META_FILE).is_file():
         return False
     meta, _ = version_meta(folder)
@@ -163,7 +161,6 @@ _LOGGED: set = set()  # skipped versions already logged: listings are asked for 
 def project_versions(settings, project: str) -> tuple[list[dict], list[dict]]:
     """The project's trained versions, oldest first, each with its metadata summary; and the
     versions skipped, each with the reason."""
-    from model.version import is_trained
     folder = project_versions_dir(settings, project)
     out, skipped = [], []
     for meta_file in sorted(folder.glob(f"*/{META_FILE}")):
