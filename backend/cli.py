@@ -114,8 +114,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from model.version import read_meta
-    print(json.dumps(read_meta(args.version), indent=2))
+    from model.version import is_trained, read_meta
+    meta = read_meta(args.version)
+    # said for a model.json written before the field too, so no one mistakes a random model for a trained one
+    print(json.dumps({**meta, "trained": is_trained(meta)}, indent=2))
     return 0
 
 

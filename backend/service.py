@@ -19,8 +19,10 @@ from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.votes.project_consensus import ProjectConsensus, vote_and_image
 from backend.labelstudio.projects import ProjectContext, ProjectStore, project_id
 from backend.core.redis_connection import reachable
-from backend.serving.registry import (all_versions, base_for, base_name, current_version_name, describe_base,
-                       project_versions, promote_version, resolve_current)
+from backend.serving.registry import (VersionRef, all_versions, base_for, base_ref, current_version_name,
+                                      describe_base, is_trained_version, project_versions, project_versions_dir,
+                                      promote_version, resolve_current)
+from backend.serving.suggestions import WITHHELD_FIELD, WithheldLog, withheld_reason
 from backend.votes.resync import fetch_label_config, project_studio, resync
 from backend.core.settings import Settings
 from backend.training.queue import cancel_job, check_params, get_job, project_jobs, submit_training
@@ -44,6 +46,7 @@ class Backend:
         self.consensus = ProjectConsensus(client, settings, on_auto_train=self._auto_train)
         self.ingest = Ingest(client)
         self.swap = HotSwap(settings, client, self.models)
+        self.withheld = WithheldLog()
         self._contexts: dict = {}
         if settings.label_studio_api_key and not settings.label_studio_url:
             log.warning("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key goes only to "
@@ -70,7 +73,22 @@ class Backend:
             raise Unprocessable(f"label config: {exc}") from None
 
     def version_name(self, project: str, labels: ProjectLabels) -> str:
-        return current_version_name(self.redis, project) or base_name(self.redis, self.settings, labels.classes())
+        return self.version_ref(project, labels).name
+
+    def version_ref(self, project: str, labels: ProjectLabels) -> VersionRef:
+        """The project's current version, or the base version for its class lists (not written here)."""
+        name = current_version_name(self.redis, project)
+        if name:
+            return VersionRef(name, project_versions_dir(self.settings, project) / name)
+        return base_ref(self.redis, self.settings, labels.classes())
+
+    def _withheld(self, project: str | None, version: str, trained: bool) -> dict:
+        """`{"no_suggestions": why}` when this version's suggestions are not sent, else {}."""
+        reason = withheld_reason(self.settings, version, trained)
+        if reason is None:
+            return {}
+        self.withheld.note(project, version, reason)
+        return {WITHHELD_FIELD: reason}
 
     def setup(self, body) -> dict:
         body = _object(body)
@@ -82,7 +100,9 @@ class Backend:
         hostname, token = _hostname(body), _access_token(body)
         try:
             self.projects.remember_setup(project, schema, hostname, token)
-            return {"model_version": self.version_name(project, labels)}
+            version = self.version_ref(project, labels)
+            return {"model_version": version.name,
+                    **self._withheld(project, version.name, is_trained_version(version.folder))}
         except (redis.ConnectionError, redis.TimeoutError):
             return self._setup_from_memory(ProjectContext(project, schema, hostname, token), labels)
 
@@ -95,7 +115,7 @@ class Backend:
             raise Unavailable("Redis is unavailable and this process holds no model for project "
                               f"{context.project}")
         self._contexts[context.project] = context
-        return {"model_version": held.version}
+        return {"model_version": held.version, **self._withheld(context.project, held.version, held.trained)}
 
     def predict(self, body) -> dict:
         body = _object(body)
@@ -113,6 +133,9 @@ class Backend:
         deadline = time.monotonic() + self.settings.predict_budget_s
         served = self._model_for(project, labels)
         version_name = served.version
+        withheld = self._withheld(project, version_name, served.trained)
+        if withheld:
+            return {"results": [[] for _ in tasks], "model_version": version_name, **withheld}
 
         def fetch(url):
             return self.fetcher.fetch(url, hostname=context.hostname if context else None,

@@ -1,7 +1,8 @@
 """A model version on disk: a folder with `weights.safetensors` and `model.json`.
 
 `model.json` holds the architecture, the class lists, the pixel mean, how the weights were
-initialised, the metrics and the sha256 of the weights file; loading refuses weights whose
+initialised, whether the task heads were ever trained on labels (`trained`, see `is_trained`),
+the metrics and the sha256 of the weights file; loading refuses weights whose
 hash differs, so a half-copied or tampered file is never served.
 """
 from __future__ import annotations
@@ -181,6 +182,15 @@ def _finite(value) -> bool:
 
 def _count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def is_trained(meta: dict) -> bool:
+    """Whether the version's task heads ever saw a labelled image. `"trained"` says so (every
+    version written since issue 13 has it); a model.json written before without it counts as
+    trained when it holds a training history or held-out metrics, which only training writes."""
+    if "trained" in meta:
+        return meta["trained"]
+    return bool(meta.get("training") or meta.get("metrics"))
 
 
 def first_non_finite(tensors: dict) -> str | None:

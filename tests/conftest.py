@@ -52,5 +52,7 @@ def redis_client(redis_url) -> redis.Redis:
 @pytest.fixture
 def settings(tmp_path, redis_url) -> Settings:
     """Service settings for one test: its own data directory, the session's Redis, a small
-    backbone so models load in a second."""
-    return replace(Settings(), data_dir=Path(tmp_path) / "data", redis_url=redis_url, backbone="resnet18")
+    backbone so models load in a second, and suggestions from untrained versions on (most tests
+    predict with a base version; tests/test_suggestions.py checks the default, off)."""
+    return replace(Settings(), data_dir=Path(tmp_path) / "data", redis_url=redis_url, backbone="resnet18",
+                   suggest_untrained=True)

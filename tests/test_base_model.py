@@ -13,7 +13,7 @@ from backend.cli import main
 from backend.core import keys
 from backend.core.errors import Conflict
 from backend.core.settings import Settings
-from backend.serving.registry import (REGISTERED_PREFIX, base_name, describe_base, register_base, resolve_current,
+from backend.serving.registry import (REGISTERED_PREFIX, base_ref, describe_base, register_base, resolve_current,
                                       set_current_version)
 from backend.training.job import _parent
 from model.classes import DEFAULT_CLASSES
@@ -66,8 +66,8 @@ def test_projects_with_matching_classes_serve_it_until_they_have_their_own(redis
     register_base(redis_client, trained)
     served = resolve_current(redis_client, settings, "7", CLASSES)
     assert (served.name, served.folder) == (REGISTERED_PREFIX + "ava-fi-v1", trained.resolve())
-    assert base_name(redis_client, settings, CLASSES) == served.name
-    assert base_name(redis_client, settings, OTHER_CLASSES).startswith("base-resnet18-")
+    assert base_ref(redis_client, settings, CLASSES).name == served.name
+    assert base_ref(redis_client, settings, OTHER_CLASSES).name.startswith("base-resnet18-")
     set_current_version(redis_client, "7", "v-own")
     assert resolve_current(redis_client, settings, "7", CLASSES).name == "v-own"
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from backend.tools.stack import (LABEL_CONFIG, SAMPLE_PHOTOS, StackError, StackOptions, _only_stack_of,
-                                  check_ports_free, default_ls_venv, load_or_create_state, sample_photos,
-                                  uploaded_name)
+                                  check_ports_free, default_ls_venv, load_or_create_state, pre_annotate,
+                                  sample_photos, uploaded_name)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,3 +92,41 @@ def test_label_studio_venv_default(tmp_path):
     assert default_ls_venv(tmp_path / "data", checkout) == checkout / ".venv-ls"
     assert default_ls_venv(tmp_path / "data", installed) == tmp_path / "data" / ".venv-ls"
     assert StackOptions(data_dir=tmp_path / "data", ls_venv=tmp_path / "ls").ls_venv == tmp_path / "ls"
+
+
+class RecordedLabelStudio:
+    """Label Studio's answers to the calls `pre_annotate` makes, as recorded, and the calls it got."""
+
+    def __init__(self, model_version: str):
+        self.model_version = model_version
+        self.retrieved = []
+
+    def ml_backends(self, project_id):
+        return [{"id": 1, "project": project_id, "model_version": self.model_version}]
+
+    def retrieve_predictions(self, project_id, task_ids=None):
+        self.retrieved.append(task_ids)
+        return {"processed_items": 1}
+
+    def tasks(self, project_id):
+        return [{"id": 1, "total_predictions": 1}]
+
+
+@pytest.mark.parametrize("suggest_untrained", ["", "1"])
+def test_the_stack_asks_for_no_suggestions_from_an_untrained_version_and_says_when_they_start(
+        monkeypatch, capsys, suggest_untrained):
+    monkeypatch.setenv("AESEMO_SUGGEST_UNTRAINED", suggest_untrained)
+    label_studio = RecordedLabelStudio("base-resnet18-random-untrained")
+    pre_annotate(label_studio, 1)
+    said = capsys.readouterr().out
+    if suggest_untrained:
+        assert label_studio.retrieved == [None] and "1 of 1 photos carry" in said
+    else:
+        assert label_studio.retrieved == []
+        assert "suggestions start after the first training" in said and "base-resnet18-random-untrained" in said
+
+
+def test_the_stack_pre_annotates_with_a_trained_version(capsys):
+    label_studio = RecordedLabelStudio("v0001-20261128000000")
+    pre_annotate(label_studio, 1)
+    assert label_studio.retrieved == [None]

@@ -176,6 +176,10 @@ class Settings:
         "AESEMO_PREDICT_CHUNK", 16, "tasks per batched forward pass", parse=_integer)
     max_tasks_per_request: int = setting(
         "AESEMO_MAX_TASKS", 10_000, "most tasks accepted in one `/predict` body", parse=_integer)
+    suggest_untrained: bool = setting(
+        "AESEMO_SUGGEST_UNTRAINED", False,
+        "pre-annotate with a model version that was never trained on labels (its suggestions are "
+        "random); off: `/predict` answers `[]` per task until the project has a trained version", parse=_flag)
     consensus_method: str = setting(
         "AESEMO_CONSENSUS_METHOD", "majority", "default consensus method (`majority` or `dawid_skene`)",
         check=_one_of(_consensus_methods))

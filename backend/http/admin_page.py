@@ -12,7 +12,8 @@ import redis
 
 from backend.labelstudio import tokens as ls_auth
 from backend.core.errors import DomainError, NotFound
-from backend.serving.registry import project_versions_dir, version_folder
+from backend.serving.registry import is_trained_version, project_versions_dir, version_folder
+from backend.serving.suggestions import withheld_reason
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,18 @@ def versions_section(backend, project: str) -> dict:
     versions = [{**v, "reports": report_images(folder / v["version"])} for v in reversed(listing["versions"])]
     current = next((v for v in versions if v["current"]), None)
     return {"current_name": listing["current"], "current": current, "versions": versions,
-            "skipped": listing["skipped"], "base_model": listing["base_model"]}
+            "skipped": listing["skipped"], "base_model": listing["base_model"],
+            "untrained": untrained_banner(backend, project)}
+
+
+def untrained_banner(backend, project: str) -> dict | None:
+    """What the page says when the project serves a version never trained on labels (None when
+    it serves a trained one): its suggestions are random, whether they are withheld, and the fix."""
+    served = backend.version_ref(project, backend.project_labels(project))
+    if is_trained_version(served.folder):
+        return None
+    return {"version": served.name, "withheld": withheld_reason(backend.settings, served.name, False) is not None,
+            "min_labels": backend.settings.min_training_labels}
 
 
 def report_images(version_folder: Path) -> list[str]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.predictor import Predictor
+from model.version import is_trained
 
 from backend.serving.registry import VersionRef
 
@@ -19,6 +20,11 @@ class ServedModel:
     version: str
     folder: Path
     predictor: Predictor
+
+    @property
+    def trained(self) -> bool:
+        """Whether its task heads were ever trained on labels: an untrained model's suggestions are random."""
+        return is_trained(self.predictor.meta)
 
     def knows(self, classes: dict) -> bool:
         """Whether the model has every class of these class lists (task -> names)."""

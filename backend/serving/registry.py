@@ -24,9 +24,10 @@ from model.classes import DEFAULT_CLASSES
 from model.network import NetConfig
 from model.pipeline import init_version
 from model.pretrained import default_pretrained_path
-from model.version import META_FILE
+from model.version import META_FILE, is_trained
 
 from backend.core import keys
+from backend.serving.suggestions import UNTRAINED_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,19 @@ def base_version_name(settings, classes: dict) -> str:
     default = {k: tuple(v) for k, v in DEFAULT_CLASSES.items()}
     if {k: tuple(v) for k, v in classes.items()} != default:
         name += "-" + _classes_digest(classes)
-    return name
+    return name + UNTRAINED_SUFFIX  # ensure_base_version writes fresh heads
+
+
+def base_version_ref(settings, classes: dict) -> VersionRef:
+    """Where the base version for these class lists lives, written or not."""
+    name = base_version_name(settings, classes)
+    return VersionRef(name, Path(settings.data_dir) / "base" / name)
 
 
 def ensure_base_version(settings, classes: dict) -> VersionRef:
     """The base version folder, written once (under a file lock shared by all processes)."""
-    name = base_version_name(settings, classes)
-    folder = Path(settings.data_dir) / "base" / name
+    ref = base_version_ref(settings, classes)
+    name, folder = ref.name, ref.folder
     if (folder / META_FILE).is_file():
         return VersionRef(name, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +89,7 @@ def base_problem(folder: Path, thorough: bool = True) -> str | None:
         meta = read_meta(folder)
     except VersionError as exc:
         return str(exc)
-    if not meta.get("trained"):
+    if not is_trained(meta):
         return f"{folder} holds an untrained version; register one trained on labelled images"
     return refusal(folder) if thorough else None
 
@@ -137,10 +144,19 @@ def base_for(client: redis.Redis, settings, classes: dict) -> VersionRef:
     return _matching_base(client, settings, classes) or ensure_base_version(settings, classes)
 
 
-def base_name(client: redis.Redis, settings, classes: dict) -> str:
-    """`base_for`'s name without writing or loading a model (`/setup` answers with it)."""
-    ref = _matching_base(client, settings, classes)
-    return ref.name if ref else base_version_name(settings, classes)
+def base_ref(client: redis.Redis, settings, classes: dict) -> VersionRef:
+    """`base_for`'s version without writing or loading a model (`/setup` answers with its name)."""
+    return _matching_base(client, settings, classes) or base_version_ref(settings, classes)
+
+
+def is_trained_version(folder: Path) -> bool:
+    """Whether the version in `folder` was trained on labels (model.json, see model.version's
+    `is_trained`). A base version not written yet will be untrained, and a model.json that cannot
+    be read never serves, so neither counts as trained."""
+    if not (folder / META_FILE).is_file():
+        return False
+    meta, _ = version_meta(folder)
+    return meta is not None and is_trained(meta)
 
 
 def project_versions_dir(settings, project: str) -> Path:
@@ -235,7 +251,7 @@ def project_versions(settings, project: str) -> tuple[list[dict], list[dict]]:
                     "metrics": _metric_summary(meta.get("metrics") or {}),
                     "device": (meta.get("training") or {}).get("device"),
                     "training_seconds": (meta.get("training") or {}).get("seconds"),
-                    "backbone": meta["architecture"].get("backbone")})
+                    "backbone": meta["architecture"].get("backbone"), "trained": is_trained(meta)})
     return sorted(out, key=lambda v: v["created_at"] or ""), skipped
 
 

@@ -43,6 +43,7 @@ from backend.labelstudio.admin_client import (LS_VERSION, LabelStudioClient, Lab
                                  port_moved)
 from backend.core.redis_connection import lease_embedded_redis, release_embedded_redis
 from backend.core.settings import load_settings
+from backend.serving.suggestions import UNTRAINED_SUFFIX
 
 READY_LINE = "aesemo stack: ready"
 ADMIN_EMAIL = "admin@example.com"
@@ -520,7 +521,15 @@ def import_missing_photos(client: LabelStudioClient, project_id: int, photos: li
 def pre_annotate(client: LabelStudioClient, project_id: int, attempts: int = 3) -> None:
     """Data Manager's "Retrieve Predictions" for every task: Label Studio asks the backend only for
     tasks without a prediction of its current model version. Tasks left without one are asked for
-    again (Label Studio gives up on a /predict after 100 s and does not retry by itself)."""
+    again (Label Studio gives up on a /predict after 100 s and does not retry by itself). Nothing is
+    asked while the backend serves an untrained version: it would answer no suggestions."""
+    untrained = untrained_version(client, project_id)
+    if untrained:
+        say(f"no suggestions yet: the backend serves {untrained}, never trained on labels, and sends none "
+            f"from it (random suggestions would steer the annotators); suggestions start after the first "
+            f"training: label {load_settings().min_training_labels} photos, then Start Training (Label "
+            f"Studio's model settings or the backend's admin page)")
+        return
     say("asking the backend for suggestions on the photos that have none (its first request loads the model)")
     client.retrieve_predictions(project_id)
     for attempt in range(2, attempts + 1):
@@ -532,6 +541,16 @@ def pre_annotate(client: LabelStudioClient, project_id: int, attempts: int = 3) 
     tasks = client.tasks(project_id)
     done = sum(1 for task in tasks if task.get("total_predictions"))
     say(f"{done} of {len(tasks)} photos carry the backend's suggestions")
+
+
+def untrained_version(client: LabelStudioClient, project_id: int) -> str | None:
+    """The untrained version the project's backend serves and withholds suggestions from, None
+    when it serves a trained one or sends them anyway: Label Studio's backend record holds the
+    version name of the backend's last /setup answer, which says `-untrained` for such a version."""
+    if load_settings().suggest_untrained:
+        return None
+    names = [b.get("model_version") or "" for b in client.ml_backends(project_id)]
+    return next((name for name in names if name.endswith(UNTRAINED_SUFFIX)), None)
 
 
 def print_summary(options: StackOptions, state: dict) -> None:

@@ -23,7 +23,7 @@ from model.errors import VersionError
 from model.network import NetConfig
 from model.pipeline import train_version
 from model.train import TrainConfig
-from model.version import read_meta
+from model.version import is_trained, read_meta
 
 from backend.core import keys
 from backend.core.errors import DomainError, InvalidInput
@@ -360,7 +360,7 @@ def _by_metric(margin: float, parent_meta: dict, meta: dict) -> tuple[bool, str]
     new, old = _score(meta), _score(parent_meta)
     if new is None or not math.isfinite(new):
         return False, f"no valid held-out macro-F1 ({new}) to judge it by; promote it by hand if wanted"
-    if not parent_meta.get("trained"):
+    if not is_trained(parent_meta):
         return True, "first trained version"
     if old is None or not math.isfinite(old):
         return True, f"held-out macro-F1 {new:.4f}; the current version has no valid one to compare"

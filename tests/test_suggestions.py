@@ -1,0 +1,131 @@
+"""An untrained model never poses as a trained one: model.json and `aesemo info` say whether a
+version was trained on labels, base versions are named `-untrained`, and by default `/predict`
+sends no suggestions from such a version (`[]` per task, nothing fetched), with the reason in
+`/setup`'s answer, one log line and the admin page, until the project serves a trained version."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import pytest
+
+from backend.cli import main
+from backend.http.app import create_app
+from backend.labelstudio.label_config import parse_label_config
+from backend.serving.registry import base_version_name, base_version_ref, project_versions_dir, set_current_version
+from backend.serving.suggestions import WITHHELD_FIELD
+from model.network import NetConfig
+from model.pipeline import init_version
+from model.version import META_FILE, is_trained, read_meta
+
+from images_server import ImageServer
+from training_project import example, predict_body, setup_answer, setup_project, write_small_version
+
+PROJECT = 5
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ImageServer("127.0.0.1") as s:
+        yield s
+
+
+@pytest.fixture
+def default_settings(settings, server, redis_client):
+    """The service's default: suggestions from untrained versions off (and Redis flushed)."""
+    return replace(settings, suggest_untrained=False, allowed_image_hosts=(server.netloc,))
+
+
+@pytest.fixture
+def classes():
+    return parse_label_config(example("setup.json")["schema"]).classes()
+
+
+@pytest.fixture
+def small_base(default_settings, classes):
+    """The base version for the project's classes, small so it loads in a moment, untrained as
+    every base version that `ensure_base_version` writes."""
+    ref = base_version_ref(default_settings, classes)
+    write_small_version(ref.folder, seed=1, trained=False)
+    return ref
+
+
+def urls(server, count=2):
+    return [server.url(f"/img/{n}.png") for n in range(1, count + 1)]
+
+
+@pytest.mark.parametrize("meta, trained", [
+    ({"trained": False, "metrics": {"aesthetic": {"accuracy": 0.5}}}, False),  # the field wins
+    ({"trained": True}, True),
+    ({}, False),                                                             # written before the field
+    ({"metrics": {"aesthetic": {"accuracy": 0.5}}}, True),
+    ({"training": {"seconds": 12.0}}, True),
+])
+def test_trained_is_the_field_else_a_training_history(meta, trained):
+    assert is_trained(meta) is trained
+
+
+def test_a_new_version_and_the_base_version_are_marked_untrained(tmp_path, default_settings, classes):
+    init_version(tmp_path / "new", NetConfig(backbone="resnet18", num_groups=2, fc_width=64), use_pretrained=False)
+    assert read_meta(tmp_path / "new")["trained"] is False
+    assert base_version_name(default_settings, classes).endswith("-untrained")
+
+
+def test_aesemo_info_says_trained_also_for_a_model_json_without_the_field(tmp_path, capsys):
+    write_small_version(tmp_path / "old", seed=2)
+    meta_file = tmp_path / "old" / META_FILE
+    meta = json.loads(meta_file.read_text())
+    del meta["trained"]
+    meta_file.write_text(json.dumps(meta))
+    assert main(["info", str(tmp_path / "old")]) == 0
+    assert json.loads(capsys.readouterr().out)["trained"] is False
+
+
+def test_by_default_an_untrained_version_suggests_nothing_and_says_why_once(default_settings, small_base, server,
+                                                                            caplog):
+    client = create_app(default_settings).test_client()
+    server.reset()
+    with caplog.at_level(logging.WARNING, logger="backend.serving.suggestions"):
+        setup = client.post("/setup", json={**example("setup.json"), "project": f"{PROJECT}.1795782039"}).get_json()
+        answers = [client.post("/predict", json=predict_body(PROJECT, urls(server))) for _ in range(2)]
+    assert setup["model_version"] == small_base.name
+    assert "never trained" in setup[WITHHELD_FIELD] and str(default_settings.min_training_labels) in setup[WITHHELD_FIELD]
+    for answer in answers:
+        assert answer.status_code == 200
+        assert answer.get_json()["results"] == [[], []]  # one empty list per task: Label Studio stores nothing
+    assert server.paths() == []  # no image is fetched for suggestions that are not sent
+    lines = [r.getMessage() for r in caplog.records if "no suggestions" in r.getMessage()]
+    assert len(lines) == 1 and f"project {PROJECT}" in lines[0] and small_base.name in lines[0]
+
+
+def test_a_trained_current_version_suggests(default_settings, small_base, server, redis_client):
+    client = create_app(default_settings).test_client()
+    setup_project(client, PROJECT)
+    write_small_version(project_versions_dir(default_settings, str(PROJECT)) / "v0001-trained", seed=3)
+    set_current_version(redis_client, str(PROJECT), "v0001-trained")
+    setup = client.post("/setup", json={**example("setup.json"), "project": f"{PROJECT}.1795782039"}).get_json()
+    assert setup == {"model_version": "v0001-trained"}
+    results = client.post("/predict", json=predict_body(PROJECT, urls(server))).get_json()["results"]
+    assert [item["model_version"] for item in results] == ["v0001-trained"] * 2
+
+
+def test_the_setting_sends_an_untrained_versions_suggestions_under_its_untrained_name(default_settings, small_base,
+                                                                                     server):
+    client = create_app(replace(default_settings, suggest_untrained=True)).test_client()
+    assert setup_answer(client, PROJECT) == small_base.name
+    results = client.post("/predict", json=predict_body(PROJECT, urls(server, 1))).get_json()["results"]
+    assert results[0]["model_version"].endswith("-untrained")
+
+
+def test_the_admin_page_warns_while_the_project_serves_an_untrained_version(default_settings, small_base,
+                                                                            redis_client):
+    client = create_app(default_settings).test_client()
+    setup_project(client, PROJECT)
+    page = client.get("/").get_data(as_text=True)
+    banner = page[page.index('id="untrained-banner"'):page.index('id="training"')]
+    assert small_base.name in banner and "random" in banner and "start training" in banner
+    assert "Label Studio gets none" in banner
+    write_small_version(project_versions_dir(default_settings, str(PROJECT)) / "v0001-trained", seed=3)
+    set_current_version(redis_client, str(PROJECT), "v0001-trained")
+    assert 'id="untrained-banner"' not in client.get("/").get_data(as_text=True)
