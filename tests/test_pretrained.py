@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -397,3 +398,12 @@ def test_base_version_is_named_by_the_weights_it_got(settings, weights_server, r
     ref = ensure_base_version(settings, classes)
     assert ref.name == base_version_name(settings, classes) == "base-resnet18-imagenet"
     assert json.loads((ref.folder / "model.json").read_text())["init"].startswith("imagenet:")
+
+
+def test_none_setting_gives_a_random_base_version(settings, torch_home):
+    """`AESEMO_PRETRAINED=none` once made every /predict fail ("pretrained weights file none not found")."""
+    settings = replace(settings, pretrained_path="none")
+    classes = {k: list(v) for k, v in DEFAULT_CLASSES.items()}
+    ref = ensure_base_version(settings, classes)
+    assert ref.name == base_version_name(settings, classes) == "base-resnet18-random"
+    assert json.loads((ref.folder / "model.json").read_text())["init"] == "random"
