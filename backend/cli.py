@@ -103,9 +103,11 @@ def cmd_info(args) -> int:
 
 def cmd_fetch_weights(args) -> int:
     """torchvision's ImageNet weights of each backbone into $TORCH_HOME (the Docker images run it at build)."""
+    from backend.core.settings import load_settings
     from model.pretrained import fetch_weights, imagenet_url
+    offline = load_settings().offline
     for backbone in args.backbone:
-        print(json.dumps({"backbone": backbone, "file": str(fetch_weights(imagenet_url(backbone)))}))
+        print(json.dumps({"backbone": backbone, "file": str(fetch_weights(imagenet_url(backbone), offline))}))
     return 0
 
 
