@@ -24,7 +24,8 @@ def _net_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.9, help="identity init: weight of a branch's own half")
     parser.add_argument("--no-cross-branch", action="store_true", help="two independent branches, for comparison")
     parser.add_argument("--pretrained", default=None,
-                        help="torchvision ImageNet weights file (default: $AESEMO_PRETRAINED or torchvision's cache)")
+                        help="ImageNet weights: a file, an http(s) URL or none (default: $AESEMO_PRETRAINED, "
+                             "else torchvision's published weights, downloaded once into $TORCH_HOME)")
     parser.add_argument("--no-pretrained", action="store_true", help="start from random weights")
 
 
@@ -37,9 +38,12 @@ def _net_config(args, classes: dict | None = None):
                      cross_init=args.cross_init, alpha=args.alpha, **extra)
 
 
-def _pretrained_path(args):
+def _pretrained(args) -> dict:
+    """The pretrained arguments of init_version / train_version: the flag wins over the settings."""
     from backend.core.settings import load_settings
-    return args.pretrained or load_settings().pretrained_path
+    settings = load_settings()
+    return {"pretrained": args.pretrained or settings.pretrained_path, "use_pretrained": not args.no_pretrained,
+            "offline": settings.offline}
 
 
 def cmd_init(args) -> int:
@@ -49,7 +53,7 @@ def cmd_init(args) -> int:
         from model.classes import DEFAULT_CLASSES
         classes = {"aesthetic": args.aesthetic_classes or DEFAULT_CLASSES["aesthetic"],
                    "emotion": args.emotion_classes or DEFAULT_CLASSES["emotion"]}
-    meta = init_version(args.out, _net_config(args, classes), _pretrained_path(args), not args.no_pretrained)
+    meta = init_version(args.out, _net_config(args, classes), **_pretrained(args))
     print(json.dumps({"version": str(args.out), "init": meta["init"], "parameters": meta["parameters"]}))
     return 0
 
@@ -62,8 +66,7 @@ def cmd_train(args) -> int:
                          schedule=args.schedule, device=args.device, train_size=args.train_size,
                          crop_size=args.crop_size, center_crop_eval=args.center_crop)
     meta = train_version(args.manifest, args.out, _net_config(args), config, init_from=args.init_from,
-                         pretrained=_pretrained_path(args), use_pretrained=not args.no_pretrained,
-                         strict=args.strict, show_bar=not args.quiet)
+                         strict=args.strict, **_pretrained(args), show_bar=not args.quiet)
     print(json.dumps({"version": str(args.out), "init": meta["init"], "metrics": _short(meta["metrics"]),
                       "best_epoch": meta["training"]["best_epoch"], "skipped": len(meta["training"]["skipped"])}))
     return 0
@@ -132,6 +135,16 @@ def cmd_dataset(args) -> int:
     from model.datasets import import_dataset
     counts = import_dataset(args.name, args.roots[0], args.out, soft=args.soft)
     print(json.dumps({"out": args.out, "rows": counts}))
+    return 0
+
+
+def cmd_fetch_weights(args) -> int:
+    """torchvision's ImageNet weights of each backbone into $TORCH_HOME (the Docker images run it at build)."""
+    from backend.core.settings import load_settings
+    from model.pretrained import fetch_weights, imagenet_url
+    offline = load_settings().offline
+    for backbone in args.backbone:
+        print(json.dumps({"backbone": backbone, "file": str(fetch_weights(imagenet_url(backbone), offline))}))
     return 0
 
 
@@ -370,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soft", action="store_true",
                    help="AVA, IEA: aesthetic targets from the share of ratings above 5 instead of high/low by mean")
     p.set_defaults(func=cmd_dataset)
+    p = sub.add_parser("fetch-weights", help="download torchvision's ImageNet weights into $TORCH_HOME")
+    p.add_argument("--backbone", nargs="+", default=["vgg16"], choices=sorted(SPECS))
+    p.set_defaults(func=cmd_fetch_weights)
 
     p = sub.add_parser("demo", help="train on generated images and print predictions")
     p.add_argument("--workdir", default="aesemo-data/demo")

@@ -5,8 +5,8 @@
 #
 # torch and torchvision come from the PyTorch CPU index (no CUDA libraries: a much smaller image);
 # everything else from PyPI, at the pins of docker/requirements.txt (= pyproject.toml). Everything is
-# downloaded here, at build time: the running container downloads nothing (no ImageNet weights
-# either; see AESEMO_PRETRAINED / TORCH_HOME in the README's "Deploying with Docker").
+# downloaded here, at build time: the running container downloads nothing, torchvision's ImageNet
+# weights included (see AESEMO_FETCH_WEIGHTS below and the README's "Deploying with Docker").
 FROM python:3.11-slim
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -16,15 +16,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     AESEMO_DATA_DIR=/data \
-    TORCH_HOME=/data/torch \
+    TORCH_HOME=/opt/torch \
     AESEMO_WORKERS=1 \
     AESEMO_THREADS=4
 
 # one fixed uid/gid for both images, so the shared data volume is writable by backend and worker
 RUN groupadd --system --gid 10001 aesemo \
  && useradd --system --uid 10001 --gid aesemo --create-home --home-dir /home/aesemo aesemo \
- && mkdir -p /data \
- && chown aesemo:aesemo /data
+ && mkdir -p /data /opt/torch \
+ && chown aesemo:aesemo /data /opt/torch
 
 WORKDIR /opt/aesemo
 
@@ -46,6 +46,13 @@ COPY docker/healthcheck.py /usr/local/bin/aesemo-healthcheck
 RUN chmod 0755 /usr/local/bin/aesemo-healthcheck
 
 USER aesemo
+
+# torchvision's ImageNet weights into the image ($TORCH_HOME, outside the /data volume), so a new
+# model starts pretrained with no download at run time; --build-arg AESEMO_FETCH_WEIGHTS=0 leaves
+# them out (a container then downloads them when first needed, or starts random offline)
+ARG AESEMO_FETCH_WEIGHTS=1
+RUN if [ "$AESEMO_FETCH_WEIGHTS" = 1 ]; then aesemo fetch-weights --backbone vgg16 resnet18 mobilenet_v3_small; fi
+
 WORKDIR /data
 EXPOSE 9090
 

@@ -18,14 +18,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     AESEMO_DATA_DIR=/data \
-    TORCH_HOME=/data/torch \
+    TORCH_HOME=/opt/torch \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # same uid/gid as backend.Dockerfile: both write the shared data volume
 RUN groupadd --system --gid 10001 aesemo \
  && useradd --system --uid 10001 --gid aesemo --create-home --home-dir /home/aesemo aesemo \
- && mkdir -p /data \
- && chown aesemo:aesemo /data
+ && mkdir -p /data /opt/torch \
+ && chown aesemo:aesemo /data /opt/torch
 
 WORKDIR /opt/aesemo
 
@@ -46,6 +46,13 @@ RUN pip install --no-deps . \
  && aesemo --help > /dev/null
 
 USER aesemo
+
+# torchvision's ImageNet weights into the image ($TORCH_HOME, outside the /data volume), so a new
+# model starts pretrained with no download at run time; --build-arg AESEMO_FETCH_WEIGHTS=0 leaves
+# them out (a container then downloads them when first needed, or starts random offline)
+ARG AESEMO_FETCH_WEIGHTS=1
+RUN if [ "$AESEMO_FETCH_WEIGHTS" = 1 ]; then aesemo fetch-weights --backbone vgg16 resnet18 mobilenet_v3_small; fi
+
 WORKDIR /data
 
 # SimpleWorker runs each job in this process (no fork after CUDA is initialised); it logs the

@@ -25,7 +25,7 @@ class BackboneSpec:
     fc_width: int = 4096
     # torchvision classifier layer -> our head layer, for layers whose shapes match ours
     head_source: dict = field(default_factory=dict)
-    pretrained_file: str = ""               # torchvision's cache file name for ImageNet weights
+    weights: models.WeightsEnum | None = None   # torchvision's published ImageNet weights (URL and hash)
 
 
 def _vgg16_groups() -> tuple[tuple[str, ...], ...]:
@@ -44,7 +44,7 @@ SPECS: dict[str, BackboneSpec] = {
         pool_size=7,
         fc_width=4096,
         head_source={"classifier.0": "fc1", "classifier.3": "fc2"},
-        pretrained_file="vgg16-397923af.pth",
+        weights=models.VGG16_Weights.IMAGENET1K_V1,
     ),
     "resnet18": BackboneSpec(
         name="resnet18",
@@ -54,7 +54,7 @@ SPECS: dict[str, BackboneSpec] = {
         groups=(("conv1", "bn1", "relu", "maxpool", "layer1"), ("layer2",), ("layer3",), ("layer4",)),
         channels=(64, 128, 256, 512),
         fc_width=1024,
-        pretrained_file="resnet18-f37072d3.pth",
+        weights=models.ResNet18_Weights.IMAGENET1K_V1,
     ),
     "mobilenet_v3_small": BackboneSpec(
         name="mobilenet_v3_small",
@@ -64,7 +64,7 @@ SPECS: dict[str, BackboneSpec] = {
         groups=(("0", "1"), ("2", "3"), ("4", "5", "6", "7", "8"), ("9", "10", "11", "12")),
         channels=(16, 24, 48, 576),
         fc_width=1024,
-        pretrained_file="mobilenet_v3_small-047dcff4.pth",
+        weights=models.MobileNet_V3_Small_Weights.IMAGENET1K_V1,
     ),
 }
 

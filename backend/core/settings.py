@@ -122,7 +122,14 @@ class Settings:
     backbone: str = setting(
         "AESEMO_BACKBONE", "vgg16", "backbone of a new model (`vgg16`, `resnet18`, `mobilenet_v3_small`)")
     pretrained_path: str | None = setting(
-        "AESEMO_PRETRAINED", None, "ImageNet weights file for a new model", shown="torchvision's cache path")
+        "AESEMO_PRETRAINED", None,
+        "ImageNet weights of a new model: a file, an http(s) URL (downloaded once into torchvision's "
+        "cache, `$TORCH_HOME/hub/checkpoints`), or `none` (random start). A missing file or a URL that "
+        "cannot be fetched stops `serve`, `worker` and the commands at start; without it, a failed "
+        "download of the default starts random (`init: random`)", shown="torchvision's published weights of the backbone")
+    offline: bool = setting(
+        "AESEMO_OFFLINE", False,
+        "never download ImageNet weights: only a file or torchvision's cache is used", parse=_flag)
     base_model: Path | None = setting(
         "AESEMO_BASE_MODEL", None,
         "a trained version folder that projects with the same class lists start from and serve until they "

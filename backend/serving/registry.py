@@ -23,7 +23,7 @@ import redis
 from model.classes import DEFAULT_CLASSES
 from model.network import NetConfig
 from model.pipeline import init_version
-from model.pretrained import default_pretrained_path
+from model.pretrained import check_pretrained_setting, resolve_pretrained, weights_on_disk
 from model.version import META_FILE, is_trained
 
 from backend.core import keys
@@ -43,11 +43,12 @@ def _classes_digest(classes: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def base_version_name(settings, classes: dict) -> str:
-    """Cheap (a stat, no model): `/setup` answers with it before any model exists."""
-    pretrained = Path(settings.pretrained_path) if settings.pretrained_path else default_pretrained_path(settings.backbone)
-    init = "imagenet" if pretrained.is_file() else "random"
-    name = f"base-{settings.backbone}-{init}"
+def base_version_name(settings, classes: dict, weights: bool | None = None) -> str:
+    """Cheap (a stat, no model, no download): `/setup` answers with it before any model exists.
+    `weights`: whether the base starts from ImageNet weights, when already known."""
+    if weights is None:
+        weights = weights_on_disk(settings.backbone, settings.pretrained_path)
+    name = f"base-{settings.backbone}-{'imagenet' if weights else 'random'}"
     default = {k: tuple(v) for k, v in DEFAULT_CLASSES.items()}
     if {k: tuple(v) for k, v in classes.items()} != default:
         name += "-" + _classes_digest(classes)
@@ -61,19 +62,24 @@ def base_version_ref(settings, classes: dict) -> VersionRef:
 
 
 def ensure_base_version(settings, classes: dict) -> VersionRef:
-    """The base version folder, written once (under a file lock shared by all processes)."""
+    """The base version folder, written once (under a file lock shared by all processes). The
+    weights are fetched first (when missing and allowed), and the name follows what was had: a
+    failed download of the default writes, and from then on serves, a `random` base."""
     ref = base_version_ref(settings, classes)
     name, folder = ref.name, ref.folder
     if (folder / META_FILE).is_file():
         return VersionRef(name, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{name}.lock", "w") as lock:
+    with open(folder.parent / ".base.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        weights = resolve_pretrained(settings.backbone, settings.pretrained_path, settings.offline)
+        name = base_version_name(settings, classes, weights is not None)
+        folder = folder.parent / name
         if not (folder / META_FILE).is_file():
             log.info("writing base version %s", name)
             config = NetConfig(backbone=settings.backbone, aesthetic_classes=tuple(classes["aesthetic"]),
                                emotion_classes=tuple(classes["emotion"]))
-            init_version(folder, config, settings.pretrained_path)
+            init_version(folder, config, weights, use_pretrained=weights is not None)
     return VersionRef(name, folder)
 
 
@@ -157,6 +163,14 @@ def is_trained_version(folder: Path) -> bool:
         return False
     meta, _ = version_meta(folder)
     return meta is not None and is_trained(meta)
+
+
+def prepare_pretrained(settings) -> None:
+    """`serve` and `worker` at start: a named file must exist and a named URL is fetched now, so
+    either stops the start with one line; the default is fetched too (into torchvision's cache),
+    and its failed download only logs (the base version then starts random)."""
+    check_pretrained_setting(settings.pretrained_path)
+    resolve_pretrained(settings.backbone, settings.pretrained_path, settings.offline)
 
 
 def project_versions_dir(settings, project: str) -> Path:
