@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = Path(os.environ.get("AESEMO_LS_EXAMPLES", "/work/shared/docs/label-studio-examples"))
+EXAMPLES = Path(os.environ.get("AESEMO_LS_EXAMPLES") or
+                Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "label-studio-examples")
 # Settings of the calling environment that must not reach the server under test.
 SCRUB_ENV = ("REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "BASIC_AUTH_USER", "BASIC_AUTH_PASS",
              "PROMETHEUS_MULTIPROC_DIR", "PYTHONSTARTUP")
@@ -180,6 +181,7 @@ class Service:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV and not k.startswith("AESEMO_")}
         env.update(AESEMO_BACKBONE=self.backbone, AESEMO_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
+                   AESEMO_OFFLINE="1",  # a benchmark measures the server, never a download
                    NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
         if self.allowed_image_hosts:
             env["AESEMO_ALLOWED_IMAGE_HOSTS"] = self.allowed_image_hosts

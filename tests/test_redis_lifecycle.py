@@ -60,7 +60,8 @@ sys.stdin.read()
 
 def environment(data_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AESEMO_") and k != "REDIS_URL"}
-    env.update(AESEMO_DATA_DIR=str(data_dir), PYTHONPATH=str(REPO), AESEMO_BACKBONE="resnet18")
+    env.update(AESEMO_DATA_DIR=str(data_dir), PYTHONPATH=str(REPO), AESEMO_BACKBONE="resnet18",
+               AESEMO_OFFLINE="1")  # no test reaches the internet for ImageNet weights
     return env
 
 

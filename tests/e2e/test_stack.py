@@ -37,7 +37,8 @@ class StackRun:
         self.data_dir = data_dir
         self.out_path = out_path
         env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV and not k.startswith("AESEMO_")}
-        env.update(AESEMO_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+        # no test reaches the internet for ImageNet weights: the stack starts random
+        env.update(AESEMO_DATA_DIR=str(data_dir), AESEMO_OFFLINE="1", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [aesemo_executable(), "stack", "--ls-port", str(ls_port), "--backend-port", str(backend_port)],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
