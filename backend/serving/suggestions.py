@@ -25,7 +25,8 @@ def withheld_reason(settings, version: str, trained: bool) -> str | None:
     return (f"model version {version} was never trained on labelled images, so its suggestions would be "
             f"random; none are sent until the project has a trained version: label at least "
             f"{settings.min_training_labels} tasks (agreed by consensus) and train (Label Studio's "
-            f"\"Start Training\", the admin page, or POST /projects/<id>/train), or set a trained base model; "
+            f"\"Start Training\", the admin page, or POST /projects/<id>/train), or register a trained "
+            f"base model (aesemo base set DIR, or AESEMO_BASE_MODEL); "
             f"AESEMO_SUGGEST_UNTRAINED=1 sends them anyway")
 
 
