@@ -394,9 +394,9 @@ def test_base_version_is_named_by_the_weights_it_got(settings, weights_server, r
     url = weights_server.add(hashed_name("resnet18", resnet18_body), resnet18_body)
     monkeypatch.setitem(pretrained.IMAGENET_URLS, "resnet18", url)
     classes = {k: list(v) for k, v in DEFAULT_CLASSES.items()}
-    assert base_version_name(settings, classes) == "base-resnet18-random"   # nothing on disk yet
+    assert base_version_name(settings, classes) == "base-resnet18-random-untrained"   # nothing on disk yet
     ref = ensure_base_version(settings, classes)
-    assert ref.name == base_version_name(settings, classes) == "base-resnet18-imagenet"
+    assert ref.name == base_version_name(settings, classes) == "base-resnet18-imagenet-untrained"
     assert json.loads((ref.folder / "model.json").read_text())["init"].startswith("imagenet:")
 
 
@@ -405,5 +405,5 @@ def test_none_setting_gives_a_random_base_version(settings, torch_home):
     settings = replace(settings, pretrained_path="none")
     classes = {k: list(v) for k, v in DEFAULT_CLASSES.items()}
     ref = ensure_base_version(settings, classes)
-    assert ref.name == base_version_name(settings, classes) == "base-resnet18-random"
+    assert ref.name == base_version_name(settings, classes) == "base-resnet18-random-untrained"
     assert json.loads((ref.folder / "model.json").read_text())["init"] == "random"
