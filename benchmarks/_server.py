@@ -182,6 +182,8 @@ class Service:
         env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV and not k.startswith("AESEMO_")}
         env.update(AESEMO_BACKBONE=self.backbone, AESEMO_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
                    AESEMO_OFFLINE="1",  # a benchmark measures the server, never a download
+                   AESEMO_SUGGEST_UNTRAINED="1",  # it measures predictions, which a generated model
+                                                  # (never trained on labels) would otherwise withhold
                    NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
         if self.allowed_image_hosts:
             env["AESEMO_ALLOWED_IMAGE_HOSTS"] = self.allowed_image_hosts

@@ -294,7 +294,7 @@ def run_c(args) -> None:
                 r = client.post("/webhook", json=body)
                 assert r.status_code == 200, r.json
         env = {k: v for k, v in os.environ.items() if k not in SCRUB_ENV and not k.startswith("AESEMO_")}
-        env.update(AESEMO_DATA_DIR=str(data), REDIS_URL=url, AESEMO_BACKBONE="resnet18",
+        env.update(AESEMO_DATA_DIR=str(data), REDIS_URL=url, AESEMO_BACKBONE="resnet18", AESEMO_OFFLINE="1",
                    AESEMO_TRAIN_EPOCHS="1", AESEMO_TRAIN_IMAGE_SIZE="40", AESEMO_TRAIN_CROP_SIZE="35",
                    AESEMO_MIN_TRAINING_LABELS="5", AESEMO_RESYNC_BEFORE_SNAPSHOT="false",
                    AESEMO_ALLOWED_IMAGE_HOSTS=images.host, NO_PROXY="127.0.0.1,localhost",
