@@ -70,3 +70,11 @@ def settings(tmp_path, redis_url) -> Settings:
     predict with a base version; tests/test_suggestions.py checks the default, off)."""
     return replace(Settings(), data_dir=Path(tmp_path) / "data", redis_url=redis_url, backbone="resnet18",
                    suggest_untrained=True)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """A loopback server of generated PNGs (`/img/<n>.png`), one per test module."""
+    from images_server import ImageServer
+    with ImageServer("127.0.0.1") as server:
+        yield server

@@ -23,7 +23,6 @@ from backend.core.redis_connection import connect, ensure_embedded_redis, stop_e
 from backend.serving.registry import project_versions_dir, set_current_version
 from backend.service import Backend
 
-from images_server import ImageServer
 from training_project import (aesemo_command, flip_a_byte, log_tail, predict_body, service_env, settings_for,
                               start_process, stop_process, write_small_version)
 from net import free_port, wait_for
@@ -46,12 +45,6 @@ class Served:
 
     def count(self, line: str) -> int:
         return self.log_text().count(line)
-
-
-@pytest.fixture(scope="module")
-def images():
-    with ImageServer("127.0.0.1") as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

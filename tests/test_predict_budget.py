@@ -18,17 +18,10 @@ from backend.serving.predict import FETCH_THREADS
 from backend.core.settings import Settings, load_settings
 
 from hanging_server import HangingServer
-from images_server import ImageServer
 from training_project import environment, predict_body
 from net import wait_for
 
 PROJECT = 5
-
-
-@pytest.fixture(scope="module")
-def images():
-    with ImageServer("127.0.0.1") as server:
-        yield server
 
 
 @pytest.fixture

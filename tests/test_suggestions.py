@@ -19,22 +19,15 @@ from model.network import NetConfig
 from model.pipeline import init_version
 from model.version import META_FILE, is_trained, read_meta
 
-from images_server import ImageServer
 from training_project import example, predict_body, setup_answer, setup_project, write_small_version
 
 PROJECT = 5
 
 
-@pytest.fixture(scope="module")
-def server():
-    with ImageServer("127.0.0.1") as s:
-        yield s
-
-
 @pytest.fixture
-def default_settings(settings, server, redis_client):
+def default_settings(settings, images, redis_client):
     """The service's default: suggestions from untrained versions off (and Redis flushed)."""
-    return replace(settings, suggest_untrained=False, allowed_image_hosts=(server.netloc,))
+    return replace(settings, suggest_untrained=False, allowed_image_hosts=(images.netloc,))
 
 
 @pytest.fixture
@@ -51,8 +44,8 @@ def small_base(default_settings, classes):
     return ref
 
 
-def urls(server, count=2):
-    return [server.url(f"/img/{n}.png") for n in range(1, count + 1)]
+def urls(images, count=2):
+    return [images.url(f"/img/{n}.png") for n in range(1, count + 1)]
 
 
 @pytest.mark.parametrize("meta, trained", [
@@ -82,39 +75,39 @@ def test_aesemo_info_says_trained_also_for_a_model_json_without_the_field(tmp_pa
     assert json.loads(capsys.readouterr().out)["trained"] is False
 
 
-def test_by_default_an_untrained_version_suggests_nothing_and_says_why_once(default_settings, small_base, server,
+def test_by_default_an_untrained_version_suggests_nothing_and_says_why_once(default_settings, small_base, images,
                                                                             caplog):
     client = create_app(default_settings).test_client()
-    server.reset()
+    images.reset()
     with caplog.at_level(logging.WARNING, logger="backend.serving.suggestions"):
         setup = client.post("/setup", json={**example("setup.json"), "project": f"{PROJECT}.1795782039"}).get_json()
-        answers = [client.post("/predict", json=predict_body(PROJECT, urls(server))) for _ in range(2)]
+        answers = [client.post("/predict", json=predict_body(PROJECT, urls(images))) for _ in range(2)]
     assert setup["model_version"] == small_base.name
     assert "never trained" in setup[WITHHELD_FIELD] and str(default_settings.min_training_labels) in setup[WITHHELD_FIELD]
     for answer in answers:
         assert answer.status_code == 200
         assert answer.get_json()["results"] == [[], []]  # one empty list per task: Label Studio stores nothing
-    assert server.paths() == []  # no image is fetched for suggestions that are not sent
+    assert images.paths() == []  # no image is fetched for suggestions that are not sent
     lines = [r.getMessage() for r in caplog.records if "no suggestions" in r.getMessage()]
     assert len(lines) == 1 and f"project {PROJECT}" in lines[0] and small_base.name in lines[0]
 
 
-def test_a_trained_current_version_suggests(default_settings, small_base, server, redis_client):
+def test_a_trained_current_version_suggests(default_settings, small_base, images, redis_client):
     client = create_app(default_settings).test_client()
     setup_project(client, PROJECT)
     write_small_version(project_versions_dir(default_settings, str(PROJECT)) / "v0001-trained", seed=3)
     set_current_version(redis_client, str(PROJECT), "v0001-trained")
     setup = client.post("/setup", json={**example("setup.json"), "project": f"{PROJECT}.1795782039"}).get_json()
     assert setup == {"model_version": "v0001-trained"}
-    results = client.post("/predict", json=predict_body(PROJECT, urls(server))).get_json()["results"]
+    results = client.post("/predict", json=predict_body(PROJECT, urls(images))).get_json()["results"]
     assert [item["model_version"] for item in results] == ["v0001-trained"] * 2
 
 
 def test_the_setting_sends_an_untrained_versions_suggestions_under_its_untrained_name(default_settings, small_base,
-                                                                                     server):
+                                                                                     images):
     client = create_app(replace(default_settings, suggest_untrained=True)).test_client()
     assert setup_answer(client, PROJECT) == small_base.name
-    results = client.post("/predict", json=predict_body(PROJECT, urls(server, 1))).get_json()["results"]
+    results = client.post("/predict", json=predict_body(PROJECT, urls(images, 1))).get_json()["results"]
     assert results[0]["model_version"].endswith("-untrained")
 
 
