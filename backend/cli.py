@@ -217,6 +217,13 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_rollback(args) -> int:
+    from backend.service import require_confirmation
+    require_confirmation({"confirm": args.yes})
+    print(json.dumps(_backend().roll_back(str(args.project)), indent=2))
+    return 0
+
+
 def cmd_base(args) -> int:
     from backend.core.redis_connection import connect
     from backend.core.settings import load_settings
@@ -358,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", type=int)
     p.add_argument("version")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="serve the project's base version again (registered base model, or untrained)")
+    p.add_argument("project", type=int)
+    p.add_argument("--yes", action="store_true", help="confirm: every annotator's suggestions come from the base")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("stack", help="Label Studio, the backend, a worker and a demo project, until Ctrl-C")
     p.add_argument("--ls-port", type=int, default=8080, help="Label Studio's port on 127.0.0.1")

@@ -9,6 +9,7 @@ import redis
 
 from backend.labelstudio import tokens as ls_auth
 from backend.core.errors import Conflict, DomainError, InvalidInput, NotFound, TooLarge, Unavailable, Unprocessable
+from backend.core.ids import as_id
 from backend.fetch.fetcher import ImageFetcher
 from backend.votes.ingest import Ingest
 from backend.labelstudio.label_config import LabelConfigError, ProjectLabels, parse_label_config
@@ -21,11 +22,11 @@ from backend.labelstudio.projects import ProjectContext, ProjectStore, project_i
 from backend.core.redis_connection import reachable
 from backend.serving.registry import (VersionRef, all_versions, base_for, base_ref, current_version_name,
                                       describe_base, is_trained_version, project_versions, project_versions_dir,
-                                      promote_version, resolve_current)
+                                      promote_version, resolve_current, roll_back_to_base)
 from backend.serving.suggestions import WITHHELD_FIELD, WithheldLog, withheld_reason
 from backend.votes.resync import fetch_label_config, project_studio, resync
 from backend.core.settings import Settings
-from backend.training.queue import cancel_job, check_params, get_job, project_jobs, submit_training
+from backend.training.queue import cancel_job, check_params, get_job, project_jobs, record_refusal, submit_training
 from backend.labelstudio.webhook_events import parse_event, record_event
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ class Backend:
         labels = self.labels(body.get("label_config") or (context.label_config if context else None))
         if not tasks:
             return {"results": []}
+        if project:
+            self._note_tasks(project, tasks, labels)
         deadline = time.monotonic() + self.settings.predict_budget_s
         served = self._model_for(project, labels)
         version_name = served.version
@@ -225,9 +228,14 @@ class Backend:
         if action == "START_TRAINING":
             self.project_labels(project, body.get("project"))  # the body carries the label config
             try:
-                return {"training": self.train(project, {}, "START_TRAINING")}
+                queued = self.train(project, {}, "START_TRAINING")
             except DomainError as exc:  # the event itself was fine: say why no job, in the answer
-                return {"training": {"started": False, "error": str(exc)}}
+                # a 200 without `job`: an error status would put the backend into Label
+                # Studio's error state, which stops its predictions
+                return {"training": {"started": False, "refused": True, "error": str(exc)}}
+            return {"training": queued, "job": queued["job_id"]}  # Label Studio records `job`
+        if action == "TASKS_CREATED":
+            return {"tasks_noted": self._note_tasks(project, body.get("tasks"), self._known_labels(project, body))}
         if action == "TASKS_DELETED":
             return {"votes_removed": self.consensus.votes.delete_tasks(project, [t["id"] for t in event["tasks"]])}
         if action not in _VOTE_ACTIONS + ("ANNOTATIONS_DELETED", "PROJECT_UPDATED"):
@@ -239,6 +247,26 @@ class Backend:
             return {"deleted": self.consensus.delete_annotations(project, labels, event["annotations"])}
         return {"votes": [self.consensus.apply_annotation(project, labels, a, body.get("task"))
                           for a in _annotations(body)]}
+
+    def _note_tasks(self, project: str, tasks, labels: ProjectLabels | None) -> int:
+        """Remembers the tasks' ids (and image URLs) for the consensus counts; never fails the
+        request it rides on."""
+        images = {}
+        for task in tasks if isinstance(tasks, list) else ():
+            if isinstance(task, dict) and as_id(task.get("id")) is not None:
+                url = (task.get("data") or {}).get(labels.image_key) if labels else None
+                images[task["id"]] = url if isinstance(url, str) else ""
+        try:
+            return self.consensus.votes.note_tasks(project, images)
+        except redis.RedisError as exc:
+            log.warning("project %s: task ids not noted (%s)", project, type(exc).__name__)
+            return 0
+
+    def _known_labels(self, project: str, body: dict) -> ProjectLabels | None:
+        try:
+            return self.project_labels(project, body.get("project"))
+        except DomainError:
+            return None
 
     def project_labels(self, project: str, project_object=None) -> ProjectLabels:
         """The project's label config: what /setup stored, or what a webhook body carries (Label
@@ -261,12 +289,18 @@ class Backend:
         consensus labels; Conflict otherwise, and no job. Bad parameters are refused
         (400) first, whatever the project's state."""
         params = check_params(params)
-        labels = self.project_labels(project)
-        agreed = self.consensus.agreed_task_count(project, labels)
-        if agreed < self.settings.min_training_labels:
-            raise Conflict(f"project {project} has {agreed} consensus-labelled tasks; training needs at least "
-                           f"{self.settings.min_training_labels} (AESEMO_MIN_TRAINING_LABELS)")
-        return submit_training(self.settings, project, reason, params)
+        try:
+            labels = self.project_labels(project)
+            agreed = self.consensus.agreed_task_count(project, labels)
+            if agreed < self.settings.min_training_labels:
+                raise Conflict(f"project {project} has {agreed} consensus-labelled tasks; training needs at least "
+                               f"{self.settings.min_training_labels} (AESEMO_MIN_TRAINING_LABELS)")
+        except (Conflict, NotFound) as exc:
+            if reason != "auto":  # auto-training asks after every few labels: its refusals are logged
+                record_refusal(self.settings, project, reason, str(exc))
+            raise
+        queued = submit_training(self.settings, project, reason, params)
+        return {**queued, "job": queued["job_id"]}
 
     def _auto_train(self, project: str) -> None:
         try:
@@ -278,7 +312,11 @@ class Backend:
         """Label Studio's legacy POST /train (sent only with its feature flag off): the body's
         annotations are ignored, since the job resyncs from the export itself."""
         body = _object(body)
-        return self.train(project_id(body.get("project")), {}, "legacy /train")
+        project = project_id(body.get("project"))
+        try:
+            return self.train(project, {}, "legacy /train")
+        except (Conflict, NotFound) as exc:  # recorded; no error status (see _act_on's START_TRAINING)
+            return {"started": False, "refused": True, "error": str(exc)}
 
     def jobs(self, project: str) -> dict:
         return {"project": project, "jobs": project_jobs(self.settings, project)}
@@ -298,6 +336,10 @@ class Backend:
 
     def promote(self, project: str, version: str) -> dict:
         return promote_version(self.redis, self.settings, project, version)
+
+    def roll_back(self, project: str) -> dict:
+        """Serve the project's base again: the registered base model, or the untrained base."""
+        return roll_back_to_base(self.redis, self.settings, project, self.project_labels(project).classes())
 
     # -- admin
     def consensus_summary(self, project: str) -> dict:
@@ -352,6 +394,13 @@ def _log_failures(failures: list, budget_s: float) -> None:
 def _annotations(body: dict) -> list:
     """A vote event's annotations: ANNOTATIONS_CREATED may carry a list."""
     return body["annotation"] if isinstance(body["annotation"], list) else [body["annotation"]]
+
+
+def require_confirmation(body) -> None:
+    """A rollback serves another model to every annotator at once: the caller says it meant it."""
+    if not (isinstance(body, dict) and body.get("confirm") is True):
+        raise InvalidInput("\"confirm\": true is required in the JSON body: this changes the version "
+                           "every annotator's suggestions come from")
 
 
 def _object(body) -> dict:

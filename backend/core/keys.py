@@ -12,6 +12,7 @@ Per project p, under `aesemo:p:{p}:` (what the votes and jobs hold):
     job:pending      string  id of the queued training job (a new request merges into it)
     job:running      string  id of the running training job
     jobs             list    training job ids, newest first
+    refused          list    refused training requests (JSON: reason, time, who asked), newest first, capped
     submit           lock    serialises submitting training jobs
     training         lock    one training per project at a time; holds the job id
 
@@ -88,6 +89,10 @@ def running_job(project: str) -> str:
 
 def job_history(project: str) -> str:
     return _DATA.format(project) + "jobs"
+
+
+def refused_requests(project: str) -> str:
+    return _DATA.format(project) + "refused"
 
 
 def submit_lock(project: str) -> str:

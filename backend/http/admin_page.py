@@ -12,7 +12,7 @@ import redis
 
 from backend.labelstudio import tokens as ls_auth
 from backend.core.errors import DomainError, NotFound
-from backend.serving.registry import is_trained_version, project_versions_dir, version_folder
+from backend.serving.registry import base_ref, is_trained_version, project_versions_dir, version_folder
 from backend.serving.suggestions import withheld_reason
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,14 @@ def versions_section(backend, project: str) -> dict:
     versions = [{**v, "reports": report_images(folder / v["version"])} for v in reversed(listing["versions"])]
     current = next((v for v in versions if v["current"]), None)
     return {"current_name": listing["current"], "current": current, "versions": versions,
+            "rollback_to": rollback_target(backend, project) if current else None,
             "skipped": listing["skipped"], "base_model": listing["base_model"],
             "untrained": untrained_banner(backend, project)}
+
+
+def rollback_target(backend, project: str) -> str:
+    """The base version a rollback serves (its name only: nothing is written or loaded)."""
+    return base_ref(backend.redis, backend.settings, backend.project_labels(project).classes()).name
 
 
 def untrained_banner(backend, project: str) -> dict | None:

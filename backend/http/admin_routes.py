@@ -8,6 +8,7 @@ from backend.http import admin_page
 from backend.http.labelstudio_routes import backend
 from backend.http.policy import json_body, request_body
 from backend.http.prometheus_metrics import render
+from backend.service import require_confirmation
 
 admin = Blueprint("admin", __name__)
 admin.add_app_template_filter(admin_page.format_number, "num")
@@ -65,6 +66,13 @@ def consensus_policy(project):
 def train(project):
     raw = request_body()
     return jsonify(backend().train(project, json_body() if raw.strip() else {}, "admin")), 202
+
+
+@admin.post(f"{PROJECT}/rollback")
+def roll_back(project):
+    raw = request_body()
+    require_confirmation(json_body() if raw.strip() else {})
+    return jsonify(backend().roll_back(project))
 
 
 @admin.get("/metrics")

@@ -36,4 +36,5 @@ def webhook():
 
 @labelstudio.post("/train")
 def legacy_train():
-    return jsonify(backend().legacy_train(json_body())), 202
+    answer = backend().legacy_train(json_body())
+    return jsonify(answer), 202 if answer.get("job") else 200  # a refusal is no error to Label Studio

@@ -22,7 +22,7 @@ from model.errors import AesemoError
 
 from backend.core import keys
 from backend.serving.models import ModelCache, ServedModel
-from backend.serving.registry import VersionRef, current_version_name, project_versions_dir
+from backend.serving.registry import VersionRef, base_for, current_version_name, project_versions_dir
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,9 @@ class HotSwap:
                 continue
             notice = json.loads(message["data"])
             if notice.get("project") in self._current:
-                self.swap_to(notice["project"], notice["version"])
+                # a base's notice names its folder: it is none of the project's versions
+                folder = Path(notice["folder"]) if notice.get("folder") else None
+                self.swap_to(notice["project"], notice["version"], folder)
 
     def _poll(self) -> None:
         while not self._stopping.wait(self.settings.swap_poll_s):
@@ -134,6 +136,22 @@ class HotSwap:
                         break
                     if name and name != self._current[project].version:
                         self.swap_to(project, name)
+                    elif not name:
+                        self._back_to_base(project)
+
+
+    def _back_to_base(self, project: str) -> None:
+        """A project rolled back to its base while the notice was lost: its pointer is empty,
+        yet this process still serves one of its trained versions."""
+        held = self._current[project]
+        if held.folder.parent != project_versions_dir(self.settings, project):
+            return
+        try:
+            base = base_for(self.redis, self.settings, held.predictor.classes)
+        except (AesemoError, OSError, redis.RedisError) as exc:
+            log.warning("project %s: cannot find its base version: %s", project, exc)
+            return
+        self.swap_to(project, base.name, base.folder)
 
 
 def _files_state(folder) -> tuple:

@@ -213,6 +213,22 @@ def promote_version(client: redis.Redis, settings, project: str, name: str) -> d
     return {"project": project, "current": name, "previous": previous}
 
 
+def roll_back_to_base(client: redis.Redis, settings, project: str, classes: dict) -> dict:
+    """Serve the project's base again (the registered base model when its class lists are the
+    project's, else the untrained base version), after the check every promotion passes. The
+    pointer is cleared rather than set: a base is no version of the project's own."""
+    from backend.core.errors import Conflict
+    base = base_for(client, settings, classes)
+    why = refusal(base.folder)
+    if why:
+        raise Conflict(f"the base version {base.name} cannot serve: {why}")
+    previous = current_version_name(client, project)
+    client.delete(keys.current_version(project))
+    client.publish(keys.VERSION_CHANNEL, json.dumps({"project": project, "version": base.name,
+                                                     "folder": str(base.folder)}))
+    return {"project": project, "current": base.name, "previous": previous, "base": True}
+
+
 def refusal(folder: Path) -> str | None:
     """Why the version in `folder` must never become current, None when it may: its model.json
     is malformed, its weights fail the hash check or hold NaN or infinity, or it answers

@@ -6,6 +6,7 @@ The job itself is backend/training/job.py's `train_project`; a job names it by d
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -127,9 +128,15 @@ def _fetch(connection: redis.Redis, job_id: str) -> Job | None:
         return None
 
 
+CANCELLED = "cancelled"
+REFUSED = "refused"
+REFUSALS_KEPT = 20  # a project's refused requests kept for the jobs list, newest first
+
+
 def describe_job(job: Job) -> dict:
     status = job.get_status(refresh=True)
-    info = {"job_id": job.id, "project": job.meta.get("project"), "status": str(status.value if status else None),
+    shown_status = CANCELLED if _was_cancelled(job, status) else str(status.value if status else None)
+    info = {"job_id": job.id, "project": job.meta.get("project"), "status": shown_status,
             "enqueued_at": _iso(job.enqueued_at), "started_at": _iso(job.started_at),
             "ended_at": _iso(job.ended_at), "params": job.meta.get("params"),
             "requests": len(job.meta.get("requests", [])), "progress": job.meta.get("progress")}
@@ -139,6 +146,13 @@ def describe_job(job: Job) -> dict:
         failure = _failure_text(job)
         info["error"] = job.meta.get("error") or _abandoned(failure, job) or _last_line(failure) or str(status.value)
     return info
+
+
+def _was_cancelled(job: Job, status) -> bool:
+    """Cancelled before it started (RQ's `canceled`), or stopped at a step by a cancel request
+    (RQ says `failed`: the job raised JobCancelled, backend/training/job.py)."""
+    return status == JobStatus.CANCELED or (
+        status == JobStatus.FAILED and str(job.meta.get("error") or "").startswith("JobCancelled"))
 
 
 def _failure_text(job: Job) -> str | None:
@@ -178,11 +192,57 @@ def _last_line(text: str | None) -> str | None:
 
 
 def project_jobs(settings: Settings, project: str, limit: int = 20) -> list[dict]:
+    """The project's last jobs and refused requests: running, then queued, then the ended ones
+    (refusals among them), newest first within each."""
     connection = raw_connection(settings)
     _reap_abandoned(settings, connection)
     ids = [i.decode() for i in connection.lrange(keys.job_history(project), 0, limit - 1)]
-    jobs = [_fetch(connection, i) for i in ids]
-    return [describe_job(j) for j in jobs if j is not None]
+    jobs = [describe_job(j) for j in (_fetch(connection, i) for i in ids) if j is not None]
+    return in_display_order(jobs + refusals(connection, project))
+
+
+_ACTIVE_RANK = {JobStatus.STARTED.value: 0, JobStatus.QUEUED.value: 1, JobStatus.DEFERRED.value: 1,
+                JobStatus.SCHEDULED.value: 1}
+
+
+def in_display_order(jobs: list[dict]) -> list[dict]:
+    def newest(job: dict) -> str:
+        return job.get("ended_at") or job.get("started_at") or job.get("enqueued_at") or ""
+    by_time = sorted(jobs, key=newest, reverse=True)  # stable: ties keep the history's order
+    return sorted(by_time, key=lambda job: _ACTIVE_RANK.get(job["status"], 2))
+
+
+def record_refusal(settings: Settings, project: str, requested_by: str, reason: str) -> dict:
+    """Keeps a refused training request for the jobs list (the last REFUSALS_KEPT); returns it
+    as the list shows it."""
+    at = time.time()
+    entry = {"id": f"refused-{project}-{time.strftime('%Y%m%d%H%M%S', time.gmtime(at))}-{os.urandom(3).hex()}",
+             "at": at, "requested_by": requested_by, "reason": reason}
+    connection = raw_connection(settings)
+    with connection.pipeline() as pipe:
+        pipe.lpush(keys.refused_requests(project), json.dumps(entry))
+        pipe.ltrim(keys.refused_requests(project), 0, REFUSALS_KEPT - 1)
+        pipe.execute()
+    return _describe_refusal(project, entry)
+
+
+def refusals(connection: redis.Redis, project: str) -> list[dict]:
+    entries = []
+    for raw in connection.lrange(keys.refused_requests(project), 0, REFUSALS_KEPT - 1):
+        try:
+            entries.append(_describe_refusal(project, json.loads(raw)))
+        except (ValueError, TypeError, KeyError):
+            log.warning("skipped a malformed refused-request entry of project %s", project)
+    return entries
+
+
+def _describe_refusal(project: str, entry: dict) -> dict:
+    """A refusal in a job's shape, so the jobs list, the CLI and the admin page read both alike."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry["at"]))
+    return {"job_id": entry["id"], "project": project, "status": REFUSED, "enqueued_at": when, "started_at": None,
+            "ended_at": when, "params": None, "requests": 1, "progress": None,
+            "requested_by": entry["requested_by"], "reason": entry["reason"], "refused_at": when,
+            "error": entry["reason"]}
 
 
 def _project_job(settings: Settings, project: str, job_id: str) -> tuple[redis.Redis, Job]:

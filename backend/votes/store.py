@@ -58,6 +58,16 @@ return apply_vote(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1],
 """
 
 
+_NOTE_TASKS = """
+local added = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then
+    added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return added
+"""
+
 
 def vote_keys(project: str) -> list[str]:
     """The project's keys apply_vote takes first, in its order (task:{t} comes after them)."""
@@ -304,6 +314,15 @@ class VoteStore:
             else "[" + ",".join(records) + "]"
         with gc_paused():
             return [Vote.from_dict(data) for data in json.loads(joined)]
+
+    def note_tasks(self, project: str, images: dict[int, str]) -> int:
+        """Tasks Label Studio named (in /predict, TASKS_CREATED) become known, so the consensus
+        counts them as `no_votes` before anyone labels them. A known task keeps its image URL
+        (a vote's is the one trained on) and a deleted task stays deleted. Returns how many were new."""
+        if not images:
+            return 0
+        args = [item for task, url in images.items() for item in (task, url or "")]
+        return int(self.redis.eval(_NOTE_TASKS, 2, keys.images(project), keys.deleted_tasks(project), *args))
 
     def image_urls(self, project: str) -> dict[int, str]:
         return {int(t): url for t, url in self.redis.hgetall(keys.images(project)).items()}

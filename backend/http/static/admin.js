@@ -7,12 +7,30 @@ const ACTIVE = new Set(["queued", "started", "deferred", "scheduled"]);
 const POLL_RUNNING_MS = 2000;  // while a job runs: the progress bar moves
 const POLL_IDLE_MS = 10000;    // otherwise: notice a job started elsewhere (Label Studio, the CLI)
 
+const MESSAGE_KEY = "aesemo-message";  // the page reloads after most actions: the message outlives it
+
+// A message stays until the admin dismisses it, across the page's reloads
 function showMessage(text, isError) {
+  sessionStorage.setItem(MESSAGE_KEY, JSON.stringify({text, isError}));
+  renderMessage(text, isError);
+}
+
+function renderMessage(text, isError) {
   const box = document.getElementById("message");
-  box.textContent = text;
+  box.querySelector(".text").textContent = text;
   box.className = isError ? "error" : "";
   box.hidden = false;
 }
+
+document.querySelector("#message .dismiss").addEventListener("click", () => {
+  sessionStorage.removeItem(MESSAGE_KEY);
+  document.getElementById("message").hidden = true;
+});
+
+try {
+  const kept = JSON.parse(sessionStorage.getItem(MESSAGE_KEY) || "null");
+  if (kept) renderMessage(kept.text, kept.isError);
+} catch (e) { sessionStorage.removeItem(MESSAGE_KEY); }
 
 async function post(url, body) {
   const response = await fetch(url, {
@@ -29,9 +47,11 @@ async function post(url, body) {
   return answer;
 }
 
+// buttons with data-confirm act only once the admin has said yes
 function onClick(selector, handler) {
   document.querySelectorAll(selector).forEach((button) => {
     button.addEventListener("click", async () => {
+      if (button.dataset.confirm && !window.confirm(button.dataset.confirm)) return;
       button.disabled = true;
       try {
         await handler(button);
@@ -43,24 +63,38 @@ function onClick(selector, handler) {
   });
 }
 
-onClick("button.promote", async (button) => {
-  const answer = await post(button.dataset.url);
+onClick("button.promote, #roll-back", async (button) => {
+  const answer = await post(button.dataset.url, {confirm: true});
   showMessage(`Version ${answer.current || button.dataset.version} is now current.`, false);
-  setTimeout(() => location.reload(), 600);
+  location.reload();
 });
 
 onClick("#start-training", async (button) => {
   const epochs = document.getElementById("epochs").value;
-  const answer = await post(button.dataset.url, epochs ? {epochs: Number(epochs)} : {});
+  let answer;
+  try {
+    answer = await post(button.dataset.url, epochs ? {epochs: Number(epochs)} : {});
+  } catch (error) {
+    showMessage(error.message, true);
+    location.reload();  // the refusal is listed among the recent jobs
+    return;
+  }
   showMessage(answer.merged ? `A job was already waiting; this request joined it (${answer.job_id}).`
                             : `Training job ${answer.job_id} queued.`, false);
-  setTimeout(() => location.reload(), 600);
+  location.reload();
 });
 
 onClick("button.cancel", async (button) => {
   await post(button.dataset.url);
   showMessage("Cancellation asked; a running job stops at its next step.", false);
-  setTimeout(() => location.reload(), 600);
+  location.reload();
+});
+
+onClick("#resync", async (button) => {
+  const answer = await post(button.dataset.url);
+  showMessage(`Resynced from Label Studio: ${answer.tasks} tasks, ${answer.votes} votes ` +
+              `(${answer.added} added, ${answer.changed} changed, ${answer.removed} removed).`, false);
+  location.reload();
 });
 
 function formatDuration(seconds) {
