@@ -147,11 +147,18 @@ def test_roll_back_then_train_with_live_progress(running, browser_page):
     assert page.locator("#current-version").inner_text() == NEW
     page.screenshot(path=str(page.artifacts / "admin-before.png"), full_page=True)
 
-    # roll back: the button promotes the older version, the page reloads and says so
+    # roll back: the button promotes the older version once confirmed, the page reloads and says so
+    dialogs = []
+    page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
     page.locator(f'tr[data-version="{OLD}"] button.promote').click()
     page.wait_for_function(f"document.getElementById('current-version')?.textContent === '{OLD}'", timeout=30_000)
     assert current_version(running) == OLD
     assert page.locator(f'tr[data-version="{OLD}"] .badge').inner_text() == "current"
+    assert dialogs and OLD in dialogs[0]
+    # the message outlives the reload, until dismissed
+    assert f"Version {OLD} is now current." in page.locator("#message").inner_text()
+    page.locator("#message .dismiss").click()
+    assert page.locator("#message").is_hidden()
 
     # start training: a job card appears (queued, no worker yet); progress written into the job's
     # meta as the worker writes it shows up with no reload by hand
@@ -198,5 +205,8 @@ def test_a_refused_training_request_shows_the_reason(running, browser_page, tmp_
     page.goto(f"{url}/?project={PROJECT}")
     page.locator("#start-training").click()
     page.wait_for_selector("#message.error", timeout=30_000)
+    assert "consensus-labelled tasks" in page.locator("#message").inner_text()
+    # the page reloads: the refusal is listed among the recent jobs, the message still shown
+    page.wait_for_selector("#recent-jobs tr.job-refused", timeout=30_000)
     assert "consensus-labelled tasks" in page.locator("#message").inner_text()
     assert page.locator("#start-training").is_enabled()  # can be tried again
