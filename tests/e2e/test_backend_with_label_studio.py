@@ -276,3 +276,21 @@ def test_annotation_webhook_recorded(label_studio: LabelStudioServer, aesemo: Ba
     token = ls.project(pid).get("token")
     if token:
         assert token not in raw, raw
+
+
+def test_refused_start_training_is_listed_and_leaves_the_backend_ready(label_studio: LabelStudioServer,
+                                                                      aesemo: BackendProcess, tmp_path):
+    """Label Studio's Start Training on a project with no labels: the backend refuses with a 200
+    (Label Studio's error state would stop its predictions) and lists the refusal."""
+    ls = label_studio
+    pid, _tasks = _project_with_uploads(ls, tmp_path, "aesemo e2e: refused training")
+    ml = ls.connect_ml_backend(pid, aesemo.url, title="aesemo")
+    ls.api("POST", f"/api/ml/{ml['id']}/train", json={})  # answered once the backend has answered
+
+    jobs = wait_for(lambda: aesemo.get(f"/projects/{pid}/jobs").json()["jobs"], 30, interval=0.2,
+                    what="the refusal in the backend's jobs list")
+    assert [(j["status"], j["requested_by"]) for j in jobs] == [("refused", "START_TRAINING")], jobs
+    assert "consensus-labelled tasks" in jobs[0]["reason"] and jobs[0]["refused_at"], jobs
+    state = ls.api_json("GET", f"/api/ml/{ml['id']}")
+    assert state["state"] != "ER" and not state.get("error_message"), state
+    assert ls.ml_backends(pid)[0]["state"] != "ER"
