@@ -16,6 +16,7 @@ from backend.http.app import create_app
 from backend.serving.registry import project_versions_dir, register_base, set_current_version
 from backend.training.queue import REFUSALS_KEPT, in_display_order, record_refusal, training_queue
 
+from net import wait_for
 from training_project import (example, flip_a_byte, label_tasks, legacy_train_body, predict_body, service_env,
                               settings_for, setup_project, start_training_body, write_small_version)
 
@@ -35,6 +36,7 @@ def lab(tmp_path_factory, redis_url):
         setup_project(client, project, hostname=LS_HOST)
     label_tasks(client, MANY, {t: f"{LS_HOST}/img/{t}.png" for t in range(1, 6)})
     yield {"client": client, "settings": settings, "raw": raw, "env": env}
+    client.application.extensions["aesemo"].close()
     training_queue(settings).empty()
     raw.flushdb()
 
@@ -156,10 +158,16 @@ def test_rollback_to_the_untrained_base_then_to_a_registered_base(lab):
     page = client.get(f"/?project={MANY}").get_data(as_text=True)
     assert 'id="roll-back"' in page and "data-confirm=" in page
 
+    swap = client.application.extensions["aesemo"].swap
+    client.post("/predict", json=predict_body(MANY, [f"{LS_HOST}/img/a.png"]))  # this process serves MANY now
+    wait_for(lambda: swap.get(str(MANY)).version == TRAINED, 60, what="the trained version served")
+
     answer = client.post(f"/projects/{MANY}/rollback", json={"confirm": True})
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["previous"] == TRAINED and answer.get_json()["current"].startswith("base-resnet18-")
     assert raw.get(keys.current_version(str(MANY))) is None
+    # the notice names the base's folder: the serving process swaps to it
+    wait_for(lambda: swap.get(str(MANY)).version == answer.get_json()["current"], 60, what="the base served")
     assert client.get(f"/projects/{MANY}/versions").get_json()["current"] == answer.get_json()["current"]
     assert 'id="roll-back"' not in client.get(f"/?project={MANY}").get_data(as_text=True)  # nothing to roll back
 
