@@ -256,7 +256,8 @@ def test_webhook_recorded_bodies(client, db, base_settings, name):
         # no job while the project has too few consensus labels; the answer says why
         training = response.get_json()["training"]
         assert training["started"] is False and "consensus-labelled" in training["error"]
-        assert project_jobs(base_settings, "1") == []
+        assert "job" not in response.get_json()  # no train job for Label Studio to record
+        assert [j["status"] for j in project_jobs(base_settings, "1")] == ["refused"]  # listed, no job
     assert db.xlen(keys.EVENTS) == before + 1
     entries = db.xrange(keys.EVENTS)
     _, fields = entries[-1]
