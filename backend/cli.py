@@ -218,8 +218,8 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from backend.service import require_confirmation
-    require_confirmation({"confirm": args.yes})
+    if not args.yes:
+        raise ValueError("aesemo rollback serves the base version to every annotator at once: add --yes to confirm")
     print(json.dumps(_backend().roll_back(str(args.project)), indent=2))
     return 0
 

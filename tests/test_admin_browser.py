@@ -209,4 +209,5 @@ def test_a_refused_training_request_shows_the_reason(running, browser_page, tmp_
     # the page reloads: the refusal is listed among the recent jobs, the message still shown
     page.wait_for_selector("#recent-jobs tr.job-refused", timeout=30_000)
     assert "consensus-labelled tasks" in page.locator("#message").inner_text()
+    page.screenshot(path=str(page.artifacts / "admin-refused.png"), full_page=True)
     assert page.locator("#start-training").is_enabled()  # can be tried again

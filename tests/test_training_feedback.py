@@ -17,7 +17,7 @@ from backend.serving.registry import project_versions_dir, register_base, set_cu
 from backend.training.queue import REFUSALS_KEPT, in_display_order, record_refusal, training_queue
 
 from net import wait_for
-from training_project import (example, flip_a_byte, label_tasks, legacy_train_body, predict_body, service_env,
+from training_project import (environment, example, flip_a_byte, label_tasks, legacy_train_body, predict_body, service_env,
                               settings_for, setup_project, start_training_body, write_small_version)
 
 LS_HOST = "http://127.0.0.1:9"
@@ -77,7 +77,6 @@ def test_refusals_kept_are_bounded(lab):
 
 def test_the_command_line_lists_refusals_too(lab, capsys):
     from backend.cli import main
-    from training_project import environment
     with environment(lab["env"]):
         assert main(["jobs", str(FEW)]) == 0
     listed = json.loads(capsys.readouterr().out)["jobs"]
@@ -130,10 +129,15 @@ def test_tasks_created_makes_unlabelled_tasks_count_as_no_votes(lab):
     assert lab["client"].post("/webhook", json=body).get_json()["tasks_noted"] == 0
 
 
-def test_rollback_needs_confirm(lab):
+def test_rollback_needs_confirm(lab, capsys):
     response = lab["client"].post(f"/projects/{MANY}/rollback", json={})
     assert response.status_code == 400 and '"confirm"' in response.get_json()["error"]
     assert lab["client"].post(f"/projects/{MANY}/rollback", json={"confirm": "yes"}).status_code == 400
+    assert lab["client"].post(f"/projects/{MANY}/rollback").status_code == 400  # no body at all
+    from backend.cli import main
+    with environment(lab["env"]):
+        assert main(["rollback", str(MANY)]) != 0
+    assert "--yes" in capsys.readouterr().err
 
 
 # ----- with a model: predictions and rollbacks load versions -----------------------------------
