@@ -175,6 +175,12 @@ def test_rollback_to_the_untrained_base_then_to_a_registered_base(lab):
     assert client.get(f"/projects/{MANY}/versions").get_json()["current"] == answer.get_json()["current"]
     assert 'id="roll-back"' not in client.get(f"/?project={MANY}").get_data(as_text=True)  # nothing to roll back
 
+    # a rollback whose notice was lost: the poller finds the pointer empty and serves the base
+    set_current_version(raw, str(MANY), TRAINED)
+    wait_for(lambda: swap.get(str(MANY)).version == TRAINED, 60, what="the trained version served again")
+    raw.delete(keys.current_version(str(MANY)))
+    wait_for(lambda: swap.get(str(MANY)).version == answer.get_json()["current"], 60, what="the poller's base")
+
     base_folder = settings.data_dir / "registered" / "trained-base"
     write_small_version(base_folder, seed=2)
     register_base(raw, base_folder)
