@@ -140,9 +140,8 @@ def test_rollback_needs_confirm(lab, capsys):
     assert "--yes" in capsys.readouterr().err
 
 
-# ----- with a model: predictions and rollbacks load versions -----------------------------------
+# ----- predictions and rollbacks load versions ---------------------------------------------------
 
-@pytest.mark.torch
 def test_predict_notes_its_task_ids_for_the_consensus(lab):
     client = lab["client"]
     before = client.get(f"/projects/{MANY}/consensus").get_json()["aesthetic"]["tasks"]["no_votes"]
@@ -154,7 +153,6 @@ def test_predict_notes_its_task_ids_for_the_consensus(lab):
     assert after == before + 2
 
 
-@pytest.mark.torch
 def test_rollback_to_the_untrained_base_then_to_a_registered_base(lab):
     client, settings, raw = lab["client"], lab["settings"], lab["raw"]
     write_small_version(project_versions_dir(settings, str(MANY)) / TRAINED, seed=1)
