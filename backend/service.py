@@ -142,7 +142,7 @@ class Backend:
                                       access_token=context.access_token if context else None)
 
         results, failures = predict_tasks(tasks, labels, served.predictor, version_name, fetch,
-                                          self.settings.predict_chunk_size, deadline)
+                                          self.settings.predict_chunk_size, deadline, self.settings.uncertainty)
         _log_failures(failures, self.settings.predict_budget_s)
         if failures and len(failures) == len(tasks):
             raise Unprocessable(f"no task could be predicted: {failures[0].message}"

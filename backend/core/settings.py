@@ -70,6 +70,11 @@ def _one_of(choices: Callable[[], tuple[str, ...]]) -> Check:
     return check
 
 
+def _uncertainty_measures() -> tuple[str, ...]:
+    from backend.serving.uncertainty import MEASURES
+    return tuple(MEASURES)
+
+
 def _consensus_limit(key: str) -> Callable[[], Limit]:
     def limit() -> Limit:
         from backend.votes.consensus import POLICY_LIMITS
@@ -181,6 +186,11 @@ class Settings:
         "`LABEL_STUDIO_URL` is not it", parse=_comma_list)
     predict_chunk_size: int = setting(
         "AESEMO_PREDICT_CHUNK", 16, "tasks per batched forward pass", parse=_integer)
+    uncertainty: str = setting(
+        "AESEMO_UNCERTAINTY", "least_confidence",
+        "a prediction's `score`, the certainty Label Studio's Data Manager sorts by (ascending: least "
+        "certain first): `least_confidence`, `margin` or `entropy`, of the less certain head",
+        check=_one_of(_uncertainty_measures))
     max_tasks_per_request: int = setting(
         "AESEMO_MAX_TASKS", 10_000, "most tasks accepted in one `/predict` body", parse=_integer)
     suggest_untrained: bool = setting(
