@@ -1,0 +1,94 @@
+"""Keep a Label Studio project sorting by the version the backend serves (data_manager.py), and
+give it the "Least certain first" tab, once per connected project and served version.
+
+Triggered by /setup, which Label Studio sends on connecting and before every prediction request
+(so also soon after each promotion); the calls back into Label Studio run on a thread of their
+own, after a pause: Label Studio stores a new ML backend only after its /setup answered, and
+its PATCH of an ML backend calls /setup again.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import redis
+
+from backend.core import keys
+from backend.core.settings import Settings
+from backend.labelstudio.data_manager import Api, ensure_least_certain_view, follow_served_version
+from backend.labelstudio.projects import ProjectContext
+from backend.votes.resync import project_studio, sdk_client
+
+log = logging.getLogger(__name__)
+
+# seconds before each try: Label Studio saves the backend record after /setup answers
+TRY_DELAYS_S = (2.0, 5.0, 15.0)
+LOCK_S = 60
+REQUEST_TIMEOUT_S = 30.0
+
+
+def sdk_api(settings: Settings, context: ProjectContext) -> Api | None:
+    """JSON calls to the project's Label Studio with the token we hold (the SDK's client, so a
+    personal access token is refreshed and a /setup hostname is held to the address rules);
+    None when we hold no token for it."""
+    studio = project_studio(settings, context)
+    if studio is None or not studio.token:
+        return None
+    http = sdk_client(settings, studio, REQUEST_TIMEOUT_S)._client_wrapper.httpx_client
+
+    def call(method: str, path: str, **kwargs: Any) -> Any:
+        response = http.request(path, method=method, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+    return call
+
+
+def sync_project(api: Api, project: str, version: str) -> bool:
+    """The tab, then the version; True when Label Studio's project now sorts by `version`."""
+    ensure_least_certain_view(api, int(project))
+    return follow_served_version(api, int(project), version)
+
+
+class VersionFollower:
+    def __init__(self, settings: Settings, client: redis.Redis,
+                 make_api: Callable[[Settings, ProjectContext], Api | None] = sdk_api,
+                 delays_s: tuple[float, ...] = TRY_DELAYS_S):
+        self.settings = settings
+        self.redis = client
+        self.make_api = make_api
+        self.delays_s = delays_s
+
+    def on_setup(self, context: ProjectContext, version: str) -> threading.Thread | None:
+        """Start the sync unless Label Studio already sorts by `version` or a sync is under way.
+        Returns the thread (tests wait on it)."""
+        project = context.project
+        if self.redis.get(keys.ls_followed(project)) == version:
+            return None
+        if not self.redis.set(keys.ls_follow_lock(project), version, nx=True, ex=LOCK_S):
+            return None
+        thread = threading.Thread(target=self._run, args=(context, version), daemon=True,
+                                  name=f"ls-follow-{project}")
+        thread.start()
+        return thread
+
+    def _run(self, context: ProjectContext, version: str) -> None:
+        try:
+            api = self.make_api(self.settings, context)
+            if api is None:
+                log.info("project %s: no Label Studio token held, its Data Manager is not set up to sort "
+                         "by %s", context.project, version)
+                return
+            for delay in self.delays_s:
+                time.sleep(delay)
+                if sync_project(api, context.project, version):
+                    self.redis.set(keys.ls_followed(context.project), version)
+                    return
+            log.warning("project %s: Label Studio's project does not sort by %s (no ML backend of it serves "
+                        "that version, or its model version was chosen by hand)", context.project, version)
+        except Exception as exc:  # any failure of Label Studio's API: the next /setup tries again
+            log.warning("project %s: setting Label Studio's Data Manager up for %s failed: %s",
+                        context.project, version, exc)
+        finally:
+            self.redis.delete(keys.ls_follow_lock(context.project))
