@@ -4,6 +4,8 @@ Studio 1.23.2's rules (ml/models.py MLBackend.save); tests/e2e/test_least_certai
 them against the real one."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from backend.core import keys
@@ -118,3 +120,18 @@ def test_without_a_token_nothing_is_called(redis_client, settings):
     sync.on_setup(ProjectContext("7", None, "http://127.0.0.1:1", None), "v0002-x").join(10)
     assert redis_client.get(keys.ls_followed("7")) is None
     assert redis_client.get(keys.ls_follow_lock("7")) is None
+
+
+def test_followed_version_is_checked_again_after_the_recheck_time(redis_client, settings):
+    ls = StandIn()
+    sync = VersionFollower(replace(settings, ls_recheck_s=30), redis_client, make_api=lambda s, c: ls,
+                           delays_s=(0.0,))
+    sync.on_setup(ProjectContext("7", None, "http://127.0.0.1:1", "token"), "v0002-x").join(10)
+    assert 0 < redis_client.ttl(keys.ls_followed("7")) <= 30
+
+
+def test_recheck_zero_leaves_label_studio_alone(redis_client, settings):
+    ls = StandIn()
+    sync = VersionFollower(replace(settings, ls_recheck_s=0), redis_client, make_api=lambda s, c: ls)
+    assert sync.on_setup(ProjectContext("7", None, "http://127.0.0.1:1", "token"), "v0002-x") is None
+    assert ls.calls == []

@@ -18,7 +18,7 @@ Per project p, under `aesemo:p:{p}:` (what the votes and jobs hold):
 Per project p, under `aesemo:project:{p}:` (what the project is and serves):
     setup            hash    label_config, and /setup's hostname and access_token
     current          string  name of the model version the project serves
-    ls_followed      string  the version Label Studio's project was last made to sort by (data_manager.py)
+    ls_followed      string  the version Label Studio's project was found sorting by (expires: recheck)
     ls_follow        lock    one thread at a time makes it so
 
 Global:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # seconds before each try: Label Studio saves the backend record after /setup answers
 TRY_DELAYS_S = (2.0, 5.0, 15.0)
-LOCK_S = 60
+LOCK_S = 300
 REQUEST_TIMEOUT_S = 30.0
 
 
@@ -61,9 +61,12 @@ class VersionFollower:
         self.delays_s = delays_s
 
     def on_setup(self, context: ProjectContext, version: str) -> threading.Thread | None:
-        """Start the sync unless Label Studio already sorts by `version` or a sync is under way.
-        Returns the thread (tests wait on it)."""
+        """Start the sync unless it is off, Label Studio was found sorting by `version` less than
+        AESEMO_LS_RECHECK seconds ago (a reconnected backend is titled anew within that time), or
+        a sync is under way. Returns the thread (tests wait on it)."""
         project = context.project
+        if not self.settings.ls_recheck_s:
+            return None
         if self.redis.get(keys.ls_followed(project)) == version:
             return None
         if not self.redis.set(keys.ls_follow_lock(project), version, nx=True, ex=LOCK_S):
@@ -83,7 +86,8 @@ class VersionFollower:
             for delay in self.delays_s:
                 time.sleep(delay)
                 if sync_project(api, context.project, version):
-                    self.redis.set(keys.ls_followed(context.project), version)
+                    self.redis.set(keys.ls_followed(context.project), version,
+                                   ex=max(1, round(self.settings.ls_recheck_s)))
                     return
             log.warning("project %s: Label Studio's project does not sort by %s (no ML backend of it serves "
                         "that version, or its model version was chosen by hand)", context.project, version)
