@@ -19,7 +19,8 @@ class StandIn:
     """Project 7 with one ML backend titled "aesemo" whose last /setup answered `served`."""
 
     def __init__(self, served="v0002-x", project_version="aesemo", stored=("v0001-x",)):
-        self.backends = [{"id": 3, "title": "aesemo", "model_version": served}]
+        self.backends = [{"id": 3, "title": "aesemo", "model_version": served, "url": "http://aesemo:9090",
+                          "auth_method": "NONE"}]
         self.project = {"id": 7, "model_version": project_version}
         self.stored = list(stored)
         self.views: list[dict] = []
@@ -31,6 +32,10 @@ class StandIn:
             return [dict(b) for b in self.backends]
         if method == "PATCH" and path == "api/ml/3":
             backend = self.backends[0]
+            # MLBackendSerializer.validate checks the backend again: it needs these
+            assert json["url"] == backend["url"] and json["project"] == 7, json
+            if backend["auth_method"] == "BASIC_AUTH":
+                assert (json["basic_auth_user"], json["basic_auth_pass"]) == ("robot", "pw"), json
             if self.project["model_version"] == backend["title"]:  # MLBackend.save
                 self.project["model_version"] = json["title"]
             backend["title"] = json["title"]
@@ -54,6 +59,13 @@ def test_backend_titled_with_the_served_version_and_project_follows():
     ls = StandIn()
     assert follow_served_version(ls, 7, "v0002-x")
     assert ls.backends[0]["title"] == "v0002-x" and ls.project["model_version"] == "v0002-x"
+
+
+def test_basic_auth_backend_retitled_with_our_credentials():
+    ls = StandIn()
+    ls.backends[0]["auth_method"] = "BASIC_AUTH"
+    assert follow_served_version(ls, 7, "v0002-x", basic_auth=("robot", "pw"))
+    assert ls.backends[0]["title"] == "v0002-x"
 
 
 def test_empty_project_version_is_pointed_at_the_served_version():

@@ -27,24 +27,36 @@ LEAST_CERTAIN_VIEW = {"title": VIEW_TITLE, "ordering": [SCORE_COLUMN],
 Api = Callable[..., Any]
 
 
-def follow_served_version(api: Api, project: int, version: str) -> bool:
+def follow_served_version(api: Api, project: int, version: str,
+                          basic_auth: tuple[str, str] | None = None) -> bool:
     """Title every ML backend of `project` that serves `version` (what its last /setup answered)
     with that name, and point the project at it unless the user chose stored predictions of
     another version. True when the project's scores now average `version`'s predictions; False
-    when no backend of the project serves it yet (Label Studio has not stored the backend)."""
+    when no backend of the project serves it yet (Label Studio has not stored the backend).
+    `basic_auth`: our BASIC_AUTH_USER/PASS, which Label Studio needs again to check the backend."""
     ours = [b for b in api("GET", "api/ml/", params={"project": project}) if b.get("model_version") == version]
     if not ours:
         return False
     for backend in ours:
         if backend.get("title") != version:
             # Label Studio calls /setup again while it saves: this must not run inside /setup
-            api("PATCH", f"api/ml/{backend['id']}", json={"title": version})
+            api("PATCH", f"api/ml/{backend['id']}", json=_retitled(backend, project, version, basic_auth))
             log.info("project %s: ML backend %s titled %s (was %r)", project, backend["id"], version, backend.get("title"))
     current = api("GET", f"api/projects/{project}").get("model_version")
     if current != version and _follows_backend(api, project, current):
         api("PATCH", f"api/projects/{project}", json={"model_version": version})
         current = version
     return current == version
+
+
+def _retitled(backend: dict, project: int, version: str, basic_auth: tuple[str, str] | None) -> dict:
+    """A PATCH body Label Studio accepts: its serializer checks /health and /setup again on every
+    update (ml/serializers.py `MLBackendSerializer.validate`), so it needs the url, the project
+    and, for Basic auth, the credentials (it never returns the password)."""
+    body = {"title": version, "url": backend["url"], "project": project}
+    if backend.get("auth_method") == "BASIC_AUTH" and basic_auth:
+        body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
+    return body
 
 
 def _follows_backend(api: Api, project: int, current: str | None) -> bool:

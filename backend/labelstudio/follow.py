@@ -45,10 +45,10 @@ def sdk_api(settings: Settings, context: ProjectContext) -> Api | None:
     return call
 
 
-def sync_project(api: Api, project: str, version: str) -> bool:
+def sync_project(api: Api, project: str, version: str, basic_auth: tuple[str, str] | None = None) -> bool:
     """The tab, then the version; True when Label Studio's project now sorts by `version`."""
     ensure_least_certain_view(api, int(project))
-    return follow_served_version(api, int(project), version)
+    return follow_served_version(api, int(project), version, basic_auth)
 
 
 class VersionFollower:
@@ -76,6 +76,11 @@ class VersionFollower:
         thread.start()
         return thread
 
+    def _basic_auth(self) -> tuple[str, str] | None:
+        if not self.settings.basic_auth_user:
+            return None
+        return self.settings.basic_auth_user, self.settings.basic_auth_pass or ""
+
     def _run(self, context: ProjectContext, version: str) -> None:
         try:
             api = self.make_api(self.settings, context)
@@ -85,7 +90,7 @@ class VersionFollower:
                 return
             for delay in self.delays_s:
                 time.sleep(delay)
-                if sync_project(api, context.project, version):
+                if sync_project(api, context.project, version, self._basic_auth()):
                     self.redis.set(keys.ls_followed(context.project), version,
                                    ex=max(1, round(self.settings.ls_recheck_s)))
                     return
