@@ -100,4 +100,7 @@ class VersionFollower:
             log.warning("project %s: setting Label Studio's Data Manager up for %s failed: %s",
                         context.project, version, exc)
         finally:
-            self.redis.delete(keys.ls_follow_lock(context.project))
+            try:
+                self.redis.delete(keys.ls_follow_lock(context.project))
+            except redis.RedisError:
+                pass  # the lock expires by itself (LOCK_S)
