@@ -76,13 +76,13 @@ def test_empty_project_version_is_pointed_at_the_served_version():
 
 def test_a_stored_version_chosen_by_hand_is_kept():
     ls = StandIn(project_version="v0001-x")
-    assert not follow_served_version(ls, 7, "v0002-x")
+    assert follow_served_version(ls, 7, "v0002-x") is False
     assert ls.project["model_version"] == "v0001-x" and ls.backends[0]["title"] == "v0002-x"
 
 
 def test_nothing_to_do_until_label_studio_stored_a_backend_serving_the_version():
     ls = StandIn(served="v0001-x")
-    assert not follow_served_version(ls, 7, "v0002-x")
+    assert follow_served_version(ls, 7, "v0002-x") is None
     assert ls.calls == [("GET", "api/ml/")]
 
 
@@ -119,6 +119,15 @@ def test_follower_tries_again_on_a_later_setup_after_a_failure(redis_client, set
     ls.backends[0]["model_version"] = "v0002-x"
     sync.on_setup(context, "v0002-x").join(10)
     assert redis_client.get(keys.ls_followed("7")) == "v0002-x"
+
+
+def test_a_hand_chosen_version_is_not_asked_about_again_before_the_recheck(redis_client, settings):
+    ls = StandIn(project_version="v0001-x")
+    sync = follower(redis_client, ls, settings)
+    context = ProjectContext("7", None, "http://127.0.0.1:1", "token")
+    sync.on_setup(context, "v0002-x").join(10)
+    assert ls.project["model_version"] == "v0001-x"
+    assert sync.on_setup(context, "v0002-x") is None
 
 
 def test_one_sync_at_a_time(redis_client, settings):

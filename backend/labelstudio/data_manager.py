@@ -28,15 +28,16 @@ Api = Callable[..., Any]
 
 
 def follow_served_version(api: Api, project: int, version: str,
-                          basic_auth: tuple[str, str] | None = None) -> bool:
+                          basic_auth: tuple[str, str] | None = None) -> bool | None:
     """Title every ML backend of `project` that serves `version` (what its last /setup answered)
     with that name, and point the project at it unless the user chose stored predictions of
-    another version. True when the project's scores now average `version`'s predictions; False
-    when no backend of the project serves it yet (Label Studio has not stored the backend).
+    another version. True when the project's scores now average `version`'s predictions, False
+    when the user's choice was kept, None when no backend of the project serves it yet (Label
+    Studio has not stored the backend).
     `basic_auth`: our BASIC_AUTH_USER/PASS, which Label Studio needs again to check the backend."""
     ours = [b for b in api("GET", "api/ml/", params={"project": project}) if b.get("model_version") == version]
     if not ours:
-        return False
+        return None
     for backend in ours:
         if backend.get("title") != version:
             # Label Studio calls /setup again while it saves: this must not run inside /setup

@@ -45,8 +45,8 @@ def sdk_api(settings: Settings, context: ProjectContext) -> Api | None:
     return call
 
 
-def sync_project(api: Api, project: str, version: str, basic_auth: tuple[str, str] | None = None) -> bool:
-    """The tab, then the version; True when Label Studio's project now sorts by `version`."""
+def sync_project(api: Api, project: str, version: str, basic_auth: tuple[str, str] | None = None) -> bool | None:
+    """The tab, then the version: see `follow_served_version`."""
     ensure_least_certain_view(api, int(project))
     return follow_served_version(api, int(project), version, basic_auth)
 
@@ -90,12 +90,16 @@ class VersionFollower:
                 return
             for delay in self.delays_s:
                 time.sleep(delay)
-                if sync_project(api, context.project, version, self._basic_auth()):
+                sorts = sync_project(api, context.project, version, self._basic_auth())
+                if sorts is not None:
+                    if not sorts:
+                        log.info("project %s: Label Studio shows the predictions of a model version chosen "
+                                 "by hand, not %s's; left so", context.project, version)
                     self.redis.set(keys.ls_followed(context.project), version,
                                    ex=max(1, round(self.settings.ls_recheck_s)))
                     return
-            log.warning("project %s: Label Studio's project does not sort by %s (no ML backend of it serves "
-                        "that version, or its model version was chosen by hand)", context.project, version)
+            log.warning("project %s: no ML backend of Label Studio's project serves %s yet; tried again on a "
+                        "later /setup", context.project, version)
         except Exception as exc:  # any failure of Label Studio's API: the next /setup tries again
             log.warning("project %s: setting Label Studio's Data Manager up for %s failed: %s",
                         context.project, version, exc)
