@@ -12,6 +12,7 @@ from backend.core.errors import Conflict, DomainError, InvalidInput, NotFound, T
 from backend.core.ids import as_id
 from backend.fetch.fetcher import ImageFetcher
 from backend.votes.ingest import Ingest
+from backend.labelstudio.follow import VersionFollower
 from backend.labelstudio.label_config import LabelConfigError, ProjectLabels, parse_label_config
 from backend.http.prometheus_metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
 from backend.serving.hotswap import HotSwap
@@ -48,6 +49,7 @@ class Backend:
         self.ingest = Ingest(client)
         self.swap = HotSwap(settings, client, self.models)
         self.withheld = WithheldLog()
+        self.follower = VersionFollower(settings, client)
         self._contexts: dict = {}
         if settings.label_studio_api_key and not settings.label_studio_url:
             log.warning("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key goes only to "
@@ -102,6 +104,7 @@ class Backend:
         try:
             self.projects.remember_setup(project, schema, hostname, token)
             version = self.version_ref(project, labels)
+            self.follower.on_setup(self.projects.get(project), version.name)
             return {"model_version": version.name,
                     **self._withheld(project, version.name, is_trained_version(version.folder))}
         except (redis.ConnectionError, redis.TimeoutError):
@@ -145,7 +148,7 @@ class Backend:
                                       access_token=context.access_token if context else None)
 
         results, failures = predict_tasks(tasks, labels, served.predictor, version_name, fetch,
-                                          self.settings.predict_chunk_size, deadline)
+                                          self.settings.predict_chunk_size, deadline, self.settings.uncertainty)
         _log_failures(failures, self.settings.predict_budget_s)
         if failures and len(failures) == len(tasks):
             raise Unprocessable(f"no task could be predicted: {failures[0].message}"
@@ -335,7 +338,9 @@ class Backend:
                 "base_model": describe_base(self.redis, self.settings)}
 
     def promote(self, project: str, version: str) -> dict:
-        return promote_version(self.redis, self.settings, project, version)
+        promoted = promote_version(self.redis, self.settings, project, version)
+        self.follower.on_setup(self.projects.get(project), version)
+        return promoted
 
     def roll_back(self, project: str) -> dict:
         """Serve the project's base again: the registered base model, or the untrained base."""

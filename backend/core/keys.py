@@ -19,6 +19,8 @@ Per project p, under `aesemo:p:{p}:` (what the votes and jobs hold):
 Per project p, under `aesemo:project:{p}:` (what the project is and serves):
     setup            hash    label_config, and /setup's hostname and access_token
     current          string  name of the model version the project serves
+    ls_followed      string  the version Label Studio's project was found sorting by (expires: recheck)
+    ls_follow        lock    one thread at a time makes it so
 
 Global:
     aesemo:projects         set     ids of the projects the backend knows
@@ -109,6 +111,14 @@ def setup(project: str) -> str:
 
 def current_version(project: str) -> str:
     return _PROJECT.format(project) + "current"
+
+
+def ls_followed(project: str) -> str:
+    return _PROJECT.format(project) + "ls_followed"
+
+
+def ls_follow_lock(project: str) -> str:
+    return _PROJECT.format(project) + "ls_follow"
 
 
 def job_cancel(job_id: str) -> str:

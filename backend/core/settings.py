@@ -70,6 +70,11 @@ def _one_of(choices: Callable[[], tuple[str, ...]]) -> Check:
     return check
 
 
+def _uncertainty_measures() -> tuple[str, ...]:
+    from backend.serving.uncertainty import MEASURES
+    return tuple(MEASURES)
+
+
 def _consensus_limit(key: str) -> Callable[[], Limit]:
     def limit() -> Limit:
         from backend.votes.consensus import POLICY_LIMITS
@@ -181,6 +186,17 @@ class Settings:
         "`LABEL_STUDIO_URL` is not it", parse=_comma_list)
     predict_chunk_size: int = setting(
         "AESEMO_PREDICT_CHUNK", 16, "tasks per batched forward pass", parse=_integer)
+    uncertainty: str = setting(
+        "AESEMO_UNCERTAINTY", "least_confidence",
+        "a prediction's `score`, the certainty Label Studio's Data Manager sorts by (ascending: least "
+        "certain first): `least_confidence`, `margin` or `entropy`, of the less certain head",
+        check=_one_of(_uncertainty_measures))
+    ls_recheck_s: float = setting(
+        "AESEMO_LS_RECHECK", 60.0,
+        "seconds between checks, on Label Studio's `/setup` calls, that its project sorts by the served "
+        "version's scores (ML backend titled with the version) and has the \"Least certain first\" tab; "
+        "0 leaves Label Studio's project as it is (0..86400)",
+        parse=_number(), check=_within(lambda: Limit(float, 0, 86_400)))
     max_tasks_per_request: int = setting(
         "AESEMO_MAX_TASKS", 10_000, "most tasks accepted in one `/predict` body", parse=_integer)
     suggest_untrained: bool = setting(

@@ -130,8 +130,10 @@ def prediction_result(
     aesthetic_probs: Sequence[float],
     emotion_probs: Sequence[float],
     model_version: str,
+    score: float | None = None,
 ) -> dict:
-    """One Label Studio prediction (protocol doc §5.3): the top class of each head."""
+    """One Label Studio prediction (protocol doc §5.3): the top class of each head. `score` is
+    the task's certainty (backend/serving/uncertainty.py); None: the lower top probability."""
     result = []
     for control, classes, probs in (
         (labels.aesthetic_control, labels.aesthetic_classes, aesthetic_probs),
@@ -152,4 +154,5 @@ def prediction_result(
             "value": {"choices": [classes[best]]},
             "score": probs[best],
         })
-    return {"model_version": model_version, "score": min(r["score"] for r in result), "result": result}
+    task_score = min(r["score"] for r in result) if score is None else float(score)
+    return {"model_version": model_version, "score": task_score, "result": result}

@@ -22,6 +22,7 @@ from model.predictor import Predictor
 from backend.core.errors import Conflict
 from backend.fetch.fetcher import ImageFetchError
 from backend.labelstudio.label_config import ProjectLabels, prediction_result
+from backend.serving.uncertainty import certainty
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,11 @@ def class_order(labels: ProjectLabels, predictor: Predictor, version: str) -> di
 
 
 def predict_tasks(tasks: list, labels: ProjectLabels, predictor: Predictor, version: str, fetch: Fetch,
-                  chunk_size: int, deadline: float) -> tuple[list, list[TaskFailure]]:
+                  chunk_size: int, deadline: float,
+                  uncertainty: str = "least_confidence") -> tuple[list, list[TaskFailure]]:
     """`results[i]` answers `tasks[i]`: a prediction dict, or [] when that task failed or the
-    request's budget (`deadline`, in time.monotonic()) was spent before it was done."""
+    request's budget (`deadline`, in time.monotonic()) was spent before it was done. Its `score`
+    is the task's certainty under the measure `uncertainty` (AESEMO_UNCERTAINTY)."""
     order = class_order(labels, predictor, version)
     results: list = []
     failures: list[TaskFailure] = []
@@ -75,7 +78,7 @@ def predict_tasks(tasks: list, labels: ProjectLabels, predictor: Predictor, vers
             chunk = list(enumerate(tasks[start:start + chunk_size], start))
             probabilities, chunk_failures = _predict_chunk(chunk, labels, predictor, fetch, pool, deadline)
             failures += chunk_failures
-            results += [_result(labels, order, version, probabilities[i]) if i in probabilities else []
+            results += [_result(labels, order, version, probabilities[i], uncertainty) if i in probabilities else []
                         for i, _ in chunk]
     finally:
         # fetches still running end by their own AESEMO_IMAGE_TIMEOUT (and fill the image cache
@@ -84,9 +87,10 @@ def predict_tasks(tasks: list, labels: ProjectLabels, predictor: Predictor, vers
     return results, failures
 
 
-def _result(labels: ProjectLabels, order: dict[str, list[int]], version: str, p: dict) -> dict:
-    return prediction_result(labels, [p["aesthetic"][j] for j in order["aesthetic"]],
-                             [p["emotion"][j] for j in order["emotion"]], version)
+def _result(labels: ProjectLabels, order: dict[str, list[int]], version: str, p: dict, uncertainty: str) -> dict:
+    aesthetic = [p["aesthetic"][j] for j in order["aesthetic"]]
+    emotion = [p["emotion"][j] for j in order["emotion"]]
+    return prediction_result(labels, aesthetic, emotion, version, certainty(uncertainty, [aesthetic, emotion]))
 
 
 def _predict_chunk(chunk: list, labels: ProjectLabels, predictor: Predictor, fetch: Fetch,
