@@ -1,5 +1,6 @@
 """Evaluating a version folder on a manifest: per task accuracy, macro-F1, per-class recall,
-expected calibration error and the confusion matrix, plus one confusion PNG per task.
+expected calibration error, the confusion matrix and 95 % bootstrap intervals of accuracy and
+macro-F1 (model/bootstrap.py), plus one confusion PNG per task.
 
 `split` keeps the rows whose "split" field equals it. A manifest whose rows carry no split
 field (one file per split, as some importers write) is evaluated whole, with a warning.
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from .classes import TASKS
+from .bootstrap import metric_intervals
 from .dataset import stack_targets
 from .errors import ImageError, ManifestError
 from .figures import confusion_png
@@ -61,6 +63,7 @@ def evaluate_task(probabilities: torch.Tensor, targets: torch.Tensor, mask: torc
     truth = targets[keep].argmax(dim=1).numpy()
     metrics["recall"] = class_recall(metrics["confusion"], classes)
     metrics["ece"] = expected_calibration_error(probabilities[keep].numpy(), truth)
+    metrics["ci"] = metric_intervals(metrics["confusion"])
     return metrics
 
 
@@ -156,14 +159,19 @@ def write_confusion_pngs(evaluation: Evaluation, out: Path) -> list[str]:
     return names
 
 
+def _shown(interval: list[float]) -> str:
+    return f"{interval[0]:.3f}-{interval[1]:.3f}"
+
+
 def summary_table(evaluation: Evaluation) -> str:
     """A few lines for a terminal: one per task, then the recall of each class."""
-    lines = [f"{'task':<10}{'n':>7}{'accuracy':>10}{'macro-F1':>10}{'ECE':>8}"]
+    lines = [f"{'task':<10}{'n':>7}{'accuracy':>10}{'95% interval':>16}{'macro-F1':>10}{'95% interval':>16}{'ECE':>8}"]
     for task, m in evaluation.metrics.items():
         if m is None:
             lines.append(f"{task:<10}{'-':>7}  (no labelled rows)")
             continue
-        lines.append(f"{task:<10}{m['n']:>7}{m['accuracy']:>10.3f}{m['macro_f1']:>10.3f}{m['ece']:>8.3f}")
+        lines.append(f"{task:<10}{m['n']:>7}{m['accuracy']:>10.3f}{_shown(m['ci']['accuracy']):>16}"
+                     f"{m['macro_f1']:>10.3f}{_shown(m['ci']['macro_f1']):>16}{m['ece']:>8.3f}")
         recalls = ", ".join(f"{name} {'-' if r is None else f'{r:.2f}'}" for name, r in m["recall"].items())
         lines.append(f"  recall: {recalls}")
     if evaluation.skipped:

@@ -6,7 +6,9 @@
 
 A label is a class name, a distribution over class names (normalised here), or absent/null
 when the image is not labelled for that task. An optional "split" (a dataset's own
-train/val/test) is kept for `aesemo evaluate --split`; training reads every row whatever its split.
+train/val/test) is kept for `aesemo evaluate --split`; training reads every row whatever its split,
+except the rows of `TrainConfig.heldout_split` (a training job's "heldout", model/heldout.py),
+which are its held-out set and never trained on.
 Relative image paths are relative to the manifest's folder. Rows that break the format stop
 the whole read (a wrong class name means the manifest and the model disagree); unreadable
 images are dealt with when loading.

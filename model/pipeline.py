@@ -5,13 +5,16 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from .dataset import load_training_data
+from .bootstrap import with_intervals
+from .crossval import CrossValidation, choose_epochs
+from .dataset import TrainingData, load_training_data
 from .errors import AesemoError
+from .heldout import labelled_counts, named_split
 from .images import DEFAULT_MAX_PIXELS
 from .manifest import read_manifest
 from .network import CrossBranchNet, NetConfig
 from .pretrained import load_pretrained
-from .train import Progress, TrainConfig, train
+from .train import Progress, TrainConfig, TrainResult, train
 from .transforms import IMAGENET_STD
 from .version import load_version, save_version
 
@@ -43,9 +46,11 @@ def init_version(out: str | Path, config: NetConfig, pretrained: str | Path | No
 def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig, train_config: TrainConfig,
                   init_from: str | Path | None = None, pretrained: str | Path | None = None,
                   use_pretrained: bool = True, offline: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, strict: bool = False,
-                  progress: Progress | None = None, show_bar: bool = False, extra_meta: dict | None = None) -> dict:
+                  progress: Progress | None = None, show_bar: bool = False, extra_meta: dict | None = None,
+                  crossval: CrossValidation | None = None) -> dict:
     """Train on a manifest and write a version folder; returns its metadata. `extra_meta` is
-    added to model.json (the backend records the parent version, snapshot and job there)."""
+    added to model.json (the backend records the parent version, snapshot and job there).
+    With `crossval`, a held-out split too small to decide has the epochs chosen by CV."""
     if init_from:
         model, parent = load_version(init_from)
         config, init = model.config, f"version:{Path(init_from).name}"
@@ -57,7 +62,7 @@ def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig,
     data, skipped = load_training_data(manifest, train_config.train_size, max_pixels, strict)
     if len(data) < 2:
         raise AesemoError(f"{manifest.path}: {len(data)} usable image(s); training needs at least 2")
-    result = train(model, data, train_config, progress=progress, show_bar=show_bar)
+    result, crossval_report = _fit(model, data, train_config, crossval, progress, show_bar)
     meta = {
         "init": init,
         "trained": True,
@@ -66,11 +71,38 @@ def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig,
         "train_size": train_config.train_size,
         "crop_size": train_config.crop_size,
         "center_crop_eval": train_config.center_crop_eval,
-        "metrics": result.metrics,
+        "metrics": with_intervals(result.metrics),
         "training": {**{k: v for k, v in result.to_meta().items() if k not in ("metrics", "pixel_mean")},
                      "config": vars(train_config), "manifest": str(manifest.path),
-                     "rows": len(manifest.rows), "skipped": skipped},
+                     "rows": len(manifest.rows), "skipped": skipped, "crossval": crossval_report},
     }
     if init_from:
         meta["parent"] = str(init_from)
     return save_version(out, model, {**meta, **(extra_meta or {})})
+
+
+def _fit(model, data: TrainingData, config: TrainConfig, crossval: CrossValidation | None,
+         progress: Progress | None, show_bar: bool) -> tuple[TrainResult, dict | None]:
+    """Train on the manifest's named held-out split when its rows carry one (never on a held-out
+    row), else on a seeded random split; epochs by cross-validation when the held-out set is small."""
+    split = named_split(data.rows, config.heldout_split)
+    if split is None:
+        return train(model, data, config, progress=progress, show_bar=show_bar), None
+    training, heldout = split
+    if len(training) < 2:
+        raise AesemoError(f"{len(training)} training row(s) outside the held-out split "
+                          f"{config.heldout_split!r}; training needs at least 2")
+    if crossval is None or not _too_small(data, training, heldout, crossval.min_heldout):
+        return train(model, data, config, progress=progress, show_bar=show_bar, split=split), None
+    report = choose_epochs(model, data.subset(training), config, crossval, progress)
+    log.info("held-out set under %d tasks per task type: %d epochs chosen by %d-fold cross-validation",
+             crossval.min_heldout, report["epochs"], report["folds"])
+    final = TrainConfig(**{**vars(config), "epochs": report["epochs"], "patience": 0, "keep_best": False})
+    return train(model, data, final, progress=progress, show_bar=show_bar, split=split), report
+
+
+def _too_small(data: TrainingData, training, heldout, min_heldout: int) -> bool:
+    """Whether some task type the training rows are labelled for has under `min_heldout`
+    labelled held-out tasks."""
+    trained, held = labelled_counts(data, training), labelled_counts(data, heldout)
+    return any(held[task] < min_heldout for task, count in trained.items() if count)

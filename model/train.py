@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .classes import TASKS
 from .dataset import TrainingData
 from .errors import TrainingDiverged
+from .heldout import named_split
 from .limits import TRAINING_LIMITS, check_training_value
 from .loss import DEFAULT_LAMBDA, two_task_loss
 from .metrics import selection_score, task_metrics
@@ -47,6 +48,8 @@ class TrainConfig:
     center_crop_eval: bool = False    # held-out images: resize to crop_size (the patent) or centre crop
     device: str | None = None         # None: CUDA when present, else CPU
     bf16: bool | None = None          # None: bf16 autocast on CUDA devices that support it
+    heldout_split: str | None = None  # rows of this manifest split are the held-out set (else a random one)
+    keep_best: bool = True            # False: the last epoch's weights (epochs chosen by cross-validation)
 
     def __post_init__(self):
         for name in TRAINING_LIMITS:  # LimitError (a ValueError) naming the field and its range
@@ -110,14 +113,17 @@ def make_schedule(optimizer, config: TrainConfig, total_steps: int):
 
 
 def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
-          progress: Progress | None = None, show_bar: bool = False) -> TrainResult:
-    """Train `model` in place; on return it holds the weights of the best held-out epoch."""
+          progress: Progress | None = None, show_bar: bool = False,
+          split: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainResult:
+    """Train `model` in place; on return it holds the weights of the best held-out epoch.
+    `split` (training, held-out indices) wins over the config's named or random split."""
     seed_everything(config.seed)
     device = pick_device(config.device)
     use_bf16 = config.bf16 if config.bf16 is not None else (
         device.type == "cuda" and torch.cuda.is_bf16_supported())
     log.info("training on %s%s", device, " with bf16 autocast" if use_bf16 else " in fp32")
-    train_idx, val_idx = split_indices(len(data), config.val_fraction, config.seed)
+    train_idx, val_idx = split or named_split(data.rows, config.heldout_split) or \
+        split_indices(len(data), config.val_fraction, config.seed)
     train_set, val_set = data.subset(train_idx), data.subset(val_idx)
     mean = pixel_mean(train_set.images)
     train_set, val_set = _resident(train_set, device), _resident(val_set, device)
@@ -155,7 +161,7 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
             score = selection_score(metrics)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                             "score": score, "metrics": _summary(metrics)})
-            improved = score > best_score or best_state is None
+            improved = score > best_score or best_state is None or not config.keep_best
             if improved:
                 best_score, best_epoch, best_metrics, stale = score, epoch, metrics, 0
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import html
+import json
 import re
 
 import pytest
@@ -78,6 +79,19 @@ def test_current_version_and_its_held_out_metrics(admin):
     assert f'<strong id="current-version">{NEW}</strong>' in model
     assert "0.900" in model and "0.850" in model  # aesthetic accuracy and macro-F1 of NEW
     assert "0.700" not in model
+
+
+def test_held_out_metrics_show_their_bootstrap_intervals(admin):
+    from model.bootstrap import with_intervals
+    from model.version import META_FILE
+    meta_file = project_versions_dir(admin["settings"], str(PROJECT)) / NEW / META_FILE
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "metrics": with_intervals(meta["metrics"])}))
+    low, high = json.loads(meta_file.read_text())["metrics"]["aesthetic"]["ci"]["accuracy"]
+    model = page_text(admin)
+    model = html.unescape(model[model.index('id="model"'):model.index('id="training"')])
+    assert f"({format_number(low)}–{format_number(high)})" in model
+    assert "95% bootstrap interval" in model
 
 
 def test_version_history_with_reports_and_promote_or_roll_back_buttons(admin):

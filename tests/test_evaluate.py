@@ -106,11 +106,13 @@ def test_evaluate_command_on_the_test_split(version, tmp_path, capsys):
         assert report["metrics"][task]["confusion"] == confusion
         assert set(report["metrics"][task]["recall"]) == set(predictor.classes[task])
         assert 0.0 <= report["metrics"][task]["ece"] <= 1.0
+        low, high = report["metrics"][task]["ci"]["accuracy"]  # bootstrap over the 3 test images
+        assert low <= accuracy <= high and report["metrics"][task]["ci"]["n"] == 3
     assert report["figures"] == ["confusion_aesthetic.png", "confusion_emotion.png"]
     for name in report["figures"]:
         with Image.open(out / name) as image:
             assert image.format == "PNG"
-    assert "macro-F1" in capsys.readouterr().out
+    assert "macro-F1" in (printed := capsys.readouterr().out) and "95% interval" in printed
 
 
 def test_a_manifest_without_splits_is_evaluated_whole(version, tmp_path, capsys):

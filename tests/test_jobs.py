@@ -25,6 +25,7 @@ from backend.http.app import create_app
 from backend.cli import main as cli_main
 from backend.training.queue import training_queue
 from backend.serving.registry import project_versions_dir
+from model.heldout import HELDOUT_SPLIT, held_out
 
 from images_server import ImageServer
 from training_project import (aesemo_command, environment, flip_a_byte, label_tasks, legacy_train_body, log_tail,
@@ -199,6 +200,12 @@ def test_training_through_a_real_worker_writes_reports_and_promotes(lab, trained
     assert meta["crop_size"] == 35 and meta["train_size"] == 40
     report = json.loads((folder / "report" / "metrics.json").read_text())
     assert set(report["metrics"]) == {"aesthetic", "emotion"} and report["history"]
+    # the project's hashed held-out tasks are marked in the job's manifest, and never trained on
+    rows = [json.loads(line) for line in Path(meta["training"]["manifest"]).read_text().splitlines()[1:]]
+    held = [r for r in rows if held_out(str(PROJECT), r["task"], lab.settings.heldout_fraction)]
+    assert [r for r in rows if r.get("split") == HELDOUT_SPLIT] == held
+    if held:
+        assert meta["training"]["val_size"] == len(held) and meta["training"]["train_size"] == len(rows) - len(held)
     for task in ("aesthetic", "emotion"):
         with Image.open(folder / "report" / f"confusion_{task}.png") as png:
             assert png.format == "PNG" and png.size[0] > 100

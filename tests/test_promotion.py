@@ -1,5 +1,5 @@
 """What may become a project's current version, and the training request's checks that come
-before any job: the promotion rule (backend/training/job.py), the refusal of versions that answer NaN
+before any job: the promotion rule (backend/training/promotion.py), the refusal of versions that answer NaN
 (backend/serving/registry.py, by a job or by hand), parameters refused before the label count, and a
 running-job key left by a killed worker. No worker and no training: versions are written to disk.
 
@@ -55,8 +55,8 @@ ONE_CLASS = [[0, 3], [0, 3]]  # every held-out image answered "low"
     ({**TRAINED, **metrics(math.nan, 0.5)}, metrics(0.3, 0.3), True, "no valid one to compare"),
 ])
 def test_promotion_by_metric(parent, candidate, promoted, words):
-    from backend.training.job import _by_metric
-    decision, why = _by_metric(0.02, parent, candidate)
+    from backend.training.promotion import by_metric
+    decision, why = by_metric(0.02, parent, candidate)
     assert decision is promoted and words in why, why
 
 
@@ -92,12 +92,12 @@ def versions(settings):
 @pytest.mark.parametrize("name, words", [("v0002-nan", "NaN or infinite values"),
                                          ("v0003-overflow", "outputs are not finite")])
 def test_a_version_that_answers_nan_is_never_promoted_by_a_job(settings, versions, name, words):
-    from backend.training.job import _promotion
+    from backend.training.promotion import promotion
     for rule in ("metric", "always"):
-        promoted, why = _promotion(replace(settings, promotion=rule), {"trained": True, **metrics(0.1, 0.1)},
+        promoted, why = promotion(replace(settings, promotion=rule), {"trained": True, **metrics(0.1, 0.1)},
                                    metrics(0.9, 0.9), versions / name)
         assert promoted is False and words in why, why
-    assert _promotion(settings, {}, metrics(0.5, 0.5), versions / "v0001-good") == (True, "first trained version")
+    assert promotion(settings, {}, metrics(0.5, 0.5), versions / "v0001-good") == (True, "first trained version")
 
 
 @pytest.mark.parametrize("name, words", [("v0002-nan", "NaN or infinite values"),

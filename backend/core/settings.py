@@ -99,6 +99,7 @@ def _base_model(name: str, value: Path | None) -> None:
 
 _FRACTION = Limit(float, 0, 1)
 _CACHE_BYTES = Limit(int, 0, 2 ** 62)
+_COUNT = Limit(int, 0, 10 ** 6)
 
 
 def setting(env: str, default: Any, doc: str, *, parse: Parser = _text, check: Check | None = None,
@@ -261,6 +262,20 @@ class Settings:
         "AESEMO_PROMOTION_MARGIN", 0.02,
         "how much worse (mean held-out macro-F1) a new version may be and still be promoted ([0, 1])",
         parse=_number(), check=_within(lambda: _FRACTION))
+    promotion_inconclusive: str = setting(
+        "AESEMO_PROMOTION_INCONCLUSIVE", "more-labels",
+        "when the held-out evidence cannot decide (too few tasks, or the interval of the difference spans 0): "
+        "`more-labels` promotes the version trained on more labels unless its outputs are broken, `current` "
+        "keeps the current one", check=_one_of(lambda: ("more-labels", "current")))
+    heldout_fraction: float = setting(
+        "AESEMO_HELDOUT_FRACTION", 0.2,
+        "share of a project's tasks held out (by a hash of the project and task id: a task never moves out "
+        "of it; raising it only adds tasks) ([0, 1])", parse=_number(), check=_within(lambda: _FRACTION))
+    min_heldout: int = setting(
+        "AESEMO_MIN_HELDOUT", 30,
+        "labelled held-out tasks per task type below which a job picks its epochs by cross-validation on "
+        "the training rows and promotion calls the evidence inconclusive", parse=_integer,
+        check=_within(lambda: _COUNT))
     swap_poll_s: float = setting(
         "AESEMO_SWAP_POLL", 5.0, "seconds between a serving process's checks of the version pointers",
         parse=_number())

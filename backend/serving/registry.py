@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,8 +287,20 @@ def project_versions(settings, project: str) -> tuple[list[dict], list[dict]]:
 
 
 def _metric_summary(metrics: dict) -> dict:
-    return {task: None if m is None else {"accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1")}
+    return {task: None if m is None else {"accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"),
+                                          **_intervals(m.get("ci"))}
             for task, m in metrics.items()}
+
+
+def _intervals(ci) -> dict:
+    """The bootstrap intervals training stored (model/bootstrap.py), when well formed: model.json's
+    check does not look at them, and the admin page prints them."""
+    def interval(value) -> bool:
+        return isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not isinstance(ci, dict) or not all(interval(ci.get(key)) for key in ("accuracy", "macro_f1")):
+        return {}
+    return {"ci": {"accuracy": ci["accuracy"], "macro_f1": ci["macro_f1"]}}
 
 
 def resolve_current(client: redis.Redis, settings, project: str, classes: dict) -> VersionRef:

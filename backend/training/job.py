@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -19,7 +18,9 @@ import redis
 from rq import get_current_job
 from rq.job import Job, JobStatus
 
+from model.crossval import CrossValidation
 from model.errors import VersionError
+from model.heldout import HELDOUT_SPLIT, mark_held_out
 from model.network import NetConfig
 from model.pipeline import train_version
 from model.train import TrainConfig
@@ -36,6 +37,7 @@ from backend.serving.registry import (base_for, project_versions_dir, refusal, r
                                       set_current_version)
 from backend.training.image_cache import cached_training_image, training_image_cache
 from backend.training.queue import _DELETE_IF_EQUAL, _fetch, _get, _reap_abandoned, raw_connection
+from backend.training.promotion import heldout_tasks, like_for_like, promotion
 from backend.training.report import write_report
 from backend.votes.project_consensus import ProjectConsensus
 from backend.votes.resync import project_studio, resync
@@ -166,7 +168,7 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
     staging, folder = naming_step(run)
     meta = training_step(run, manifest, staging, parent, snapshot, images)
     publish_step(staging, folder, meta)
-    promoted, why = promotion_step(run, parent_meta, meta, folder)
+    promoted, why = promotion_step(run, parent, parent_meta, meta, folder, manifest)
     progress.state("finished", version=folder.name, promoted=promoted)
     return _result(folder.name, promoted, why, parent.name, meta, snapshot, images, resynced)
 
@@ -220,11 +222,13 @@ def images_step(run: _Run, snapshot: dict) -> _Images:
 
 
 def manifest_step(run: _Run, images: _Images) -> Path:
-    """The training set as the model reads it: the classes, then one row per cached image."""
+    """The training set as the model reads it: the classes, then one row per cached image, the
+    project's held-out tasks marked (model/heldout.py: the same tasks in every job)."""
     job_dir = Path(run.settings.data_dir) / "projects" / run.project / "jobs" / run.job_id
     job_dir.mkdir(parents=True, exist_ok=True)
     manifest = job_dir / "manifest.jsonl"
-    lines = [json.dumps(r) for r in [{"classes": run.classes}] + images.rows]
+    rows = mark_held_out(images.rows, run.project, run.settings.heldout_fraction)
+    lines = [json.dumps(r) for r in [{"classes": run.classes}] + rows]
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return manifest
 
@@ -249,7 +253,7 @@ def _train_config(settings: Settings, params: dict) -> TrainConfig:
     return TrainConfig(epochs=params.get("epochs", settings.train_epochs),
                        batch_size=params.get("batch_size", settings.train_batch_size),
                        lr=params.get("lr", settings.train_lr), device=settings.train_device,
-                       patience=settings.train_patience,
+                       patience=settings.train_patience, heldout_split=HELDOUT_SPLIT,
                        train_size=settings.train_image_size, crop_size=settings.train_crop_size)
 
 
@@ -260,7 +264,8 @@ def training_step(run: _Run, manifest: Path, staging: Path, parent, snapshot: di
     return train_version(manifest, staging, NetConfig(), config, init_from=parent.folder, progress=run.progress,
                          extra_meta={"parent_version": parent.name, "snapshot_id": snapshot["id"],
                                      "snapshot_sha256": snapshot["sha256"], "job_id": run.job_id,
-                                     "images": {"used": len(images.rows), "failed": len(images.failed)}})
+                                     "images": {"used": len(images.rows), "failed": len(images.failed)}},
+                         crossval=CrossValidation(min_heldout=run.settings.min_heldout))
 
 
 def publish_step(staging: Path, folder: Path, meta: dict) -> None:
@@ -268,8 +273,14 @@ def publish_step(staging: Path, folder: Path, meta: dict) -> None:
     os.replace(staging, folder)  # a version folder appears whole or not at all
 
 
-def promotion_step(run: _Run, parent_meta: dict, meta: dict, folder: Path) -> tuple[bool, str]:
-    promoted, why = _promotion(run.settings, parent_meta, meta, folder)
+def promotion_step(run: _Run, parent, parent_meta: dict, meta: dict, folder: Path,
+                   manifest: Path) -> tuple[bool, str]:
+    """The candidate and the current version scored on the same held-out tasks, then the rule."""
+    run.progress.state("promotion")
+    evidence = None
+    if run.settings.promotion == "metric" and is_trained(parent_meta):
+        evidence = like_for_like(folder, parent.folder, heldout_tasks(manifest, run.classes))
+    promoted, why = promotion(run.settings, parent_meta, meta, folder, evidence)
     if promoted:
         set_current_version(run.client, run.project, folder.name)
     return promoted, why
@@ -322,54 +333,3 @@ def _cache_images(settings: Settings, snapshot_path: str, hostname: str | None, 
     # after the step, not during it, so that no image of this job goes before training reads it
     cache.evict_over_bound(keep=[Path(r["image"]) for r in rows])
     return rows, [f for _, f in results if f]
-
-
-def _score(meta: dict) -> float | None:
-    """Mean held-out macro-F1 over the tasks with held-out labels; None without any."""
-    values = [m.get("macro_f1") for m in (meta.get("metrics") or {}).values() if m]
-    if not values:
-        return None
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-        return math.nan
-    return sum(values) / len(values)
-
-
-def _one_class(meta: dict) -> bool:
-    """Whether the version answered one class for every held-out image, in every task whose
-    held-out images have two true classes or more: it learned nothing (a network gone NaN does
-    this, as the argmax of NaN is class 0)."""
-    judged = [m["confusion"] for m in (meta.get("metrics") or {}).values()
-              if m and sum(1 for row in m.get("confusion") or [] if sum(row) > 0) >= 2]
-    return bool(judged) and all(sum(1 for column in zip(*c) if sum(column) > 0) == 1 for c in judged)
-
-
-def _promotion(settings: Settings, parent_meta: dict, meta: dict, folder: Path) -> tuple[bool, str]:
-    """The README's promotion rule: never a version that may not serve (see registry.refusal);
-    every other one with `always`; else by the held-out metric."""
-    why_not = refusal(folder)
-    if why_not:
-        return False, f"not promotable: {why_not}"
-    if settings.promotion == "always":
-        return True, "promotion rule: always"
-    return _by_metric(settings.promotion_margin, parent_meta, meta)
-
-
-def _by_metric(margin: float, parent_meta: dict, meta: dict) -> tuple[bool, str]:
-    """Not worse than the current version by more than `margin`; but a tie never goes to a
-    candidate that scores 0 or answers one class for everything, and no score is no promotion."""
-    new, old = _score(meta), _score(parent_meta)
-    if new is None or not math.isfinite(new):
-        return False, f"no valid held-out macro-F1 ({new}) to judge it by; promote it by hand if wanted"
-    if not is_trained(parent_meta):
-        return True, "first trained version"
-    if old is None or not math.isfinite(old):
-        return True, f"held-out macro-F1 {new:.4f}; the current version has no valid one to compare"
-    versus = f"held-out macro-F1 {new:.4f} vs current {old:.4f}"
-    if new > old:
-        return True, versus
-    if new < old - margin:
-        return False, f"held-out macro-F1 {new:.4f} is worse than current {old:.4f} by more than {margin}"
-    if new <= 0 or _one_class(meta):
-        return False, versus + ": a tie, and the new version " + (
-            "scores 0" if new <= 0 else "answers one class for every held-out image")
-    return True, f"{versus} (margin {margin})"

@@ -1,0 +1,73 @@
+"""Choosing the number of epochs by repeated k-fold cross-validation on the training rows, for
+when the held-out set is too small to early-stop on (a few images decide nothing).
+
+Each fold trains a copy of the starting network with early stopping on that fold; the chosen
+number of epochs is the median of the folds' best epochs, and the final network then trains on
+all training rows for that many epochs (keeping the last epoch). FOLDS x REPEATS extra
+trainings on 1 - 1/FOLDS of the rows: small on purpose, as this only runs on small sets.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import statistics
+from dataclasses import dataclass, replace
+
+import torch
+
+from .dataset import TrainingData
+from .train import Progress, TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+FOLDS = 3
+REPEATS = 2
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    min_heldout: int = 30   # labelled held-out tasks per task type below which epochs come from CV
+    folds: int = FOLDS
+    repeats: int = REPEATS
+
+
+def fold_splits(n: int, folds: int, repeats: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(training, validation) indices of every fold of every repeat; each repeat reshuffles."""
+    splits = []
+    for repeat in range(repeats):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + repeat))
+        for part in order.tensor_split(folds):
+            if len(part) and len(part) < n:
+                kept = torch.ones(n, dtype=torch.bool)
+                kept[part] = False
+                splits.append((torch.nonzero(kept).flatten(), part))
+    return splits
+
+
+def choose_epochs(model, data: TrainingData, config: TrainConfig, cv: CrossValidation,
+                  progress: Progress | None = None) -> dict:
+    """The epochs to train for, and the spread of the folds' scores, from k-fold runs on `data`.
+    `model` is left as it was: each fold trains a copy."""
+    folds = min(cv.folds, len(data))
+    best_epochs, scores = [], []
+    for number, split in enumerate(fold_splits(len(data), folds, cv.repeats, config.seed), start=1):
+        # the progress callback also notices a cancelled job between the folds' steps
+        fold_progress = (lambda event, fold=number: progress({**event, "crossval_fold": fold})) if progress else None
+        result = train(copy.deepcopy(model), data, replace(config, keep_best=True), progress=fold_progress,
+                       split=split)
+        best_epochs.append(result.best_epoch)
+        scores.append(result.history[result.best_epoch - 1]["score"])
+        log.info("cross-validation fold %d: best epoch %d, score %.4f", number, result.best_epoch, scores[-1])
+    return {"epochs": max(1, round(statistics.median(best_epochs))), "folds": folds, "repeats": cv.repeats,
+            "best_epochs": best_epochs, "scores": scores, **spread(scores)}
+
+
+def spread(scores: list[float]) -> dict:
+    """Mean, standard deviation and range of the folds' finite scores (a fold without a labelled
+    validation task scores NaN)."""
+    finite = [s for s in scores if math.isfinite(s)]
+    if not finite:
+        return {"score_mean": None, "score_sd": None, "score_min": None, "score_max": None}
+    return {"score_mean": statistics.fmean(finite), "score_sd": statistics.pstdev(finite),
+            "score_min": min(finite), "score_max": max(finite)}
