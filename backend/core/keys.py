@@ -18,6 +18,8 @@ Per project p, under `aesemo:p:{p}:` (what the votes and jobs hold):
 Per project p, under `aesemo:project:{p}:` (what the project is and serves):
     setup            hash    label_config, and /setup's hostname and access_token
     current          string  name of the model version the project serves
+    annotators       hash    user id -> name or email from Label Studio's users API (expires)
+    annotators:retry string  set while Label Studio is not asked again for the names (expires)
 
 Global:
     aesemo:projects         set     ids of the projects the backend knows
@@ -104,6 +106,14 @@ def setup(project: str) -> str:
 
 def current_version(project: str) -> str:
     return _PROJECT.format(project) + "current"
+
+
+def annotator_names(project: str) -> str:
+    return _PROJECT.format(project) + "annotators"
+
+
+def annotator_names_retry(project: str) -> str:
+    return _PROJECT.format(project) + "annotators:retry"
 
 
 def job_cancel(job_id: str) -> str:
