@@ -24,6 +24,7 @@ from net import free_port, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREEN = {"width": 1366, "height": 768}
+NARROW = {"width": 640, "height": 1000}  # a tablet upright: too narrow for both side by side
 PHOTO_SIZE = (1600, 1200)  # larger than the screen: Label Studio must scale it down
 
 if not CHROMIUM.is_file():
@@ -140,6 +141,14 @@ def test_one_screen_per_task_labelled_with_hotkeys_only(page, project):
         label = page.locator("label", has_text=re.compile(f"^{value}")).first
         assert re.sub(r"\W", "", label.inner_text()) == value + hotkey, (value, label.inner_text())
     assert len(re.findall("<Choice ", LABEL_CONFIG)) == len(re.findall(r"<Choice [^>]*hotkey=", LABEL_CONFIG))
+
+    # on a narrow screen the choices wrap below the image
+    page.set_viewport_size(NARROW)
+    page.wait_for_function("() => innerWidth === %d" % NARROW["width"])
+    narrow_photo, narrow_high = box(page, image), box(page, page.locator("label", has_text=re.compile(r"^high")).first)
+    page.screenshot(path=str(page.artifacts / "labelling-narrow.png"), full_page=True)
+    assert narrow_high["y"] >= narrow_photo["y"] + narrow_photo["height"], (narrow_photo, narrow_high)
+    page.set_viewport_size(SCREEN)
 
     # the keyboard only: q = high, 3 = contentment, Ctrl+Enter submits
     page.keyboard.press("q")
