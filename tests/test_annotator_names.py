@@ -140,3 +140,17 @@ class _User:
 ])
 def test_display_name(fields, expected):
     assert display_name(_User(**fields)) == expected
+
+
+def test_cli_consensus_names_annotators(settings, redis_client, users_api, monkeypatch, capsys):
+    from backend.cli import main
+    labelled_client(replace(settings, label_studio_url=users_api.url, label_studio_api_key=TOKEN))
+    for name, value in (("REDIS_URL", settings.redis_url), ("AESEMO_DATA_DIR", str(settings.data_dir)),
+                        ("LABEL_STUDIO_URL", users_api.url), ("LABEL_STUDIO_API_KEY", TOKEN)):
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert main(["consensus", str(PROJECT)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["aesthetic"]["annotators"]["2"]["name"] == "Ann Lee"
+    assert main(["consensus", str(PROJECT), "--state", "agreed"]) == 0
+    assert json.loads(capsys.readouterr().out)["tasks"][0]["annotators"]["3"] == "bob@example.com"
