@@ -104,14 +104,18 @@ def box(page, locator) -> dict:
     return found
 
 
-def test_one_screen_per_task_labelled_with_hotkeys_only(page, project):
-    ls, backend, pid = project["ls"], project["backend"], project["pid"]
+def choice(page, value: str):
+    """A choice's label: its text is the value and the hotkey ("sadness" and a superscript "8")."""
+    return page.locator("label", has_text=re.compile(f"^{value}")).first
+
+
+def open_labelling_stream(page, project):
+    """The annotator's labelling stream ("Label All Tasks"), once the photo has loaded; the image."""
+    ls = project["ls"]
     log_in(page, ls, project["email"], project["password"])
-    page.goto(f"{ls.url}/projects/{pid}/data?labeling=1")
-    # a choice's text is its value and its hotkey ("sadness" and a superscript "8")
-    last_choice = page.locator("label", has_text=re.compile(r"^sadness")).first
+    page.goto(f"{ls.url}/projects/{project['pid']}/data?labeling=1")
     try:
-        last_choice.wait_for(state="visible")
+        choice(page, "sadness").wait_for(state="visible")
     except sync_api.TimeoutError:
         page.screenshot(path=str(page.artifacts / "labelling-timeout.png"))
         raise AssertionError(f"no labelling screen at {page.url}: see labelling-timeout.png") from None
@@ -119,36 +123,51 @@ def test_one_screen_per_task_labelled_with_hotkeys_only(page, project):
     image = page.locator("img[src^='blob:']").first
     image.wait_for(state="visible")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
-    submit = page.get_by_test_id("bottombar-submit-button")
-    page.screenshot(path=str(page.artifacts / "labelling-1366x768.png"))
+    return image
 
-    # one screen: everything needed is inside the viewport, and no scrolling
-    photo, sadness, high, button = box(page, image), box(page, last_choice), box(page, page.locator(
-        "label", has_text=re.compile(r"^high")).first), box(page, submit)
-    for name, b in (("image", photo), ("sadness", sadness), ("high", high), ("Submit", button)):
+
+def assert_one_screen(page, image) -> None:
+    """The photo, the first and last choices and Submit inside the viewport, the choices right of
+    the photo, the photo scaled down, and nothing that scrolls."""
+    photo, high, sadness = box(page, image), box(page, choice(page, "high")), box(page, choice(page, "sadness"))
+    submit = box(page, page.get_by_test_id("bottombar-submit-button"))
+    for name, b in (("image", photo), ("high", high), ("sadness", sadness), ("Submit", submit)):
         assert b["y"] >= 0 and b["y"] + b["height"] <= SCREEN["height"], (name, b)
         assert b["x"] >= 0 and b["x"] + b["width"] <= SCREEN["width"], (name, b)
-    assert photo["width"] < PHOTO_SIZE[0] and photo["height"] < PHOTO_SIZE[1], photo  # scaled to fit
-    assert sadness["x"] >= photo["x"] + photo["width"] and high["x"] >= photo["x"] + photo["width"], (photo, high)
-    scrolled = page.evaluate("""() => [...document.querySelectorAll('*')].filter(e =>
-        e.scrollHeight > e.clientHeight + 1 && ['auto', 'scroll'].includes(getComputedStyle(e).overflowY)
-        && e.clientHeight > 0 && e.querySelector('img, .ant-checkbox, input')).map(e => e.className)""")
+    assert photo["width"] < PHOTO_SIZE[0] and photo["height"] < PHOTO_SIZE[1], photo
+    assert min(high["x"], sadness["x"]) >= photo["x"] + photo["width"], (photo, high, sadness)
     assert page.evaluate("document.scrollingElement.scrollHeight") <= SCREEN["height"]
-    print("scrollable containers:", scrolled)
+    scrolling = page.evaluate("""() => [...document.querySelectorAll('*')].filter(e =>
+        e.scrollHeight > e.clientHeight + 1 && ['auto', 'scroll'].includes(getComputedStyle(e).overflowY)
+        && e.clientHeight > 0 && e.querySelector('img, input')).map(e => e.className)""")
+    assert scrolling == [], scrolling
 
-    # every choice shows its hotkey beside its value
-    for value, hotkey in re.findall(r'<Choice value="([^"]+)" hotkey="([^"]+)"', LABEL_CONFIG):
-        label = page.locator("label", has_text=re.compile(f"^{value}")).first
-        assert re.sub(r"\W", "", label.inner_text()) == value + hotkey, (value, label.inner_text())
-    assert len(re.findall("<Choice ", LABEL_CONFIG)) == len(re.findall(r"<Choice [^>]*hotkey=", LABEL_CONFIG))
 
-    # on a narrow screen the choices wrap below the image
+def assert_hotkeys_shown(page) -> None:
+    """Every choice of the config has a hotkey, shown beside its value."""
+    pairs = re.findall(r'<Choice value="([^"]+)" hotkey="([^"]+)"', LABEL_CONFIG)
+    assert len(pairs) == LABEL_CONFIG.count("<Choice ") == 10, pairs
+    for value, hotkey in pairs:
+        shown = choice(page, value).inner_text()
+        assert re.sub(r"\W", "", shown) == value + hotkey, (value, shown)
+
+
+def assert_wraps_when_narrow(page, image) -> None:
     page.set_viewport_size(NARROW)
     page.wait_for_function("() => innerWidth === %d" % NARROW["width"])
-    narrow_photo, narrow_high = box(page, image), box(page, page.locator("label", has_text=re.compile(r"^high")).first)
+    photo, high = box(page, image), box(page, choice(page, "high"))
     page.screenshot(path=str(page.artifacts / "labelling-narrow.png"), full_page=True)
-    assert narrow_high["y"] >= narrow_photo["y"] + narrow_photo["height"], (narrow_photo, narrow_high)
+    assert high["y"] >= photo["y"] + photo["height"], (photo, high)
     page.set_viewport_size(SCREEN)
+
+
+def test_one_screen_per_task_labelled_with_hotkeys_only(page, project):
+    backend, pid = project["backend"], project["pid"]
+    image = open_labelling_stream(page, project)
+    page.screenshot(path=str(page.artifacts / "labelling-1366x768.png"))
+    assert_one_screen(page, image)
+    assert_hotkeys_shown(page)
+    assert_wraps_when_narrow(page, image)
 
     # the keyboard only: q = high, 3 = contentment, Ctrl+Enter submits
     page.keyboard.press("q")
