@@ -20,6 +20,7 @@ from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.votes.project_consensus import ProjectConsensus, vote_and_image
 from backend.labelstudio.projects import ProjectContext, ProjectStore, project_id
+from backend.labelstudio.users import AnnotatorNames, annotator_ids, name_summary, name_tasks, task_voters
 from backend.core.redis_connection import reachable
 from backend.serving.registry import (VersionRef, all_versions, base_for, base_ref, current_version_name,
                                       describe_base, is_trained_version, project_versions, project_versions_dir,
@@ -50,6 +51,7 @@ class Backend:
         self.swap = HotSwap(settings, client, self.models)
         self.withheld = WithheldLog()
         self.follower = VersionFollower(settings, client)
+        self.annotator_names = AnnotatorNames(client, settings)
         self._contexts: dict = {}
         if settings.label_studio_api_key and not settings.label_studio_url:
             log.warning("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key goes only to "
@@ -348,18 +350,29 @@ class Backend:
 
     # -- admin
     def consensus_summary(self, project: str) -> dict:
-        return self.consensus.summary(project, self.project_labels(project))
+        summary = self.consensus.summary(project, self.project_labels(project))
+        return name_summary(summary, self._names(project, annotator_ids(summary)))
 
     def consensus_tasks(self, project: str, state: str) -> dict:
-        return {"project": project, "state": state,
-                "tasks": self.consensus.tasks_in_state(project, self.project_labels(project), state)}
+        tasks = self.consensus.tasks_in_state(project, self.project_labels(project), state)
+        return {"project": project, "state": state, "tasks": self._name_tasks(project, tasks)}
 
     def consensus_overview(self, project: str, state: str = "disputed") -> tuple[dict, list[dict]]:
-        """The summary and the tasks in `state`, from one computation of the consensus."""
+        """The summary and the tasks in `state`, from one computation of the consensus, with the
+        annotators' names (one lookup for both)."""
         labels = self.project_labels(project)
         result = self.consensus.consensus(project, labels)
-        return (self.consensus.summary(project, labels, result),
-                self.consensus.tasks_in_state(project, labels, state, result))
+        summary = self.consensus.summary(project, labels, result)
+        tasks = self.consensus.tasks_in_state(project, labels, state, result)
+        names = self._names(project, annotator_ids(summary).union(*map(task_voters, tasks)))
+        return name_summary(summary, names), name_tasks(tasks, names)
+
+    def _name_tasks(self, project: str, tasks: list[dict]) -> list[dict]:
+        return name_tasks(tasks, self._names(project, set().union(*map(task_voters, tasks))))
+
+    def _names(self, project: str, users: set[int]) -> dict[int, str]:
+        """Label Studio's name for each user id (Redis cache), "user N" when it cannot say."""
+        return self.annotator_names.names(self.projects.get(project), users) if users else {}
 
     def set_policy(self, project: str, body) -> dict:
         self.project_labels(project)

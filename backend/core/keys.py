@@ -21,6 +21,8 @@ Per project p, under `aesemo:project:{p}:` (what the project is and serves):
     current          string  name of the model version the project serves
     ls_followed      string  the version Label Studio's project was found sorting by (expires: recheck)
     ls_follow        lock    one thread at a time makes it so
+    annotators       hash    user id -> name or email from Label Studio's users API (expires)
+    annotators:retry string  set while Label Studio is not asked again for the names (expires)
 
 Global:
     aesemo:projects         set     ids of the projects the backend knows
@@ -119,6 +121,12 @@ def ls_followed(project: str) -> str:
 
 def ls_follow_lock(project: str) -> str:
     return _PROJECT.format(project) + "ls_follow"
+def annotator_names(project: str) -> str:
+    return _PROJECT.format(project) + "annotators"
+
+
+def annotator_names_retry(project: str) -> str:
+    return _PROJECT.format(project) + "annotators:retry"
 
 
 def job_cancel(job_id: str) -> str:

@@ -53,6 +53,21 @@ PROJECT_TITLE = "Aesthetics and emotion (demo)"
 LABEL_CONFIG = resources.files("backend.labelstudio") / "aesthetic_emotion.xml"
 DEMO_BACKBONE = "resnet18"
 # real photographs inside scikit-image's wheel (skimage/data), read from the installed package
+# Label Studio Community settings that keep each vote independent, as far as Community allows
+# (README, "The stack"): the labelling stream ("Label All Tasks") shows an annotator only their own
+# annotation, never their earlier versions; no empty annotation counts as a vote; the instructions,
+# shown before the first task, ask them to label from the stream rather than open the task list,
+# where Community shows everyone's labels to every member.
+INDEPENDENT_VOTES = {
+    "show_annotation_history": False,
+    "enable_empty_annotation": False,
+    "show_skip_button": True,
+    "show_instruction": True,
+    "expert_instruction": (
+        "<p>Label each photo with your own judgement: open tasks with <b>Label All Tasks</b>, not from "
+        "the task list (it shows the other annotators' labels). Keys: <b>q</b> high, <b>w</b> low; "
+        "<b>1</b>-<b>8</b> the emotion; <b>Ctrl+Enter</b> submits.</p>"),
+}
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
                  "hubble_deep_field.jpg", "retina.jpg", "camera.png", "coins.png", "moon.png", "grass.png",
                  "brick.png")
@@ -445,7 +460,7 @@ def ensure_project(client: LabelStudioClient, options: StackOptions, state: dict
     project_id = state.get("project_id")
     if project_id is not None:
         try:
-            client.project(project_id)
+            client.update_project(project_id, **INDEPENDENT_VOTES)  # a project made by an older stack too
             say(f"reusing project {project_id}")
             return project_id
         except LabelStudioError as exc:
@@ -454,7 +469,8 @@ def ensure_project(client: LabelStudioClient, options: StackOptions, state: dict
             say(f"project {project_id} is gone from Label Studio: making a new one")
     project = client.create_project(PROJECT_TITLE, LABEL_CONFIG.read_text(),
                                     description="Sample photographs pre-annotated by aesemo; 3 annotators each",
-                                    maximum_annotations=ANNOTATORS, overlap_cohort_percentage=100)
+                                    maximum_annotations=ANNOTATORS, overlap_cohort_percentage=100,
+                                    **INDEPENDENT_VOTES)
     state["project_id"] = project["id"]
     save_state(options, state)
     say(f"created project {project['id']} (every photo needs {ANNOTATORS} annotators)")

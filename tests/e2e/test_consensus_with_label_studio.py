@@ -220,13 +220,14 @@ def test_consensus_of_three_annotators(label_studio: LabelStudioServer, image_se
     aesthetic_people = summary["aesthetic"]["annotators"]
     emotion_people = summary["emotion"]["annotators"]
     assert set(aesthetic_people) == set(emotion_people) == {str(a.id), str(b.id), str(c.id)}, summary
-    assert aesthetic_people[str(a.id)] == {"votes_on_agreed_tasks": 3, "agreement": 1.0}
-    assert aesthetic_people[str(b.id)] == {"votes_on_agreed_tasks": 3, "agreement": 1.0}
+    # each annotator by name: the email Label Studio's users API lists (signup sets no first name)
+    assert aesthetic_people[str(a.id)] == {"votes_on_agreed_tasks": 3, "agreement": 1.0, "name": a.email}
+    assert aesthetic_people[str(b.id)] == {"votes_on_agreed_tasks": 3, "agreement": 1.0, "name": b.email}
     assert aesthetic_people[str(c.id)]["votes_on_agreed_tasks"] == 3
     assert aesthetic_people[str(c.id)]["agreement"] == pytest.approx(1 / 3)
-    assert emotion_people[str(a.id)] == {"votes_on_agreed_tasks": 2, "agreement": 1.0}
-    assert emotion_people[str(b.id)] == {"votes_on_agreed_tasks": 2, "agreement": 1.0}
-    assert emotion_people[str(c.id)] == {"votes_on_agreed_tasks": 2, "agreement": 0.5}
+    assert emotion_people[str(a.id)] == {"votes_on_agreed_tasks": 2, "agreement": 1.0, "name": a.email}
+    assert emotion_people[str(b.id)] == {"votes_on_agreed_tasks": 2, "agreement": 1.0, "name": b.email}
+    assert emotion_people[str(c.id)] == {"votes_on_agreed_tasks": 2, "agreement": 0.5, "name": c.email}
     for dimension in ("aesthetic", "emotion"):
         alpha = summary[dimension]["krippendorff_alpha"]
         assert alpha is not None and -1.0 <= alpha <= 1.0, summary[dimension]
@@ -240,6 +241,7 @@ def test_consensus_of_three_annotators(label_studio: LabelStudioServer, image_se
     assert d2["emotion"]["soft"] == pytest.approx({"awe": 1 / 3, "fear": 1 / 3, "sadness": 1 / 3}), d2
     assert d2["aesthetic"]["state"] == "agreed" and d2["aesthetic"]["label"] == "low", d2
     assert d2["aesthetic"]["votes"] == {str(a.id): "low", str(b.id): "low", str(c.id): "high"}, d2
+    assert d2["annotators"] == {str(who.id): who.email for who in (a, b, c)}, d2
 
     # the waiting tasks, with the votes that count: no deleted annotation, no skip
     waiting = {t["task"]: t for t in tasks_in_state(backend, pid, "waiting")}

@@ -21,7 +21,7 @@ import pytest
 
 from backend.labelstudio.admin_client import LabelStudioClient
 from backend.core.redis_connection import embedded_redis_running
-from backend.tools.stack import READY_LINE, SAMPLE_PHOTOS
+from backend.tools.stack import INDEPENDENT_VOTES, READY_LINE, SAMPLE_PHOTOS
 from backend_proc import SCRUB_ENV, aesemo_executable
 from net import free_port, wait_for
 
@@ -139,6 +139,7 @@ def check_demo_project(client: LabelStudioClient, state: dict, backend_port: int
     serves an untrained base version and sends no suggestions from it until the first training."""
     project = client.project(state["project_id"])
     assert project["maximum_annotations"] == 3 and project["overlap_cohort_percentage"] == 100, project
+    assert {k: project[k] for k in INDEPENDENT_VOTES} == INDEPENDENT_VOTES, project
     emails = [user["email"] for user in client.users()]
     assert sorted(emails) == sorted(["admin@example.com", *ANNOTATORS]), emails
     for annotator in state["annotators"]:
