@@ -18,6 +18,13 @@ Per project p, under `aesemo:p:{p}:` (what the votes and jobs hold):
 Per project p, under `aesemo:project:{p}:` (what the project is and serves):
     setup            hash    label_config, and /setup's hostname and access_token
     current          string  name of the model version the project serves
+    predictions:{v}  hash    task id -> version v's prediction (JSON), from /predict and the refresh
+                             job; expires AESEMO_PREDICTION_TTL after its last write
+    refreshed:{v}    set     task ids whose version-v prediction the refresh job wrote into Label
+                             Studio (a rerun skips them); same expiry
+    refresh:pending  string  id of the queued prediction-refresh job (a new request merges into it)
+    refresh:jobs     list    prediction-refresh job ids, newest first (capped)
+    refresh:submit   lock    serialises submitting refresh jobs
 
 Global:
     aesemo:projects         set     ids of the projects the backend knows
@@ -108,3 +115,23 @@ def current_version(project: str) -> str:
 
 def job_cancel(job_id: str) -> str:
     return f"aesemo:job:{job_id}:cancel"
+
+
+def predictions(project: str, version: str) -> str:
+    return _PROJECT.format(project) + f"predictions:{version}"
+
+
+def refreshed(project: str, version: str) -> str:
+    return _PROJECT.format(project) + f"refreshed:{version}"
+
+
+def refresh_pending(project: str) -> str:
+    return _PROJECT.format(project) + "refresh:pending"
+
+
+def refresh_jobs(project: str) -> str:
+    return _PROJECT.format(project) + "refresh:jobs"
+
+
+def refresh_submit_lock(project: str) -> str:
+    return _PROJECT.format(project) + "refresh:submit"

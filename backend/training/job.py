@@ -34,6 +34,7 @@ from backend.labelstudio.label_config import ProjectLabels, parse_label_config
 from backend.labelstudio.projects import ProjectContext, ProjectStore
 from backend.serving.registry import (base_for, project_versions_dir, refusal, resolve_current,
                                       set_current_version)
+from backend.serving.refresh_queue import try_submit_refresh
 from backend.training.image_cache import cached_training_image, training_image_cache
 from backend.training.queue import _DELETE_IF_EQUAL, _fetch, _get, _reap_abandoned, raw_connection
 from backend.training.report import write_report
@@ -272,6 +273,7 @@ def promotion_step(run: _Run, parent_meta: dict, meta: dict, folder: Path) -> tu
     promoted, why = _promotion(run.settings, parent_meta, meta, folder)
     if promoted:
         set_current_version(run.client, run.project, folder.name)
+        try_submit_refresh(run.settings, run.project, f"promotion of {folder.name}")
     return promoted, why
 
 
