@@ -158,7 +158,8 @@ class Backend:
         """The store's predictions, then the model's for the rest within the budget; the tasks
         the budget left out are queued for a refresh job (their next /predict finds them stored)."""
         ids = [_task_id(t) for t in tasks]
-        stored = self._stored(project, served.version, [i for i in ids if i is not None])
+        images = {i: _image(t, labels) for i, t in zip(ids, tasks) if i is not None}
+        stored = self._stored(project, served.version, images)
         missing = [n for n, i in enumerate(ids) if i is None or i not in stored]
 
         def fetch(url):
@@ -172,17 +173,18 @@ class Backend:
         results = [stored.get(i, []) for i in ids]
         for n, result in zip(missing, computed):
             results[n] = result
-        self._store(project, served.version, {ids[n]: r for n, r in zip(missing, computed) if r and ids[n] is not None})
+        self._store(project, served.version,
+                    {ids[n]: (images[ids[n]], r) for n, r in zip(missing, computed) if r and ids[n] is not None})
         over_budget = [ids[f.index] for f in failures if f.kind == BUDGET_KIND and ids[f.index] is not None]
         if project and over_budget:
             try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget)
         return results, failures
 
-    def _stored(self, project: str | None, version: str, task_ids: list) -> dict:
+    def _stored(self, project: str | None, version: str, images: dict) -> dict:
         if not project:
             return {}
         try:
-            return stored_predictions(self.redis, project, version, task_ids)
+            return stored_predictions(self.redis, project, version, images)
         except redis.RedisError:  # predictions go on from the model without Redis
             return {}
 
@@ -395,6 +397,11 @@ def _task_id(task) -> int | None:
     """A task's Label Studio id, the store's key; None for a task without one (never stored)."""
     value = task.get("id") if isinstance(task, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _image(task: dict, labels: ProjectLabels):
+    data = task.get("data")
+    return data.get(labels.image_key) if isinstance(data, dict) else None
 
 
 def _annotations(body: dict) -> list:

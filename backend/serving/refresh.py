@@ -109,10 +109,11 @@ def _tasks_to_refresh(run: _Refresh, tasks: list[dict], wanted: list | None) -> 
 def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict]) -> tuple[int, int]:
     """(written, failed): one batch predicted (stored ones reused) and written into Label Studio."""
     version, ttl = run.served.version, run.settings.prediction_ttl_s
-    known = stored_predictions(run.client, run.project, version, [t["id"] for t in batch])
+    images = {t["id"]: (t.get("data") or {}).get(run.labels.image_key) for t in batch}
+    known = stored_predictions(run.client, run.project, version, images)
     missing = [t for t in batch if t["id"] not in known]
     computed = _predict(run, fetcher, missing)
-    store_predictions(run.client, run.project, version, computed, ttl)
+    store_predictions(run.client, run.project, version, {i: (images[i], p) for i, p in computed.items()}, ttl)
     ready = {**known, **computed}
     ids = [t["id"] for t in batch if t["id"] in ready]
     if ids:
