@@ -17,7 +17,7 @@ from backend.serving.hotswap import HotSwap
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.serving.prediction_store import store_predictions, stored_predictions
-from backend.serving.refresh_queue import try_submit_refresh
+from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh, try_submit_refresh
 from backend.votes.project_consensus import ProjectConsensus, vote_and_image
 from backend.labelstudio.projects import ProjectContext, ProjectStore, project_id
 from backend.core.redis_connection import reachable
@@ -342,6 +342,18 @@ class Backend:
         answer = promote_version(self.redis, self.settings, project, version)
         refresh = try_submit_refresh(self.settings, project, f"promotion of {version}")
         return {**answer, "refresh": refresh}
+
+    # -- prediction refresh
+    def refresh(self, project: str) -> dict:
+        """Queue a refresh of the unlabelled tasks' predictions (or merge into the pending one)."""
+        self.project_labels(project)
+        return submit_refresh(self.settings, project, "admin")
+
+    def refresh_jobs(self, project: str) -> dict:
+        return {"project": project, "jobs": refresh_jobs(self.settings, project)}
+
+    def cancel_refresh(self, project: str, job_id: str) -> dict:
+        return cancel_refresh(self.settings, project, job_id)
 
     # -- admin
     def consensus_summary(self, project: str) -> dict:

@@ -17,6 +17,7 @@ from backend.http.app import create_app
 from backend.serving.predict import FETCH_THREADS
 from backend.core.settings import Settings, load_settings
 
+from backend.serving.refresh_queue import refresh_jobs
 from hanging_server import HangingServer
 from training_project import environment, predict_body
 from net import wait_for
@@ -73,6 +74,21 @@ def test_budget_answers_what_finished(base_app, images, hanging, redis_client):
     assert all("AESEMO_PREDICT_BUDGET" in e["error"] for e in reply["errors"])
     assert images.paths() == ["/img/2.png"]  # nothing fetched after the budget was spent
     assert hanging.accepted == 1
+    # the tasks left out are queued for one refresh job, whose predictions the next /predict finds
+    [refresh] = refresh_jobs(app.extensions["aesemo"].settings, str(PROJECT))
+    assert refresh["status"] == "queued" and refresh["task_ids"] == 3
+
+
+def test_a_task_predicted_once_is_answered_from_the_store(base_app, images, redis_client):
+    app = app_with(base_app)
+    urls = [images.url("/img/7.png"), images.url("/img/8.png")]
+    first = post(app.test_client(), predict_body(PROJECT, urls)).get_json()
+    images.reset()
+    again = post(app.test_client(), predict_body(PROJECT, urls)).get_json()
+    assert again["results"] == first["results"] and images.paths() == []  # no image fetched, no pass
+    # a task whose image changed is predicted afresh
+    changed = post(app.test_client(), predict_body(PROJECT, [urls[1], urls[0]])).get_json()
+    assert changed["results"] == first["results"][::-1] and sorted(images.paths()) == ["/img/7.png", "/img/8.png"]
 
 
 def test_nothing_finished_in_budget_is_422(base_app, hanging, redis_client):

@@ -170,3 +170,20 @@ def test_the_worker_serves_the_predict_queue(lab):
     [job] = refresh_jobs(settings, "1")
     assert job["job_id"] == job_id and job["status"] == "finished", job
     assert job["progress"]["state"] == "finished" and job["progress"]["written"] == 5
+
+
+def test_admin_api_queues_lists_and_cancels_and_the_page_shows_it(lab, settings):
+    from dataclasses import replace
+    from backend.http.app import create_app
+    env, _, _ = lab
+    app = create_app(replace(settings_for(env), suggest_untrained=True))
+    client = app.test_client()
+    queued = client.post("/projects/1/refresh")
+    assert queued.status_code == 200, queued.get_data(as_text=True)
+    job_id = queued.get_json()["job_id"]
+    assert [j["job_id"] for j in client.get("/projects/1/refresh").get_json()["jobs"]] == [job_id]
+    page = client.get("/?project=1").get_data(as_text=True)
+    assert "Prediction refresh" in page and job_id in page
+    cancelled = client.post(f"/projects/1/refresh/{job_id}/cancel")
+    assert cancelled.get_json()["status"] == "canceled"
+    assert client.post("/projects/9/refresh").status_code == 404  # no label config: nothing queued
