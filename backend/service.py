@@ -176,7 +176,7 @@ class Backend:
         self._store(project, served.version,
                     {ids[n]: (images[ids[n]], r) for n, r in zip(missing, computed) if r and ids[n] is not None})
         over_budget = [ids[f.index] for f in failures if f.kind == BUDGET_KIND and ids[f.index] is not None]
-        if project and over_budget:
+        if project and over_budget and _reaches_label_studio(self.settings, context):
             try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget)
         return results, failures
 
@@ -409,6 +409,12 @@ def _task_id(task) -> int | None:
     """A task's Label Studio id, the store's key; None for a task without one (never stored)."""
     value = task.get("id") if isinstance(task, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _reaches_label_studio(settings: Settings, context) -> bool:
+    """Whether a refresh job could write into the project's Label Studio (an address and a token)."""
+    studio = project_studio(settings, context) if context else None
+    return bool(studio and studio.token)
 
 
 def _image(task: dict, labels: ProjectLabels):

@@ -61,7 +61,9 @@ def post(client, body):
 def test_budget_answers_what_finished(base_app, images, hanging, redis_client):
     # chunks of 2: [good, hanging], [good, good]. The first chunk waits for its hanging image until
     # the budget is spent, predicts the image it has, and the second chunk is never started.
-    app = app_with(base_app, predict_budget_s=8.0, image_timeout_s=30.0, predict_chunk_size=2)
+    # a Label Studio to write into (never called here): the refresh of the tasks left out is queued
+    app = app_with(base_app, predict_budget_s=8.0, image_timeout_s=30.0, predict_chunk_size=2,
+                   label_studio_url="http://127.0.0.1:9", label_studio_api_key="token-never-sent")
     images.reset()
     urls = [images.url("/img/2.png"), hanging.url("/hang.png"), images.url("/img/3.png"), images.url("/img/4.png")]
     response = post(app.test_client(), predict_body(PROJECT, urls))
