@@ -187,3 +187,10 @@ def test_admin_api_queues_lists_and_cancels_and_the_page_shows_it(lab, settings)
     cancelled = client.post(f"/projects/1/refresh/{job_id}/cancel")
     assert cancelled.get_json()["status"] == "canceled"
     assert client.post("/projects/9/refresh").status_code == 404  # no label config: nothing queued
+
+
+def test_without_a_label_studio_to_write_into_the_job_skips(lab):
+    env, studio, _ = lab
+    env = {k: v for k, v in env.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
+    result = refresh(env)
+    assert "no Label Studio address or token" in result["skipped"] and studio.calls == []

@@ -78,8 +78,11 @@ def _open(settings: Settings, project: str, client: redis.Redis, progress: _Prog
 
 def _refresh(run: _Refresh, wanted: list | None) -> dict:
     studio = project_studio(run.settings, run.context)
-    if studio is None or not studio.token:
-        raise Conflict(f"cannot refresh project {run.project}'s predictions: no Label Studio address or token")
+    if studio is None or not studio.token:  # a backend used without Label Studio's API: nothing to do
+        why = ("no Label Studio address or token to write predictions with (LABEL_STUDIO_URL and "
+               "LABEL_STUDIO_API_KEY, or /setup's)")
+        run.progress.state("finished", skipped=why)
+        return {"version": run.served.version, "skipped": why}
     api = sdk_client(run.settings, studio, LABEL_STUDIO_TIMEOUT_S)
     run.progress.state("listing", version=run.served.version)
     todo = _tasks_to_refresh(run, task_api.list_tasks(api, run.project), wanted)
