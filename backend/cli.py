@@ -339,10 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", type=int)
     p.set_defaults(func=cmd_resync)
 
-    p = sub.add_parser("worker", help="run a training worker (RQ, no fork after CUDA init)")
-    p.add_argument("--queue", default=None, help="queue name (default: $AESEMO_QUEUE or training)")
+    p = sub.add_parser("worker", help="run a worker for prediction-refresh and training jobs (RQ, no fork after CUDA init)")
+    p.add_argument("--queue", default=None, help="training queue name (default: $AESEMO_QUEUE or training); the predict queue is $AESEMO_PREDICT_QUEUE")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
-    p.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    p.add_argument("--burst", action="store_true", help="stop when the queues are empty")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("train-project", help="ask for a training job for a Label Studio project")

@@ -18,6 +18,8 @@ from backend.http.prometheus_metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK
 from backend.serving.hotswap import HotSwap
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import BUDGET_KIND, predict_tasks
+from backend.serving.prediction_store import store_predictions, stored_predictions
+from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh, try_submit_refresh
 from backend.votes.project_consensus import ProjectConsensus, vote_and_image
 from backend.labelstudio.projects import ProjectContext, ProjectStore, project_id
 from backend.labelstudio.users import AnnotatorNames, annotator_ids, name_summary, name_tasks, task_voters
@@ -104,9 +106,11 @@ class Backend:
         # token goes into an Authorization header
         hostname, token = _hostname(body), _access_token(body)
         try:
-            self.projects.remember_setup(project, schema, hostname, token)
+            connected = self.projects.remember_setup(project, schema, hostname, token)
             version = self.version_ref(project, labels)
             self.follower.on_setup(self.projects.get(project), version.name)
+            if connected:
+                try_submit_refresh(self.settings, project, "project connected")
             return {"model_version": version.name,
                     **self._withheld(project, version.name, is_trained_version(version.folder))}
         except (redis.ConnectionError, redis.TimeoutError):
@@ -145,12 +149,7 @@ class Backend:
         if withheld:
             return {"results": [[] for _ in tasks], "model_version": version_name, **withheld}
 
-        def fetch(url):
-            return self.fetcher.fetch(url, hostname=context.hostname if context else None,
-                                      access_token=context.access_token if context else None)
-
-        results, failures = predict_tasks(tasks, labels, served.predictor, version_name, fetch,
-                                          self.settings.predict_chunk_size, deadline, self.settings.uncertainty)
+        results, failures = self._stored_then_computed(project, context, tasks, labels, served, deadline)
         _log_failures(failures, self.settings.predict_budget_s)
         if failures and len(failures) == len(tasks):
             raise Unprocessable(f"no task could be predicted: {failures[0].message}"
@@ -161,6 +160,49 @@ class Backend:
         if failures:
             reply["errors"] = [f.to_dict() for f in failures]
         return reply
+
+    def _stored_then_computed(self, project: str | None, context, tasks: list, labels: ProjectLabels,
+                              served: ServedModel, deadline: float) -> tuple[list, list]:
+        """The store's predictions, then the model's for the rest within the budget; the tasks
+        the budget left out are queued for a refresh job (their next /predict finds them stored)."""
+        ids = [_task_id(t) for t in tasks]
+        images = {i: _image(t, labels) for i, t in zip(ids, tasks) if i is not None}
+        stored = self._stored(project, served.version, images)
+        missing = [n for n, i in enumerate(ids) if i is None or i not in stored]
+
+        def fetch(url):
+            return self.fetcher.fetch(url, hostname=context.hostname if context else None,
+                                      access_token=context.access_token if context else None)
+
+        computed, failures = predict_tasks([tasks[n] for n in missing], labels, served.predictor, served.version,
+                                           fetch, self.settings.predict_chunk_size, deadline,
+                                           self.settings.uncertainty)
+        for failure in failures:
+            failure.index = missing[failure.index]
+        results = [stored.get(i, []) for i in ids]
+        for n, result in zip(missing, computed):
+            results[n] = result
+        self._store(project, served.version,
+                    {ids[n]: (images[ids[n]], r) for n, r in zip(missing, computed) if r and ids[n] is not None})
+        over_budget = [ids[f.index] for f in failures if f.kind == BUDGET_KIND and ids[f.index] is not None]
+        if project and over_budget and _reaches_label_studio(self.settings, context):
+            try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget)
+        return results, failures
+
+    def _stored(self, project: str | None, version: str, images: dict) -> dict:
+        if not project:
+            return {}
+        try:
+            return stored_predictions(self.redis, project, version, images)
+        except redis.RedisError:  # predictions go on from the model without Redis
+            return {}
+
+    def _store(self, project: str | None, version: str, by_task: dict) -> None:
+        if project:
+            try:
+                store_predictions(self.redis, project, version, by_task, self.settings.prediction_ttl_s)
+            except redis.RedisError as exc:
+                log.debug("predictions of project %s not stored: %s", project, exc)
 
     def _model_for(self, project: str | None, labels: ProjectLabels) -> ServedModel:
         """The project's current model: from this process's memory when it holds one for these
@@ -340,13 +382,31 @@ class Backend:
                 "base_model": describe_base(self.redis, self.settings)}
 
     def promote(self, project: str, version: str) -> dict:
-        promoted = promote_version(self.redis, self.settings, project, version)
-        self.follower.on_setup(self.projects.get(project), version)
-        return promoted
+        """Make `version` current and refresh the unlabelled tasks' predictions."""
+        answer = promote_version(self.redis, self.settings, project, version)
+        return self._serving_changed(project, version, answer, f"promotion of {version}")
 
     def roll_back(self, project: str) -> dict:
         """Serve the project's base again: the registered base model, or the untrained base."""
-        return roll_back_to_base(self.redis, self.settings, project, self.project_labels(project).classes())
+        answer = roll_back_to_base(self.redis, self.settings, project, self.project_labels(project).classes())
+        return self._serving_changed(project, answer["current"], answer, "rollback to the base")
+
+    def _serving_changed(self, project: str, version: str, answer: dict, reason: str) -> dict:
+        """Label Studio sorts by the new version's scores, and its unlabelled tasks get its predictions."""
+        self.follower.on_setup(self.projects.get(project), version)
+        return {**answer, "refresh": try_submit_refresh(self.settings, project, reason)}
+
+    # -- prediction refresh
+    def refresh(self, project: str) -> dict:
+        """Queue a refresh of the unlabelled tasks' predictions (or merge into the pending one)."""
+        self.project_labels(project)
+        return submit_refresh(self.settings, project, "admin")
+
+    def refresh_jobs(self, project: str) -> dict:
+        return {"project": project, "jobs": refresh_jobs(self.settings, project)}
+
+    def cancel_refresh(self, project: str, job_id: str) -> dict:
+        return cancel_refresh(self.settings, project, job_id)
 
     # -- admin
     def consensus_summary(self, project: str) -> dict:
@@ -407,6 +467,23 @@ def _log_failures(failures: list, budget_s: float) -> None:
     if over:
         log.warning("no prediction for %d tasks: the request's time budget of %g s "
                     "(AESEMO_PREDICT_BUDGET) was spent", over, budget_s)
+
+
+def _task_id(task) -> int | None:
+    """A task's Label Studio id, the store's key; None for a task without one (never stored)."""
+    value = task.get("id") if isinstance(task, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _reaches_label_studio(settings: Settings, context) -> bool:
+    """Whether a refresh job could write into the project's Label Studio (an address and a token)."""
+    studio = project_studio(settings, context) if context else None
+    return bool(studio and studio.token)
+
+
+def _image(task: dict, labels: ProjectLabels):
+    data = task.get("data")
+    return data.get(labels.image_key) if isinstance(data, dict) else None
 
 
 def _annotations(body: dict) -> list:

@@ -230,7 +230,9 @@ def test_training_through_a_real_worker_writes_reports_and_promotes(lab, trained
             outputs[name] = json.loads(capsys.readouterr().out)
     assert outputs["jobs"]["jobs"][0]["job_id"] == job_id and outputs["jobs"]["jobs"][0]["status"] == "finished"
     assert outputs["versions"]["current"] == version
+    refresh = outputs["promote"].pop("refresh")  # a promotion queues a prediction refresh
     assert outputs["promote"] == {"project": str(PROJECT), "current": version, "previous": version}
+    assert refresh["state"] == "queued"
 
 
 def test_failed_downloads_are_skipped_and_counted_then_fatal_over_the_threshold(lab, trained):

@@ -17,6 +17,8 @@ from backend.http.app import create_app
 from backend.serving.predict import FETCH_THREADS
 from backend.core.settings import Settings, load_settings
 
+from backend.serving import prediction_store
+from backend.serving.refresh_queue import refresh_jobs
 from hanging_server import HangingServer
 from training_project import environment, predict_body
 from net import wait_for
@@ -59,7 +61,9 @@ def post(client, body):
 def test_budget_answers_what_finished(base_app, images, hanging, redis_client):
     # chunks of 2: [good, hanging], [good, good]. The first chunk waits for its hanging image until
     # the budget is spent, predicts the image it has, and the second chunk is never started.
-    app = app_with(base_app, predict_budget_s=8.0, image_timeout_s=30.0, predict_chunk_size=2)
+    # a Label Studio to write into (never called here): the refresh of the tasks left out is queued
+    app = app_with(base_app, predict_budget_s=8.0, image_timeout_s=30.0, predict_chunk_size=2,
+                   label_studio_url="http://127.0.0.1:9", label_studio_api_key="token-never-sent")
     images.reset()
     urls = [images.url("/img/2.png"), hanging.url("/hang.png"), images.url("/img/3.png"), images.url("/img/4.png")]
     response = post(app.test_client(), predict_body(PROJECT, urls))
@@ -73,6 +77,25 @@ def test_budget_answers_what_finished(base_app, images, hanging, redis_client):
     assert all("AESEMO_PREDICT_BUDGET" in e["error"] for e in reply["errors"])
     assert images.paths() == ["/img/2.png"]  # nothing fetched after the budget was spent
     assert hanging.accepted == 1
+    # the tasks left out are queued for one refresh job, whose predictions the next /predict finds
+    [refresh] = refresh_jobs(app.extensions["aesemo"].settings, str(PROJECT))
+    assert refresh["status"] == "queued" and refresh["task_ids"] == 3
+
+
+def test_a_task_predicted_once_is_answered_from_the_store(base_app, images, redis_client):
+    app = app_with(base_app)
+    urls = [images.url("/img/7.png"), images.url("/img/8.png")]
+    first = post(app.test_client(), predict_body(PROJECT, urls)).get_json()
+    version = first["model_version"]
+    # marked in the store: an answer carrying the mark came from there, not from the model
+    entries = prediction_store.stored_predictions(redis_client, str(PROJECT), version, {1: urls[0], 2: urls[1]})
+    marked = {task: (urls[task - 1], {**p, "score": 0.125}) for task, p in entries.items()}
+    prediction_store.store_predictions(redis_client, str(PROJECT), version, marked, 60)
+    again = post(app.test_client(), predict_body(PROJECT, urls)).get_json()
+    assert [r["score"] for r in again["results"]] == [0.125, 0.125]
+    # a task whose image changed is predicted afresh
+    changed = post(app.test_client(), predict_body(PROJECT, [urls[1], urls[0]])).get_json()
+    assert changed["results"] == first["results"][::-1]
 
 
 def test_nothing_finished_in_budget_is_422(base_app, hanging, redis_client):

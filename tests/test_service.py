@@ -856,6 +856,9 @@ def test_tokens_never_logged(client, db, server, caplog):
     for key in db.scan_iter("*"):
         if key == keys.setup("1"):
             continue
+        if key.startswith("rq:"):  # RQ's records (the refresh job /setup queued) hold pickled bytes
+            assert SECRET.encode() not in db.execute_command("DUMP", key, NEVER_DECODE=True), key
+            continue
         assert SECRET not in json.dumps(redis_value(db, key), default=str), key
 
 

@@ -23,6 +23,13 @@ Per project p, under `aesemo:project:{p}:` (what the project is and serves):
     ls_follow        lock    one thread at a time makes it so
     annotators       hash    user id -> name or email from Label Studio's users API (expires)
     annotators:retry string  set while Label Studio is not asked again for the names (expires)
+    predictions:{v}  hash    task id -> version v's prediction (JSON), from /predict and the refresh
+                             job; expires AESEMO_PREDICTION_TTL after its last write
+    refreshed:{v}    set     task ids whose version-v prediction the refresh job wrote into Label
+                             Studio (a rerun skips them); same expiry
+    refresh:pending  string  id of the queued prediction-refresh job (a new request merges into it)
+    refresh:jobs     list    prediction-refresh job ids, newest first (capped)
+    refresh:submit   lock    serialises submitting refresh jobs
 
 Global:
     aesemo:projects         set     ids of the projects the backend knows
@@ -121,6 +128,8 @@ def ls_followed(project: str) -> str:
 
 def ls_follow_lock(project: str) -> str:
     return _PROJECT.format(project) + "ls_follow"
+
+
 def annotator_names(project: str) -> str:
     return _PROJECT.format(project) + "annotators"
 
@@ -131,3 +140,23 @@ def annotator_names_retry(project: str) -> str:
 
 def job_cancel(job_id: str) -> str:
     return f"aesemo:job:{job_id}:cancel"
+
+
+def predictions(project: str, version: str) -> str:
+    return _PROJECT.format(project) + f"predictions:{version}"
+
+
+def refreshed(project: str, version: str) -> str:
+    return _PROJECT.format(project) + f"refreshed:{version}"
+
+
+def refresh_pending(project: str) -> str:
+    return _PROJECT.format(project) + "refresh:pending"
+
+
+def refresh_jobs(project: str) -> str:
+    return _PROJECT.format(project) + "refresh:jobs"
+
+
+def refresh_submit_lock(project: str) -> str:
+    return _PROJECT.format(project) + "refresh:submit"

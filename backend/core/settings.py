@@ -100,6 +100,8 @@ def _base_model(name: str, value: Path | None) -> None:
 _FRACTION = Limit(float, 0, 1)
 _CACHE_BYTES = Limit(int, 0, 2 ** 62)
 _COUNT = Limit(int, 0, 10 ** 6)
+_REFRESH_BATCH = Limit(int, 1, 1000)
+_TTL = Limit(int, 60, 365 * 86400)
 
 
 def setting(env: str, default: Any, doc: str, *, parse: Parser = _text, check: Check | None = None,
@@ -276,6 +278,21 @@ class Settings:
         "labelled held-out tasks per task type below which a job picks its epochs by cross-validation on "
         "the training rows and promotion calls the evidence inconclusive", parse=_integer,
         check=_within(lambda: _COUNT))
+    predict_queue: str = setting(
+        "AESEMO_PREDICT_QUEUE", "predict",
+        "RQ queue of prediction-refresh jobs (`aesemo worker` serves it beside the training queue)")
+    refresh_batch: int = setting(
+        "AESEMO_REFRESH_BATCH", 64,
+        "tasks a refresh job predicts and writes into Label Studio per step (1..1000)", parse=_integer,
+        check=_within(lambda: _REFRESH_BATCH))
+    refresh_keep_old: bool = setting(
+        "AESEMO_REFRESH_KEEP_OLD", False,
+        "keep a refreshed task's earlier predictions in Label Studio; off: the refresh job deletes "
+        "them (every version's) before it writes the current version's", parse=_flag)
+    prediction_ttl_s: int = setting(
+        "AESEMO_PREDICTION_TTL", 7 * 86400,
+        "seconds a project version's stored predictions (Redis) live after their last write",
+        parse=_integer, check=_within(lambda: _TTL))
     swap_poll_s: float = setting(
         "AESEMO_SWAP_POLL", 5.0, "seconds between a serving process's checks of the version pointers",
         parse=_number())

@@ -12,6 +12,7 @@ import redis
 
 from backend.labelstudio import tokens as ls_auth
 from backend.core.errors import DomainError, NotFound
+from backend.serving.refresh_queue import refresh_jobs
 from backend.serving.registry import base_ref, is_trained_version, project_versions_dir, version_folder
 from backend.serving.suggestions import withheld_reason
 
@@ -43,6 +44,7 @@ def project_panel(backend, project: str) -> dict:
         "versions": _section(lambda: versions_section(backend, project)),
         "jobs": _section(lambda: jobs_section(backend, project)),
         "consensus": _section(lambda: consensus_section(backend, project)),
+        "refresh": _section(lambda: refresh_section(backend, project)),
     }
 
 
@@ -114,6 +116,11 @@ def consensus_section(backend, project: str) -> dict:
     dimensions = {d: v for d, v in summary.items() if isinstance(v, dict) and "tasks" in v}
     return {"policy": summary.get("policy"), "dimensions": dimensions, "disputed": disputed[:DISPUTED_SHOWN],
             "disputed_total": len(disputed)}
+
+
+def refresh_section(backend, project: str) -> dict:
+    """The project's latest prediction-refresh jobs (backend/serving/refresh.py), newest first."""
+    return {"queue": backend.settings.predict_queue, "jobs": refresh_jobs(backend.settings, project)}
 
 
 def _section(gather) -> dict:

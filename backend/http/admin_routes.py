@@ -28,6 +28,9 @@ JSON_ROUTES = [
     (f"{PROJECT}/jobs/<job_id>/cancel", "POST", "cancel"),
     (f"{PROJECT}/versions", "GET", "project_versions"),
     (f"{PROJECT}/versions/<version>/promote", "POST", "promote"),
+    (f"{PROJECT}/refresh", "GET", "refresh_jobs"),
+    (f"{PROJECT}/refresh", "POST", "refresh"),
+    (f"{PROJECT}/refresh/<job_id>/cancel", "POST", "cancel_refresh"),
 ]
 
 

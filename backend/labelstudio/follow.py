@@ -64,17 +64,26 @@ class VersionFollower:
         """Start the sync unless it is off, Label Studio was found sorting by `version` less than
         AESEMO_LS_RECHECK seconds ago (a reconnected backend is titled anew within that time), or
         a sync is under way. Returns the thread (tests wait on it)."""
-        project = context.project
-        if not self.settings.ls_recheck_s:
-            return None
-        if self.redis.get(keys.ls_followed(project)) == version:
-            return None
-        if not self.redis.set(keys.ls_follow_lock(project), version, nx=True, ex=LOCK_S):
+        if not self._claim(context.project, version):
             return None
         thread = threading.Thread(target=self._run, args=(context, version), daemon=True,
-                                  name=f"ls-follow-{project}")
+                                  name=f"ls-follow-{context.project}")
         thread.start()
         return thread
+
+    def sync_now(self, context: ProjectContext, version: str) -> None:
+        """The same sync in the caller's thread: a refresh job makes Label Studio sort by the
+        version it is about to write before writing it (a promotion by a training worker reaches
+        Label Studio no other way until its next /setup)."""
+        if self._claim(context.project, version):
+            self._run(context, version)
+
+    def _claim(self, project: str, version: str) -> bool:
+        if not self.settings.ls_recheck_s:
+            return False
+        if self.redis.get(keys.ls_followed(project)) == version:
+            return False
+        return bool(self.redis.set(keys.ls_follow_lock(project), version, nx=True, ex=LOCK_S))
 
     def _basic_auth(self) -> tuple[str, str] | None:
         if not self.settings.basic_auth_user:

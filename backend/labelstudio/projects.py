@@ -62,8 +62,8 @@ class ProjectStore:
         self._remember_label_config(keys=[keys.setup(project), keys.PROJECTS], args=[project, label_config])
 
     def remember_setup(self, project: str, label_config: str, hostname: str | None,
-                       access_token: str | None) -> None:
-        """What /setup sent. Its hostname and access_token are kept as a pair, replaced together
+                       access_token: str | None) -> bool:
+        """What /setup sent; True when the project was new to the backend. Its hostname and access_token are kept as a pair, replaced together
         whenever a /setup names either: the token goes back only to the host it came with, so a
         later /setup that names only a hostname must not inherit Label Studio's token."""
         setup = keys.setup(project)
@@ -73,7 +73,7 @@ class ProjectStore:
             pipe.hdel(setup, "hostname", "access_token")
             pipe.hset(setup, mapping={k: v for k, v in (("hostname", hostname), ("access_token", access_token)) if v})
         pipe.sadd(keys.PROJECTS, project)
-        pipe.execute()
+        return bool(pipe.execute()[-1])
 
     def get(self, project: str) -> ProjectContext:
         stored = self.redis.hgetall(keys.setup(project))

@@ -35,6 +35,7 @@ from backend.labelstudio.label_config import ProjectLabels, parse_label_config
 from backend.labelstudio.projects import ProjectContext, ProjectStore
 from backend.serving.registry import (base_for, project_versions_dir, refusal, resolve_current,
                                       set_current_version)
+from backend.serving.refresh_queue import try_submit_refresh
 from backend.training.image_cache import cached_training_image, training_image_cache
 from backend.training.queue import _DELETE_IF_EQUAL, _fetch, _get, _reap_abandoned, raw_connection
 from backend.training.promotion import heldout_tasks, like_for_like, promotion
@@ -283,6 +284,7 @@ def promotion_step(run: _Run, parent, parent_meta: dict, meta: dict, folder: Pat
     promoted, why = promotion(run.settings, parent_meta, meta, folder, evidence)
     if promoted:
         set_current_version(run.client, run.project, folder.name)
+        try_submit_refresh(run.settings, run.project, f"promotion of {folder.name}")
     return promoted, why
 
 

@@ -22,10 +22,12 @@ from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
 from backend.training.queue import raw_connection, training_queue
+from backend.serving.refresh_queue import predict_queue
 from backend.core.settings import load_settings
 from backend.serving.registry import prepare_pretrained
 # the job's code (torch included) loads before the first job, not once RQ has marked it started
 import backend.training.job  # noqa: F401
+import backend.serving.refresh  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,13 @@ def run_worker(queue: str | None = None, device: str | None = None, burst: bool 
     import torch
     chosen = settings.train_device or ("cuda" if torch.cuda.is_available() else "cpu")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    log.info("training worker on queue %r, device %s%s", settings.training_queue, chosen,
+    log.info("worker on queues %r and %r, device %s%s", settings.predict_queue, settings.training_queue, chosen,
              f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
     if chosen.startswith("cuda"):
         log.info("GPU: %s", torch.cuda.get_device_name(torch.device(chosen)))
     connection = raw_connection(settings)
-    worker = TrainingWorker([training_queue(settings, connection)], connection=connection,
+    # refreshes first: they take minutes and users wait on them; a training job takes hours
+    worker = TrainingWorker([predict_queue(settings, connection), training_queue(settings, connection)],
+                            connection=connection,
                             heartbeat_s=settings.job_heartbeat_s)
     return worker.work(burst=burst, with_scheduler=False)

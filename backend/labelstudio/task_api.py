@@ -1,0 +1,49 @@
+"""The few Label Studio 1.23.2 API calls the prediction refresh makes, through the SDK's client
+(backend/votes/resync.py's `sdk_client`: its token rule and address guard):
+
+- the project's tasks, page by page (`GET /api/tasks?project=P`, the Data Manager's list), all
+  listed before anything is written, so that writes cannot move tasks between pages;
+- deleting a set of tasks' predictions (the Data Manager action `delete_tasks_predictions`);
+- importing predictions in bulk (`POST /api/projects/P/import/predictions`, one call a batch).
+"""
+from __future__ import annotations
+
+from label_studio_sdk import LabelStudio
+
+from backend.core.errors import UpstreamError
+
+TASK_PAGE = 500
+
+
+def _call(client: LabelStudio, method: str, path: str, what: str, **kwargs):
+    response = client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
+    if response.status_code >= 300:
+        raise UpstreamError(f"Label Studio: {what} answered HTTP {response.status_code}")
+    return response.json() if response.content else None
+
+
+def list_tasks(client: LabelStudio, project: str) -> list[dict]:
+    """Every task of the project: id, data and whether Label Studio counts it labelled."""
+    tasks, page = [], 1
+    while True:
+        body = _call(client, "GET", "api/tasks/", f"the task list of project {project}",
+                     params={"project": int(project), "page": page, "page_size": TASK_PAGE})
+        listed = body.get("tasks", []) if isinstance(body, dict) else body
+        tasks += [{"id": t["id"], "data": t.get("data"), "is_labeled": bool(t.get("is_labeled"))} for t in listed]
+        total = body.get("total", len(tasks)) if isinstance(body, dict) else len(tasks)
+        if not listed or len(tasks) >= total:
+            return tasks
+        page += 1
+
+
+def delete_predictions(client: LabelStudio, project: str, task_ids: list[int]) -> None:
+    _call(client, "POST", "api/dm/actions", f"deleting predictions in project {project}",
+          params={"id": "delete_tasks_predictions", "project": int(project)},
+          json={"selectedItems": {"all": False, "included": list(task_ids)}})
+
+
+def import_predictions(client: LabelStudio, project: str, predictions: list[dict]) -> int:
+    """`predictions`: {"task", "result", "score", "model_version"} each; the count created."""
+    body = _call(client, "POST", f"api/projects/{int(project)}/import/predictions",
+                 f"importing predictions into project {project}", json=predictions)
+    return int((body or {}).get("created", len(predictions)))

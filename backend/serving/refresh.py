@@ -1,0 +1,147 @@
+"""The prediction-refresh job, run by an RQ worker on the `predict` queue: the project's tasks
+that still need labels get the current version's predictions in Label Studio, batch by batch
+(list, predict, delete the old ones unless AESEMO_REFRESH_KEEP_OLD, import in bulk). Labelled
+tasks keep theirs. A task written for a version is remembered (prediction_store), so a rerun
+after a crash or a cancel goes on where it stopped; a promotion during the run stops it
+("superseded"), and the job queued by that promotion refreshes with the new version.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from rq import get_current_job
+
+from backend.core import keys
+from backend.core.errors import Conflict
+from backend.core.redis_connection import redis_url
+from backend.core.settings import Settings, load_settings
+from backend.fetch.fetcher import ImageFetcher
+from backend.labelstudio import task_api
+from backend.labelstudio.follow import VersionFollower
+from backend.labelstudio.label_config import ProjectLabels, parse_label_config
+from backend.labelstudio.projects import ProjectContext, ProjectStore
+from backend.serving.models import ModelCache, ServedModel
+from backend.serving.predict import predict_tasks
+from backend.serving.prediction_store import (mark_refreshed, refreshed_task_ids, store_predictions,
+                                              stored_predictions)
+from backend.serving.registry import current_version_name, resolve_current
+from backend.serving.suggestions import withheld_reason
+from backend.training.job import _Progress
+from backend.training.queue import _DELETE_IF_EQUAL
+from backend.votes.resync import project_studio, sdk_client
+
+log = logging.getLogger(__name__)
+
+LABEL_STUDIO_TIMEOUT_S = 120
+# the backend record exists already (the job is not inside a /setup): try at once, then once more
+FOLLOW_DELAYS_S = (0.0, 5.0)
+FETCH_DEADLINE_S = 86400    # no request budget here: each image has its own AESEMO_IMAGE_TIMEOUT
+
+
+@dataclass
+class _Refresh:
+    settings: Settings
+    project: str
+    client: redis.Redis
+    context: ProjectContext
+    labels: ProjectLabels
+    served: ServedModel
+    pointer: str | None      # the project's version pointer when the job started (None: a base version)
+    progress: _Progress
+
+
+def refresh_project(project: str) -> dict:
+    settings = load_settings()
+    job = get_current_job()
+    client = redis.Redis.from_url(redis_url(settings), decode_responses=True)
+    if job is not None:
+        client.eval(_DELETE_IF_EQUAL, 1, keys.refresh_pending(project), job.id)
+    wanted = job.meta.get("task_ids") if job is not None else None
+    run = _open(settings, project, client, _Progress(job, job.connection if job else client, None))
+    why_not = withheld_reason(settings, run.served.version, run.served.trained)
+    if why_not:
+        run.progress.state("finished", skipped=why_not)
+        return {"version": run.served.version, "skipped": why_not}
+    return _refresh(run, wanted)
+
+
+def _open(settings: Settings, project: str, client: redis.Redis, progress: _Progress) -> _Refresh:
+    context = ProjectStore(client).get(project)
+    if not context.label_config:
+        raise Conflict(f"project {project} has no label config (connect the backend to it first)")
+    labels = parse_label_config(context.label_config, settings.aesthetic_control, settings.emotion_control)
+    pointer = current_version_name(client, project)
+    served = ModelCache(settings.max_image_pixels).load(resolve_current(client, settings, project, labels.classes()))
+    return _Refresh(settings, project, client, context, labels, served, pointer, progress)
+
+
+def _refresh(run: _Refresh, wanted: list | None) -> dict:
+    studio = project_studio(run.settings, run.context)
+    if studio is None or not studio.token:  # a backend used without Label Studio's API: nothing to do
+        why = ("no Label Studio address or token to write predictions with (LABEL_STUDIO_URL and "
+               "LABEL_STUDIO_API_KEY, or /setup's)")
+        run.progress.state("finished", skipped=why)
+        return {"version": run.served.version, "skipped": why}
+    api = sdk_client(run.settings, studio, LABEL_STUDIO_TIMEOUT_S)
+    run.progress.state("listing", version=run.served.version)
+    # the job's thread has no later /setup to wait for: Label Studio's sort must count what it writes
+    VersionFollower(run.settings, run.client, delays_s=FOLLOW_DELAYS_S).sync_now(run.context, run.served.version)
+    todo = _tasks_to_refresh(run, task_api.list_tasks(api, run.project), wanted)
+    counts = {"version": run.served.version, "tasks": len(todo), "written": 0, "failed": 0}
+    run.progress.state("refreshing", **counts)
+    fetcher = ImageFetcher(run.settings, Path(run.settings.data_dir) / "cache" / "downloads")
+    for start in range(0, len(todo), run.settings.refresh_batch):
+        if current_version_name(run.client, run.project) != run.pointer:
+            run.progress.state("superseded", **counts)
+            return {**counts, "superseded": True}
+        written, failed = _refresh_batch(run, api, fetcher, todo[start:start + run.settings.refresh_batch])
+        counts["written"] += written
+        counts["failed"] += failed
+        run.progress.state("refreshing", **counts)
+    run.progress.state("finished", **counts)
+    return counts
+
+
+def _tasks_to_refresh(run: _Refresh, tasks: list[dict], wanted: list | None) -> list[dict]:
+    """Unlabelled tasks (of `wanted` when given) not yet written for this version."""
+    done = refreshed_task_ids(run.client, run.project, run.served.version)
+    wanted_ids = None if wanted is None else set(wanted)
+    return [t for t in tasks if not t["is_labeled"] and str(t["id"]) not in done
+            and (wanted_ids is None or str(t["id"]) in wanted_ids)]
+
+
+def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict]) -> tuple[int, int]:
+    """(written, failed): one batch predicted (stored ones reused) and written into Label Studio."""
+    version, ttl = run.served.version, run.settings.prediction_ttl_s
+    images = {t["id"]: (t.get("data") or {}).get(run.labels.image_key) for t in batch}
+    known = stored_predictions(run.client, run.project, version, images)
+    missing = [t for t in batch if t["id"] not in known]
+    computed = _predict(run, fetcher, missing)
+    store_predictions(run.client, run.project, version, {i: (images[i], p) for i, p in computed.items()}, ttl)
+    ready = {**known, **computed}
+    ids = [t["id"] for t in batch if t["id"] in ready]
+    if ids:
+        if not run.settings.refresh_keep_old:
+            task_api.delete_predictions(api, run.project, ids)
+        task_api.import_predictions(api, run.project, [{"task": i, **ready[i]} for i in ids])
+        mark_refreshed(run.client, run.project, version, ids, ttl)
+    return len(ids), len(batch) - len(ids)
+
+
+def _predict(run: _Refresh, fetcher: ImageFetcher, tasks: list[dict]) -> dict:
+    if not tasks:
+        return {}
+
+    def fetch(url):
+        return fetcher.fetch(url, hostname=run.context.hostname, access_token=run.context.access_token)
+
+    results, failures = predict_tasks(tasks, run.labels, run.served.predictor, run.served.version, fetch,
+                                      run.settings.predict_chunk_size, time.monotonic() + FETCH_DEADLINE_S,
+                                      run.settings.uncertainty)
+    for failure in failures[:5]:
+        log.warning("refresh of project %s: no prediction for %s", run.project, failure.message)
+    return {task["id"]: result for task, result in zip(tasks, results) if result}

@@ -1,0 +1,196 @@
+"""The prediction refresh (backend/serving/refresh.py) against a loopback fake of the three Label
+Studio endpoints it calls, with the session's real Redis; its queue and the prediction store."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from backend.core import keys
+from backend.labelstudio.projects import ProjectStore
+from backend.serving import prediction_store
+from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh
+from ls_examples import example
+from training_project import environment, service_env, settings_for
+
+pytestmark = pytest.mark.torch
+
+TOKEN = "fake-ls-token-0123456789"
+
+
+class FakeLabelStudio:
+    """GET /api/tasks (paged), POST /api/dm/actions?id=delete_tasks_predictions,
+    POST /api/projects/P/import/predictions: the predictions it holds, per task."""
+
+    def __init__(self, tasks: list[dict]):
+        self.tasks = tasks
+        self.predictions: dict[int, list[dict]] = {t["id"]: [{"model_version": "old"}] for t in tasks}
+        self.calls: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, status: int, body) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self):
+                return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
+
+            def do_GET(self):
+                if self.headers.get("Authorization") != f"Token {TOKEN}":
+                    return self._answer(401, {"detail": "no"})
+                url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                fake.calls.append(f"GET {url.path}")
+                page, size = int(query["page"]), int(query["page_size"])
+                listed = fake.tasks[(page - 1) * size:page * size]
+                self._answer(200, {"tasks": listed, "total": len(fake.tasks)})
+
+            def do_POST(self):
+                if self.headers.get("Authorization") != f"Token {TOKEN}":
+                    return self._answer(401, {"detail": "no"})
+                url = urlparse(self.path)
+                body = self._body()
+                fake.calls.append(f"POST {url.path}")
+                if url.path == "/api/dm/actions":
+                    for task in body["selectedItems"]["included"]:
+                        fake.predictions[task] = []
+                    return self._answer(200, {"detail": "deleted"})
+                for prediction in body:
+                    fake.predictions[prediction["task"]].append(prediction)
+                self._answer(201, {"created": len(body)})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def lab(tmp_path, redis_url, redis_client, images):
+    tasks = [{"id": i, "data": {"image": images.url(f"/img/{i}.png")}, "is_labeled": i in (2, 5)}
+             for i in range(1, 8)]
+    studio = FakeLabelStudio(tasks)
+    env = service_env(tmp_path / "data", redis_url, images.netloc, LABEL_STUDIO_URL=studio.url,
+                      LABEL_STUDIO_API_KEY=TOKEN, AESEMO_REFRESH_BATCH="2")
+    ProjectStore(redis_client).remember_setup("1", example("predict.json")["label_config"], None, None)
+    yield env, studio, redis_client
+    studio.close()
+
+
+def refresh(env: dict) -> dict:
+    from backend.serving.refresh import refresh_project
+    with environment(env):
+        return refresh_project("1")
+
+
+def test_unlabelled_tasks_get_the_current_version_and_labelled_ones_keep_theirs(lab):
+    env, studio, client = lab
+    result = refresh(env)
+    version = result["version"]
+    assert (result["tasks"], result["written"], result["failed"]) == (5, 5, 0)
+    for task, predictions in studio.predictions.items():
+        if task in (2, 5):
+            assert predictions == [{"model_version": "old"}]
+        else:  # the old one deleted (AESEMO_REFRESH_KEEP_OLD off), one of the current version
+            assert [p["model_version"] for p in predictions] == [version]
+            assert predictions[0]["result"] and isinstance(predictions[0]["score"], float)
+    assert studio.calls.count("POST /api/projects/1/import/predictions") == 3  # batches of 2
+    # what the job computed is stored for /predict
+    assert set(prediction_store.stored_predictions(client, "1", version, {1: studio.tasks[0]["data"]["image"]})) == {1}
+
+
+def test_a_rerun_skips_the_tasks_already_written_for_that_version(lab):
+    env, studio, client = lab
+    version = refresh(env)["version"]
+    client.srem(keys.refreshed("1", version), "3")  # as if the job had stopped before task 3
+    studio.calls.clear()
+    again = refresh(env)
+    assert (again["tasks"], again["written"]) == (1, 1)
+    assert [p["model_version"] for p in studio.predictions[3]] == [version]
+
+
+def test_old_predictions_are_kept_when_asked(lab):
+    env, studio, _ = lab
+    version = refresh({**env, "AESEMO_REFRESH_KEEP_OLD": "1"})["version"]
+    assert [p["model_version"] for p in studio.predictions[1]] == ["old", version]
+    assert "POST /api/dm/actions" not in studio.calls
+
+
+def test_a_version_promoted_during_the_run_stops_it(lab, monkeypatch):
+    env, studio, client = lab
+    from backend.serving import refresh as module
+    real = module._refresh_batch
+
+    def then_promote(run, *args):
+        answer = real(run, *args)
+        client.set(keys.current_version("1"), "v0009-newer")
+        return answer
+    monkeypatch.setattr(module, "_refresh_batch", then_promote)
+    result = refresh(env)
+    assert result["superseded"] and result["written"] == 2
+
+
+def test_requests_merge_into_one_pending_job_and_cancel(lab):
+    env, _, client = lab
+    settings = settings_for(env)
+    first = submit_refresh(settings, "1", "predict", [3, 4])
+    second = submit_refresh(settings, "1", "predict", [4, 6])
+    assert second == {"job_id": first["job_id"], "state": "queued", "merged": True}
+    [listed] = refresh_jobs(settings, "1")
+    assert listed["task_ids"] == 3 and listed["reasons"] == ["predict", "predict"]
+    submit_refresh(settings, "1", "promotion of v0002")  # the whole project widens it
+    assert refresh_jobs(settings, "1")[0]["task_ids"] == "all"
+    cancelled = cancel_refresh(settings, "1", first["job_id"])
+    assert cancelled["status"] == "canceled"
+    assert client.get(keys.refresh_pending("1")) is None
+    assert submit_refresh(settings, "1", "again")["merged"] is False
+
+
+def test_the_worker_serves_the_predict_queue(lab):
+    env, studio, _ = lab
+    from backend.training.worker import run_worker
+    settings = settings_for(env)
+    job_id = submit_refresh(settings, "1", "project connected")["job_id"]
+    with environment(env):
+        run_worker(burst=True)
+    [job] = refresh_jobs(settings, "1")
+    assert job["job_id"] == job_id and job["status"] == "finished", job
+    assert job["progress"]["state"] == "finished" and job["progress"]["written"] == 5
+
+
+def test_admin_api_queues_lists_and_cancels_and_the_page_shows_it(lab, settings):
+    from dataclasses import replace
+    from backend.http.app import create_app
+    env, _, _ = lab
+    app = create_app(replace(settings_for(env), suggest_untrained=True))
+    client = app.test_client()
+    queued = client.post("/projects/1/refresh")
+    assert queued.status_code == 200, queued.get_data(as_text=True)
+    job_id = queued.get_json()["job_id"]
+    assert [j["job_id"] for j in client.get("/projects/1/refresh").get_json()["jobs"]] == [job_id]
+    page = client.get("/?project=1").get_data(as_text=True)
+    assert "Prediction refresh" in page and job_id in page
+    cancelled = client.post(f"/projects/1/refresh/{job_id}/cancel")
+    assert cancelled.get_json()["status"] == "canceled"
+    assert client.post("/projects/9/refresh").status_code == 404  # no label config: nothing queued
+
+
+def test_without_a_label_studio_to_write_into_the_job_skips(lab):
+    env, studio, _ = lab
+    env = {k: v for k, v in env.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
+    result = refresh(env)
+    assert "no Label Studio address or token" in result["skipped"] and studio.calls == []
