@@ -149,9 +149,11 @@ class Backend:
         if withheld:
             return {"results": [[] for _ in tasks], "model_version": version_name, **withheld}
 
-        results, failures = self._stored_then_computed(project, context, tasks, labels, served, deadline)
+        results, failures, queued = self._stored_then_computed(project, context, tasks, labels, served, deadline)
         _log_failures(failures, self.settings.predict_budget_s)
-        if failures and len(failures) == len(tasks):
+        # tasks queued for the refresh job get their predictions soon: Label Studio gets [] for them
+        # now, not an error (an error answer is what a timed-out batch would cost it)
+        if failures and len(failures) == len(tasks) and not queued:
             raise Unprocessable(f"no task could be predicted: {failures[0].message}"
                                 + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
                                 details=[f.to_dict() for f in failures])
@@ -159,12 +161,15 @@ class Backend:
         reply = {"results": results, "model_version": version_name}
         if failures:
             reply["errors"] = [f.to_dict() for f in failures]
+        if queued:
+            reply["queued"] = len(queued)
         return reply
 
     def _stored_then_computed(self, project: str | None, context, tasks: list, labels: ProjectLabels,
-                              served: ServedModel, deadline: float) -> tuple[list, list]:
+                              served: ServedModel, deadline: float) -> tuple[list, list, list]:
         """The store's predictions, then the model's for the rest within the budget; the tasks
-        the budget left out are queued for a refresh job (their next /predict finds them stored)."""
+        the budget left out are queued for a refresh job (their next /predict finds them stored).
+        Returns the results, the failures and the ids of the tasks queued."""
         ids = [_task_id(t) for t in tasks]
         images = {i: _image(t, labels) for i, t in zip(ids, tasks) if i is not None}
         stored = self._stored(project, served.version, images)
@@ -185,9 +190,11 @@ class Backend:
         self._store(project, served.version,
                     {ids[n]: (images[ids[n]], r) for n, r in zip(missing, computed) if r and ids[n] is not None})
         over_budget = [ids[f.index] for f in failures if f.kind == BUDGET_KIND and ids[f.index] is not None]
+        queued = []
         if project and over_budget and _reaches_label_studio(self.settings, context):
-            try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget)
-        return results, failures
+            if try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget):
+                queued = over_budget
+        return results, failures, queued
 
     def _stored(self, project: str | None, version: str, images: dict) -> dict:
         if not project:

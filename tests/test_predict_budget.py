@@ -107,6 +107,22 @@ def test_nothing_finished_in_budget_is_422(base_app, hanging, redis_client):
     assert {e["kind"] for e in reply["errors"]} == {"budget"}
 
 
+def test_nothing_finished_but_queued_is_200_with_empty_results(base_app, hanging, redis_client):
+    """With a Label Studio to write into, the tasks the budget left out are queued for the
+    refresh job: Label Studio gets [] for them now, not an error state."""
+    app = app_with(base_app, predict_budget_s=1.0, image_timeout_s=20.0,
+                   label_studio_url="http://127.0.0.1:9", label_studio_api_key="token-never-sent")
+    project = PROJECT + 1
+    response = post(app.test_client(), predict_body(project, [hanging.url(f"/q{i}.png") for i in range(3)]))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    reply = response.get_json()
+    assert reply["results"] == [[], [], []]
+    assert reply["queued"] == 3
+    assert {e["kind"] for e in reply["errors"]} == {"budget"}
+    [refresh] = refresh_jobs(app.extensions["aesemo"].settings, str(project))
+    assert refresh["status"] == "queued" and refresh["task_ids"] == 3
+
+
 def test_hanging_images_do_not_starve_another_request(base_app, images, hanging, redis_client):
     """Request A's images hang (more of them than one request fetches at once); request B, one
     good image, sent while all of A's fetches are stuck, is answered while A is still waiting."""

@@ -155,7 +155,7 @@ def test_requests_merge_into_one_pending_job_and_cancel(lab):
     submit_refresh(settings, "1", "promotion of v0002")  # the whole project widens it
     assert refresh_jobs(settings, "1")[0]["task_ids"] == "all"
     cancelled = cancel_refresh(settings, "1", first["job_id"])
-    assert cancelled["status"] == "canceled"
+    assert cancelled["status"] == "cancelled"
     assert client.get(keys.refresh_pending("1")) is None
     assert submit_refresh(settings, "1", "again")["merged"] is False
 
@@ -185,7 +185,7 @@ def test_admin_api_queues_lists_and_cancels_and_the_page_shows_it(lab, settings)
     page = client.get("/?project=1").get_data(as_text=True)
     assert "Prediction refresh" in page and job_id in page
     cancelled = client.post(f"/projects/1/refresh/{job_id}/cancel")
-    assert cancelled.get_json()["status"] == "canceled"
+    assert cancelled.get_json()["status"] == "cancelled"
     assert client.post("/projects/9/refresh").status_code == 404  # no label config: nothing queued
 
 
