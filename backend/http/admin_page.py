@@ -64,7 +64,16 @@ def versions_section(backend, project: str) -> dict:
     current = next((v for v in versions if v["current"]), None)
     return {"current_name": listing["current"], "current": current, "versions": versions,
             "skipped": listing["skipped"], "base_model": listing["base_model"],
-            "untrained": untrained_banner(backend, project)}
+            "untrained": untrained_banner(backend, project), "inference": inference_path(backend, project)}
+
+
+def inference_path(backend, project: str) -> dict | None:
+    """How this process serves the project's model (OpenVINO int8/fp32 or PyTorch) and why;
+    None before its first prediction loaded one."""
+    served = backend.swap.get(project)
+    if served is None:
+        return None
+    return {"version": served.version, "path": served.path, "reason": served.path_reason}
 
 
 def untrained_banner(backend, project: str) -> dict | None:
