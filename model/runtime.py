@@ -210,10 +210,10 @@ def runtime_problem(record) -> str | None:
 class RuntimePredictor(PredictorBase):
     """Serves a version's checked OpenVINO variant; same interface as the PyTorch Predictor."""
 
-    def __init__(self, folder: str | Path, record: dict, max_pixels: int | None = None):
+    def __init__(self, folder: str | Path, record: dict, max_pixels: int | None = None, variant: str | None = None):
         folder = Path(folder)
         super().__init__(folder, read_meta(folder), max_pixels=max_pixels)
-        self.path = record["serving"]
+        self.path = variant or record["serving"]
         for name, sha256 in record["variants"][self.path]["files"].items():
             checked_file(folder / name, sha256)
         self._compiled = _compile(folder / f"{self.path}.xml")
