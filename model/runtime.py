@@ -73,6 +73,18 @@ def generated_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
     return ((smooth + noise).clamp(0, 1) * 255).to(torch.uint8)
 
 
+def manifest_images(path: str | Path, folder: str | Path, limit: int = GENERATED_IMAGES) -> torch.Tensor:
+    """The first `limit` images of a manifest as the uint8 batch the version's network reads:
+    a version's own training (calibration) or held-out (agreement) images."""
+    from .images import open_image
+    from .manifest import read_manifest
+    from .predictor import PredictorBase
+
+    shape = PredictorBase(folder, read_meta(folder))
+    rows = read_manifest(path).rows[:limit]
+    return torch.stack([shape.prepare(open_image(row.image, max_pixels=shape.max_pixels)) for row in rows])
+
+
 def agreement(outputs: dict[str, np.ndarray], reference: dict[str, torch.Tensor]) -> dict:
     """Top-1 agreement per task and the largest probability difference, against the reference."""
     result = {"top1": {}, "max_prob_diff": 0.0}

@@ -178,3 +178,15 @@ def test_the_hot_swap_moves_to_a_new_versions_runtime(runtime_app, tmp_path, exp
     assert backend.swap.swap_to(str(PROJECT), SECOND)
     served = backend.swap.get(str(PROJECT))
     assert served.version == SECOND and served.path in runtime.VARIANTS
+
+
+def test_the_command_line_exports_with_a_manifests_images(tmp_path, exported):
+    from backend.cli import main
+    from model.synthetic import write_synthetic_set
+    folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
+    manifest = write_synthetic_set(tmp_path / "train", 8)
+    assert main(["export-runtime", str(folder), "--calibration", str(manifest), "--held-out", str(manifest)]) == 0
+    record = runtime.read_runtime(folder)
+    assert record["images"] == {"calibration": ["training", 8], "held_out": ["held-out", 8]}
+    with pytest.raises(SystemExit):
+        main(["export-runtime", str(folder), "--min-agreement", "2"])
