@@ -124,6 +124,15 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export_runtime(args) -> int:
+    from model import runtime
+    images = {name: runtime.manifest_images(path, args.version) if path else None
+              for name, path in (("calibration", args.calibration), ("held_out", args.held_out))}
+    record = runtime.export_runtime(args.version, images["calibration"], images["held_out"], args.min_agreement)
+    print(json.dumps({k: record[k] for k in ("serving", "reason", "images", "variants")}, indent=2))
+    return 0
+
+
 def cmd_dataset(args) -> int:
     if args.name == "merge":
         from model.datasets.merge import merge_manifests
@@ -249,6 +258,17 @@ def cmd_redis(args) -> int:
         raise AesemoError("REDIS_URL is set: that Redis is not the embedded one, and not this command's to stop")
     print(json.dumps(stop_unused_embedded_redis(settings.data_dir)))
     return 0
+
+
+def _share(text: str) -> float:
+    """An argparse type for a share in [0, 1]: `--min-agreement 2` stops with one line naming it."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
 
 
 def _limited(name: str):
@@ -398,6 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch-weights", help="download torchvision's ImageNet weights into $TORCH_HOME")
     p.add_argument("--backbone", nargs="+", default=["vgg16"], choices=sorted(SPECS))
     p.set_defaults(func=cmd_fetch_weights)
+
+    p = sub.add_parser("export-runtime", help="export a version to OpenVINO (float32, int8) and record which "
+                                              "variant serves, checked against PyTorch (else made on first load)")
+    p.add_argument("version", type=Path)
+    p.add_argument("--calibration", type=Path, help="manifest of the version's training images for int8 "
+                                                    "calibration (default: generated images)")
+    p.add_argument("--held-out", type=Path, help="manifest of held-out images for the agreement check "
+                                                 "(default: generated images)")
+    p.add_argument("--min-agreement", type=_share, default=0.99,
+                   help="least top-1 agreement per task for a variant to serve ([0, 1])")
+    p.set_defaults(func=cmd_export_runtime)
 
     p = sub.add_parser("demo", help="train on generated images and print predictions")
     p.add_argument("--workdir", default="aesemo-data/demo")

@@ -46,7 +46,8 @@ class Backend:
         self.settings = settings
         self.redis = client
         self.projects = ProjectStore(client)
-        self.models = ModelCache(settings.max_image_pixels)
+        self.models = ModelCache(settings.max_image_pixels, settings.inference_path,
+                                 settings.runtime_min_agreement)
         self.fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
         self.consensus = ProjectConsensus(client, settings, on_auto_train=self._auto_train)
         self.ingest = Ingest(client)

@@ -26,6 +26,9 @@ from .network import CrossBranchNet, NetConfig
 
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "model.json"
+# the faster CPU path's record (model/runtime.py): which exported files serve, their sha256 and
+# their measured agreement; those files are hash-checked before loading, like the weights
+RUNTIME_FILE = "runtime.json"
 FORMAT = 1
 
 
@@ -35,6 +38,18 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def checked_file(path: Path, expected: str | None = None) -> str:
+    """The file's sha256; VersionError when it is missing or differs from `expected`, so a
+    half-copied or tampered file is never loaded."""
+    if not path.is_file():
+        raise VersionError(f"{path} is missing")
+    actual = sha256_file(path)
+    if expected is not None and actual != expected:
+        raise VersionError(f"{path}: sha256 {actual[:12]}… does not match the recorded "
+                           f"{str(expected)[:12]}…; refusing to load")
+    return actual
 
 
 def save_version(folder: str | Path, model: CrossBranchNet, meta: dict) -> dict:
@@ -222,12 +237,7 @@ def load_version(folder: str | Path) -> tuple[CrossBranchNet, dict]:
     folder = Path(folder)
     meta = read_meta(folder)
     weights = folder / meta.get("weights_file", WEIGHTS_FILE)
-    if not weights.is_file():
-        raise VersionError(f"{weights} is missing")
-    actual = sha256_file(weights)
-    if actual != meta["weights_sha256"]:
-        raise VersionError(f"{weights}: sha256 {actual[:12]}… does not match model.json "
-                           f"({str(meta['weights_sha256'])[:12]}…); refusing to load")
+    checked_file(weights, meta["weights_sha256"])
     try:
         config = NetConfig.from_dict(meta["architecture"])
     except (TypeError, ValueError) as exc:

@@ -67,9 +67,10 @@ def redis_client(redis_url) -> redis.Redis:
 def settings(tmp_path, redis_url) -> Settings:
     """Service settings for one test: its own data directory, the session's Redis, a small
     backbone so models load in a second, and suggestions from untrained versions on (most tests
-    predict with a base version; tests/test_suggestions.py checks the default, off)."""
+    predict with a base version; tests/test_suggestions.py checks the default, off). The PyTorch
+    path, so no background export competes for the CPU (tests/test_runtime.py tests the runtime)."""
     return replace(Settings(), data_dir=Path(tmp_path) / "data", redis_url=redis_url, backbone="resnet18",
-                   suggest_untrained=True)
+                   suggest_untrained=True, inference_path="pytorch")
 
 
 @pytest.fixture(scope="module")

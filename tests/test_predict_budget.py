@@ -36,7 +36,8 @@ def hanging():
 def base_app(tmp_path_factory, redis_url, images):
     # "127.0.0.1" without a port: the image server and every hanging server are allowed
     settings = replace(Settings(), data_dir=Path(tmp_path_factory.mktemp("budget")) / "data", redis_url=redis_url,
-                       backbone="resnet18", allowed_image_hosts=("127.0.0.1",), suggest_untrained=True)
+                       backbone="resnet18", allowed_image_hosts=("127.0.0.1",), suggest_untrained=True,
+                       inference_path="pytorch")  # tests/test_runtime.py runs the budget on the runtime path
     app = create_app(settings)
     warm = post(app.test_client(), predict_body(PROJECT, [images.url("/img/1.png")]))
     assert warm.status_code == 200, warm.get_data(as_text=True)  # the model is loaded from here on

@@ -53,7 +53,7 @@ BAD = {
 @pytest.fixture(scope="module")
 def listed_settings(tmp_path_factory, redis_url):
     settings = replace(Settings(), data_dir=tmp_path_factory.mktemp("listing") / "data", redis_url=redis_url,
-                       backbone="resnet18", suggest_untrained=True)
+                       backbone="resnet18", suggest_untrained=True, inference_path="pytorch")
     folder = project_versions_dir(settings, str(PROJECT))
     write_small_version(folder / GOOD, seed=1, created_at="2026-01-01T00:00:00Z")
     for name, (spoil, _) in BAD.items():

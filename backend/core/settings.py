@@ -293,6 +293,15 @@ class Settings:
         "AESEMO_PREDICTION_TTL", 7 * 86400,
         "seconds a project version's stored predictions (Redis) live after their last write",
         parse=_integer, check=_within(lambda: _TTL))
+    inference_path: str = setting(
+        "AESEMO_INFERENCE_PATH", "auto",
+        "`auto`: serve a version from its exported OpenVINO runtime (int8, else float32) once one passed "
+        "the agreement check, made in the background on first load; `pytorch`: always the PyTorch predictor",
+        check=_one_of(lambda: ("auto", "pytorch")))
+    runtime_min_agreement: float = setting(
+        "AESEMO_RUNTIME_MIN_AGREEMENT", 0.99,
+        "least top-1 agreement, per task, of an exported runtime with the float32 PyTorch outputs for it "
+        "to serve ([0, 1])", parse=_number(), check=_within(lambda: _FRACTION))
     swap_poll_s: float = setting(
         "AESEMO_SWAP_POLL", 5.0, "seconds between a serving process's checks of the version pointers",
         parse=_number())

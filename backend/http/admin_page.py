@@ -67,7 +67,16 @@ def versions_section(backend, project: str) -> dict:
     return {"current_name": listing["current"], "current": current, "versions": versions,
             "rollback_to": rollback_target(backend, project) if current else None,
             "skipped": listing["skipped"], "base_model": listing["base_model"],
-            "untrained": untrained_banner(backend, project)}
+            "untrained": untrained_banner(backend, project), "inference": inference_path(backend, project)}
+
+
+def inference_path(backend, project: str) -> dict | None:
+    """How this process serves the project's model (OpenVINO int8/fp32 or PyTorch) and why;
+    None before its first prediction loaded one."""
+    served = backend.swap.get(project)
+    if served is None:
+        return None
+    return {"version": served.version, "path": served.path, "reason": served.path_reason}
 
 
 def rollback_target(backend, project: str) -> str:

@@ -1,30 +1,49 @@
-"""The models this process serves: one Predictor per version folder, loaded once and shared by
-all threads. Only the hot swap (backend/serving/hotswap.py) decides which one a project serves."""
+"""The models this process serves: one predictor per version folder, loaded once and shared by
+all threads. Only the hot swap (backend/serving/hotswap.py) decides which one a project serves.
+
+A version serves from its exported CPU runtime (model/runtime.py) when one was made for its
+weights and passed the agreement check; otherwise from PyTorch. A version without a runtime
+record serves PyTorch at once and has its runtime made in a background thread (one process at a
+time per folder, under a file lock), then switches to it: requests never wait for an export,
+and an export that fails leaves PyTorch serving with the reason logged and recorded.
+"""
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.predictor import Predictor
+from model.errors import AesemoError
+from model.predictor import Predictor, PredictorBase
 from model.version import is_trained
 
 from backend.serving.registry import VersionRef
 
 log = logging.getLogger(__name__)
 
+PATHS = ("auto", "pytorch")
+EXPORT_LOCK_FILE = ".runtime.lock"
 
-@dataclass(frozen=True)
+
+@dataclass
 class ServedModel:
     version: str
     folder: Path
-    predictor: Predictor
+    # replaced (one assignment) when the runtime variant is ready; a request reads it once
+    predictor: PredictorBase
+    # which inference path serves and why: the admin page and the log show it
+    path_reason: str = ""
 
     @property
     def trained(self) -> bool:
         """Whether its task heads were ever trained on labels: an untrained model's suggestions are random."""
         return is_trained(self.predictor.meta)
+
+    @property
+    def path(self) -> str:
+        return getattr(self.predictor, "path", "pytorch")
 
     def knows(self, classes: dict) -> bool:
         """Whether the model has every class of these class lists (task -> names)."""
@@ -32,13 +51,16 @@ class ServedModel:
 
 
 class ModelCache:
-    def __init__(self, max_pixels: int):
+    def __init__(self, max_pixels: int, inference_path: str = "pytorch", min_agreement: float = 0.99):
         self.max_pixels = max_pixels
+        self.inference_path = inference_path
+        self.min_agreement = min_agreement
         self._models: dict[Path, ServedModel] = {}
         self._lock = threading.Lock()
+        self._exports: dict[Path, threading.Thread] = {}
 
     def load(self, version: VersionRef) -> ServedModel:
-        """The version's model, loaded (and its weights' hash checked) on first use; raises what
+        """The version's model, loaded (and its files' hashes checked) on first use; raises what
         Predictor raises when the files are not a valid version."""
         found = self._models.get(version.folder)
         if found is not None:
@@ -47,12 +69,88 @@ class ModelCache:
             found = self._models.get(version.folder)
             if found is None:
                 log.info("loading model version %s", version.name)
-                found = ServedModel(version.name, version.folder,
-                                    Predictor(version.folder, max_pixels=self.max_pixels))
+                found = self._load(version)
                 self._models[version.folder] = found
             return found
+
+    def _load(self, version: VersionRef) -> ServedModel:
+        if self.inference_path == "pytorch":
+            return ServedModel(version.name, version.folder, self._pytorch(version.folder),
+                               "pytorch: AESEMO_INFERENCE_PATH=pytorch")
+        record, why = self._runtime_record(version.folder)
+        if record is not None and record["serving"] != "pytorch":
+            runtime, why = self._runtime_predictor(version.folder, record)
+            if runtime is not None:
+                return ServedModel(version.name, version.folder, runtime, f"{runtime.path}: {why}")
+        served = ServedModel(version.name, version.folder, self._pytorch(version.folder), f"pytorch: {why}")
+        if record is None and why == NOT_MADE:
+            self._export_later(served)
+        log.info("model version %s serves %s", version.name, served.path_reason)
+        return served
+
+    def _pytorch(self, folder: Path) -> Predictor:
+        return Predictor(folder, max_pixels=self.max_pixels)
+
+    def _runtime_record(self, folder: Path) -> tuple[dict | None, str]:
+        from model import runtime
+        if not runtime.runtime_available():
+            return None, "the OpenVINO runtime is not installed"
+        try:
+            record = runtime.read_runtime(folder)
+        except AesemoError as exc:
+            log.warning("ignoring the runtime record of %s: %s", folder, exc)
+            return None, f"bad runtime record: {exc}"
+        if record is None:
+            return None, NOT_MADE
+        return record, record["reason"]
+
+    def _runtime_predictor(self, folder: Path, record: dict) -> tuple[PredictorBase | None, str]:
+        from model.runtime import RuntimePredictor
+        try:
+            return RuntimePredictor(folder, record, self.max_pixels), record["reason"]
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot load means PyTorch serves, never a 500
+            log.warning("runtime of %s not used (%s: %s); PyTorch serves", folder, type(exc).__name__, exc)
+            return None, f"its runtime did not load ({type(exc).__name__}: {exc})"
+
+    def _export_later(self, served: ServedModel) -> None:
+        if served.folder in self._exports:
+            return
+        thread = threading.Thread(target=self._export, args=(served,), name="runtime-export", daemon=True)
+        self._exports[served.folder] = thread
+        thread.start()
+
+    def _export(self, served: ServedModel) -> None:
+        """Make the runtime (or wait for the process making it), then serve it if it passed."""
+        from model import runtime
+        try:
+            with open(served.folder / EXPORT_LOCK_FILE, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # the other workers wait, then read its record
+                record = runtime.read_runtime(served.folder)
+                if record is None:
+                    record = runtime.export_runtime(served.folder, threshold=self.min_agreement)
+        except Exception as exc:  # noqa: BLE001 - the PyTorch path keeps serving; the reason is logged
+            log.warning("runtime export of %s failed (%s: %s); PyTorch keeps serving", served.version,
+                        type(exc).__name__, exc)
+            served.path_reason = f"pytorch: runtime export failed ({type(exc).__name__}: {exc})"
+            return
+        if record["serving"] == "pytorch":
+            served.path_reason = f"pytorch: {record['reason']}"
+            return
+        predictor, why = self._runtime_predictor(served.folder, record)
+        if predictor is not None:
+            served.predictor = predictor
+        served.path_reason = f"{served.path}: {why}"
+        log.info("model version %s now serves %s", served.version, served.path_reason)
+
+    def wait_for_exports(self, timeout_s: float | None = None) -> None:
+        """For tests and the benchmark: block until the background exports started so far end."""
+        for thread in list(self._exports.values()):
+            thread.join(timeout_s)
 
     def forget(self, folder: Path) -> None:
         """Drop a version nobody serves any more (requests still running keep their reference);
         loaded again, hash checked, if it comes back."""
         self._models.pop(folder, None)
+
+
+NOT_MADE = "no runtime made for these weights yet"

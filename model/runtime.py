@@ -1,0 +1,239 @@
+"""A faster CPU path for a version: the network exported to OpenVINO, float32 and int8.
+
+The exported graph takes the uint8 images the Predictor prepares and returns both tasks'
+probabilities (normalisation and softmax inside, two outputs), so it is a drop-in for
+`Predictor.predict_tensors`. Variants are written beside the safetensors with their sha256 in
+`runtime.json`, which also records, per variant, its top-1 agreement per task and its largest
+probability difference against the float32 PyTorch outputs, measured when it was made. A variant
+below the agreement threshold is never served; when none passes, the PyTorch predictor serves
+and `runtime.json` says why. The PyTorch predictor stays the reference and the fallback.
+
+Pure PyTorch + OpenVINO: nothing here knows Flask, Redis or Label Studio.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .classes import TASKS
+from .errors import VersionError
+from .files import write_text_atomically
+from .network import CrossBranchNet
+from .predictor import PredictorBase
+from .transforms import normalize
+from .version import RUNTIME_FILE, checked_file, load_version, read_meta
+
+log = logging.getLogger(__name__)
+
+PYTORCH = "pytorch"
+INT8 = "openvino-int8"
+FP32 = "openvino-fp32"
+# tried in this order: the first one whose agreement passes serves
+VARIANTS = (INT8, FP32)
+DEFAULT_THRESHOLD = 0.99
+RUNTIME_FORMAT = 1
+GENERATED_IMAGES = 32
+
+
+def runtime_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class ProbabilityGraph(nn.Module):
+    """uint8 images -> (aesthetic, emotion) probabilities: what is exported."""
+
+    def __init__(self, model: CrossBranchNet, meta: dict):
+        super().__init__()
+        self.model = model.eval()
+        mean, std = meta["pixel_mean"], meta.get("pixel_std", (0.229, 0.224, 0.225))
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        aesthetic, emotion = self.model(normalize(images, self.mean, self.std))
+        return torch.softmax(aesthetic, dim=1), torch.softmax(emotion, dim=1)
+
+
+def generated_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
+    """uint8 (count, 3, size, size) smooth random images: a stand-in when a version has no
+    images of its own (noise alone would leave activations unlike real photographs')."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 8, 8, generator=generator)
+    smooth = nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    noise = torch.randn(count, 3, size, size, generator=generator) * 0.05
+    return ((smooth + noise).clamp(0, 1) * 255).to(torch.uint8)
+
+
+def manifest_images(path: str | Path, folder: str | Path, limit: int = GENERATED_IMAGES) -> torch.Tensor:
+    """The first `limit` images of a manifest as the uint8 batch the version's network reads:
+    a version's own training (calibration) or held-out (agreement) images."""
+    from .images import open_image
+    from .manifest import read_manifest
+    from .predictor import PredictorBase
+
+    shape = PredictorBase(folder, read_meta(folder))
+    rows = read_manifest(path).rows[:limit]
+    return torch.stack([shape.prepare(open_image(row.image, max_pixels=shape.max_pixels)) for row in rows])
+
+
+def agreement(outputs: dict[str, np.ndarray], reference: dict[str, torch.Tensor]) -> dict:
+    """Top-1 agreement per task and the largest probability difference, against the reference."""
+    result = {"top1": {}, "max_prob_diff": 0.0}
+    for task in TASKS:
+        got, want = torch.as_tensor(outputs[task]).float(), reference[task]
+        result["top1"][task] = float((got.argmax(1) == want.argmax(1)).float().mean())
+        result["max_prob_diff"] = max(result["max_prob_diff"], float((got - want).abs().max()))
+    return result
+
+
+def export_runtime(folder: str | Path, calibration: torch.Tensor | None = None,
+                   held_out: torch.Tensor | None = None, threshold: float = DEFAULT_THRESHOLD,
+                   variants: Sequence[str] = VARIANTS) -> dict:
+    """Export, check and record the variants of a version; returns what `runtime.json` holds.
+    `calibration` and `held_out` are uint8 (N, 3, crop, crop) batches: the version's own
+    training and held-out images where the caller has them, generated ones otherwise."""
+    import openvino as ov
+
+    folder = Path(folder)
+    model, meta = load_version(folder)
+    graph = ProbabilityGraph(model, meta)
+    crop = int(meta.get("crop_size", 224))
+    sources = {"calibration": "training" if calibration is not None else "generated",
+               "held_out": "held-out" if held_out is not None else "generated"}
+    calibration = calibration if calibration is not None else generated_images(GENERATED_IMAGES, crop, seed=1)
+    held_out = held_out if held_out is not None else generated_images(GENERATED_IMAGES, crop, seed=2)
+    reference = _reference(graph, held_out)
+    example = torch.zeros(1, 3, crop, crop, dtype=torch.uint8)
+    with torch.no_grad():
+        converted = ov.convert_model(graph, example_input=example, input=[ov.PartialShape([-1, 3, crop, crop])])
+    record = {"format": RUNTIME_FORMAT, "weights_sha256": meta["weights_sha256"], "threshold": threshold,
+              "images": {"calibration": [sources["calibration"], len(calibration)],
+                         "held_out": [sources["held_out"], len(held_out)]},
+              "openvino": ov.__version__, "variants": {}}
+    for name in variants:
+        record["variants"][name] = _make_variant(folder, name, converted, calibration, held_out, reference)
+    record["serving"], record["reason"] = _choose(record["variants"], threshold)
+    write_text_atomically(folder / RUNTIME_FILE, json.dumps(record, indent=2) + "\n")
+    log.info("runtime of %s: %s serves (%s)", folder, record["serving"], record["reason"])
+    return record
+
+
+def _reference(graph: ProbabilityGraph, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(images), 8):
+            outputs.append(graph(images[start:start + 8]))
+    return {task: torch.cat([o[i] for o in outputs]) for i, task in enumerate(TASKS)}
+
+
+def _make_variant(folder: Path, name: str, converted, calibration: torch.Tensor, held_out: torch.Tensor,
+                  reference: dict) -> dict:
+    """Write one variant's files and measure it; a failure is recorded, never raised."""
+    import openvino as ov
+
+    try:
+        network = _quantized(converted, calibration) if name == INT8 else converted
+        xml = folder / f"{name}.xml"
+        ov.save_model(network, xml, compress_to_fp16=False)
+        files = {path.name: checked_file(path) for path in (xml, xml.with_suffix(".bin"))}
+        compiled = _compile(xml)
+        outputs = _run_batches(compiled, held_out)
+        return {"files": files, **agreement(outputs, reference)}
+    except Exception as exc:  # noqa: BLE001 - any exporter failure means: serve PyTorch, say why
+        log.warning("runtime variant %s of %s failed: %s", name, folder, exc)
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def _quantized(converted, calibration: torch.Tensor):
+    import nncf
+
+    batches = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
+    return nncf.quantize(converted, nncf.Dataset(batches), subset_size=len(batches),
+                         model_type=None, preset=nncf.QuantizationPreset.PERFORMANCE)
+
+
+def _choose(variants: dict, threshold: float) -> tuple[str, str]:
+    reasons = []
+    for name, found in variants.items():
+        if "error" in found:
+            reasons.append(f"{name} failed: {found['error']}")
+            continue
+        worst = min(found["top1"].values())
+        if worst >= threshold:
+            return name, (f"{name}: top-1 agreement {worst:.4f} >= {threshold} on both tasks, "
+                          f"max probability difference {found['max_prob_diff']:.4f}")
+        reasons.append(f"{name}: top-1 agreement {worst:.4f} < {threshold}")
+    return PYTORCH, "; ".join(reasons) or "no runtime variant made"
+
+
+def _compile(xml: Path):
+    import openvino as ov
+
+    return ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+
+
+def _run_batches(compiled, images: torch.Tensor, batch: int = 8) -> dict[str, np.ndarray]:
+    parts = [compiled(images[start:start + batch].numpy()) for start in range(0, len(images), batch)]
+    return {task: np.concatenate([p[compiled.output(i)] for p in parts]) for i, task in enumerate(TASKS)}
+
+
+def read_runtime(folder: str | Path) -> dict | None:
+    """runtime.json when it exists and belongs to these weights; None otherwise (stale or absent)."""
+    folder = Path(folder)
+    path = folder / RUNTIME_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VersionError(f"{path} cannot be read: {exc}") from None
+    problem = runtime_problem(record)
+    if problem:
+        raise VersionError(f"{path}: {problem}")
+    if record["weights_sha256"] != read_meta(folder)["weights_sha256"]:
+        return None  # made for other weights: made again
+    return record
+
+
+def runtime_problem(record) -> str | None:
+    if not isinstance(record, dict):
+        return "must hold a JSON object"
+    if record.get("format") != RUNTIME_FORMAT or not isinstance(record.get("weights_sha256"), str):
+        return f"must have format {RUNTIME_FORMAT} and a weights_sha256"
+    serving, variants = record.get("serving"), record.get("variants")
+    if not isinstance(variants, dict) or serving not in (PYTORCH, *VARIANTS):
+        return f"'serving' must be one of {(PYTORCH, *VARIANTS)} with 'variants' an object"
+    if serving != PYTORCH:
+        files = variants.get(serving, {}).get("files") if isinstance(variants.get(serving), dict) else None
+        if not isinstance(files, dict) or set(files) != {f"{serving}.xml", f"{serving}.bin"}:
+            return f"'variants.{serving}.files' must list {serving}.xml and {serving}.bin with their sha256"
+    return None
+
+
+class RuntimePredictor(PredictorBase):
+    """Serves a version's checked OpenVINO variant; same interface as the PyTorch Predictor."""
+
+    def __init__(self, folder: str | Path, record: dict, max_pixels: int | None = None, variant: str | None = None):
+        folder = Path(folder)
+        super().__init__(folder, read_meta(folder), max_pixels=max_pixels)
+        self.path = variant or record["serving"]
+        for name, sha256 in record["variants"][self.path]["files"].items():
+            checked_file(folder / name, sha256)
+        self._compiled = _compile(folder / f"{self.path}.xml")
+        self.reason = record["reason"]
+        log.info("runtime predictor for %s: %s", folder, self.path)
+
+    def predict_tensors(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        # one infer request per call: the compiled model is shared by this process's threads
+        request = self._compiled.create_infer_request()
+        request.infer(batch.numpy())
+        return {task: torch.from_numpy(request.get_output_tensor(i).data.copy()) for i, task in enumerate(TASKS)}

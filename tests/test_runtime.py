@@ -1,0 +1,192 @@
+"""The OpenVINO runtime path (model/runtime.py, backend/serving/models.py): export with measured
+agreement, the threshold, hash checks, the background export and PyTorch fallback, and /predict,
+the time budget, the hot swap and the admin page while a runtime variant serves."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from backend.core.settings import Settings  # noqa: E402
+from backend.http.app import create_app  # noqa: E402
+from backend.serving.models import ModelCache  # noqa: E402
+from backend.serving.registry import VersionRef, project_versions_dir, set_current_version  # noqa: E402
+from model import runtime  # noqa: E402
+from model.predictor import Predictor  # noqa: E402
+from model.version import RUNTIME_FILE  # noqa: E402
+
+from hanging_server import HangingServer  # noqa: E402
+from training_project import flip_a_byte, predict_body, setup_project, write_small_version  # noqa: E402
+
+PROJECT = 7
+FIRST, SECOND = "v0001-20261101000000", "v0002-20261102000000"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small version with its runtime made (int8 first, float32 as the second choice)."""
+    folder = tmp_path_factory.mktemp("runtime") / "v1"
+    write_small_version(folder, seed=1)
+    return folder, runtime.export_runtime(folder)
+
+
+def copy_version(source: Path, target: Path, with_runtime: bool = True) -> Path:
+    shutil.copytree(source, target, ignore=None if with_runtime else
+                    shutil.ignore_patterns(RUNTIME_FILE, "openvino-*"))
+    return target
+
+
+def test_export_records_agreement_per_variant_and_serves_one_that_passes(exported):
+    folder, record = exported
+    assert json.loads((folder / RUNTIME_FILE).read_text()) == record
+    assert record["images"]["held_out"][0] == "generated" and record["images"]["calibration"][0] == "generated"
+    for name in runtime.VARIANTS:
+        variant = record["variants"][name]
+        assert set(variant["top1"]) == {"aesthetic", "emotion"}
+        assert set(variant["files"]) == {f"{name}.xml", f"{name}.bin"}
+        assert all((folder / f).is_file() for f in variant["files"])
+    assert record["serving"] in runtime.VARIANTS
+    assert min(record["variants"][record["serving"]]["top1"].values()) >= 0.99
+    assert record["serving"] in record["reason"]
+
+
+def test_runtime_predictor_agrees_with_pytorch_float32(exported):
+    folder, record = exported
+    predictor = runtime.RuntimePredictor(folder, record)
+    reference = Predictor(folder, device="cpu", precision="fp32")
+    images = runtime.generated_images(16, reference.crop_size, seed=9)
+    got, want = predictor.predict_tensors(images), reference.predict_tensors(images)
+    for task in ("aesthetic", "emotion"):
+        assert got[task].shape == want[task].shape
+        assert float((got[task] - want[task]).abs().max()) < 0.05
+        assert torch.allclose(got[task].sum(1), torch.ones(16), atol=1e-3)
+
+
+def test_a_variant_below_the_threshold_is_not_served(tmp_path, exported):
+    folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
+    record = runtime.export_runtime(folder, threshold=1.01, variants=(runtime.FP32,))
+    assert record["serving"] == runtime.PYTORCH
+    assert "< 1.01" in record["reason"]
+    served = ModelCache(10 ** 8, "auto").load(VersionRef("v", folder))
+    assert served.path == "pytorch" and "< 1.01" in served.path_reason
+
+
+def test_a_tampered_variant_is_refused_and_pytorch_serves(tmp_path, exported):
+    folder = copy_version(exported[0], tmp_path / "v")
+    serving = exported[1]["serving"]
+    flip_a_byte(folder / f"{serving}.bin")
+    served = ModelCache(10 ** 8, "auto").load(VersionRef("v", folder))
+    assert served.path == "pytorch"
+    assert "sha256" in served.path_reason
+
+
+def test_a_record_made_for_other_weights_is_ignored(tmp_path, exported):
+    folder = copy_version(exported[0], tmp_path / "v")
+    write_small_version(folder, seed=2)  # new weights, old runtime files
+    assert runtime.read_runtime(folder) is None
+
+
+def test_a_version_without_runtime_serves_pytorch_then_its_exported_runtime(tmp_path, exported):
+    folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
+    cache = ModelCache(10 ** 8, "auto")
+    served = cache.load(VersionRef("v", folder))
+    first = served.predictor
+    assert first.path == "pytorch"  # at once: the request never waits for an export
+    cache.wait_for_exports(timeout_s=600)
+    assert served.path in runtime.VARIANTS, served.path_reason
+    assert (folder / RUNTIME_FILE).is_file()
+    assert isinstance(first, Predictor)  # a request that took the old predictor keeps a working one
+
+
+def test_a_failed_export_leaves_pytorch_serving_with_the_reason(tmp_path, exported, monkeypatch):
+    folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+    monkeypatch.setattr(runtime, "export_runtime", fail)
+    cache = ModelCache(10 ** 8, "auto")
+    served = cache.load(VersionRef("v", folder))
+    cache.wait_for_exports(timeout_s=60)
+    assert served.path == "pytorch" and "exporter exploded" in served.path_reason
+
+
+def test_the_pytorch_setting_never_uses_the_runtime(exported):
+    served = ModelCache(10 ** 8, "pytorch").load(VersionRef("v", exported[0]))
+    assert served.path == "pytorch" and "AESEMO_INFERENCE_PATH=pytorch" in served.path_reason
+
+
+@pytest.fixture(scope="module")
+def runtime_app(tmp_path_factory, redis_url, images, exported):
+    """An app on the runtime path whose project serves a version with its runtime made."""
+    settings = replace(Settings(), data_dir=Path(tmp_path_factory.mktemp("rt")) / "data", redis_url=redis_url,
+                       backbone="resnet18", allowed_image_hosts=("127.0.0.1",), suggest_untrained=True,
+                       inference_path="auto")
+    versions = project_versions_dir(settings, str(PROJECT))
+    versions.mkdir(parents=True)
+    copy_version(exported[0], versions / FIRST)
+    app = create_app(settings)
+    client = app.test_client()
+    setup_project(client, PROJECT)
+    import redis
+    set_current_version(redis.Redis.from_url(redis_url, decode_responses=True), str(PROJECT), FIRST)
+    return app
+
+
+def post(client, body):
+    return client.post("/predict", data=json.dumps(body), content_type="application/json")
+
+
+def test_predict_and_the_admin_page_with_the_runtime_serving(runtime_app, images, exported):
+    client = runtime_app.test_client()
+    answer = post(client, predict_body(PROJECT, [images.url(f"/img/{i}.png") for i in range(1, 4)]))
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    results = answer.get_json()["results"]
+    assert len(results) == 3 and all(r and r["result"] for r in results)
+    served = runtime_app.extensions["aesemo"].swap.get(str(PROJECT))
+    assert served.path == exported[1]["serving"]
+    page = client.get(f"/?project={PROJECT}").get_data(as_text=True)
+    assert f'id="inference-path">{served.path}<' in page
+
+
+def test_the_budget_answers_what_finished_on_the_runtime_path(runtime_app, images):
+    backend = runtime_app.extensions["aesemo"]
+    app = create_app(replace(backend.settings, predict_budget_s=8.0, image_timeout_s=30.0, predict_chunk_size=2))
+    fresh = app.extensions["aesemo"]
+    fresh.models = fresh.swap.models = backend.models
+    with HangingServer("127.0.0.1") as hanging:
+        urls = [images.url("/img/1.png"), hanging.url("/img/2.png"), images.url("/img/3.png")]
+        answer = post(app.test_client(), predict_body(PROJECT, urls))
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    reply = answer.get_json()
+    assert reply["results"][0]["result"] and reply["results"][1:] == [[], []]
+    assert [e["kind"] for e in reply["errors"]] == ["budget", "budget"]
+
+
+def test_the_hot_swap_moves_to_a_new_versions_runtime(runtime_app, tmp_path, exported):
+    backend = runtime_app.extensions["aesemo"]
+    versions = project_versions_dir(backend.settings, str(PROJECT))
+    second = versions / SECOND
+    write_small_version(second, seed=3)
+    runtime.export_runtime(second)
+    assert backend.swap.swap_to(str(PROJECT), SECOND)
+    served = backend.swap.get(str(PROJECT))
+    assert served.version == SECOND and served.path in runtime.VARIANTS
+
+
+def test_the_command_line_exports_with_a_manifests_images(tmp_path, exported):
+    from backend.cli import main
+    from model.synthetic import write_synthetic_set
+    folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
+    manifest = write_synthetic_set(tmp_path / "train", 8)
+    assert main(["export-runtime", str(folder), "--calibration", str(manifest), "--held-out", str(manifest)]) == 0
+    record = runtime.read_runtime(folder)
+    assert record["images"] == {"calibration": ["training", 8], "held_out": ["held-out", 8]}
+    with pytest.raises(SystemExit):
+        main(["export-runtime", str(folder), "--min-agreement", "2"])
