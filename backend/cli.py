@@ -64,7 +64,8 @@ def cmd_train(args) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          val_fraction=args.val_fraction, patience=args.patience, lam=args.lam,
                          schedule=args.schedule, device=args.device, train_size=args.train_size,
-                         crop_size=args.crop_size, center_crop_eval=args.center_crop)
+                         crop_size=args.crop_size, center_crop_eval=args.center_crop,
+                         class_balance=args.class_balance)
     meta = train_version(args.manifest, args.out, _net_config(args), config, init_from=args.init_from,
                          strict=args.strict, **_pretrained(args), show_bar=not args.quiet)
     print(json.dumps({"version": str(args.out), "init": meta["init"], "metrics": _short(meta["metrics"]),
@@ -313,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=_limited("train_size"), default=256)
     p.add_argument("--crop-size", type=_limited("crop_size"), default=224)
     p.add_argument("--center-crop", action="store_true", help="evaluate and predict on a centre crop")
+    p.add_argument("--class-balance", default="loss", choices=["loss", "sampling", "off"],
+                   help="skewed labels: class weights in the loss (default), balanced batches, or neither")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _net_flags(p)

@@ -17,6 +17,7 @@ from .backbones import build_groups, get_spec
 from .classes import DEFAULT_CLASSES, TASKS, check_classes
 
 CROSS_INITS = ("identity", "random")
+HEADS = ("fc3", "linear")   # the patent's three FC layers, or one linear layer
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class NetConfig:
     num_groups: int | None = None      # n: the first n convolution groups (None: all of them)
     fc_width: int | None = None        # None: the backbone's default (4096 for vgg16)
     dropout: float = 0.5
+    head: str = "fc3"
 
     def __post_init__(self):
         get_spec(self.backbone)
@@ -39,6 +41,8 @@ class NetConfig:
         available = len(get_spec(self.backbone).groups)
         if self.num_groups is not None and not 2 <= self.num_groups <= available:
             raise ValueError(f"num_groups must lie in [2, {available}] for {self.backbone}, got {self.num_groups}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
 
@@ -74,10 +78,18 @@ class Branch(nn.Module):
         n = config.groups_used
         width = config.fc_width or spec.fc_width
         self.groups = build_groups(spec)[:n]
+        features = spec.channels[n - 1] * spec.pool_size ** 2
+        if config.head == "linear":
+            self.head = nn.Sequential(OrderedDict([
+                ("pool", nn.AdaptiveAvgPool2d(spec.pool_size)),
+                ("flatten", nn.Flatten(1)),
+                ("fc", nn.Linear(features, num_classes)),
+            ]))
+            return
         self.head = nn.Sequential(OrderedDict([
             ("pool", nn.AdaptiveAvgPool2d(spec.pool_size)),
             ("flatten", nn.Flatten(1)),
-            ("fc1", nn.Linear(spec.channels[n - 1] * spec.pool_size ** 2, width)),
+            ("fc1", nn.Linear(features, width)),
             ("relu1", nn.ReLU(inplace=True)),
             ("drop1", nn.Dropout(config.dropout)),
             ("fc2", nn.Linear(width, width)),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .balance import BALANCES, class_weights, sample_weights
 from .classes import TASKS
 from .dataset import TrainingData
 from .errors import TrainingDiverged
@@ -50,12 +51,15 @@ class TrainConfig:
     bf16: bool | None = None          # None: bf16 autocast on CUDA devices that support it
     heldout_split: str | None = None  # rows of this manifest split are the held-out set (else a random one)
     keep_best: bool = True            # False: the last epoch's weights (epochs chosen by cross-validation)
+    class_balance: str = "loss"       # skewed labels: "loss" (class weights), "sampling" or "off"
 
     def __post_init__(self):
         for name in TRAINING_LIMITS:  # LimitError (a ValueError) naming the field and its range
             check_training_value(name, getattr(self, name))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.class_balance not in BALANCES:
+            raise ValueError(f"class_balance must be one of {BALANCES}, got {self.class_balance!r}")
         if self.crop_size > self.train_size:
             raise ValueError(f"crop_size {self.crop_size} must not exceed train_size {self.train_size}")
 
@@ -149,7 +153,7 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
     best_score, best_state, best_epoch, best_metrics = -math.inf, None, 0, {}
     history, stale, started = [], 0, time.monotonic()
     run = EpochRun(model, config, mean, device, use_bf16, optimizer, scheduler, generator, steps_per_epoch,
-                   started, progress, bar)
+                   started, progress, bar, **_balance(train_set, config, device))
     epoch = 0
     try:
         for epoch in range(1, config.epochs + 1):
@@ -187,6 +191,16 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
                        val_size=len(val_set), history=history)
 
 
+def _balance(data: TrainingData, config: TrainConfig, device: torch.device) -> dict:
+    """EpochRun's class-balance fields: class weights for the loss, or how often to draw each row."""
+    if config.class_balance == "off":
+        return {}
+    weights = class_weights(data)
+    if config.class_balance == "sampling":
+        return {"draw": sample_weights(data, weights)}
+    return {"class_weights": {task: w.to(device) for task, w in weights.items()}}
+
+
 def _stop_if_diverged(model, config: TrainConfig, epoch: int, losses: dict) -> None:
     """A network with a NaN or infinite weight answers NaN for every image (and an argmax over
     NaN is class 0, which still scores): stop rather than keep or save it."""
@@ -222,8 +236,11 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
     return max(full + (1 if rest > 1 else 0), 1)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    order = torch.randperm(n, generator=generator)
+def _batches(n: int, batch_size: int, generator: torch.Generator, draw: torch.Tensor | None = None):
+    """Random batches covering the rows once, or, with `draw` (a weight per row), as many rows
+    drawn with replacement in proportion to it."""
+    order = torch.randperm(n, generator=generator) if draw is None \
+        else torch.multinomial(draw, n, replacement=True, generator=generator)
     for step in range(_steps_per_epoch(n, batch_size)):
         yield order[step * batch_size:(step + 1) * batch_size]
 
@@ -243,6 +260,8 @@ class EpochRun:
     started: float                    # time.monotonic() at the start, for the ETA
     progress: Progress | None = None
     bar: object = None                # a tqdm bar, or None
+    class_weights: dict | None = None  # per task (C,), for the training loss
+    draw: torch.Tensor | None = None   # per row, how often batches draw it
 
     def _loss(self, images: torch.Tensor, data: TrainingData, index: torch.Tensor, weighted: bool):
         """The two-task loss of a batch of normalised images and its logits. Training weights
@@ -254,14 +273,15 @@ class EpochRun:
             return values[index].to(self.device)
         loss = two_task_loss(logits_a, logits_e, picked(data.targets["aesthetic"]), picked(data.targets["emotion"]),
                              picked(data.masks["aesthetic"]), picked(data.masks["emotion"]), lam=self.config.lam,
-                             weights=picked(data.weights) if weighted else None)
+                             weights=picked(data.weights) if weighted else None,
+                             class_weights=self.class_weights if weighted else None)
         return loss, (logits_a, logits_e)
 
     def train_epoch(self, data: TrainingData, epoch: int) -> float:
         """One pass over `data` in random batches; the mean training loss."""
         self.model.train()
         total, seen = 0.0, 0
-        for step, index in enumerate(_batches(len(data), self.config.batch_size, self.generator), start=1):
+        for step, index in enumerate(_batches(len(data), self.config.batch_size, self.generator, self.draw), start=1):
             images = random_crop_flip(data.images[index], self.config.crop_size, self.generator)
             images = normalize(images.to(self.device, non_blocking=True), self.mean, IMAGENET_STD)
             images = images.contiguous(memory_format=_memory_format(self.device))

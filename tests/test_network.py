@@ -318,3 +318,17 @@ def test_two_branch_vgg16_flops_at_224():
     # each cross layer: two 1x1 convs 2K -> K at HxW: 2 * 2 * 2K * K * H * W flops
     expected = sum(8 * k * k * s * s for k, s in ((64, 112), (128, 56), (256, 28), (512, 14))) / 1e9
     assert cross_gflop == pytest.approx(expected, rel=1e-3)
+
+
+def test_linear_head_is_one_layer_after_the_pool_and_round_trips_through_the_config():
+    config = NetConfig(backbone="resnet18", num_groups=2, head="linear")
+    model = CrossBranchNet(config)
+    assert [type(m) for m in model.branch_e.head] == [nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear]
+    assert model.branch_e.head.fc.in_features == 128 and model.branch_e.head.fc.out_features == 8
+    logits_a, logits_e = model(torch.randn(2, 3, 64, 64))
+    assert logits_a.shape == (2, 2) and logits_e.shape == (2, 8)
+    assert NetConfig.from_dict(config.to_dict()) == config
+    older = {k: v for k, v in config.to_dict().items() if k != "head"}   # a model.json from before heads
+    assert NetConfig.from_dict(older).head == "fc3"
+    with pytest.raises(ValueError, match="head"):
+        NetConfig(head="mlp")
