@@ -60,6 +60,8 @@ def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig,
     result = train(model, data, train_config, progress=progress, show_bar=show_bar)
     meta = {
         "init": init,
+        # where the weights' lineage began (`random` or pretrained), through every fine-tuning
+        "origin": (parent.get("origin") or parent.get("init") or "unknown") if init_from else init,
         "trained": True,
         "pixel_mean": list(result.pixel_mean),
         "pixel_std": list(IMAGENET_STD),
