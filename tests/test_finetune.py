@@ -131,3 +131,14 @@ def test_frozen_parameters_and_statistics_do_not_change(small_data, mode, labels
                    and v.is_floating_point() and not torch.equal(v, before[k])]
         assert bool(changed) == (name in trainable), (name, changed[:3])
     assert all(p.requires_grad for p in model.parameters())  # the model leaves training whole
+
+
+@pytest.mark.parametrize("parent_meta, mode", [
+    ({"init": "random"}, "full"),                                     # an untrained random base
+    ({"init": "imagenet:resnet18.pth"}, "auto"),                      # an ImageNet base
+    ({"init": "version:v0001", "origin": "random"}, "full"),          # trained, but its lineage began random
+    ({"init": "version:v0001", "origin": "imagenet:resnet18.pth"}, "auto"),
+])
+def test_the_job_freezes_only_starts_whose_filters_mean_something(parent_meta, mode):
+    from backend.training.job import finetune_mode
+    assert finetune_mode(parent_meta) == mode
