@@ -113,7 +113,7 @@ def small_data(tmp_path_factory):
 
 @pytest.mark.parametrize("mode, labels_for_full, cache_bytes", [
     ("auto", 1000, 2**30),   # heads only, cached
-    ("auto", 64, 2**30),     # the deepest group and its cross-branch layer, cached
+    ("auto", 64, 2**30),     # 32 training images of 64: every group but the first, cached after it
     ("frozen", 1000, 0),     # every group frozen, no cache
 ])
 def test_frozen_parameters_and_statistics_do_not_change(small_data, mode, labels_for_full, cache_bytes):
