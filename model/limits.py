@@ -66,6 +66,9 @@ TRAINING_LIMITS: dict[str, Limit] = {
     "lam": Limit(float, 0, 100),
     "train_size": Limit(int, 16, 1024),
     "crop_size": Limit(int, 16, 1024),
+    "full_finetune_labels": Limit(int, 1, 10**9),
+    "cache_views": Limit(int, 1, 64),
+    "feature_cache_bytes": Limit(int, 0, 2**62),
 }
 
 

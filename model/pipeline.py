@@ -65,6 +65,8 @@ def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig,
     result, crossval_report = _fit(model, data, train_config, crossval, progress, show_bar)
     meta = {
         "init": init,
+        # where the weights' lineage began (`random` or pretrained), through every fine-tuning
+        "origin": (parent.get("origin") or parent.get("init") or "unknown") if init_from else init,
         "trained": True,
         "pixel_mean": list(result.pixel_mean),
         "pixel_std": list(IMAGENET_STD),

@@ -19,6 +19,8 @@ from .classes import TASKS
 from .dataset import TrainingData
 from .errors import TrainingDiverged
 from .heldout import named_split
+from .feature_cache import CacheRequest, FeatureCache, build_feature_cache
+from .finetune import DEFAULT_FULL_FINETUNE_LABELS, FINETUNE_MODES, FreezePlan, freeze
 from .limits import TRAINING_LIMITS, check_training_value
 from .loss import DEFAULT_LAMBDA, two_task_loss
 from .metrics import selection_score, task_metrics
@@ -52,10 +54,16 @@ class TrainConfig:
     heldout_split: str | None = None  # rows of this manifest split are the held-out set (else a random one)
     keep_best: bool = True            # False: the last epoch's weights (epochs chosen by cross-validation)
     class_balance: str = "loss"       # skewed labels: "loss" (class weights), "sampling" or "off"
+    finetune: str = "full"            # "full", "frozen" or "auto" (model/finetune.py)
+    full_finetune_labels: int = DEFAULT_FULL_FINETUNE_LABELS   # "auto": every layer trains from this many images
+    cache_views: int = 4              # augmented views per image in the frozen-feature cache
+    feature_cache_bytes: int = 2 * 1024 ** 3   # larger caches are skipped (training runs uncached)
 
     def __post_init__(self):
         for name in TRAINING_LIMITS:  # LimitError (a ValueError) naming the field and its range
             check_training_value(name, getattr(self, name))
+        if self.finetune not in FINETUNE_MODES:
+            raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.class_balance not in BALANCES:
@@ -133,9 +141,15 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
     train_set, val_set = _resident(train_set, device), _resident(val_set, device)
     memory_format = _memory_format(device)
     model.to(device, memory_format=memory_format)
+    plan = freeze(model, config.finetune, len(train_set), config.full_finetune_labels)
+    log.info("fine-tuning (%s, %d training images): %s", config.finetune, len(train_set), plan.describe())
+    generator = torch.Generator().manual_seed(config.seed)
+    features = _feature_cache(model, plan, train_set, val_set, config, mean, device, use_bf16, generator)
 
     decay, no_decay = [], []
     for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
         # no weight decay on biases and normalisation scales, as usual for SGD fine-tuning
         (no_decay if param.ndim <= 1 else decay).append(param)
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
@@ -143,7 +157,6 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
                                 lr=config.lr, momentum=config.momentum)
     steps_per_epoch = _steps_per_epoch(len(train_set), config.batch_size)
     scheduler = make_schedule(optimizer, config, steps_per_epoch * config.epochs)
-    generator = torch.Generator().manual_seed(config.seed)
 
     bar = None
     if show_bar:
@@ -153,7 +166,8 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
     best_score, best_state, best_epoch, best_metrics = -math.inf, None, 0, {}
     history, stale, started = [], 0, time.monotonic()
     run = EpochRun(model, config, mean, device, use_bf16, optimizer, scheduler, generator, steps_per_epoch,
-                   started, progress, bar, **_balance(train_set, config, device))
+                   started, progress, bar, plan=plan, features=features,
+                   **_balance(train_set, config, device))
     epoch = 0
     try:
         for epoch in range(1, config.epochs + 1):
@@ -184,6 +198,8 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
         if bar is not None:
             bar.close()
     model.load_state_dict(best_state)
+    for param in model.parameters():
+        param.requires_grad_(True)
     model.to("cpu", memory_format=torch.contiguous_format)
     return TrainResult(pixel_mean=mean, metrics=best_metrics, best_epoch=best_epoch, epochs_run=epoch,
                        stopped_early=epoch < config.epochs, device=str(device), bf16=use_bf16,
@@ -199,6 +215,17 @@ def _balance(data: TrainingData, config: TrainConfig, device: torch.device) -> d
     if config.class_balance == "sampling":
         return {"draw": sample_weights(data, weights)}
     return {"class_weights": {task: w.to(device) for task, w in weights.items()}}
+
+
+def _feature_cache(model, plan: FreezePlan, train_set: TrainingData, val_set: TrainingData, config: TrainConfig,
+                   mean, device: torch.device, use_bf16: bool, generator: torch.Generator) -> FeatureCache | None:
+    """The frozen prefix's outputs, for the training views and for the set `train` evaluates."""
+    evaluated = val_set if len(val_set) else train_set
+    model.eval()
+    request = CacheRequest(config.cache_views, config.feature_cache_bytes, config.crop_size, mean, device, use_bf16)
+    return build_feature_cache(plan, train_set.images,
+                               eval_view(evaluated.images, config.crop_size, config.center_crop_eval),
+                               request, generator)
 
 
 def _stop_if_diverged(model, config: TrainConfig, epoch: int, losses: dict) -> None:
@@ -262,12 +289,31 @@ class EpochRun:
     bar: object = None                # a tqdm bar, or None
     class_weights: dict | None = None  # per task (C,), for the training loss
     draw: torch.Tensor | None = None   # per row, how often batches draw it
+    plan: FreezePlan | None = None    # which layers train
+    features: FeatureCache | None = None   # the frozen prefix's outputs, when cached
 
-    def _loss(self, images: torch.Tensor, data: TrainingData, index: torch.Tensor, weighted: bool):
-        """The two-task loss of a batch of normalised images and its logits. Training weights
-        each sample (data.weights); the held-out loss does not."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            logits_a, logits_e = self.model(images)
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    def _train_logits(self, data: TrainingData, index: torch.Tensor):
+        with self._autocast():
+            if self.features is not None:
+                return self.features.train_logits(index, self.generator)
+            images = random_crop_flip(data.images[index], self.config.crop_size, self.generator)
+            images = normalize(images.to(self.device, non_blocking=True), self.mean, IMAGENET_STD)
+            return self.model(images.contiguous(memory_format=_memory_format(self.device)))
+
+    def _eval_logits(self, data: TrainingData, index: torch.Tensor):
+        with self._autocast():
+            if self.features is not None:
+                return self.features.eval_logits(index)
+            images = eval_view(data.images[index], self.config.crop_size, self.config.center_crop_eval)
+            return self.model(normalize(images.to(self.device), self.mean, IMAGENET_STD))
+
+    def _loss(self, logits, data: TrainingData, index: torch.Tensor, weighted: bool):
+        """The two-task loss of a batch's logits. Training weights each sample (data.weights);
+        the held-out loss does not."""
+        logits_a, logits_e = logits
 
         def picked(values: torch.Tensor) -> torch.Tensor:
             return values[index].to(self.device)
@@ -280,12 +326,12 @@ class EpochRun:
     def train_epoch(self, data: TrainingData, epoch: int) -> float:
         """One pass over `data` in random batches; the mean training loss."""
         self.model.train()
+        if self.plan is not None:
+            self.plan.hold_frozen_in_eval()
         total, seen = 0.0, 0
-        for step, index in enumerate(_batches(len(data), self.config.batch_size, self.generator, self.draw), start=1):
-            images = random_crop_flip(data.images[index], self.config.crop_size, self.generator)
-            images = normalize(images.to(self.device, non_blocking=True), self.mean, IMAGENET_STD)
-            images = images.contiguous(memory_format=_memory_format(self.device))
-            loss, _ = self._loss(images, data, index, weighted=True)
+        for step, index in enumerate(_batches(len(data), self.config.batch_size, self.generator, self.draw),
+                                     start=1):
+            loss, _ = self._loss(self._train_logits(data, index), data, index, weighted=True)
             self.optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
             self.optimizer.step()
@@ -319,9 +365,7 @@ class EpochRun:
         losses, weights = [], []
         for start in range(0, len(data), batch_size):
             index = torch.arange(start, min(start + batch_size, len(data)))
-            images = eval_view(data.images[index], self.config.crop_size, self.config.center_crop_eval)
-            images = normalize(images.to(self.device), self.mean, IMAGENET_STD)
-            loss, logits = self._loss(images, data, index, weighted=False)
+            loss, logits = self._loss(self._eval_logits(data, index), data, index, weighted=False)
             losses.append(float(loss.total) * len(index))
             weights.append(len(index))
             for task, task_logits in zip(TASKS, logits):

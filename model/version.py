@@ -94,7 +94,7 @@ def read_meta(folder: str | Path) -> dict:
 
 
 _REQUIRED = ("architecture", "weights_sha256", "pixel_mean", "classes")
-_TEXTS = ("created_at", "init", "parent_version", "snapshot_id", "job_id")
+_TEXTS = ("created_at", "init", "origin", "parent_version", "snapshot_id", "job_id")
 _FLAGS = ("trained", "center_crop_eval")
 _SHARE = Limit(float, 0, 1)
 

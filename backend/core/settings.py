@@ -257,6 +257,12 @@ class Settings:
         "AESEMO_TRAIN_CROP_SIZE", 224,
         "training random-crop size in pixels (the patent's; 16..1024, not above the resize size)",
         parse=_integer, check=_within(lambda: TRAINING_LIMITS["crop_size"]))
+    full_finetune_labels: int = setting(
+        "AESEMO_FULL_FINETUNE_LABELS", 1000,
+        "training images from which a job started from pretrained or base weights fine-tunes every layer; "
+        "below it the backbone's deepest groups unfreeze one per doubling of the set, the smallest sets "
+        "train the heads only on cached features (a random start always trains every layer)",
+        parse=_integer, check=_within(lambda: TRAINING_LIMITS["full_finetune_labels"]))
     promotion: str = setting(
         "AESEMO_PROMOTION", "metric", "promotion rule of a new version: `metric` or `always`",
         check=_one_of(lambda: ("metric", "always")))

@@ -249,9 +249,10 @@ def naming_step(run: _Run) -> tuple[Path, Path]:
     return staging, versions / name
 
 
-def _train_config(settings: Settings, params: dict) -> TrainConfig:
+def _train_config(settings: Settings, params: dict, finetune: str = "full") -> TrainConfig:
     """The request's parameters over the settings' defaults."""
-    return TrainConfig(epochs=params.get("epochs", settings.train_epochs),
+    return TrainConfig(finetune=finetune, full_finetune_labels=settings.full_finetune_labels,
+                       epochs=params.get("epochs", settings.train_epochs),
                        batch_size=params.get("batch_size", settings.train_batch_size),
                        lr=params.get("lr", settings.train_lr), device=settings.train_device,
                        patience=settings.train_patience, heldout_split=HELDOUT_SPLIT,
@@ -260,13 +261,20 @@ def _train_config(settings: Settings, params: dict) -> TrainConfig:
 
 def training_step(run: _Run, manifest: Path, staging: Path, parent, snapshot: dict, images: _Images) -> dict:
     """Fine-tune the parent on the manifest and write the version into `staging`."""
-    config = _train_config(run.settings, run.params)
+    config = _train_config(run.settings, run.params, finetune_mode(read_meta(parent.folder)))
     run.progress.state("training", epochs=config.epochs)
     return train_version(manifest, staging, NetConfig(), config, init_from=parent.folder, progress=run.progress,
                          extra_meta={"parent_version": parent.name, "snapshot_id": snapshot["id"],
                                      "snapshot_sha256": snapshot["sha256"], "job_id": run.job_id,
                                      "images": {"used": len(images.rows), "failed": len(images.failed)}},
                          crossval=CrossValidation(min_heldout=run.settings.min_heldout))
+
+
+def finetune_mode(parent_meta: dict) -> str:
+    """"auto" (freeze, then unfreeze as the set grows: benchmarks/learning.py) from pretrained or
+    trained weights; "full" from random filters, which frozen would keep random."""
+    origin = parent_meta.get("origin", parent_meta.get("init"))
+    return "full" if origin == "random" else "auto"
 
 
 def publish_step(staging: Path, folder: Path, meta: dict) -> None:
