@@ -23,6 +23,10 @@ class BackboneSpec:
     channels: tuple[int, ...]               # output channels of each group
     pool_size: int = 1                      # side of the adaptive average pool before the FC layers
     fc_width: int = 4096
+    # the head a network on this backbone gets unless told: "fc3" (the patent's three FC layers,
+    # for vgg16 whose fc1/fc2 come pretrained) or "linear" (benchmarks/ablation.py: three randomly
+    # started FC layers with dropout 0.5 cost resnet18 most of its emotion accuracy on small sets)
+    head: str = "linear"
     # torchvision classifier layer -> our head layer, for layers whose shapes match ours
     head_source: dict = field(default_factory=dict)
     weights: models.WeightsEnum | None = None   # torchvision's published ImageNet weights (URL and hash)
@@ -44,6 +48,7 @@ SPECS: dict[str, BackboneSpec] = {
         pool_size=7,
         fc_width=4096,
         head_source={"classifier.0": "fc1", "classifier.3": "fc2"},
+        head="fc3",
         weights=models.VGG16_Weights.IMAGENET1K_V1,
     ),
     "resnet18": BackboneSpec(

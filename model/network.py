@@ -31,10 +31,11 @@ class NetConfig:
     num_groups: int | None = None      # n: the first n convolution groups (None: all of them)
     fc_width: int | None = None        # None: the backbone's default (4096 for vgg16)
     dropout: float = 0.5
-    head: str = "fc3"
+    head: str | None = None            # "fc3" or "linear"; None: the backbone's (model/backbones.py)
 
     def __post_init__(self):
-        get_spec(self.backbone)
+        if self.head is None:
+            object.__setattr__(self, "head", get_spec(self.backbone).head)
         check_classes({"aesthetic": self.aesthetic_classes, "emotion": self.emotion_classes})
         if self.cross_init not in CROSS_INITS:
             raise ValueError(f"cross_init must be one of {CROSS_INITS}, got {self.cross_init!r}")
@@ -66,6 +67,8 @@ class NetConfig:
         for key in ("aesthetic_classes", "emotion_classes"):
             if key in known:
                 known[key] = tuple(known[key])
+        # versions written before the head was a choice all had the three FC layers
+        known.setdefault("head", "fc3")
         return cls(**known)
 
 

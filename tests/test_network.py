@@ -136,8 +136,8 @@ def test_head_output_shapes_custom_classes():
         logits_a, logits_e = net(torch.randn(2, 3, SMALL, SMALL))
     assert logits_a.shape == (2, 3)
     assert logits_e.shape == (2, 4)
-    assert net.branch_a.head.fc3.out_features == 3
-    assert net.branch_e.head.fc3.out_features == 4
+    assert net.branch_a.head[-1].out_features == 3
+    assert net.branch_e.head[-1].out_features == 4
 
 
 # --- gradient flow through the cross-branch layers ------------------------------------------
@@ -332,3 +332,15 @@ def test_linear_head_is_one_layer_after_the_pool_and_round_trips_through_the_con
     assert NetConfig.from_dict(older).head == "fc3"
     with pytest.raises(ValueError, match="head"):
         NetConfig(head="mlp")
+
+
+def test_head_follows_the_backbone_and_old_configs_keep_three_fc_layers():
+    assert NetConfig(backbone="vgg16").head == "fc3"          # the patent's, with ImageNet's fc1/fc2
+    assert NetConfig(backbone="resnet18").head == "linear"    # benchmarks/ablation.py
+    assert NetConfig(backbone="mobilenet_v3_small").head == "linear"
+    assert NetConfig(backbone="resnet18", head="fc3").head == "fc3"
+    # a model.json written before the head was a choice describes three FC layers
+    old = NetConfig(backbone="resnet18").to_dict()
+    del old["head"]
+    assert NetConfig.from_dict(old).head == "fc3"
+    assert NetConfig.from_dict(NetConfig(backbone="resnet18").to_dict()).head == "linear"

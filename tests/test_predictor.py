@@ -56,7 +56,7 @@ def version(tmp_path_factory):
                       PIXEL_MEAN, PIXEL_STD)
     with torch.no_grad():
         logits = model(batch)
-        for head, l in zip((model.branch_a.head.fc3, model.branch_e.head.fc3), logits):
+        for head, l in zip((model.branch_a.head[-1], model.branch_e.head[-1]), logits):
             # only differences between a sample's logits matter: centre them per sample, then
             # give each class zero mean and std SPREAD over the images
             centre = torch.eye(l.shape[1]) - 1.0 / l.shape[1]

@@ -172,7 +172,7 @@ def test_resnet18_conv_and_bn_statistics_loaded(resnet18_file, monkeypatch):
     torch_home, _, source = resnet18_file
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     model = CrossBranchNet(NetConfig(backbone="resnet18", num_groups=3, fc_width=16))
-    fc3_before = model.branch_e.head.fc3.weight.detach().clone()
+    fc3_before = model.branch_e.head[-1].weight.detach().clone()
     assert load_pretrained(model) == f"imagenet:{RESNET18_FILE}"
     state = model.state_dict()
     for branch in ("branch_a", "branch_e"):
@@ -182,7 +182,7 @@ def test_resnet18_conv_and_bn_statistics_loaded(resnet18_file, monkeypatch):
                            source["layer2.0.downsample.0.weight"])
         assert torch.equal(state[f"{branch}.groups.2.layer3.1.conv2.weight"], source["layer3.1.conv2.weight"])
     assert not any(k.startswith("branch_a.groups.3") for k in state)     # num_groups = 3
-    assert torch.equal(model.branch_e.head.fc3.weight, fc3_before)
+    assert torch.equal(model.branch_e.head[-1].weight, fc3_before)
 
 
 def test_resnet18_file_for_vgg16_is_an_error(resnet18_file):

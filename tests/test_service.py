@@ -342,8 +342,8 @@ def test_custom_label_config(base_settings, db, server):
     predictor = backend_of(flask_app).models.load(ref).predictor
     assert predictor.classes == {"aesthetic": ("ugly", "plain", "stunning"),
                                  "emotion": ("joy", "calm", "rage", "gloom")}
-    assert predictor.model.branch_a.head.fc3.out_features == 3
-    assert predictor.model.branch_e.head.fc3.out_features == 4
+    assert predictor.model.branch_a.head[-1].out_features == 3
+    assert predictor.model.branch_e.head[-1].out_features == 4
 
 
 # ----- bad input: a 4xx naming the problem, never a 500 ----------------------------------------
