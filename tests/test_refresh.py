@@ -194,3 +194,16 @@ def test_without_a_label_studio_to_write_into_the_job_skips(lab):
     env = {k: v for k, v in env.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
     result = refresh(env)
     assert "no Label Studio address or token" in result["skipped"] and studio.calls == []
+
+
+def test_the_listed_tasks_count_as_no_votes_without_a_resync(lab):
+    from backend.http.app import create_app
+    from backend.votes.store import VoteStore
+    env, studio, client = lab
+    app = create_app(settings_for(env))
+    before = app.test_client().get("/projects/1/consensus").get_json()["aesthetic"]["tasks"]["no_votes"]
+    refresh(env)
+    after = app.test_client().get("/projects/1/consensus").get_json()["aesthetic"]["tasks"]["no_votes"]
+    # every listed task, labelled in Label Studio or not: no vote of it has reached the backend
+    assert (before, after) == (0, len(studio.tasks))
+    assert VoteStore(client).image_urls("1") == {t["id"]: t["data"]["image"] for t in studio.tasks}
