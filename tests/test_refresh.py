@@ -207,3 +207,17 @@ def test_the_listed_tasks_count_as_no_votes_without_a_resync(lab):
     # every listed task, labelled in Label Studio or not: no vote of it has reached the backend
     assert (before, after) == (0, len(studio.tasks))
     assert VoteStore(client).image_urls("1") == {t["id"]: t["data"]["image"] for t in studio.tasks}
+
+
+def test_cli_queues_a_refresh_and_lists_its_jobs(lab, capsys):
+    from backend.cli import main
+    env, _, _ = lab
+    with environment(env):
+        assert main(["refresh", "1"]) == 0
+        queued = json.loads(capsys.readouterr().out)
+        assert main(["refresh-jobs", "1"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert main(["refresh", "9"]) == 1  # no label config: nothing queued, the reason on stderr
+    assert "project 9" in capsys.readouterr().err
+    assert listed["project"] == "1" and [j["job_id"] for j in listed["jobs"]] == [queued["job_id"]]
+    assert listed["jobs"][0]["status"] == "queued"
