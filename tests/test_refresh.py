@@ -160,6 +160,19 @@ def test_requests_merge_into_one_pending_job_and_cancel(lab):
     assert submit_refresh(settings, "1", "again")["merged"] is False
 
 
+def test_a_skipped_refresh_shows_as_skipped_with_its_reason_on_the_page(lab):
+    from backend.http.app import create_app
+    from backend.training.worker import run_worker
+    env, _, _ = lab
+    env = {k: v for k, v in env.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
+    submit_refresh(settings_for(env), "1", "project connected")
+    with environment(env):
+        run_worker(burst=True)
+    page = create_app(settings_for(env)).test_client().get("/?project=1").get_data(as_text=True)
+    row = page[page.index('id="refresh-jobs"'):]
+    assert "<td>skipped</td>" in row and "nothing written: no Label Studio address or token" in row, row[:2000]
+
+
 def test_the_worker_serves_the_predict_queue(lab):
     env, studio, _ = lab
     from backend.training.worker import run_worker
