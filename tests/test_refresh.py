@@ -234,3 +234,13 @@ def test_cli_queues_a_refresh_and_lists_its_jobs(lab, capsys):
     assert "project 9" in capsys.readouterr().err
     assert listed["project"] == "1" and [j["job_id"] for j in listed["jobs"]] == [queued["job_id"]]
     assert listed["jobs"][0]["status"] == "queued"
+
+
+def test_the_page_shows_a_job_that_ended_badly_by_its_status_not_its_first_progress():
+    from backend.http.admin_page import refresh_status
+    queued = {"state": "queued"}
+    assert refresh_status({"status": "failed", "progress": queued}) == "failed"
+    assert refresh_status({"status": "cancelled", "progress": {"state": "refreshing"}}) == "cancelled"
+    assert refresh_status({"status": "finished", "progress": {"state": "finished", "skipped": "why"}}) == "skipped"
+    assert refresh_status({"status": "started", "progress": {"state": "refreshing"}}) == "refreshing"
+    assert refresh_status({"status": "queued", "progress": None}) == "queued"
