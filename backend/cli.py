@@ -234,6 +234,16 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def cmd_refresh(args) -> int:
+    print(json.dumps(_backend().refresh(str(args.project)), indent=2))
+    return 0
+
+
+def cmd_refresh_jobs(args) -> int:
+    print(json.dumps(_backend().refresh_jobs(str(args.project)), indent=2))
+    return 0
+
+
 def cmd_base(args) -> int:
     from backend.core.redis_connection import connect
     from backend.core.settings import load_settings
@@ -393,6 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", type=int)
     p.add_argument("--yes", action="store_true", help="confirm: every annotator's suggestions come from the base")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("refresh", help="queue a refresh of the predictions of a project's unlabelled tasks "
+                       "in Label Studio (merged into the pending one); a worker serves the predict queue")
+    p.add_argument("project", type=int)
+    p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser("refresh-jobs", help="a project's prediction-refresh jobs and their progress")
+    p.add_argument("project", type=int)
+    p.set_defaults(func=cmd_refresh_jobs)
 
     p = sub.add_parser("stack", help="Label Studio, the backend, a worker and a demo project, until Ctrl-C")
     p.add_argument("--ls-port", type=int, default=8080, help="Label Studio's port on 127.0.0.1")

@@ -9,7 +9,6 @@ import redis
 
 from backend.labelstudio import tokens as ls_auth
 from backend.core.errors import Conflict, DomainError, InvalidInput, NotFound, TooLarge, Unavailable, Unprocessable
-from backend.core.ids import as_id
 from backend.fetch.fetcher import ImageFetcher
 from backend.votes.ingest import Ingest
 from backend.labelstudio.follow import VersionFollower
@@ -306,13 +305,8 @@ class Backend:
     def _note_tasks(self, project: str, tasks, labels: ProjectLabels | None) -> int:
         """Remembers the tasks' ids (and image URLs) for the consensus counts; never fails the
         request it rides on."""
-        images = {}
-        for task in tasks if isinstance(tasks, list) else ():
-            if isinstance(task, dict) and as_id(task.get("id")) is not None:
-                url = (task.get("data") or {}).get(labels.image_key) if labels else None
-                images[task["id"]] = url if isinstance(url, str) else ""
         try:
-            return self.consensus.votes.note_tasks(project, images)
+            return self.consensus.votes.note_task_list(project, tasks, labels.image_key if labels else None)
         except redis.RedisError as exc:
             log.warning("project %s: task ids not noted (%s)", project, type(exc).__name__)
             return 0

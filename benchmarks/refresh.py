@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,20 @@ def seconds_between(started: str, ended: str) -> float:
     return (datetime.strptime(ended, moment) - datetime.strptime(started, moment)).total_seconds()
 
 
+def cpu_description() -> str:
+    """The CPU's model name (platform.processor() is empty on most Linux systems), its cores and
+    the load at start: the figures depend on all three."""
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+    except OSError:
+        names = []
+    model = names[0] if names else platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start"
+
+
 def run(tasks: int, backbone: str, root: Path) -> None:
+    machine = cpu_description()  # before Label Studio and the backend add their own load
     with ImageServer() as images, LabelStudioServer(root / "ls") as ls:
         env = backend_env(root / "data", ls.url, images.port, LABEL_STUDIO_API_KEY=ls.token,
                           AESEMO_BACKBONE=backbone, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
@@ -60,6 +74,7 @@ def run(tasks: int, backbone: str, root: Path) -> None:
             job_s = seconds_between(job["started_at"], job["ended_at"])
             listed = ls.tasks(project, page_size=1000)
             with_version = sum(1 for t in listed if t.get("total_predictions"))
+            print(f"CPU: {machine}; OMP_NUM_THREADS={env['OMP_NUM_THREADS']}")
             print(f"backbone {backbone}, {tasks} tasks, status {job['status']}, version {progress.get('version')}")
             print(f"written {progress.get('written')} of {progress.get('tasks')}, failed {progress.get('failed')}")
             print(f"refresh job: {job_s:.0f} s, {progress.get('written', 0) / max(job_s, 1):.1f} tasks/s "

@@ -160,6 +160,19 @@ def test_requests_merge_into_one_pending_job_and_cancel(lab):
     assert submit_refresh(settings, "1", "again")["merged"] is False
 
 
+def test_a_skipped_refresh_shows_as_skipped_with_its_reason_on_the_page(lab):
+    from backend.http.app import create_app
+    from backend.training.worker import run_worker
+    env, _, _ = lab
+    env = {k: v for k, v in env.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
+    submit_refresh(settings_for(env), "1", "project connected")
+    with environment(env):
+        run_worker(burst=True)
+    page = create_app(settings_for(env)).test_client().get("/?project=1").get_data(as_text=True)
+    row = page[page.index('id="refresh-jobs"'):]
+    assert "<td>skipped</td>" in row and "nothing written: no Label Studio address or token" in row, row[:2000]
+
+
 def test_the_worker_serves_the_predict_queue(lab):
     env, studio, _ = lab
     from backend.training.worker import run_worker
@@ -194,3 +207,40 @@ def test_without_a_label_studio_to_write_into_the_job_skips(lab):
     env = {k: v for k, v in env.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
     result = refresh(env)
     assert "no Label Studio address or token" in result["skipped"] and studio.calls == []
+
+
+def test_the_listed_tasks_count_as_no_votes_without_a_resync(lab):
+    from backend.http.app import create_app
+    from backend.votes.store import VoteStore
+    env, studio, client = lab
+    app = create_app(settings_for(env))
+    before = app.test_client().get("/projects/1/consensus").get_json()["aesthetic"]["tasks"]["no_votes"]
+    refresh(env)
+    after = app.test_client().get("/projects/1/consensus").get_json()["aesthetic"]["tasks"]["no_votes"]
+    # every listed task, labelled in Label Studio or not: no vote of it has reached the backend
+    assert (before, after) == (0, len(studio.tasks))
+    assert VoteStore(client).image_urls("1") == {t["id"]: t["data"]["image"] for t in studio.tasks}
+
+
+def test_cli_queues_a_refresh_and_lists_its_jobs(lab, capsys):
+    from backend.cli import main
+    env, _, _ = lab
+    with environment(env):
+        assert main(["refresh", "1"]) == 0
+        queued = json.loads(capsys.readouterr().out)
+        assert main(["refresh-jobs", "1"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert main(["refresh", "9"]) == 1  # no label config: nothing queued, the reason on stderr
+    assert "project 9" in capsys.readouterr().err
+    assert listed["project"] == "1" and [j["job_id"] for j in listed["jobs"]] == [queued["job_id"]]
+    assert listed["jobs"][0]["status"] == "queued"
+
+
+def test_the_page_shows_a_job_that_ended_badly_by_its_status_not_its_first_progress():
+    from backend.http.admin_page import refresh_status
+    queued = {"state": "queued"}
+    assert refresh_status({"status": "failed", "progress": queued}) == "failed"
+    assert refresh_status({"status": "cancelled", "progress": {"state": "refreshing"}}) == "cancelled"
+    assert refresh_status({"status": "finished", "progress": {"state": "finished", "skipped": "why"}}) == "skipped"
+    assert refresh_status({"status": "started", "progress": {"state": "refreshing"}}) == "refreshing"
+    assert refresh_status({"status": "queued", "progress": None}) == "queued"

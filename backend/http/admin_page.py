@@ -129,7 +129,20 @@ def consensus_section(backend, project: str) -> dict:
 
 def refresh_section(backend, project: str) -> dict:
     """The project's latest prediction-refresh jobs (backend/serving/refresh.py), newest first."""
-    return {"queue": backend.settings.predict_queue, "jobs": refresh_jobs(backend.settings, project)}
+    jobs = [{**job, "shown_status": refresh_status(job)} for job in refresh_jobs(backend.settings, project)]
+    return {"queue": backend.settings.predict_queue, "jobs": jobs}
+
+
+def refresh_status(job: dict) -> str:
+    """The job's own state while it runs (listing, refreshing, superseded...), "skipped" when it
+    had nothing to write into, and RQ's status once it ended badly: a job that failed before its
+    first step still carries the "queued" it was submitted with."""
+    progress = job.get("progress") or {}
+    if job.get("status") in ("failed", "cancelled", "stopped"):
+        return job["status"]
+    if progress.get("skipped"):
+        return "skipped"
+    return progress.get("state") or job.get("status") or ""
 
 
 def _section(gather) -> dict:

@@ -33,6 +33,7 @@ from backend.serving.suggestions import withheld_reason
 from backend.training.job import _Progress
 from backend.training.queue import _DELETE_IF_EQUAL
 from backend.votes.resync import project_studio, sdk_client
+from backend.votes.store import VoteStore
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,10 @@ def _refresh(run: _Refresh, wanted: list | None) -> dict:
     run.progress.state("listing", version=run.served.version)
     # the job's thread has no later /setup to wait for: Label Studio's sort must count what it writes
     VersionFollower(run.settings, run.client, delays_s=FOLLOW_DELAYS_S).sync_now(run.context, run.served.version)
-    todo = _tasks_to_refresh(run, task_api.list_tasks(api, run.project), wanted)
+    listed = task_api.list_tasks(api, run.project)
+    # the whole list, labelled or not: the consensus counts its unlabelled tasks as no_votes at once
+    VoteStore(run.client).note_task_list(run.project, listed, run.labels.image_key)
+    todo = _tasks_to_refresh(run, listed, wanted)
     counts = {"version": run.served.version, "tasks": len(todo), "written": 0, "failed": 0}
     run.progress.state("refreshing", **counts)
     fetcher = ImageFetcher(run.settings, Path(run.settings.data_dir) / "cache" / "downloads")

@@ -324,6 +324,17 @@ class VoteStore:
         args = [item for task, url in images.items() for item in (task, url or "")]
         return int(self.redis.eval(_NOTE_TASKS, 2, keys.images(project), keys.deleted_tasks(project), *args))
 
+    def note_task_list(self, project: str, tasks, image_key: str | None) -> int:
+        """`note_tasks` for tasks as Label Studio lists them (id and data, the image under
+        `image_key`; None: the label config is unknown, the URL comes later); anything that is not
+        a task with an id is skipped."""
+        images = {}
+        for task in tasks if isinstance(tasks, list) else ():
+            if isinstance(task, dict) and as_id(task.get("id")) is not None:
+                url = (task.get("data") or {}).get(image_key) if image_key else None
+                images[task["id"]] = url if isinstance(url, str) else ""
+        return self.note_tasks(project, images)
+
     def image_urls(self, project: str) -> dict[int, str]:
         return {int(t): url for t, url in self.redis.hgetall(keys.images(project)).items()}
 

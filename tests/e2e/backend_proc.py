@@ -141,6 +141,27 @@ class BackendProcess:
         return f"--- {self.log_path.name} (tail) ---\n" + "\n".join(self.log_text().splitlines()[-lines:])
 
 
+def run_worker(backend: BackendProcess, root: Path) -> str:
+    """`aesemo worker --burst` on the backend's data directory and Redis, until the queues are
+    empty; its log (asserted to end with exit 0)."""
+    from backend.core.redis_connection import embedded_socket_path
+
+    env = dict(backend.env, REDIS_URL=f"unix://{embedded_socket_path(backend.data_dir)}")
+    log = root / "worker.log"
+    with open(log, "ab") as out:
+        worker = subprocess.Popen([aesemo_executable(), "worker", "--burst"], cwd=root, env=env,
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        code = worker.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        code = None
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-6000:]
+    return text
+
+
 def make_pngs(folder: Path, colours: list[tuple[int, int, int]], prefix: str = "photo") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -10,30 +10,19 @@ Screenshots go to $AESEMO_TEST_ARTIFACTS when it is set (to look at them), else 
 from __future__ import annotations
 
 import io
-import os
 import re
 import uuid
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from backend_proc import LABEL_CONFIG, BackendProcess, backend_env
+from browser import SCREEN, artifacts_dir, choice, chromium_page, open_labelling_stream
 from ls_server import LabelStudioServer
 from net import free_port, wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREEN = {"width": 1366, "height": 768}
 NARROW = {"width": 640, "height": 1000}  # a tablet upright: too narrow for both side by side
 PHOTO_SIZE = (1600, 1200)  # larger than the screen: Label Studio must scale it down
-
-if not CHROMIUM.is_file():
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium as root", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is missing (Debian package chromium; scripts/setup.sh installs it as root)",
-                allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 
 def large_photo() -> bytes:
@@ -71,59 +60,14 @@ def project(label_studio: LabelStudioServer, tmp_path_factory):
 
 @pytest.fixture
 def page(project, tmp_path):
-    artifacts = Path(os.environ.get("AESEMO_TEST_ARTIFACTS") or tmp_path)
-    artifacts.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            # no sandbox: tests may run as root; only Label Studio and the image server on 127.0.0.1 load
-            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"])
-        context = browser.new_context(viewport=SCREEN)
-        page = context.new_page()
-        page.set_default_timeout(60_000)  # Label Studio's bundle is large; 2 busy cores
-        page.artifacts = artifacts
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
-
-
-def log_in(page, ls: LabelStudioServer, email: str, password: str) -> None:
-    page.goto(f"{ls.url}/user/login/")
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", password)
-    page.press("input[name=password]", "Enter")
-    page.wait_for_url(lambda url: "/user/login" not in url)
+    with chromium_page(artifacts_dir(tmp_path)) as page:
+        yield page
 
 
 def box(page, locator) -> dict:
     found = locator.bounding_box()
     assert found is not None, f"{locator} is not rendered"
     return found
-
-
-def choice(page, value: str):
-    """A choice's label: its text is the value and the hotkey ("sadness" and a superscript "8")."""
-    return page.locator("label", has_text=re.compile(f"^{value}")).first
-
-
-def open_labelling_stream(page, project):
-    """The annotator's labelling stream ("Label All Tasks"), once the photo has loaded; the image."""
-    ls = project["ls"]
-    log_in(page, ls, project["email"], project["password"])
-    page.goto(f"{ls.url}/projects/{project['pid']}/data?labeling=1")
-    try:
-        choice(page, "sadness").wait_for(state="visible")
-    except sync_api.TimeoutError:
-        page.screenshot(path=str(page.artifacts / "labelling-timeout.png"))
-        raise AssertionError(f"no labelling screen at {page.url}: see labelling-timeout.png") from None
-    # Label Studio fetches the photo and shows it from a blob: URL
-    image = page.locator("img[src^='blob:']").first
-    image.wait_for(state="visible")
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
-    return image
 
 
 def assert_one_screen(page, image) -> None:
@@ -163,7 +107,7 @@ def assert_wraps_when_narrow(page, image) -> None:
 
 def test_one_screen_per_task_labelled_with_hotkeys_only(page, project):
     backend, pid = project["backend"], project["pid"]
-    image = open_labelling_stream(page, project)
+    image = open_labelling_stream(page, project["ls"], pid, project["email"], project["password"])
     page.screenshot(path=str(page.artifacts / "labelling-1366x768.png"))
     assert_one_screen(page, image)
     assert_hotkeys_shown(page)

@@ -4,14 +4,9 @@ keep theirs), and a 2,000-task "Retrieve predictions" completes inside Label Stu
 predict timeout (ML_TIMEOUT_PREDICT, 100 s), the tasks /predict had no time for queued."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-
 import pytest
 
-from backend.core.redis_connection import embedded_socket_path
-from backend_proc import LABEL_CONFIG, BackendProcess, aesemo_executable, backend_env
+from backend_proc import LABEL_CONFIG, BackendProcess, backend_env, run_worker
 from net import free_port, wait_for
 
 pytestmark = pytest.mark.torch
@@ -29,23 +24,6 @@ def lab(label_studio, image_server, tmp_path_factory):
         yield backend, root
     finally:
         backend.stop()
-
-
-def run_worker(backend: BackendProcess, root) -> str:
-    env = dict(backend.env, REDIS_URL=f"unix://{embedded_socket_path(backend.data_dir)}")
-    log = root / "worker.log"
-    with open(log, "ab") as out:
-        worker = subprocess.Popen([aesemo_executable(), "worker", "--burst"], cwd=root, env=env,
-                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    try:
-        code = worker.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        os.killpg(worker.pid, signal.SIGKILL)
-        code = None
-    text = log.read_text(errors="replace")
-    assert code == 0, text[-6000:]
-    return text
 
 
 def test_connecting_refreshes_the_unlabelled_tasks_through_label_studio(label_studio, image_server, lab):
