@@ -11,8 +11,10 @@ The target task: emotion (8 classes) is the background hue, aesthetic (2 classes
 versus a blurred picture, with grey shapes as distractors, and the blur softening the hue's
 edges too (the two tasks share low-level structure). The "pretrained" start, standing in for
 ImageNet, is the same network trained first on a disjoint source task: the hue of a foreground
-disc (8 hues between the target's) and the orientation of a striped texture, on backgrounds of
-any hue; it is cached under --work, keyed by its settings, so reruns skip it.
+disc (8 hues between the target's) and whether a striped picture is sharp or blurred, on
+backgrounds of any hue (different pictures and classes; the same low-level structure, hue and
+sharpness, that ImageNet features carry); it is cached under --work, keyed by its settings and
+the source generator's version, so reruns skip it.
 
 The curves run at a reduced resolution (default 48 resize, 40 crop) so that the 2-core CPU can
 afford them; held-out images are a separate generated test set (192 by default), never trained on.
@@ -44,6 +46,7 @@ from model.train import TrainConfig, eval_view, train  # noqa: E402
 from model.transforms import IMAGENET_STD, normalize  # noqa: E402
 
 EMOTIONS, AESTHETICS = len(DEFAULT_CLASSES["emotion"]), len(DEFAULT_CLASSES["aesthetic"])
+SOURCE_TASK = "disc hue, sharp or blurred stripes"   # part of the cached source model's key
 # name -> (start, finetune, network options)
 CONFIGS = {
     "random": ("random", "full", {}),
@@ -82,15 +85,18 @@ def target_image(aesthetic: int, emotion: int, size: int, rng: np.random.Generat
     return _finish(image, rng)
 
 
-def source_image(orientation: int, hue_class: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+def source_image(blurred: int, hue_class: int, size: int, rng: np.random.Generator) -> torch.Tensor:
     image = Image.new("RGB", (size, size), _rgb(rng.random(), rng))
     draw = ImageDraw.Draw(image)
     period = max(size // 8, 3)
-    for k in range(0, size, period):  # stripes: horizontal (0) or vertical (1)
-        draw.rectangle((0, k, size, k + period // 2) if orientation == 0 else (k, 0, k + period // 2, size),
+    horizontal = rng.random() < 0.5
+    for k in range(0, size, period):  # stripes of either orientation: a picture unlike the target's
+        draw.rectangle((0, k, size, k + period // 2) if horizontal else (k, 0, k + period // 2, size),
                        fill=(128, 128, 128))
     x, y, r = rng.integers(size // 4, 3 * size // 4, 2).tolist() + [size // 4]
     draw.ellipse((x - r, y - r, x + r, y + r), fill=_rgb((hue_class + 0.5 + rng.uniform(-0.3, 0.3)) / EMOTIONS, rng))
+    if blurred:  # sharpness, the low-level property ImageNet features also carry
+        image = image.filter(ImageFilter.GaussianBlur(radius=size / 40))
     return _finish(image, rng)
 
 
@@ -112,7 +118,7 @@ def generated_set(kind: str, count: int, size: int, seed: int) -> TrainingData:
 def pretrained_start(options: dict, train_config: TrainConfig, args, work: Path) -> CrossBranchNet:
     """The network trained on the source task, from disk when a run with these settings made it."""
     net = NetConfig(backbone=args.backbone, **options)
-    key = json.dumps([net.to_dict(), args.source_images, args.source_epochs, train_config.train_size,
+    key = json.dumps([SOURCE_TASK, net.to_dict(), args.source_images, args.source_epochs, train_config.train_size,
                       train_config.crop_size, args.lr], sort_keys=True)
     path = work / f"source-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     model = CrossBranchNet(net)

@@ -86,12 +86,16 @@ def test_held_out_metrics_show_their_bootstrap_intervals(admin):
     from model.version import META_FILE
     meta_file = project_versions_dir(admin["settings"], str(PROJECT)) / NEW / META_FILE
     meta = json.loads(meta_file.read_text())
-    meta_file.write_text(json.dumps({**meta, "metrics": with_intervals(meta["metrics"])}))
+    metrics = with_intervals(meta["metrics"])
+    metrics["aesthetic"]["n"] = 7
+    meta_file.write_text(json.dumps({**meta, "metrics": metrics}))
     low, high = json.loads(meta_file.read_text())["metrics"]["aesthetic"]["ci"]["accuracy"]
     model = page_text(admin)
     model = html.unescape(model[model.index('id="model"'):model.index('id="training"')])
     assert f"({format_number(low)}–{format_number(high)})" in model
     assert "95% bootstrap interval" in model
+    # and how many held-out tasks they rest on
+    assert "<td>7</td>" in model and "labelled held-out tasks the scores rest on" in model
 
 
 def test_version_history_with_reports_and_promote_or_roll_back_buttons(admin):

@@ -287,9 +287,14 @@ def project_versions(settings, project: str) -> tuple[list[dict], list[dict]]:
 
 
 def _metric_summary(metrics: dict) -> dict:
+    # n: how many held-out tasks the scores rest on (0.000 on 2 tasks says little)
     return {task: None if m is None else {"accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"),
-                                          **_intervals(m.get("ci"))}
+                                          "n": _count(m.get("n")), **_intervals(m.get("ci"))}
             for task, m in metrics.items()}
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _intervals(ci) -> dict:
