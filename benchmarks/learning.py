@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.classes import DEFAULT_CLASSES, TASKS  # noqa: E402
 from model.dataset import TrainingData  # noqa: E402
+from model.finetune import DEFAULT_FULL_FINETUNE_LABELS  # noqa: E402
 from model.manifest import Row  # noqa: E402
 from model.metrics import task_metrics  # noqa: E402
 from model.network import CrossBranchNet, NetConfig  # noqa: E402
@@ -167,7 +168,7 @@ def _cell(values: list[float]) -> str:
 
 def curves(args, work: Path) -> None:
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
-                         train_size=args.size, crop_size=args.crop)
+                         train_size=args.size, crop_size=args.crop, full_finetune_labels=args.full_finetune_labels)
     sizes, seeds = [int(s) for s in args.sizes.split(",")], [int(s) for s in args.seeds.split(",")]
     pool = generated_set("target", max(sizes), args.size, seed=1)
     test = generated_set("target", args.test_images, args.size, seed=2)
@@ -188,7 +189,7 @@ def curves(args, work: Path) -> None:
 def timing(args, work: Path) -> None:
     """One 96-label run at the product's resolution (256 resize, 224 crop) from the pretrained start."""
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
-                         finetune="auto")
+                         finetune="auto", full_finetune_labels=args.full_finetune_labels)
     source_config = replace(config, train_size=args.size, crop_size=args.crop)
     model = pretrained_start({}, source_config, args, work)
     data = generated_set("target", 96, 256, seed=1)
@@ -214,6 +215,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--full-finetune-labels", type=int, default=DEFAULT_FULL_FINETUNE_LABELS,
+                        help="'auto' fine-tuning: every layer trains from this many labels (AESEMO_FULL_FINETUNE_LABELS)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--test-images", type=int, default=192)
     parser.add_argument("--source-images", type=int, default=640)
