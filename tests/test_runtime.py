@@ -161,7 +161,8 @@ def test_the_budget_answers_what_finished_on_the_runtime_path(runtime_app, image
     fresh = app.extensions["aesemo"]
     fresh.models = fresh.swap.models = backend.models
     with HangingServer("127.0.0.1") as hanging:
-        urls = [images.url("/img/1.png"), hanging.url("/img/2.png"), images.url("/img/3.png")]
+        # images no earlier test predicted: a stored prediction would answer without the budget
+        urls = [images.url("/img/11.png"), hanging.url("/img/12.png"), images.url("/img/13.png")]
         answer = post(app.test_client(), predict_body(PROJECT, urls))
     assert answer.status_code == 200, answer.get_data(as_text=True)
     reply = answer.get_json()
