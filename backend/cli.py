@@ -127,9 +127,10 @@ def cmd_info(args) -> int:
 
 def cmd_export_runtime(args) -> int:
     from model import runtime
-    images = {name: runtime.manifest_images(path, args.version) if path else None
-              for name, path in (("calibration", args.calibration), ("held_out", args.held_out))}
-    record = runtime.export_runtime(args.version, images["calibration"], images["held_out"], args.min_agreement)
+    calibration = runtime.manifest_images(args.calibration, args.version) if args.calibration else None
+    held_out = (runtime.manifest_images(args.held_out, args.version, limit=runtime.HELD_OUT_IMAGES)
+                if args.held_out else None)
+    record = runtime.export_runtime(args.version, calibration, held_out, args.min_agreement)
     print(json.dumps({k: record[k] for k in ("serving", "reason", "images", "variants")}, indent=2))
     return 0
 

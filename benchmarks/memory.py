@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/memory.py [--backbone vgg16] [--workers 2]
 
-Makes a version of the backbone with its runtime (model/runtime.py), then for each path starts
-`--workers` processes that load it the way a gunicorn worker does (backend/serving/models.py's
-ModelCache) and predict one batch of 8, and prints each process's RSS and PSS (proportional set
+Makes a version of the backbone with its runtime (model/runtime.py), then for each path (PyTorch,
+and each OpenVINO variant whatever its agreement on this untrained network) starts `--workers`
+processes that load it the way a gunicorn worker does (backend/serving/models.py's ModelCache,
+or model/runtime.py's RuntimePredictor for a named variant) and predict one batch of 8, and prints each process's RSS and PSS (proportional set
 size: pages shared between the processes count once in the sum), so the sum of PSS is what
 the workers really cost together.
 """
@@ -35,9 +36,13 @@ def worker(folder: str, path: str, loaded, release) -> None:
     from model.runtime import generated_images
 
     torch.set_num_threads(1)
-    served = ModelCache(10 ** 8, path).load(VersionRef("v", Path(folder)))
-    served.predictor.predict_tensors(generated_images(8, served.predictor.crop_size))
-    loaded.put(served.path)
+    if path == "pytorch":
+        predictor = ModelCache(10 ** 8, path).load(VersionRef("v", Path(folder))).predictor
+    else:
+        from model.runtime import RuntimePredictor, read_runtime
+        predictor = RuntimePredictor(folder, read_runtime(folder), variant=path)
+    predictor.predict_tensors(generated_images(8, predictor.crop_size))
+    loaded.put(getattr(predictor, "path", "pytorch"))
     release.wait()
 
 
@@ -53,7 +58,7 @@ def measure(folder: str, path: str, workers: int) -> None:
     for process in processes:
         process.join()
     rss = " ".join(f"{s['rss'] / 1024:7.0f}" for s in sizes)
-    print(f"  {path:<8} serves {served[0]:<14} RSS per process (MiB): {rss} | "
+    print(f"  {path:<14} serves {served[0]:<14} RSS per process (MiB): {rss} | "
           f"sum of PSS {sum(s['pss'] for s in sizes) / 1024:7.0f} MiB")
 
 
@@ -72,7 +77,7 @@ def main() -> None:
         sizes = {p.name: p.stat().st_size / 2 ** 20 for p in Path(tmp).iterdir() if p.suffix in (".bin", ".safetensors")}
         print(f"{args.backbone}: files (MiB) " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(sizes.items())))
         print(f"{args.backbone}: runtime serves {record['serving']}; {args.workers} processes per path")
-        for path in ("pytorch", "auto"):
+        for path in ("pytorch", *(v for v, found in record["variants"].items() if "error" not in found)):
             measure(tmp, path, args.workers)
 
 

@@ -161,7 +161,8 @@ def test_the_budget_answers_what_finished_on_the_runtime_path(runtime_app, image
     fresh = app.extensions["aesemo"]
     fresh.models = fresh.swap.models = backend.models
     with HangingServer("127.0.0.1") as hanging:
-        urls = [images.url("/img/1.png"), hanging.url("/img/2.png"), images.url("/img/3.png")]
+        # images no earlier test predicted: a stored prediction would answer without the budget
+        urls = [images.url("/img/11.png"), hanging.url("/img/12.png"), images.url("/img/13.png")]
         answer = post(app.test_client(), predict_body(PROJECT, urls))
     assert answer.status_code == 200, answer.get_data(as_text=True)
     reply = answer.get_json()
@@ -190,3 +191,41 @@ def test_the_command_line_exports_with_a_manifests_images(tmp_path, exported):
     assert record["images"] == {"calibration": ["training", 8], "held_out": ["held-out", 8]}
     with pytest.raises(SystemExit):
         main(["export-runtime", str(folder), "--min-agreement", "2"])
+
+
+def job_manifest(folder: Path, count: int, held_out: int) -> Path:
+    """A generated training set whose first `held_out` rows are marked as a job marks them."""
+    from model.heldout import HELDOUT_SPLIT
+    from model.synthetic import write_synthetic_set
+    manifest = write_synthetic_set(folder, count)
+    header, *rows = manifest.read_text().splitlines()
+    marked = [json.dumps({**json.loads(row), "split": HELDOUT_SPLIT}) if i < held_out else row
+              for i, row in enumerate(rows)]
+    manifest.write_text("\n".join([header, *marked]) + "\n")
+    return manifest
+
+
+def test_a_job_manifest_calibrates_on_training_rows_and_checks_on_held_out_rows(tmp_path, exported):
+    folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
+    record = runtime.export_from_job_manifest(folder, job_manifest(tmp_path / "train", 8, held_out=3))
+    assert record["images"] == {"calibration": ["training", 5], "held_out": ["held-out", 3]}
+    assert runtime.read_runtime(folder) == record
+
+
+def test_the_training_job_exports_a_promoted_versions_runtime_unless_pytorch_is_forced(tmp_path, exported):
+    from types import SimpleNamespace
+    from backend.training.job import runtime_step
+    states = []
+    progress = SimpleNamespace(state=lambda state, **extra: states.append(state))
+    manifest = job_manifest(tmp_path / "train", 8, held_out=0)
+    forced = copy_version(exported[0], tmp_path / "forced", with_runtime=False)
+    runtime_step(SimpleNamespace(settings=replace(Settings(), inference_path="pytorch"), progress=progress),
+                 forced, manifest)
+    assert not (forced / RUNTIME_FILE).exists() and states == []
+    folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
+    runtime_step(SimpleNamespace(settings=replace(Settings(), inference_path="auto"), progress=progress),
+                 folder, manifest)
+    # no held-out rows in this manifest: generated images stand in, and the record says so
+    assert runtime.read_runtime(folder)["images"] == {"calibration": ["training", 8],
+                                                      "held_out": ["generated", runtime.GENERATED_IMAGES]}
+    assert states == ["runtime"]

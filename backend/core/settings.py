@@ -302,7 +302,8 @@ class Settings:
     inference_path: str = setting(
         "AESEMO_INFERENCE_PATH", "auto",
         "`auto`: serve a version from its exported OpenVINO runtime (int8, else float32) once one passed "
-        "the agreement check, made in the background on first load; `pytorch`: always the PyTorch predictor",
+        "the agreement check, made by the training job that promotes it, else in the background on first load; "
+        "`pytorch`: always the PyTorch predictor, and no export",
         check=_one_of(lambda: ("auto", "pytorch")))
     runtime_min_agreement: float = setting(
         "AESEMO_RUNTIME_MIN_AGREEMENT", 0.99,

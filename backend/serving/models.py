@@ -9,7 +9,6 @@ and an export that fails leaves PyTorch serving with the reason logged and recor
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from backend.serving.registry import VersionRef
 log = logging.getLogger(__name__)
 
 PATHS = ("auto", "pytorch")
-EXPORT_LOCK_FILE = ".runtime.lock"
 
 
 @dataclass
@@ -123,11 +121,9 @@ class ModelCache:
         """Make the runtime (or wait for the process making it), then serve it if it passed."""
         from model import runtime
         try:
-            with open(served.folder / EXPORT_LOCK_FILE, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # the other workers wait, then read its record
-                record = runtime.read_runtime(served.folder)
-                if record is None:
-                    record = runtime.export_runtime(served.folder, threshold=self.min_agreement)
+            # the other workers (and a training job exporting it) wait, then read its record
+            record = runtime.export_once(served.folder, lambda: runtime.export_runtime(
+                served.folder, threshold=self.min_agreement))
         except Exception as exc:  # noqa: BLE001 - the PyTorch path keeps serving; the reason is logged
             log.warning("runtime export of %s failed (%s: %s); PyTorch keeps serving", served.version,
                         type(exc).__name__, exc)

@@ -291,9 +291,25 @@ def promotion_step(run: _Run, parent, parent_meta: dict, meta: dict, folder: Pat
         evidence = like_for_like(folder, parent.folder, heldout_tasks(manifest, run.classes))
     promoted, why = promotion(run.settings, parent_meta, meta, folder, evidence)
     if promoted:
+        runtime_step(run, folder, manifest)
         set_current_version(run.client, run.project, folder.name)
         try_submit_refresh(run.settings, run.project, f"promotion of {folder.name}")
     return promoted, why
+
+
+def runtime_step(run: _Run, folder: Path, manifest: Path) -> None:
+    """The promoted version's CPU runtime (model/runtime.py), made here before it serves so that
+    no serving process spends its CPU on the export: int8 calibrated on the version's training
+    images, agreement checked on its held-out ones. A failure leaves serving to export it later."""
+    from model import runtime
+    if run.settings.inference_path == "pytorch" or not runtime.runtime_available():
+        return
+    run.progress.state("runtime")
+    try:
+        record = runtime.export_from_job_manifest(folder, manifest, run.settings.runtime_min_agreement)
+        log.info("runtime of %s: %s serves", folder.name, record["serving"])
+    except Exception as exc:  # noqa: BLE001 - the version is promoted either way; serving retries the export
+        log.warning("runtime export of %s failed (%s: %s)", folder.name, type(exc).__name__, exc)
 
 
 def _result(name: str, promoted: bool, why: str, parent: str, meta: dict, snapshot: dict, images: _Images,
