@@ -29,6 +29,16 @@ PROJECT = 7
 FIRST, SECOND = "v0001-20261101000000", "v0002-20261102000000"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def pytorch_is_slow():
+    """A variant serves only when it is faster than the PyTorch predictor; on the small test
+    network either may win, so these tests make PyTorch the slower one (the gate itself is
+    tested below with the opposite)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime, "pytorch_ms_per_image", lambda folder, images: float("inf"))
+        yield
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A small version with its runtime made (int8 first, float32 as the second choice)."""
@@ -76,6 +86,15 @@ def test_a_variant_below_the_threshold_is_not_served(tmp_path, exported):
     assert "< 1.01" in record["reason"]
     served = ModelCache(10 ** 8, "auto").load(VersionRef("v", folder))
     assert served.path == "pytorch" and "< 1.01" in served.path_reason
+
+
+def test_a_variant_slower_than_the_pytorch_predictor_is_not_served(tmp_path, exported, monkeypatch):
+    folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
+    monkeypatch.setattr(runtime, "pytorch_ms_per_image", lambda folder, images: 0.001)
+    record = runtime.export_runtime(folder, variants=(runtime.FP32,))
+    assert record["variants"][runtime.FP32]["ms_per_image"] > 0
+    assert record["serving"] == runtime.PYTORCH
+    assert "not faster than the PyTorch predictor's" in record["reason"]
 
 
 def test_a_tampered_variant_is_refused_and_pytorch_serves(tmp_path, exported):
