@@ -70,13 +70,19 @@ def rewrite_weights(folder, change) -> None:
     (folder / META_FILE).write_text(json.dumps(meta))
 
 
+def head_layers(state, branch: str) -> list[str]:
+    """The weight names of a branch's head layers in order (fc1..fc3, or the one linear fc)."""
+    return sorted(k for k in state if k.startswith(f"{branch}.head.") and k.endswith(".weight"))
+
+
 def nan_weights(state) -> None:
-    state["branch_e.head.fc3.weight"][0, 0] = math.nan
+    state[head_layers(state, "branch_e")[-1]][0, 0] = math.nan
 
 
 def overflowing_weights(state) -> None:
-    # finite, but each fc1 output sums a hundred pooled features times 1e38: infinity, then NaN
-    state["branch_a.head.fc1.weight"].fill_(1e38)
+    # finite, but each output of the head's first layer sums the pooled features times 1e38:
+    # infinity, then NaN
+    state[head_layers(state, "branch_a")[0]].fill_(1e38)
 
 
 @pytest.fixture

@@ -172,7 +172,7 @@ def test_weights_gone_non_finite_stop_training_even_with_a_finite_loss(tmp_path,
     def breaking(run, *args, **kwargs):
         loss = original(run, *args, **kwargs)
         with torch.no_grad():
-            run.model.branch_a.head.fc3.weight[0, 0] = float("inf")
+            run.model.branch_a.head[-1].weight[0, 0] = float("inf")
         return loss
     monkeypatch.setattr(EpochRun, "train_epoch", breaking)
     manifest = write_synthetic_set(tmp_path / "images", 6, seed=9, size=32)
@@ -180,7 +180,7 @@ def test_weights_gone_non_finite_stop_training_even_with_a_finite_loss(tmp_path,
         train_version(manifest, tmp_path / "v", NetConfig(backbone="resnet18"),
                       TrainConfig(epochs=3, train_size=32, crop_size=28), use_pretrained=False)
     assert "training diverged at epoch 1" in str(info.value)
-    assert "weights branch_a.head.fc3.weight are not finite" in str(info.value)
+    assert "weights branch_a.head.fc.weight are not finite" in str(info.value)  # resnet18: one linear head
     assert not (tmp_path / "v").exists()
 
 
