@@ -106,13 +106,13 @@ def confident_version(folder: str, backbone: str, images: torch.Tensor, labels: 
     heads = {"aesthetic": model.branch_a.head, "emotion": model.branch_e.head}
     features = _last_layer_inputs(model, meta, images, heads)
     for task, head in heads.items():
-        _fit_last_layer(head.fc3, features[task], labels[task])
+        _fit_last_layer(head[-1], features[task], labels[task])
     save_version(folder, model, {key: meta[key] for key in ("init", "pixel_mean", "pixel_std", "trained")})
 
 
 def _last_layer_inputs(model, meta: dict, images: torch.Tensor, heads: dict) -> dict[str, torch.Tensor]:
     captured = {task: [] for task in heads}
-    hooks = [head.fc3.register_forward_pre_hook(lambda _, args, task=task: captured[task].append(args[0]))
+    hooks = [head[-1].register_forward_pre_hook(lambda _, args, task=task: captured[task].append(args[0]))
              for task, head in heads.items()]
     with torch.no_grad():
         for start in range(0, len(images), 8):
