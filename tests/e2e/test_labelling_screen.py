@@ -99,9 +99,13 @@ def assert_hotkeys_shown(page) -> None:
 def assert_wraps_when_narrow(page, image) -> None:
     page.set_viewport_size(NARROW)
     page.wait_for_function("() => innerWidth === %d" % NARROW["width"])
-    photo, high = box(page, image), box(page, choice(page, "high"))
+
+    def wrapped():
+        # Label Studio rescales the photo after the resize event: wait for the layout to settle
+        photo, high = box(page, image), box(page, choice(page, "high"))
+        return high["y"] >= photo["y"] + photo["height"] and (photo, high)
+    wait_for(wrapped, 20, interval=0.25, what="the choices to wrap below the photo at 640 px")
     page.screenshot(path=str(page.artifacts / "labelling-narrow.png"), full_page=True)
-    assert high["y"] >= photo["y"] + photo["height"], (photo, high)
     page.set_viewport_size(SCREEN)
 
 
