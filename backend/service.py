@@ -17,7 +17,7 @@ from backend.http.prometheus_metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK
 from backend.serving.hotswap import HotSwap
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import BUDGET_KIND, predict_tasks
-from backend.serving.prediction_store import store_predictions, stored_predictions
+from backend.serving.prediction_store import VersionPredictions, stored_then_predicted, task_id
 from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh, try_submit_refresh
 from backend.votes.project_consensus import ProjectConsensus, vote_and_image
 from backend.labelstudio.projects import ProjectContext, ProjectStore, project_id
@@ -170,46 +170,25 @@ class Backend:
         """The store's predictions, then the model's for the rest within the budget; the tasks
         the budget left out are queued for a refresh job (their next /predict finds them stored).
         Returns the results, the failures and the ids of the tasks queued."""
-        ids = [_task_id(t) for t in tasks]
-        images = {i: _image(t, labels) for i, t in zip(ids, tasks) if i is not None}
-        stored = self._stored(project, served.version, images)
-        missing = [n for n, i in enumerate(ids) if i is None or i not in stored]
+        store = (VersionPredictions(self.redis, project, served.version, self.settings.prediction_ttl_s,
+                                    redis_optional=True) if project else None)
 
         def fetch(url):
             return self.fetcher.fetch(url, hostname=context.hostname if context else None,
                                       access_token=context.access_token if context else None)
 
-        computed, failures = predict_tasks([tasks[n] for n in missing], labels, served.predictor, served.version,
-                                           fetch, self.settings.predict_chunk_size, deadline,
-                                           self.settings.uncertainty)
-        for failure in failures:
-            failure.index = missing[failure.index]
-        results = [stored.get(i, []) for i in ids]
-        for n, result in zip(missing, computed):
-            results[n] = result
-        self._store(project, served.version,
-                    {ids[n]: (images[ids[n]], r) for n, r in zip(missing, computed) if r and ids[n] is not None})
-        over_budget = [ids[f.index] for f in failures if f.kind == BUDGET_KIND and ids[f.index] is not None]
+        def predict(missing: list):
+            return predict_tasks(missing, labels, served.predictor, served.version, fetch,
+                                 self.settings.predict_chunk_size, deadline, self.settings.uncertainty)
+
+        results, failures = stored_then_predicted(store, tasks, labels, predict)
+        budget_ids = (task_id(tasks[f.index]) for f in failures if f.kind == BUDGET_KIND)
+        over_budget = [i for i in budget_ids if i is not None]
         queued = []
         if project and over_budget and _reaches_label_studio(self.settings, context):
             if try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget):
                 queued = over_budget
         return results, failures, queued
-
-    def _stored(self, project: str | None, version: str, images: dict) -> dict:
-        if not project:
-            return {}
-        try:
-            return stored_predictions(self.redis, project, version, images)
-        except redis.RedisError:  # predictions go on from the model without Redis
-            return {}
-
-    def _store(self, project: str | None, version: str, by_task: dict) -> None:
-        if project:
-            try:
-                store_predictions(self.redis, project, version, by_task, self.settings.prediction_ttl_s)
-            except redis.RedisError as exc:
-                log.debug("predictions of project %s not stored: %s", project, exc)
 
     def _model_for(self, project: str | None, labels: ProjectLabels) -> ServedModel:
         """The project's current model: from this process's memory when it holds one for these
@@ -471,21 +450,10 @@ def _log_failures(failures: list, budget_s: float) -> None:
                     "(AESEMO_PREDICT_BUDGET) was spent", over, budget_s)
 
 
-def _task_id(task) -> int | None:
-    """A task's Label Studio id, the store's key; None for a task without one (never stored)."""
-    value = task.get("id") if isinstance(task, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _reaches_label_studio(settings: Settings, context) -> bool:
     """Whether a refresh job could write into the project's Label Studio (an address and a token)."""
     studio = project_studio(settings, context) if context else None
     return bool(studio and studio.token)
-
-
-def _image(task: dict, labels: ProjectLabels):
-    data = task.get("data")
-    return data.get(labels.image_key) if isinstance(data, dict) else None
 
 
 def _annotations(body: dict) -> list:

@@ -8,10 +8,19 @@ stopped serving leaves nothing behind for long.
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
+from typing import Callable
 
 import redis
 
 from backend.core import keys
+from backend.labelstudio.label_config import ProjectLabels
+
+log = logging.getLogger(__name__)
+
+# tasks -> (results[i] answering tasks[i], [] for a task with none; failures indexed into tasks)
+Predict = Callable[[list], tuple[list, list]]
 
 
 def stored_predictions(client: redis.Redis, project: str, version: str, images: dict) -> dict:
@@ -49,3 +58,65 @@ def mark_refreshed(client: redis.Redis, project: str, version: str, task_ids: li
     pipe.sadd(key, *[str(t) for t in task_ids])
     pipe.expire(key, ttl_s)
     pipe.execute()
+
+
+def task_id(task) -> int | None:
+    """A task's Label Studio id, the store's key; None for a task without one (never stored)."""
+    value = task.get("id") if isinstance(task, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def task_image(task, labels: ProjectLabels):
+    """The image URL a task shows (its data's label-config image field), None when it has none."""
+    data = task.get("data") if isinstance(task, dict) else None
+    return data.get(labels.image_key) if isinstance(data, dict) else None
+
+
+@dataclass
+class VersionPredictions:
+    """One project version's stored predictions. With `redis_optional` a Redis error reads as
+    nothing stored and a failed write is only logged: /predict goes on from the model without
+    Redis. Without it the error is raised: the refresh job fails, and its rerun goes on where it
+    stopped."""
+    client: redis.Redis
+    project: str
+    version: str
+    ttl_s: int
+    redis_optional: bool = False
+
+    def read(self, images: dict) -> dict:
+        try:
+            return stored_predictions(self.client, self.project, self.version, images)
+        except redis.RedisError:
+            if not self.redis_optional:
+                raise
+            return {}
+
+    def write(self, entries: dict) -> None:
+        try:
+            store_predictions(self.client, self.project, self.version, entries, self.ttl_s)
+        except redis.RedisError as exc:
+            if not self.redis_optional:
+                raise
+            log.debug("predictions of project %s not stored: %s", self.project, exc)
+
+
+def stored_then_predicted(store: VersionPredictions | None, tasks: list, labels: ProjectLabels,
+                          predict: Predict) -> tuple[list, list]:
+    """`results[i]` answers `tasks[i]`: the stored prediction while the task shows the image it
+    was computed from, else `predict`'s, which is then stored. `predict` is called once, with the
+    tasks the store did not answer (even none: it may check the label config). The failures are
+    `predict`'s, their `index` into `tasks`. `store` None: nothing is read or kept."""
+    ids = [task_id(t) for t in tasks]
+    images = {i: task_image(t, labels) for i, t in zip(ids, tasks) if i is not None}
+    stored = store.read(images) if store is not None else {}
+    missing = [n for n, i in enumerate(ids) if i is None or i not in stored]
+    computed, failures = predict([tasks[n] for n in missing])
+    for failure in failures:
+        failure.index = missing[failure.index]
+    results = [stored.get(i, []) for i in ids]
+    for n, result in zip(missing, computed):
+        results[n] = result
+    if store is not None:
+        store.write({ids[n]: (images[ids[n]], r) for n, r in zip(missing, computed) if r and ids[n] is not None})
+    return results, failures

@@ -26,8 +26,8 @@ from backend.labelstudio.label_config import ProjectLabels, parse_label_config
 from backend.labelstudio.projects import ProjectContext, ProjectStore
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import predict_tasks
-from backend.serving.prediction_store import (mark_refreshed, refreshed_task_ids, store_predictions,
-                                              stored_predictions)
+from backend.serving.prediction_store import (VersionPredictions, mark_refreshed, refreshed_task_ids,
+                                              stored_then_predicted)
 from backend.serving.registry import current_version_name, resolve_current
 from backend.serving.suggestions import withheld_reason
 from backend.training.job import _Progress
@@ -121,13 +121,10 @@ def _tasks_to_refresh(run: _Refresh, tasks: list[dict], wanted: list | None) -> 
 def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict]) -> tuple[int, int]:
     """(written, failed): one batch predicted (stored ones reused) and written into Label Studio."""
     version, ttl = run.served.version, run.settings.prediction_ttl_s
-    images = {t["id"]: (t.get("data") or {}).get(run.labels.image_key) for t in batch}
-    known = stored_predictions(run.client, run.project, version, images)
-    missing = [t for t in batch if t["id"] not in known]
-    computed = _predict(run, fetcher, missing)
-    store_predictions(run.client, run.project, version, {i: (images[i], p) for i, p in computed.items()}, ttl)
-    ready = {**known, **computed}
-    ids = [t["id"] for t in batch if t["id"] in ready]
+    store = VersionPredictions(run.client, run.project, version, ttl)
+    results, _ = stored_then_predicted(store, batch, run.labels, lambda tasks: _predict(run, fetcher, tasks))
+    ready = {task["id"]: result for task, result in zip(batch, results) if result}
+    ids = list(ready)
     if ids:
         if not run.settings.refresh_keep_old:
             task_api.delete_predictions(api, run.project, ids)
@@ -136,9 +133,9 @@ def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict])
     return len(ids), len(batch) - len(ids)
 
 
-def _predict(run: _Refresh, fetcher: ImageFetcher, tasks: list[dict]) -> dict:
+def _predict(run: _Refresh, fetcher: ImageFetcher, tasks: list[dict]) -> tuple[list, list]:
     if not tasks:
-        return {}
+        return [], []
 
     def fetch(url):
         return fetcher.fetch(url, hostname=run.context.hostname, access_token=run.context.access_token)
@@ -148,4 +145,4 @@ def _predict(run: _Refresh, fetcher: ImageFetcher, tasks: list[dict]) -> dict:
                                       run.settings.uncertainty)
     for failure in failures[:5]:
         log.warning("refresh of project %s: no prediction for %s", run.project, failure.message)
-    return {task["id"]: result for task, result in zip(tasks, results) if result}
+    return results, failures
