@@ -263,9 +263,7 @@ class Backend:
             try:
                 queued = self.train(project, {}, "START_TRAINING")
             except DomainError as exc:  # the event itself was fine: say why no job, in the answer
-                # a 200 without `job`: an error status would put the backend into Label
-                # Studio's error state, which stops its predictions
-                return {"training": {"started": False, "refused": True, "error": str(exc)}}
+                return {"training": _training_refused(exc)}  # no `job`: Label Studio records none
             return {"training": queued, "job": queued["job_id"]}  # Label Studio records `job`
         if action == "TASKS_CREATED":
             return {"tasks_noted": self._note_tasks(project, body.get("tasks"), self._known_labels(project, body))}
@@ -343,8 +341,8 @@ class Backend:
         project = project_id(body.get("project"))
         try:
             return self.train(project, {}, "legacy /train")
-        except (Conflict, NotFound) as exc:  # recorded; no error status (see _act_on's START_TRAINING)
-            return {"started": False, "refused": True, "error": str(exc)}
+        except (Conflict, NotFound) as exc:  # recorded by train
+            return _training_refused(exc)
 
     def jobs(self, project: str) -> dict:
         return {"project": project, "jobs": project_jobs(self.settings, project)}
@@ -454,6 +452,12 @@ def _reaches_label_studio(settings: Settings, context) -> bool:
     """Whether a refresh job could write into the project's Label Studio (an address and a token)."""
     studio = project_studio(settings, context) if context else None
     return bool(studio and studio.token)
+
+
+def _training_refused(exc: DomainError) -> dict:
+    """Why Label Studio's training request started no job, for a 200 answer: an error status would
+    put the backend into Label Studio's error state, which stops its predictions."""
+    return {"started": False, "refused": True, "error": str(exc)}
 
 
 def _annotations(body: dict) -> list:
