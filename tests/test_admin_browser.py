@@ -9,9 +9,7 @@ Screenshots go to $AESEMO_TEST_ARTIFACTS when it is set (to look at them), else 
 """
 from __future__ import annotations
 
-import os
 import signal
-from pathlib import Path
 
 import pytest
 import redis
@@ -23,23 +21,15 @@ from backend.serving.registry import project_versions_dir, set_current_version
 from backend.training.queue import training_queue
 from rq.job import Job
 
+from chromium import artifacts_dir, chromium_page, sync_api
 from images_server import ImageServer
 from training_project import (aesemo_command, label_tasks, log_tail, service_env, settings_for, setup_project,
                               start_process, stop_process, write_reported_version)
 from net import free_port, wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
 PROJECT = 4
 OLD, NEW = "v0001-20261101000000", "v0002-20261102000000"
 USER, PASSWORD = "admin", "page-test-password"
-
-if not CHROMIUM.is_file():
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium as root", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is missing (Debian package chromium; scripts/setup.sh installs it as root)",
-                allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 
 def write_version(settings, name: str, accuracy: float, created_at: str) -> None:
@@ -104,28 +94,14 @@ class _Authorized:
 
 @pytest.fixture
 def browser_page(running, tmp_path):
-    artifacts = Path(os.environ.get("AESEMO_TEST_ARTIFACTS") or tmp_path)
-    artifacts.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            # no sandbox: tests may run as root; nothing but the page on 127.0.0.1 is loaded
-            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"])
-        context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
-                                      viewport={"width": 1280, "height": 900})
-        page = context.new_page()
+    with chromium_page(artifacts_dir(tmp_path), http_credentials={"username": USER, "password": PASSWORD},
+                       viewport={"width": 1280, "height": 900}) as page:
         page.problems = []  # console errors, failed requests, requests that leave 127.0.0.1
         page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
         page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
         page.on("requestfailed", lambda r: page.problems.append(f"failed: {r.url} {r.failure}"))
         page.on("request", lambda r: r.url.startswith(running["url"]) or page.problems.append(f"left: {r.url}"))
-        page.artifacts = artifacts
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
+        yield page
 
 
 def write_progress(running, progress: dict) -> None:

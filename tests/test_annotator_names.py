@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import html
 import json
-import threading
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,6 +13,7 @@ from backend.core import keys
 from backend.http.app import create_app
 from backend.labelstudio.users import display_name
 
+from fake_ls import JsonHandler, LoopbackServer
 from training_project import label_tasks, setup_project
 
 PROJECT = 12
@@ -36,27 +35,18 @@ class FakeUsersApi:
         self.status = 200
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self):
                 fake.requests.append(self.headers.get("Authorization"))
                 ok = self.path.split("?")[0] == "/api/users/" and fake.status == 200
-                body = json.dumps(USERS if ok else {"detail": "no"}).encode()
-                self.send_response(200 if ok else (fake.status if fake.status != 200 else 404))
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(200 if ok else (fake.status if fake.status != 200 else 404),
+                            USERS if ok else {"detail": "no"})
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(Handler)
+        self.url = self.server.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ Studio endpoints it calls, with the session's real Redis; its queue and the pred
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -13,6 +11,7 @@ from backend.core import keys
 from backend.labelstudio.projects import ProjectStore
 from backend.serving import prediction_store
 from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh
+from fake_ls import JsonHandler, LoopbackServer
 from ls_examples import example
 from training_project import environment, service_env, settings_for
 
@@ -31,52 +30,36 @@ class FakeLabelStudio:
         self.calls: list[str] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _answer(self, status: int, body) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self):
-                return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
-
+        class Handler(JsonHandler):
             def do_GET(self):
                 if self.headers.get("Authorization") != f"Token {TOKEN}":
-                    return self._answer(401, {"detail": "no"})
+                    return self.answer(401, {"detail": "no"})
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 fake.calls.append(f"GET {url.path}")
                 page, size = int(query["page"]), int(query["page_size"])
                 listed = fake.tasks[(page - 1) * size:page * size]
-                self._answer(200, {"tasks": listed, "total": len(fake.tasks)})
+                self.answer(200, {"tasks": listed, "total": len(fake.tasks)})
 
             def do_POST(self):
                 if self.headers.get("Authorization") != f"Token {TOKEN}":
-                    return self._answer(401, {"detail": "no"})
+                    return self.answer(401, {"detail": "no"})
                 url = urlparse(self.path)
-                body = self._body()
+                body = self.json_body()
                 fake.calls.append(f"POST {url.path}")
                 if url.path == "/api/dm/actions":
                     for task in body["selectedItems"]["included"]:
                         fake.predictions[task] = []
-                    return self._answer(200, {"detail": "deleted"})
+                    return self.answer(200, {"detail": "deleted"})
                 for prediction in body:
                     fake.predictions[prediction["task"]].append(prediction)
-                self._answer(201, {"created": len(body)})
+                self.answer(201, {"created": len(body)})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(Handler)
+        self.url = self.server.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture

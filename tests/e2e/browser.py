@@ -1,53 +1,25 @@
-"""Headless Chromium (Debian's, driven by Playwright) on a real Label Studio: the launch, the login
-and the labelling stream, shared by the e2e tests that label through the UI. Importing it skips the
+"""Headless Chromium (tests/chromium.py) on a real Label Studio: the screen size, the login and the
+labelling stream, shared by the e2e tests that label through the UI. Importing it skips the
 importing test module when Chromium or Playwright is missing (fails it under CI)."""
 from __future__ import annotations
 
-import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
+import chromium
+from chromium import artifacts_dir, sync_api  # noqa: F401 (the e2e tests import artifacts_dir from here)
 from ls_server import LabelStudioServer
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREEN = {"width": 1366, "height": 768}
-
-if not CHROMIUM.is_file():
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium as root", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is missing (Debian package chromium; scripts/setup.sh installs it as root)",
-                allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @contextmanager
 def chromium_page(artifacts: Path):
     """A page at SCREEN size; `page.artifacts` is where its screenshots go."""
-    artifacts.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            # no sandbox: tests may run as root; only Label Studio and the image server on 127.0.0.1 load
-            args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"])
-        context = browser.new_context(viewport=SCREEN)
-        page = context.new_page()
+    with chromium.chromium_page(artifacts, viewport=SCREEN) as page:
         page.set_default_timeout(60_000)  # Label Studio's bundle is large; 2 busy cores
-        page.artifacts = artifacts
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
-
-
-def artifacts_dir(tmp_path: Path) -> Path:
-    """$AESEMO_TEST_ARTIFACTS when set (screenshots to look at), else the test's tmp_path."""
-    return Path(os.environ.get("AESEMO_TEST_ARTIFACTS") or tmp_path)
+        yield page
 
 
 def log_in(page, ls: LabelStudioServer, email: str, password: str) -> None:
