@@ -13,7 +13,7 @@ from backend.core import keys
 from backend.http.app import create_app
 from backend.labelstudio.users import display_name
 
-from fake_ls import JsonHandler, LoopbackServer
+from json_server import JsonHandler, LoopbackServer
 from training_project import label_tasks, setup_project
 
 PROJECT = 12

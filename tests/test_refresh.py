@@ -11,7 +11,7 @@ from backend.core import keys
 from backend.labelstudio.projects import ProjectStore
 from backend.serving import prediction_store
 from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh
-from fake_ls import JsonHandler, LoopbackServer
+from json_server import JsonHandler, LoopbackServer
 from ls_examples import example
 from training_project import environment, service_env, settings_for
 

@@ -1,5 +1,6 @@
-"""What the tests' loopback fakes of Label Studio's API share: a handler that answers JSON, and
-the server on 127.0.0.1 that runs it in a daemon thread."""
+"""What the tests' loopback fakes of a JSON API (Label Studio's, in test_refresh and
+test_annotator_names) share: a handler that answers JSON, and the server on 127.0.0.1 that runs
+it in a daemon thread."""
 from __future__ import annotations
 
 import json
