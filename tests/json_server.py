@@ -1,6 +1,6 @@
-"""What the tests' loopback fakes of a JSON API (Label Studio's, in test_refresh and
-test_annotator_names) share: a handler that answers JSON, and the server on 127.0.0.1 that runs
-it in a daemon thread."""
+"""What the tests' loopback fakes of a JSON API (Label Studio's in test_refresh and
+test_annotator_names, an ML backend's in e2e/test_label_studio_harness) share: a handler that
+answers JSON, and the server on 127.0.0.1 that runs it in a daemon thread."""
 from __future__ import annotations
 
 import json
@@ -24,7 +24,7 @@ class JsonHandler(BaseHTTPRequestHandler):
 
     def json_body(self):
         """The request's JSON body; None when it has none."""
-        return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
+        return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
 
 
 class LoopbackServer:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 from PIL import Image
 
+from json_server import JsonHandler, LoopbackServer
 from ls_server import LabelStudioError, LabelStudioServer
 
 LABEL_CONFIG = """
@@ -47,25 +46,14 @@ class RecordingBackend:
         )
         recorder = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _reply(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _record(self, body) -> bool:
                 with recorder._lock:
                     recorder.calls.append(
                         {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
                     )
                 if expected_auth and self.headers.get("Authorization") != expected_auth:
-                    self._reply(401, {"error": "unauthorized"})
+                    self.answer(401, {"error": "unauthorized"})
                     return False
                 return True
 
@@ -73,46 +61,38 @@ class RecordingBackend:
                 if not self._record(None):
                     return
                 if self.path.rstrip("/") == "/health":
-                    self._reply(200, {"status": "UP", "model_class": "RecordingBackend"})
+                    self.answer(200, {"status": "UP", "model_class": "RecordingBackend"})
                 else:
-                    self._reply(404, {"error": "not found"})
+                    self.answer(404, {"error": "not found"})
 
             def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body = json.loads(raw) if raw else None
+                body = self.json_body()
                 if not self._record(body):
                     return
                 path = self.path.rstrip("/")
                 if path == "/setup":
-                    self._reply(200, {"model_version": recorder.model_version})
+                    self.answer(200, {"model_version": recorder.model_version})
                 elif path == "/predict":
                     results = [
                         {"model_version": recorder.model_version, "score": 0.5,
                          "result": [dict(r, score=0.5) for r in RESULT]}
                         for _ in body["tasks"]
                     ]  # fmt: skip
-                    self._reply(200, {"results": results})
+                    self.answer(200, {"results": results})
                 elif path == "/webhook":
-                    self._reply(200, {"status": "ok"})
+                    self.answer(200, {"status": "ok"})
                 else:
-                    self._reply(404, {"error": "not found"})
+                    self.answer(404, {"error": "not found"})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = LoopbackServer(Handler)
+        self.url = self.server.url
 
     def bodies(self, path: str) -> list:
         with self._lock:
             return [c["body"] for c in self.calls if c["path"].rstrip("/") == path]
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
