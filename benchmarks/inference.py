@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/inference.py [--backbones vgg16,resnet18] [--repeats 3] [--agreement-images 200]
 
-Paths: torch fp32 eager (default), today's Predictor (fp32, or bf16 on a CPU with native bf16),
+Paths: torch fp32 eager (default), today's Predictor (fp32, or on a CPU with native bf16 the
+faster of fp32 and bf16 as timed when it loads: the line "Predictor precision auto" says which),
 and each OpenVINO variant model/runtime.py exports (float32, int8 calibrated by NNCF). Prints ms
 per image at batch 1 and 8, achieved GFLOP/s and its share of this CPU's matrix-multiply ceiling
 (float32 for the float paths, int8 for int8), the speed-up over today's Predictor, and each
@@ -142,6 +143,8 @@ def paths_of(folder: str, record: dict) -> dict:
     model, meta = load_version(folder)
     graph = ProbabilityGraph(model, meta)
     predictor = Predictor(folder)
+    # the choice "auto" makes at load on this machine, and the two timings behind it
+    print(f"  Predictor precision auto: {predictor.precision.describe()}")
 
     def default(images):
         with torch.no_grad():

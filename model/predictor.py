@@ -31,7 +31,11 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 # the precision check's timed batch and passes per dtype: small, since it runs when a model loads
 # (vgg16 in fp32 takes ~2 s per pass of 2 images on two cores)
 TIMING_BATCH = 2
-TIMING_ROUNDS = 2
+TIMING_ROUNDS = 3
+# bf16 serves only when at least this much faster: it rounds the outputs (probabilities within
+# 0.05 of fp32's), and a near tie is what load from other processes flips either way (two
+# workers of one server, mobilenet_v3_small: bf16 103 vs fp32 94 in one, 69 vs 144 in the other)
+BF16_MIN_GAIN = 0.10
 # (backbone, input size, batch, threads) -> {"fp32": ms, "bf16": ms}: timed once per process
 _MEASURED: dict[tuple, dict[str, float]] = {}
 
@@ -60,8 +64,9 @@ class PrecisionChoice:
 def choose_precision(precision: str, device: torch.device, measure: Callable[[], dict[str, float]],
                      native_bf16: bool | None = None) -> PrecisionChoice:
     """What a Predictor computes in: a forced precision as given; on CUDA bf16 where supported;
-    on a CPU with native bf16 the faster of fp32 and bf16 by `measure()` ({dtype name: ms per
-    image}); on any other CPU fp32, never timing bf16 (emulated, many times slower)."""
+    on a CPU with native bf16 bf16 when `measure()` ({dtype name: ms per image}) finds it
+    BF16_MIN_GAIN faster, else fp32; on any other CPU fp32, never timing bf16 (emulated, many
+    times slower)."""
     if precision in ("fp32", "bf16"):
         return PrecisionChoice(torch.float32 if precision == "fp32" else torch.bfloat16, "forced")
     if device.type == "cuda":
@@ -71,7 +76,7 @@ def choose_precision(precision: str, device: torch.device, measure: Callable[[],
     if not (cpu_has_native_bf16() if native_bf16 is None else native_bf16):
         return PrecisionChoice(torch.float32, "the CPU has no native bf16")
     timings = measure()
-    faster = "bf16" if timings["bf16"] < timings["fp32"] else "fp32"
+    faster = "bf16" if timings["bf16"] < (1 - BF16_MIN_GAIN) * timings["fp32"] else "fp32"
     return PrecisionChoice(torch.bfloat16 if faster == "bf16" else torch.float32,
                            f"measured bf16 {timings['bf16']:.1f} vs fp32 {timings['fp32']:.1f} ms/image", timings)
 

@@ -216,7 +216,8 @@ class FakeTimings:
         return dict(self.timings)
 
 
-@pytest.mark.parametrize("fp32, bf16, chosen", [(938.0, 409.0, torch.bfloat16), (14.5, 23.3, torch.float32)])
+@pytest.mark.parametrize("fp32, bf16, chosen", [(938.0, 409.0, torch.bfloat16), (14.5, 23.3, torch.float32),
+                                                (100.0, 95.0, torch.float32)])   # a near tie: fp32
 def test_auto_on_a_bf16_cpu_serves_the_measured_faster_dtype(version, fresh_measurements, fp32, bf16, chosen):
     folder, _, _ = version
     predictor = Predictor(folder, device="cpu", precision="auto", measure=FakeTimings(fp32, bf16))
