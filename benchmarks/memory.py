@@ -71,9 +71,10 @@ def measure(folder: str, path: str, workers: int) -> None:
           f"sum of PSS {sum(s['pss'] for s in sizes) / 1024:7.0f} MiB")
 
 
-SERVE_CONFIGS = (("pytorch, auto precision", {"AESEMO_INFERENCE_PATH": "pytorch", "AESEMO_PREDICTOR_PRECISION": "auto"}),
-                 ("pytorch, fp32", {"AESEMO_INFERENCE_PATH": "pytorch", "AESEMO_PREDICTOR_PRECISION": "fp32"}),
-                 ("openvino-int8", {"AESEMO_INFERENCE_PATH": "auto", "AESEMO_PREDICTOR_PRECISION": "auto"}))
+SERVE_CONFIGS = {"auto": ("pytorch, auto precision", {"AESEMO_INFERENCE_PATH": "pytorch",
+                                                      "AESEMO_PREDICTOR_PRECISION": "auto"}),
+                 "fp32": ("pytorch, fp32", {"AESEMO_INFERENCE_PATH": "pytorch", "AESEMO_PREDICTOR_PRECISION": "fp32"}),
+                 "int8": ("openvino-int8", {"AESEMO_INFERENCE_PATH": "auto", "AESEMO_PREDICTOR_PRECISION": "auto"})}
 
 
 def measure_server(args) -> None:
@@ -83,9 +84,10 @@ def measure_server(args) -> None:
     from _server import ImageServer, Service, child_pids, local_session, recorded_body
     from serve import photo_jpeg, predict_body
 
+    configs = [SERVE_CONFIGS[key] for key in args.paths.split(",")]
     images = ImageServer({"/photo.jpg": (photo_jpeg(0, (640, 480)), "image/jpeg")})
     service = Service(backbone=args.backbone, workers=args.workers, threads=args.threads,
-                      allowed_image_hosts=images.url.removeprefix("http://"), extra_env=dict(SERVE_CONFIGS[0][1]))
+                      allowed_image_hosts=images.url.removeprefix("http://"), extra_env=dict(configs[0][1]))
     print(f"aesemo serve --workers {args.workers} --threads {args.threads}, backbone {args.backbone}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'path':<24} {'master RSS/PSS':>15} " + " ".join(f"{f'worker {i + 1} RSS/PSS':>17}" for i in range(args.workers))
@@ -94,7 +96,7 @@ def measure_server(args) -> None:
         with service:
             session = local_session()
             bodies = _fresh_bodies(predict_body([images.url + "/photo.jpg"]))
-            for name, env in SERVE_CONFIGS:
+            for name, env in configs:
                 if name.startswith("openvino"):
                     _export_int8_serving(service.data_dir)
                 if env != service.extra_env:
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--serve", action="store_true", help="measure `aesemo serve` itself (see the docstring)")
+    parser.add_argument("--paths", default="auto,fp32,int8", help=f"with --serve: of {','.join(SERVE_CONFIGS)}")
     args = parser.parse_args()
     if args.serve:
         measure_server(args)

@@ -18,8 +18,10 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from .classes import TASKS
+from .files import write_atomically
 from .images import DEFAULT_MAX_PIXELS, open_image
 from .transforms import CROP_SIZE, IMAGENET_STD, inference_tensor, normalize
 from .version import load_version
@@ -109,6 +111,24 @@ def measured_once(key: tuple, measure: Callable[[], dict[str, float]]) -> Callab
     return cached
 
 
+def bf16_weights(folder: Path, meta: dict, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The version's weights in bf16, memory-mapped from a file beside its safetensors (written
+    once, atomically, named after the weights' sha256). Processes that map one file share its
+    pages, where casting in memory gives every gunicorn worker a private copy (as the fp32
+    safetensors, mapped by load_file, are shared). None when the folder cannot be written: the
+    caller then casts in memory."""
+    path = folder / f".weights-bf16-{meta['weights_sha256'][:16]}.safetensors"
+    if not path.is_file():
+        state = {name: (t.to(torch.bfloat16) if t.is_floating_point() else t).contiguous()
+                 for name, t in model.state_dict().items()}
+        try:
+            write_atomically(path, lambda temp: save_file(state, temp))
+        except OSError as exc:
+            log.info("bf16 weights of %s not written (%s): cast in this process's memory", folder, exc)
+            return None
+    return load_file(path)
+
+
 class PredictorBase:
     """What every predictor of a version shares: its class lists, how an image becomes the
     network's input, and batching; subclasses answer `predict_tensors`."""
@@ -176,6 +196,11 @@ class Predictor(PredictorBase):
         self.precision = choose_precision(precision, self.device, measured_once(
             key, measure or (lambda: time_dtypes(model, self.crop_size))))
         self.dtype = self.precision.dtype
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu":
+            shared = bf16_weights(self.folder, meta, model)
+            if shared is not None:
+                model.load_state_dict(shared, strict=True, assign=True)
+        # channels_last copies the convolutions' weights; the linear layers' stay mapped
         self.model = model.to(self.device, self.dtype).to(memory_format=torch.channels_last)
         log.info("predictor for %s on %s in %s", self.folder, self.device, self.precision.describe())
 

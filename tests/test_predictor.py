@@ -2,6 +2,8 @@
 version."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -269,3 +271,42 @@ def test_the_precision_setting_reaches_the_served_predictor_and_its_reason(versi
     served = ModelCache(10 ** 8, "pytorch", precision="fp32").load(VersionRef("v", folder))
     assert served.predictor.dtype == torch.float32
     assert served.path_reason.startswith("pytorch in fp32 (forced): ")
+
+
+def mapped_files() -> str:
+    return Path("/proc/self/maps").read_text()
+
+
+def fresh_copy(folder: Path, target: Path) -> Path:
+    """The version without the bf16 weights earlier tests wrote beside it."""
+    import shutil
+    shutil.copytree(folder, target, ignore=shutil.ignore_patterns(".weights-bf16-*"))
+    return target
+
+
+def test_bf16_weights_are_mapped_from_one_file_that_processes_share(version, tmp_path):
+    folder = fresh_copy(version[0], tmp_path / "v")
+    first = Predictor(folder, device="cpu", precision="bf16")
+    cached = list(folder.glob(".weights-bf16-*.safetensors"))
+    assert len(cached) == 1
+    second = Predictor(folder, device="cpu", precision="bf16")
+    head = second.model.branch_a.head[-1].weight     # 2-D: channels_last leaves it mapped
+    assert head.dtype == torch.bfloat16
+    start = head.untyped_storage().data_ptr()
+    mapped = [line for line in mapped_files().splitlines() if str(cached[0]) in line]
+    assert any(int(line.split()[0].split("-")[0], 16) <= start < int(line.split()[0].split("-")[1], 16)
+               for line in mapped)
+    images = make_images(3)
+    assert first.predict_images(images) == second.predict_images(images)
+
+
+def test_bf16_weights_in_memory_when_the_folder_cannot_be_written(version, ref, monkeypatch, tmp_path):
+    folder = fresh_copy(version[0], tmp_path / "v")
+    images = version[2]
+
+    def refuse(target, write):
+        raise PermissionError("read-only")
+    monkeypatch.setattr(predictor_module, "write_atomically", refuse)
+    predictor = Predictor(folder, device="cpu", precision="bf16")
+    assert predictor.dtype == torch.bfloat16 and not list(folder.glob(".weights-bf16-*"))
+    assert max_diff(predictor.predict_images(images), ref) < BF16_PROB_TOL
