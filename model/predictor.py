@@ -1,8 +1,9 @@
 """Batched inference from a version folder.
 
 On a CPU with native bf16 (AVX-512-BF16 or AMX) "auto" times both dtypes on a small batch when
-the model loads and keeps the faster: bf16 wins for vgg16 (409 vs 938 ms/image) but loses for
-mobilenet_v3_small (23 vs 15), whose small depthwise convolutions have no fast bf16 kernels.
+the model loads and keeps the faster: bf16 wins for vgg16 (409 vs 938 ms/image), while for
+mobilenet_v3_small one run here found it slower (23 vs 15) and a later one faster (18 vs 133):
+which wins depends on the network, the CPU and oneDNN's kernels, so it is measured, not assumed.
 Without native bf16 the CPU path stays fp32 untried, since emulated bf16 is many times slower.
 On CUDA bf16 serves where supported. Either way the model runs channels_last, which lets oneDNN
 skip layout conversions between convolutions.
