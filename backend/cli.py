@@ -130,8 +130,9 @@ def cmd_export_runtime(args) -> int:
     calibration = runtime.manifest_images(args.calibration, args.version) if args.calibration else None
     held_out = (runtime.manifest_images(args.held_out, args.version, limit=runtime.HELD_OUT_IMAGES)
                 if args.held_out else None)
-    record = runtime.export_runtime(args.version, calibration, held_out, args.min_agreement)
-    print(json.dumps({k: record[k] for k in ("serving", "reason", "images", "variants")}, indent=2))
+    record = runtime.export_runtime(args.version, calibration, held_out, args.min_agreement, precision=args.precision)
+    print(json.dumps({k: record[k] for k in ("serving", "reason", "images", "variants", "pytorch_ms_per_image",
+                                            "pytorch_precision")}, indent=2))
     return 0
 
 
@@ -451,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: generated images)")
     p.add_argument("--min-agreement", type=_share, default=0.99,
                    help="least top-1 agreement per task for a variant to serve ([0, 1])")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="the PyTorch predictor's a variant must beat (as AESEMO_PREDICTOR_PRECISION)")
     p.set_defaults(func=cmd_export_runtime)
 
     p = sub.add_parser("demo", help="train on generated images and print predictions")

@@ -46,7 +46,7 @@ class Backend:
         self.redis = client
         self.projects = ProjectStore(client)
         self.models = ModelCache(settings.max_image_pixels, settings.inference_path,
-                                 settings.runtime_min_agreement)
+                                 settings.runtime_min_agreement, settings.predictor_precision)
         self.fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
         self.consensus = ProjectConsensus(client, settings, on_auto_train=self._auto_train)
         self.ingest = Ingest(client)

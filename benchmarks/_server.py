@@ -190,7 +190,7 @@ class Service:
         env.update(self.extra_env)
         cmd = [aesemo_executable(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", str(self.workers), "--threads", str(self.threads)]
-        self.data_dir.mkdir(parents=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)  # kept by `restart`
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=self._tmp.name, env=env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -212,9 +212,21 @@ class Service:
         finally:
             session.close()
 
+    def restart(self, extra_env: dict[str, str]) -> None:
+        """The server again with other settings, on the same data directory and Redis."""
+        self._stop_server()
+        self.extra_env.update(extra_env)
+        self.start()
+
     def stop(self) -> None:
         from backend.core.redis_connection import stop_embedded_redis
 
+        self._stop_server()
+        if self.data_dir.exists():
+            stop_embedded_redis(self.data_dir)  # a daemon, outside the process group
+        self._tmp.cleanup()
+
+    def _stop_server(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
             if proc.poll() is None:
@@ -229,9 +241,6 @@ class Service:
                 pass
             if proc.poll() is None:
                 proc.wait(timeout=10)
-        if self.data_dir.exists():
-            stop_embedded_redis(self.data_dir)  # a daemon, outside the process group
-        self._tmp.cleanup()
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far by the gunicorn master, its workers, and the embedded Redis."""

@@ -1,8 +1,10 @@
 """Inference speed and agreement per backbone and path, in one run.
 
     .venv/bin/python benchmarks/inference.py [--backbones vgg16,resnet18] [--repeats 3] [--agreement-images 200]
+    .venv/bin/python benchmarks/inference.py --precision-only    # the Predictor's "auto" choice per backbone
 
-Paths: torch fp32 eager (default), today's Predictor (fp32, or bf16 on a CPU with native bf16),
+Paths: torch fp32 eager (default), today's Predictor (fp32, or on a CPU with native bf16 the
+faster of fp32 and bf16 as timed when it loads: the line "Predictor precision auto" says which),
 and each OpenVINO variant model/runtime.py exports (float32, int8 calibrated by NNCF). Prints ms
 per image at batch 1 and 8, achieved GFLOP/s and its share of this CPU's matrix-multiply ceiling
 (float32 for the float paths, int8 for int8), the speed-up over today's Predictor, and each
@@ -20,6 +22,7 @@ machine falls on every path alike; compare ratios within one run.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
 import sys
@@ -142,6 +145,8 @@ def paths_of(folder: str, record: dict) -> dict:
     model, meta = load_version(folder)
     graph = ProbabilityGraph(model, meta)
     predictor = Predictor(folder)
+    # the choice "auto" makes at load on this machine, and the two timings behind it
+    print(f"  Predictor precision auto: {predictor.precision.describe()}")
 
     def default(images):
         with torch.no_grad():
@@ -217,6 +222,19 @@ def _agreed(found: dict) -> str:
             f"max prob diff {found['max_prob_diff']:.4f}")
 
 
+def print_auto_precisions(backbones: list[str]) -> None:
+    """What Predictor(precision="auto") picks for each backbone on this machine, and why."""
+    print(f"{torch.get_num_threads()} threads, native CPU bf16: {cpu_has_native_bf16()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for backbone in backbones:
+        with tempfile.TemporaryDirectory() as tmp:
+            init_version(tmp, NetConfig(backbone=backbone), use_pretrained=False)
+            started = time.perf_counter()
+            predictor = Predictor(tmp, device="cpu")
+            print(f"{backbone:<19} auto -> {predictor.precision.describe()}; "
+                  f"load with the check {time.perf_counter() - started:.1f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backbones", default="vgg16,resnet18,mobilenet_v3_small")
@@ -224,7 +242,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--agreement-images", type=int, default=200)
     parser.add_argument("--margin", type=float, default=0.1, help="fp32 top-1 margin of the 'clear' images")
+    parser.add_argument("--precision-only", action="store_true",
+                        help="only the Predictor's 'auto' precision per backbone, with both timings")
     args = parser.parse_args()
+    if args.precision_only:
+        print_auto_precisions(args.backbones.split(","))
+        return
     import openvino
     ceiling = matmul_ceiling()
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, openvino {openvino.__version__}, "

@@ -1,6 +1,7 @@
 """Resident memory per serving process, PyTorch path vs the exported runtime, in one run.
 
     .venv/bin/python benchmarks/memory.py [--backbone vgg16] [--workers 2]
+    .venv/bin/python benchmarks/memory.py --serve [--backbone vgg16] [--workers 2] [--threads 2]
 
 Makes a version of the backbone with its runtime (model/runtime.py), then for each path (PyTorch,
 and each OpenVINO variant whatever its agreement on this untrained network) starts `--workers`
@@ -8,6 +9,14 @@ processes that load it the way a gunicorn worker does (backend/serving/models.py
 or model/runtime.py's RuntimePredictor for a named variant) and predict one batch of 8, and prints each process's RSS and PSS (proportional set
 size: pages shared between the processes count once in the sum), so the sum of PSS is what
 the workers really cost together.
+
+`--serve` measures the real server instead: `aesemo serve --workers N` (benchmarks/_server.py,
+a temporary data directory, embedded Redis) serving the backbone's base version, /predict sent
+until every worker has loaded it (the log's "predictor for" lines), then RSS and PSS of the gunicorn
+master and each worker, for: the PyTorch path in the precision "auto" picks, the PyTorch path
+in fp32 (weights as loaded from the safetensors file, no cast), and the OpenVINO int8 variant
+(exported here into the version folder, `serving` set to it whatever its agreement on this
+untrained network: what is measured is its memory).
 """
 from __future__ import annotations
 
@@ -62,11 +71,119 @@ def measure(folder: str, path: str, workers: int) -> None:
           f"sum of PSS {sum(s['pss'] for s in sizes) / 1024:7.0f} MiB")
 
 
+SERVE_CONFIGS = {"auto": ("pytorch, auto precision", {"AESEMO_INFERENCE_PATH": "pytorch",
+                                                      "AESEMO_PREDICTOR_PRECISION": "auto"}),
+                 "fp32": ("pytorch, fp32", {"AESEMO_INFERENCE_PATH": "pytorch", "AESEMO_PREDICTOR_PRECISION": "fp32"}),
+                 "int8": ("openvino-int8", {"AESEMO_INFERENCE_PATH": "auto", "AESEMO_PREDICTOR_PRECISION": "auto"})}
+
+
+def measure_server(args) -> None:
+    import os
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _server import ImageServer, Service, child_pids, local_session, recorded_body
+    from serve import photo_jpeg, predict_body
+
+    configs = [SERVE_CONFIGS[key] for key in args.paths.split(",")]
+    images = ImageServer({"/photo.jpg": (photo_jpeg(0, (640, 480)), "image/jpeg")})
+    service = Service(backbone=args.backbone, workers=args.workers, threads=args.threads,
+                      allowed_image_hosts=images.url.removeprefix("http://"), extra_env=dict(configs[0][1]))
+    print(f"aesemo serve --workers {args.workers} --threads {args.threads}, backbone {args.backbone}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'path':<24} {'master RSS/PSS':>15} " + " ".join(f"{f'worker {i + 1} RSS/PSS':>17}" for i in range(args.workers))
+          + f" {'workers PSS sum':>16}  (MiB)")
+    try:
+        with service:
+            session = local_session()
+            bodies = _fresh_bodies(predict_body([images.url + "/photo.jpg"]))
+            for name, env in configs:
+                if name.startswith("openvino"):
+                    _export_int8_serving(service.data_dir)
+                if env != service.extra_env:
+                    service.restart(env)
+                session.post(service.url + "/setup", json=recorded_body("setup"), timeout=60).raise_for_status()
+                workers = _load_in_every_worker(service, session, bodies, child_pids)
+                _print_row(name, service.proc.pid, workers)
+                for line in service.log_text().splitlines():
+                    if "predictor for " in line:
+                        print(f"    log: {line.strip()[-170:]}", flush=True)
+                service.log_path.write_text("")
+    finally:
+        images.close()
+
+
+def _fresh_bodies(template: dict):
+    """/predict bodies of one task each, a new task id every time: a task predicted before is
+    answered from the stored predictions without loading the model."""
+    import copy
+    import itertools
+
+    for task_id in itertools.count(1000):
+        body = copy.deepcopy(template)
+        body["tasks"][0].update(id=task_id, inner_id=task_id)
+        yield body
+
+
+def _load_in_every_worker(service, session, bodies, child_pids) -> list[int]:
+    """Sends /predict until the log says every worker loaded a predictor (each logs "predictor
+    for <folder>" once). One worker would accept every request, so the workers that loaded (those
+    whose memory grew most) are paused (SIGSTOP) during each request: another one must take it."""
+    import os
+    import signal
+
+    import time
+
+    deadline = time.monotonic() + 120
+    while len(workers := sorted(child_pids(service.proc.pid))) < service.workers:  # /health needs only one
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{len(workers)} of {service.workers} workers started\n{service.log_tail()}")
+        time.sleep(0.2)
+    before = {pid: memory_kb(str(pid))["rss"] for pid in workers}
+    while (loaded := service.log_text().count("predictor for ")) < len(workers):
+        grown = sorted(workers, key=lambda pid: memory_kb(str(pid))["rss"] - before[pid], reverse=True)[:loaded]
+        for pid in grown:
+            os.kill(pid, signal.SIGSTOP)
+        try:  # a new connection: a kept-alive one would go to the worker that answered last
+            session.post(service.url + "/predict", json=next(bodies), timeout=600,
+                         headers={"Connection": "close"}).raise_for_status()
+        finally:
+            for pid in grown:
+                os.kill(pid, signal.SIGCONT)
+    return workers
+
+
+def _print_row(name: str, master: int, workers: list[int]) -> None:
+    sizes = [memory_kb(str(pid)) for pid in (master, *workers)]
+    cells = " ".join(f"{s['rss'] / 1024:8.0f}/{s['pss'] / 1024:<8.0f}" for s in sizes)
+    print(f"{name:<24} {cells} {sum(s['pss'] for s in sizes[1:]) / 1024:16.0f}", flush=True)
+
+
+def _export_int8_serving(data_dir: Path) -> None:
+    """The base version's int8 variant, recorded as serving (the benchmark measures its memory)."""
+    import json
+
+    from model import runtime
+    from model.version import RUNTIME_FILE
+
+    folder = next((data_dir / "base").glob("*/model.json")).parent
+    record = runtime.export_runtime(folder, variants=(runtime.INT8,))
+    if "error" in record["variants"][runtime.INT8]:
+        raise SystemExit(f"int8 export failed: {record['variants'][runtime.INT8]['error']}")
+    record.update(serving=runtime.INT8, reason="set by benchmarks/memory.py --serve to measure its memory")
+    (folder / RUNTIME_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backbone", default="vgg16")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--serve", action="store_true", help="measure `aesemo serve` itself (see the docstring)")
+    parser.add_argument("--paths", default="auto,fp32,int8", help=f"with --serve: of {','.join(SERVE_CONFIGS)}")
     args = parser.parse_args()
+    if args.serve:
+        measure_server(args)
+        return
     from model import runtime
     from model.network import NetConfig
     from model.pipeline import init_version

@@ -1,19 +1,28 @@
 """Batched inference from a version folder.
 
-On a CPU with native bf16 (AVX-512-BF16 or AMX) the weights are cast to bf16; elsewhere the
-CPU path stays fp32, since emulated bf16 is many times slower than fp32. Either way the model
-runs channels_last, which lets oneDNN skip layout conversions between convolutions.
+On a CPU with native bf16 (AVX-512-BF16 or AMX) "auto" times both dtypes on a small batch when
+the model loads and keeps the faster: bf16 wins for vgg16 (409 vs 938 ms/image), while for
+mobilenet_v3_small one run here found it slower (23 vs 15) and a later one faster (18 vs 133):
+which wins depends on the network, the CPU and oneDNN's kernels, so it is measured, not assumed.
+Without native bf16 the CPU path stays fp32 untried, since emulated bf16 is many times slower.
+On CUDA bf16 serves where supported. Either way the model runs channels_last, which lets oneDNN
+skip layout conversions between convolutions.
 """
 from __future__ import annotations
 
+import copy
 import logging
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from .classes import TASKS
+from .files import write_atomically
 from .images import DEFAULT_MAX_PIXELS, open_image
 from .transforms import CROP_SIZE, IMAGENET_STD, inference_tensor, normalize
 from .version import load_version
@@ -21,11 +30,104 @@ from .version import load_version
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+# the precision check's timed batch and passes per dtype: small, since it runs when a model loads
+# (vgg16 in fp32 takes ~2 s per pass of 2 images on two cores)
+TIMING_BATCH = 2
+TIMING_ROUNDS = 3
+# bf16 serves only when at least this much faster: it rounds the outputs (probabilities within
+# 0.05 of fp32's), and a near tie is what load from other processes flips either way (two
+# workers of one server, mobilenet_v3_small: bf16 103 vs fp32 94 in one, 69 vs 144 in the other)
+BF16_MIN_GAIN = 0.10
+# (backbone, input size, batch, threads) -> {"fp32": ms, "bf16": ms}: timed once per process
+_MEASURED: dict[tuple, dict[str, float]] = {}
 
 
 def cpu_has_native_bf16() -> bool:
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The dtype a Predictor computes in, why, and the timings behind an "auto" choice."""
+
+    dtype: torch.dtype
+    reason: str
+    ms_per_image: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return DTYPE_NAMES[self.dtype]
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+
+def choose_precision(precision: str, device: torch.device, measure: Callable[[], dict[str, float]],
+                     native_bf16: bool | None = None) -> PrecisionChoice:
+    """What a Predictor computes in: a forced precision as given; on CUDA bf16 where supported;
+    on a CPU with native bf16 bf16 when `measure()` ({dtype name: ms per image}) finds it
+    BF16_MIN_GAIN faster, else fp32; on any other CPU fp32, never timing bf16 (emulated, many
+    times slower)."""
+    if precision in ("fp32", "bf16"):
+        return PrecisionChoice(torch.float32 if precision == "fp32" else torch.bfloat16, "forced")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice(torch.bfloat16, "CUDA with bf16")
+        return PrecisionChoice(torch.float32, "CUDA without bf16")
+    if not (cpu_has_native_bf16() if native_bf16 is None else native_bf16):
+        return PrecisionChoice(torch.float32, "the CPU has no native bf16")
+    timings = measure()
+    faster = "bf16" if timings["bf16"] < (1 - BF16_MIN_GAIN) * timings["fp32"] else "fp32"
+    return PrecisionChoice(torch.bfloat16 if faster == "bf16" else torch.float32,
+                           f"measured bf16 {timings['bf16']:.1f} vs fp32 {timings['fp32']:.1f} ms/image", timings)
+
+
+def time_dtypes(model: torch.nn.Module, crop_size: int, batch: int = TIMING_BATCH, rounds: int = TIMING_ROUNDS,
+                timer: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """ms per image of an fp32 CPU model's forward in fp32 and in bf16 (a cast copy) on a batch of
+    zeros: one warm-up pass each (oneDNN builds its kernels on the first), then `rounds` passes
+    in turns, the fastest of each, so that load from other processes falls on both alike."""
+    images = torch.zeros(batch, 3, crop_size, crop_size).contiguous(memory_format=torch.channels_last)
+    candidates = {"fp32": (model, images), "bf16": (copy.deepcopy(model).to(torch.bfloat16), images.bfloat16())}
+    fastest = {name: float("inf") for name in candidates}
+    with torch.inference_mode():
+        for candidate, inputs in candidates.values():
+            candidate(inputs)
+        for _ in range(rounds):
+            for name, (candidate, inputs) in candidates.items():
+                started = timer()
+                candidate(inputs)
+                fastest[name] = min(fastest[name], timer() - started)
+    return {name: round(seconds * 1000 / batch, 2) for name, seconds in fastest.items()}
+
+
+def measured_once(key: tuple, measure: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
+    """`measure`, run at most once per key in this process (every later load reuses its result)."""
+    def cached() -> dict[str, float]:
+        if key not in _MEASURED:
+            _MEASURED[key] = measure()
+        return _MEASURED[key]
+    return cached
+
+
+def bf16_weights(folder: Path, meta: dict, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The version's weights in bf16, memory-mapped from a file beside its safetensors (written
+    once, atomically, named after the weights' sha256). Processes that map one file share its
+    pages, where casting in memory gives every gunicorn worker a private copy (as the fp32
+    safetensors, mapped by load_file, are shared). None when the folder cannot be written: the
+    caller then casts in memory."""
+    path = folder / f".weights-bf16-{meta['weights_sha256'][:16]}.safetensors"
+    if not path.is_file():
+        state = {name: (t.to(torch.bfloat16) if t.is_floating_point() else t).contiguous()
+                 for name, t in model.state_dict().items()}
+        try:
+            write_atomically(path, lambda temp: save_file(state, temp))
+        except OSError as exc:
+            log.info("bf16 weights of %s not written (%s): cast in this process's memory", folder, exc)
+            return None
+    return load_file(path)
 
 
 class PredictorBase:
@@ -82,24 +184,26 @@ class Predictor(PredictorBase):
     path = "pytorch"
 
     def __init__(self, folder: str | Path, device: str | None = None, precision: str = "auto",
-                 center_crop: bool | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 center_crop: bool | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 measure: Callable[[], dict[str, float]] | None = None):
+        """`measure` stands in for timing both dtypes (tests); it too runs once per key."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         model, meta = load_version(folder)
         super().__init__(folder, meta, center_crop, max_pixels)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = self._choose_dtype(precision)
-        self.model = model.eval().to(self.device, self.dtype).to(memory_format=torch.channels_last)
-        log.info("predictor for %s on %s in %s", self.folder, self.device, str(self.dtype).replace("torch.", ""))
-
-    def _choose_dtype(self, precision: str) -> torch.dtype:
-        if precision == "fp32":
-            return torch.float32
-        if precision == "bf16":
-            return torch.bfloat16
-        if self.device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        model = model.eval().to(memory_format=torch.channels_last)
+        key = (meta["architecture"].get("backbone"), self.crop_size, TIMING_BATCH, torch.get_num_threads())
+        self.precision = choose_precision(precision, self.device, measured_once(
+            key, measure or (lambda: time_dtypes(model, self.crop_size))))
+        self.dtype = self.precision.dtype
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu":
+            shared = bf16_weights(self.folder, meta, model)
+            if shared is not None:
+                model.load_state_dict(shared, strict=True, assign=True)
+        # channels_last copies the convolutions' weights; the linear layers' stay mapped
+        self.model = model.to(self.device, self.dtype).to(memory_format=torch.channels_last)
+        log.info("predictor for %s on %s in %s", self.folder, self.device, self.precision.describe())
 
     @torch.inference_mode()
     def predict_tensors(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:

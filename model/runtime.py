@@ -98,13 +98,14 @@ def manifest_images(path: str | Path, folder: str | Path, limit: int = GENERATED
     return torch.stack([shape.prepare(open_image(row.image, max_pixels=shape.max_pixels)) for row in rows[:limit]])
 
 
-def export_from_job_manifest(folder: str | Path, manifest: str | Path, threshold: float = DEFAULT_THRESHOLD) -> dict:
+def export_from_job_manifest(folder: str | Path, manifest: str | Path, threshold: float = DEFAULT_THRESHOLD,
+                             precision: str = "auto") -> dict:
     """A trained version's runtime, int8 calibrated on its training rows and checked on its
     held-out rows ("split": "heldout"); generated images stand in for a side with no rows, and
     runtime.json's "images" says which were used."""
     calibration = manifest_images(manifest, folder, exclude_split=HELDOUT_SPLIT)
     held_out = manifest_images(manifest, folder, limit=HELD_OUT_IMAGES, split=HELDOUT_SPLIT)
-    return export_once(folder, lambda: export_runtime(folder, calibration, held_out, threshold))
+    return export_once(folder, lambda: export_runtime(folder, calibration, held_out, threshold, precision=precision))
 
 
 def export_once(folder: str | Path, make) -> dict:
@@ -128,10 +129,11 @@ def agreement(outputs: dict[str, np.ndarray], reference: dict[str, torch.Tensor]
 
 def export_runtime(folder: str | Path, calibration: torch.Tensor | None = None,
                    held_out: torch.Tensor | None = None, threshold: float = DEFAULT_THRESHOLD,
-                   variants: Sequence[str] = VARIANTS) -> dict:
+                   variants: Sequence[str] = VARIANTS, precision: str = "auto") -> dict:
     """Export, check and record the variants of a version; returns what `runtime.json` holds.
     `calibration` and `held_out` are uint8 (N, 3, crop, crop) batches: the version's own
-    training and held-out images where the caller has them, generated ones otherwise."""
+    training and held-out images where the caller has them, generated ones otherwise.
+    `precision` is the PyTorch predictor's (AESEMO_PREDICTOR_PRECISION), whose speed a variant must beat."""
     import openvino as ov
 
     folder = Path(folder)
@@ -152,10 +154,11 @@ def export_runtime(folder: str | Path, calibration: torch.Tensor | None = None,
               "openvino": ov.__version__, "variants": {}}
     for name in variants:
         record["variants"][name] = _make_variant(folder, name, converted, calibration, held_out, reference)
-    # a variant must also beat the PyTorch predictor here: on a CPU with native bf16 the
-    # predictor runs bf16, faster than OpenVINO in f32 (vgg16: 409 vs 570 ms/image)
-    record["pytorch_ms_per_image"] = pytorch_ms_per_image(folder, held_out)
-    record["serving"], record["reason"] = _choose(record["variants"], threshold, record["pytorch_ms_per_image"])
+    # a variant must also beat the PyTorch predictor here, in the precision it serves in: on a CPU
+    # with native bf16 a bf16 predictor is faster than OpenVINO in f32 (vgg16: 409 vs 570 ms/image)
+    record["pytorch_ms_per_image"], record["pytorch_precision"] = pytorch_ms_per_image(folder, held_out, precision)
+    record["serving"], record["reason"] = _choose(record["variants"], threshold, record["pytorch_ms_per_image"],
+                                                  record["pytorch_precision"]["dtype"])
     write_text_atomically(folder / RUNTIME_FILE, json.dumps(record, indent=2) + "\n")
     log.info("runtime of %s: %s serves (%s)", folder, record["serving"], record["reason"])
     return record
@@ -196,9 +199,13 @@ def _quantized(converted, calibration: torch.Tensor):
                          model_type=None, preset=nncf.QuantizationPreset.PERFORMANCE)
 
 
-def pytorch_ms_per_image(folder: Path, images: torch.Tensor) -> float:
-    """What the PyTorch predictor (bf16 where the CPU has it) takes per image here."""
-    return ms_per_image(Predictor(folder, device="cpu").predict_tensors, images)
+def pytorch_ms_per_image(folder: Path, images: torch.Tensor, precision: str = "auto") -> tuple[float, dict]:
+    """What the PyTorch predictor takes per image here, in the precision it would serve in (for
+    "auto" the same measured choice as the serving process's, cached per process), and that choice."""
+    predictor = Predictor(folder, device="cpu", precision=precision)
+    chosen = {"dtype": predictor.precision.name, "reason": predictor.precision.reason,
+              "ms_per_image": predictor.precision.ms_per_image}
+    return ms_per_image(predictor.predict_tensors, images), chosen
 
 
 def ms_per_image(predict, images: torch.Tensor, batch: int = 8) -> float:
@@ -211,7 +218,8 @@ def ms_per_image(predict, images: torch.Tensor, batch: int = 8) -> float:
     return round((time.perf_counter() - started) * 1000 / max(len(timed), 1), 2)
 
 
-def _choose(variants: dict, threshold: float, pytorch_ms: float | None = None) -> tuple[str, str]:
+def _choose(variants: dict, threshold: float, pytorch_ms: float | None = None,
+            pytorch_dtype: str = "") -> tuple[str, str]:
     """The first variant (int8 first) that agrees with float32 PyTorch on both tasks and is
     faster than the PyTorch predictor on this machine; else PyTorch, with every variant's reason."""
     reasons = []
@@ -226,7 +234,7 @@ def _choose(variants: dict, threshold: float, pytorch_ms: float | None = None) -
         speed = found.get("ms_per_image")
         if pytorch_ms is not None and speed is not None and speed >= pytorch_ms:
             reasons.append(f"{name}: agrees, but {speed:.1f} ms/image is not faster than the PyTorch "
-                           f"predictor's {pytorch_ms:.1f}")
+                           f"predictor's {pytorch_ms:.1f} (in {pytorch_dtype or 'its precision'})")
             continue
         faster = f", {speed:.1f} vs PyTorch's {pytorch_ms:.1f} ms/image" if speed and pytorch_ms else ""
         return name, (f"{name}: top-1 agreement {worst:.4f} >= {threshold} on both tasks, "

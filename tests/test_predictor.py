@@ -2,13 +2,16 @@
 version."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from model.network import CrossBranchNet, NetConfig
-from model.predictor import Predictor, cpu_has_native_bf16
+from model import predictor as predictor_module
+from model.predictor import Predictor, time_dtypes
 from model.transforms import inference_tensor, normalize
 from model.version import load_version, save_version
 
@@ -102,9 +105,9 @@ def test_reference_outputs_are_not_trivial(version, ref):
 def test_auto_precision_matches_fp32_reference(version, ref):
     folder, _, images = version
     predictor = Predictor(folder, device="cpu", precision="auto")
-    expected_dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    assert predictor.dtype == expected_dtype
-    tol = BF16_PROB_TOL if expected_dtype == torch.bfloat16 else FP32_PROB_TOL
+    assert predictor.dtype == predictor.precision.dtype
+    assert next(predictor.model.parameters()).dtype == predictor.dtype
+    tol = BF16_PROB_TOL if predictor.dtype == torch.bfloat16 else FP32_PROB_TOL
     assert predictor.crop_size == CROP and predictor.pixel_mean == tuple(PIXEL_MEAN)
     assert predictor.pixel_std == tuple(PIXEL_STD)
     results = predictor.predict_images(images, batch_size=4)     # two batches: 4 + 2
@@ -195,3 +198,115 @@ def test_bad_precision_is_refused(version):
     folder, _, _ = version
     with pytest.raises(ValueError, match="precision"):
         Predictor(folder, precision="fp16")
+
+
+@pytest.fixture
+def fresh_measurements(monkeypatch):
+    """No timing cached from earlier tests; the CPU claims native bf16 unless a test says otherwise."""
+    monkeypatch.setattr(predictor_module, "_MEASURED", {})
+    monkeypatch.setattr(predictor_module, "cpu_has_native_bf16", lambda: True)
+
+
+class FakeTimings:
+    """Stands in for timing both dtypes: fixed ms per image, and how often it was asked."""
+
+    def __init__(self, fp32: float, bf16: float):
+        self.timings, self.calls = {"fp32": fp32, "bf16": bf16}, 0
+
+    def __call__(self) -> dict[str, float]:
+        self.calls += 1
+        return dict(self.timings)
+
+
+@pytest.mark.parametrize("fp32, bf16, chosen", [(938.0, 409.0, torch.bfloat16), (14.5, 23.3, torch.float32),
+                                                (100.0, 95.0, torch.float32)])   # a near tie: fp32
+def test_auto_on_a_bf16_cpu_serves_the_measured_faster_dtype(version, fresh_measurements, fp32, bf16, chosen):
+    folder, _, _ = version
+    predictor = Predictor(folder, device="cpu", precision="auto", measure=FakeTimings(fp32, bf16))
+    assert predictor.dtype == chosen and next(predictor.model.parameters()).dtype == chosen
+    assert predictor.precision.ms_per_image == {"fp32": fp32, "bf16": bf16}
+    assert f"bf16 {bf16:.1f} vs fp32 {fp32:.1f} ms/image" in predictor.precision.describe()
+
+
+def test_without_native_bf16_bf16_is_never_timed(version, fresh_measurements, monkeypatch):
+    folder, _, _ = version
+    monkeypatch.setattr(predictor_module, "cpu_has_native_bf16", lambda: False)
+    timings = FakeTimings(fp32=100.0, bf16=1.0)
+    predictor = Predictor(folder, device="cpu", precision="auto", measure=timings)
+    assert predictor.dtype == torch.float32 and timings.calls == 0
+    assert "no native bf16" in predictor.precision.reason
+
+
+@pytest.mark.parametrize("forced, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_a_forced_precision_wins_over_the_measurement(version, fresh_measurements, forced, dtype):
+    folder, _, _ = version
+    # the measurement would pick the other dtype
+    timings = FakeTimings(fp32=1.0, bf16=100.0) if forced == "bf16" else FakeTimings(fp32=100.0, bf16=1.0)
+    predictor = Predictor(folder, device="cpu", precision=forced, measure=timings)
+    assert predictor.dtype == dtype and timings.calls == 0 and predictor.precision.reason == "forced"
+
+
+def test_both_dtypes_are_timed_once_per_model_shape_in_a_process(version, fresh_measurements):
+    folder, _, _ = version
+    timings = FakeTimings(fp32=2.0, bf16=1.0)
+    first = Predictor(folder, device="cpu", measure=timings)
+    second = Predictor(folder, device="cpu", measure=timings)
+    assert timings.calls == 1 and first.dtype == second.dtype == torch.bfloat16
+
+
+def test_time_dtypes_keeps_each_dtypes_fastest_pass_after_a_warm_up(version):
+    _, model, _ = version
+    # timed passes in turns, for 2 images: fp32 30 ms, bf16 8 ms, fp32 20 ms, bf16 6 ms
+    readings = iter([0.0, 0.030, 1.0, 1.008, 2.0, 2.020, 3.0, 3.006])
+    timings = time_dtypes(model.eval(), CROP, batch=2, rounds=2, timer=lambda: next(readings))
+    assert timings == {"fp32": 10.0, "bf16": 3.0}
+    assert next(model.parameters()).dtype == torch.float32   # bf16 was timed on a copy
+
+
+def test_the_precision_setting_reaches_the_served_predictor_and_its_reason(version, fresh_measurements):
+    from backend.serving.models import ModelCache
+    from backend.serving.registry import VersionRef
+
+    folder, _, _ = version
+    served = ModelCache(10 ** 8, "pytorch", precision="fp32").load(VersionRef("v", folder))
+    assert served.predictor.dtype == torch.float32
+    assert served.path_reason.startswith("pytorch in fp32 (forced): ")
+
+
+def mapped_files() -> str:
+    return Path("/proc/self/maps").read_text()
+
+
+def fresh_copy(folder: Path, target: Path) -> Path:
+    """The version without the bf16 weights earlier tests wrote beside it."""
+    import shutil
+    shutil.copytree(folder, target, ignore=shutil.ignore_patterns(".weights-bf16-*"))
+    return target
+
+
+def test_bf16_weights_are_mapped_from_one_file_that_processes_share(version, tmp_path):
+    folder = fresh_copy(version[0], tmp_path / "v")
+    first = Predictor(folder, device="cpu", precision="bf16")
+    cached = list(folder.glob(".weights-bf16-*.safetensors"))
+    assert len(cached) == 1
+    second = Predictor(folder, device="cpu", precision="bf16")
+    head = second.model.branch_a.head[-1].weight     # 2-D: channels_last leaves it mapped
+    assert head.dtype == torch.bfloat16
+    start = head.untyped_storage().data_ptr()
+    mapped = [line for line in mapped_files().splitlines() if str(cached[0]) in line]
+    assert any(int(line.split()[0].split("-")[0], 16) <= start < int(line.split()[0].split("-")[1], 16)
+               for line in mapped)
+    images = make_images(3)
+    assert first.predict_images(images) == second.predict_images(images)
+
+
+def test_bf16_weights_in_memory_when_the_folder_cannot_be_written(version, ref, monkeypatch, tmp_path):
+    folder = fresh_copy(version[0], tmp_path / "v")
+    images = version[2]
+
+    def refuse(target, write):
+        raise PermissionError("read-only")
+    monkeypatch.setattr(predictor_module, "write_atomically", refuse)
+    predictor = Predictor(folder, device="cpu", precision="bf16")
+    assert predictor.dtype == torch.bfloat16 and not list(folder.glob(".weights-bf16-*"))
+    assert max_diff(predictor.predict_images(images), ref) < BF16_PROB_TOL

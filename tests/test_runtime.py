@@ -29,13 +29,16 @@ PROJECT = 7
 FIRST, SECOND = "v0001-20261101000000", "v0002-20261102000000"
 
 
+FP32_CHOICE = {"dtype": "fp32", "reason": "forced", "ms_per_image": {}}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def pytorch_is_slow():
     """A variant serves only when it is faster than the PyTorch predictor; on the small test
     network either may win, so these tests make PyTorch the slower one (the gate itself is
     tested below with the opposite)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtime, "pytorch_ms_per_image", lambda folder, images: float("inf"))
+        patch.setattr(runtime, "pytorch_ms_per_image", lambda folder, images, precision: (float("inf"), FP32_CHOICE))
         yield
 
 
@@ -90,11 +93,11 @@ def test_a_variant_below_the_threshold_is_not_served(tmp_path, exported):
 
 def test_a_variant_slower_than_the_pytorch_predictor_is_not_served(tmp_path, exported, monkeypatch):
     folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
-    monkeypatch.setattr(runtime, "pytorch_ms_per_image", lambda folder, images: 0.001)
+    monkeypatch.setattr(runtime, "pytorch_ms_per_image", lambda folder, images, precision: (0.001, FP32_CHOICE))
     record = runtime.export_runtime(folder, variants=(runtime.FP32,))
     assert record["variants"][runtime.FP32]["ms_per_image"] > 0
     assert record["serving"] == runtime.PYTORCH
-    assert "not faster than the PyTorch predictor's" in record["reason"]
+    assert "not faster than the PyTorch predictor's 0.0 (in fp32)" in record["reason"]
 
 
 def test_a_tampered_variant_is_refused_and_pytorch_serves(tmp_path, exported):

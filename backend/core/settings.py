@@ -305,6 +305,12 @@ class Settings:
         "the agreement check, made by the training job that promotes it, else in the background on first load; "
         "`pytorch`: always the PyTorch predictor, and no export",
         check=_one_of(lambda: ("auto", "pytorch")))
+    predictor_precision: str = setting(
+        "AESEMO_PREDICTOR_PRECISION", "auto",
+        "what the PyTorch predictor computes in. `auto`: on a CPU with native bf16 the faster of fp32 and bf16, "
+        "timed on a small batch when a model loads (once per backbone, input size and threads in a process), "
+        "fp32 on other CPUs, bf16 on CUDA where supported; `fp32` or `bf16`: that, untimed",
+        check=_one_of(lambda: ("auto", "fp32", "bf16")))
     runtime_min_agreement: float = setting(
         "AESEMO_RUNTIME_MIN_AGREEMENT", 0.99,
         "least top-1 agreement, per task, of an exported runtime with the float32 PyTorch outputs for it "

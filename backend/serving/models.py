@@ -49,10 +49,12 @@ class ServedModel:
 
 
 class ModelCache:
-    def __init__(self, max_pixels: int, inference_path: str = "pytorch", min_agreement: float = 0.99):
+    def __init__(self, max_pixels: int, inference_path: str = "pytorch", min_agreement: float = 0.99,
+                 precision: str = "auto"):
         self.max_pixels = max_pixels
         self.inference_path = inference_path
         self.min_agreement = min_agreement
+        self.precision = precision  # the PyTorch predictor's, and what the runtime's speed gate times
         self._models: dict[Path, ServedModel] = {}
         self._lock = threading.Lock()
         self._exports: dict[Path, threading.Thread] = {}
@@ -73,21 +75,23 @@ class ModelCache:
 
     def _load(self, version: VersionRef) -> ServedModel:
         if self.inference_path == "pytorch":
-            return ServedModel(version.name, version.folder, self._pytorch(version.folder),
-                               "pytorch: AESEMO_INFERENCE_PATH=pytorch")
+            predictor = self._pytorch(version.folder)
+            return ServedModel(version.name, version.folder, predictor,
+                               pytorch_reason(predictor, "AESEMO_INFERENCE_PATH=pytorch"))
         record, why = self._runtime_record(version.folder)
         if record is not None and record["serving"] != "pytorch":
             runtime, why = self._runtime_predictor(version.folder, record)
             if runtime is not None:
                 return ServedModel(version.name, version.folder, runtime, f"{runtime.path}: {why}")
-        served = ServedModel(version.name, version.folder, self._pytorch(version.folder), f"pytorch: {why}")
+        predictor = self._pytorch(version.folder)
+        served = ServedModel(version.name, version.folder, predictor, pytorch_reason(predictor, why))
         if record is None and why == NOT_MADE:
             self._export_later(served)
         log.info("model version %s serves %s", version.name, served.path_reason)
         return served
 
     def _pytorch(self, folder: Path) -> Predictor:
-        return Predictor(folder, max_pixels=self.max_pixels)
+        return Predictor(folder, precision=self.precision, max_pixels=self.max_pixels)
 
     def _runtime_record(self, folder: Path) -> tuple[dict | None, str]:
         from model import runtime
@@ -123,14 +127,14 @@ class ModelCache:
         try:
             # the other workers (and a training job exporting it) wait, then read its record
             record = runtime.export_once(served.folder, lambda: runtime.export_runtime(
-                served.folder, threshold=self.min_agreement))
+                served.folder, threshold=self.min_agreement, precision=self.precision))
         except Exception as exc:  # noqa: BLE001 - the PyTorch path keeps serving; the reason is logged
             log.warning("runtime export of %s failed (%s: %s); PyTorch keeps serving", served.version,
                         type(exc).__name__, exc)
-            served.path_reason = f"pytorch: runtime export failed ({type(exc).__name__}: {exc})"
+            served.path_reason = pytorch_reason(served.predictor, f"runtime export failed ({type(exc).__name__}: {exc})")
             return
         if record["serving"] == "pytorch":
-            served.path_reason = f"pytorch: {record['reason']}"
+            served.path_reason = pytorch_reason(served.predictor, record["reason"])
             return
         predictor, why = self._runtime_predictor(served.folder, record)
         if predictor is not None:
@@ -150,3 +154,8 @@ class ModelCache:
 
 
 NOT_MADE = "no runtime made for these weights yet"
+
+
+def pytorch_reason(predictor: Predictor, why: str) -> str:
+    """Why PyTorch serves, and in which precision (how "auto" chose it: the two timings)."""
+    return f"pytorch in {predictor.precision.describe()}: {why}"
