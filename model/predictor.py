@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .classes import TASKS
@@ -119,15 +120,32 @@ def bf16_weights(folder: Path, meta: dict, model: torch.nn.Module) -> dict[str, 
     safetensors, mapped by load_file, are shared). None when the folder cannot be written: the
     caller then casts in memory."""
     path = folder / f".weights-bf16-{meta['weights_sha256'][:16]}.safetensors"
-    if not path.is_file():
-        state = {name: (t.to(torch.bfloat16) if t.is_floating_point() else t).contiguous()
-                 for name, t in model.state_dict().items()}
-        try:
-            write_atomically(path, lambda temp: save_file(state, temp))
-        except OSError as exc:
-            log.info("bf16 weights of %s not written (%s): cast in this process's memory", folder, exc)
-            return None
+    expected = {name: (t.to(torch.bfloat16) if t.is_floating_point() else t).contiguous()
+                for name, t in model.state_dict().items()}
+    if path.is_file():
+        mapped = _mapped_if_equal(path, expected)
+        if mapped is not None:
+            return mapped
+        log.warning("%s does not hold this version's weights in bf16: written again", path)
+    try:
+        write_atomically(path, lambda temp: save_file(expected, temp))
+    except OSError as exc:
+        log.info("bf16 weights of %s not written (%s): cast in this process's memory", folder, exc)
+        return None
     return load_file(path)
+
+
+def _mapped_if_equal(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The file's tensors when they are exactly `expected` (a file in a version folder is not
+    trusted: a truncated or altered one is never served); None otherwise."""
+    try:
+        mapped = load_file(path)
+    except (OSError, SafetensorError):
+        return None
+    same = mapped.keys() == expected.keys() and all(
+        mapped[k].dtype == v.dtype and mapped[k].shape == v.shape and torch.equal(mapped[k], v)
+        for k, v in expected.items())
+    return mapped if same else None
 
 
 class PredictorBase:

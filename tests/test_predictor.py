@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from model.network import CrossBranchNet, NetConfig
 from model import predictor as predictor_module
 from model.predictor import Predictor, time_dtypes
 from model.transforms import inference_tensor, normalize
-from model.version import load_version, save_version
+from model.version import WEIGHTS_FILE, load_version, save_version
 
 # max abs difference of a class probability between the Predictor and the reference forward
 FP32_PROB_TOL = 1e-4
@@ -310,3 +311,21 @@ def test_bf16_weights_in_memory_when_the_folder_cannot_be_written(version, ref, 
     predictor = Predictor(folder, device="cpu", precision="bf16")
     assert predictor.dtype == torch.bfloat16 and not list(folder.glob(".weights-bf16-*"))
     assert max_diff(predictor.predict_images(images), ref) < BF16_PROB_TOL
+
+
+@pytest.mark.parametrize("damage", ["altered", "truncated"])
+def test_a_bf16_weights_file_that_is_not_the_versions_is_never_served(version, ref, tmp_path, damage):
+    folder = fresh_copy(version[0], tmp_path / "v")
+    Predictor(folder, device="cpu", precision="bf16")
+    cached = next(folder.glob(".weights-bf16-*.safetensors"))
+    if damage == "altered":   # same names and shapes, other values: only a comparison catches it
+        state = load_file(cached)
+        save_file({k: torch.zeros_like(v) for k, v in state.items()}, cached)
+    else:
+        cached.write_bytes(cached.read_bytes()[:1000])
+    predictor = Predictor(folder, device="cpu", precision="bf16")
+    assert max_diff(predictor.predict_images(version[2]), ref) < BF16_PROB_TOL
+    rewritten, original = load_file(cached), load_file(folder / WEIGHTS_FILE)
+    assert rewritten.keys() == original.keys()
+    assert all(torch.equal(rewritten[k], v.to(torch.bfloat16) if v.is_floating_point() else v)
+               for k, v in original.items())
