@@ -5,7 +5,8 @@ of one 96-label run at the product's resolution.
 
     .venv/bin/python benchmarks/learning.py [--sizes 24,48,96,192,384] [--seeds 0,1,2]
         [--configs random,random-nocross,random-crossrandom,pretrained-full,pretrained-auto]
-        [--size 48 --crop 40] [--work benchmarks/.learning] [--timing | --no-timing]
+        [--size 48 --crop 40] [--lr 0.01] [--finetune-lr 0.001] [--work benchmarks/.learning]
+        [--timing | --no-timing] [--timing-finetune auto|full]
 
 The target task: emotion (8 classes) is the background hue, aesthetic (2 classes) is a sharp
 versus a blurred picture, with grey shapes as distractors, and the blur softening the hue's
@@ -156,7 +157,7 @@ def one_run(name: str, labels: int, seed: int, pool: TrainingData, test: Trainin
     model = pretrained_start(options, train_config, args, work) if start == "pretrained" \
         else CrossBranchNet(NetConfig(backbone=args.backbone, **options))
     subset = pool.subset(torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:labels])
-    result = train(model, subset, replace(train_config, finetune=finetune, seed=seed))
+    result = train(model, subset, replace(train_config, finetune=finetune, seed=seed, lr=args.finetune_lr))
     metrics = test_metrics(model, test, result.pixel_mean, train_config.crop_size)
     return {"seconds": result.seconds, **{f"{t}_{k}": metrics[t][k] for t in TASKS for k in ("accuracy", "macro_f1")}}
 
@@ -173,7 +174,7 @@ def curves(args, work: Path) -> None:
     pool = generated_set("target", max(sizes), args.size, seed=1)
     test = generated_set("target", args.test_images, args.size, seed=2)
     print(f"{args.backbone}, {args.size} resize, {args.crop} crop, {args.epochs} epochs (patience {args.patience}), "
-          f"lr {args.lr}, batch {args.batch_size}; {len(test)} test images; mean ± std over seeds {args.seeds}; "
+          f"lr {args.finetune_lr} (source model {args.lr}), batch {args.batch_size}; {len(test)} test images; mean ± std over seeds {args.seeds}; "
           "20 % of each labelled set is the training loop's own held-out split", flush=True)
     print("\n| start, fine-tuning | labels | aesthetic acc | aesthetic F1 | emotion acc | emotion F1 | seconds |")
     print("|---|---|---|---|---|---|---|")
@@ -189,17 +190,17 @@ def curves(args, work: Path) -> None:
 def timing(args, work: Path) -> None:
     """One 96-label run at the product's resolution (256 resize, 224 crop) from the pretrained start."""
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
-                         finetune="auto", full_finetune_labels=args.full_finetune_labels)
+                         finetune=args.timing_finetune, full_finetune_labels=args.full_finetune_labels)
     source_config = replace(config, train_size=args.size, crop_size=args.crop)
     model = pretrained_start({}, source_config, args, work)
     data = generated_set("target", 96, 256, seed=1)
     test = generated_set("target", args.test_images, 256, seed=2)
     started, cpu_started = time.monotonic(), time.process_time()
-    result = train(model, data, config)
+    result = train(model, data, replace(config, lr=args.finetune_lr))
     seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
     metrics = test_metrics(model, test, result.pixel_mean, 224)
     print(f"\n96 labels, {args.backbone}, 256 resize, 224 crop, pretrained start (source model of the curves), "
-          f"auto fine-tuning, {result.epochs_run} epochs: {seconds:.1f} s in train() on {torch.get_num_threads()} "
+          f"{args.timing_finetune} fine-tuning, {result.epochs_run} epochs: {seconds:.1f} s in train() on {torch.get_num_threads()} "
           f"threads, {cpu_seconds:.1f} s of CPU time (on a shared machine, CPU time / threads is the "
           f"wall time it would take alone; cache included); test {_scores(metrics)}, emotion macro-F1 {metrics['emotion']['macro_f1']:.2f}")
 
@@ -214,7 +215,9 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=40, help="random crop of the curves' images")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=0.01, help="the source model's learning rate")
+    parser.add_argument("--finetune-lr", type=float, default=TrainConfig.lr,
+                        help="the target runs' learning rate (default: the training job's, AESEMO_TRAIN_LR)")
     parser.add_argument("--full-finetune-labels", type=int, default=DEFAULT_FULL_FINETUNE_LABELS,
                         help="'auto' fine-tuning: every layer trains from this many labels (AESEMO_FULL_FINETUNE_LABELS)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -224,6 +227,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / ".learning")
     parser.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True,
                         help="also time one 96-label run at 224 (default on)")
+    parser.add_argument("--timing-finetune", choices=("auto", "full", "frozen"), default="auto")
     parser.add_argument("--curves", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     unknown = set(args.configs.split(",")) - set(CONFIGS)
