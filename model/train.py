@@ -85,6 +85,7 @@ class TrainResult:
     train_size: int
     val_size: int
     history: list[dict] = field(default_factory=list)
+    trained: str = ""                      # the steps whose weights trained ("group0, cross0, ..., heads")
 
     def to_meta(self) -> dict:
         data = asdict(self)
@@ -204,7 +205,7 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
     return TrainResult(pixel_mean=mean, metrics=best_metrics, best_epoch=best_epoch, epochs_run=epoch,
                        stopped_early=epoch < config.epochs, device=str(device), bf16=use_bf16,
                        seconds=time.monotonic() - started, train_size=len(train_set),
-                       val_size=len(val_set), history=history)
+                       val_size=len(val_set), history=history, trained=plan.describe())
 
 
 def _balance(data: TrainingData, config: TrainConfig, device: torch.device) -> dict:

@@ -121,8 +121,9 @@ def test_frozen_parameters_and_statistics_do_not_change(small_data, mode, labels
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = TrainConfig(epochs=2, lr=0.05, seed=1, train_size=40, crop_size=32, patience=0, finetune=mode,
                          full_finetune_labels=labels_for_full, feature_cache_bytes=cache_bytes, cache_views=2)
-    train(model, small_data, config)
+    result = train(model, small_data, config)
     trainable = trainable_steps(mode, forward_steps(model), 32, labels_for_full)
+    assert set(result.trained.split(", ")) == trainable   # what model.json reports as trained
     prefixes = {"heads": ("branch_a.head.", "branch_e.head."),
                 **{f"group{i}": (f"branch_a.groups.{i}.", f"branch_e.groups.{i}.") for i in range(4)},
                 **{f"cross{i}": (f"cross.{i}.",) for i in range(3)}}
@@ -133,12 +134,19 @@ def test_frozen_parameters_and_statistics_do_not_change(small_data, mode, labels
     assert all(p.requires_grad for p in model.parameters())  # the model leaves training whole
 
 
-@pytest.mark.parametrize("parent_meta, mode", [
-    ({"init": "random"}, "full"),                                     # an untrained random base
-    ({"init": "imagenet:resnet18.pth"}, "auto"),                      # an ImageNet base
-    ({"init": "version:v0001", "origin": "random"}, "full"),          # trained, but its lineage began random
-    ({"init": "version:v0001", "origin": "imagenet:resnet18.pth"}, "auto"),
+@pytest.mark.parametrize("parent_meta, configured, mode", [
+    ({"init": "random"}, "auto", "full"),                             # an untrained random base
+    ({"init": "imagenet:resnet18.pth"}, "auto", "auto"),              # an ImageNet base
+    ({"init": "imagenet:resnet18.pth"}, "full", "full"),
+    ({"init": "version:v0001", "origin": "random"}, "frozen", "full"),  # trained, but its lineage began random
+    ({"init": "version:v0001", "origin": "imagenet:resnet18.pth"}, "auto", "auto"),
 ])
-def test_the_job_freezes_only_starts_whose_filters_mean_something(parent_meta, mode):
+def test_the_job_freezes_only_starts_whose_filters_mean_something(parent_meta, configured, mode):
     from backend.training.job import finetune_mode
-    assert finetune_mode(parent_meta) == mode
+    assert finetune_mode(parent_meta, configured) == mode
+
+
+def test_the_setting_offers_exactly_the_modes_training_knows():
+    from backend.core.settings import FINETUNE_CHOICES
+    from model.finetune import FINETUNE_MODES
+    assert set(FINETUNE_CHOICES) == set(FINETUNE_MODES)

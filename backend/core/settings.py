@@ -15,6 +15,9 @@ from typing import Any, Callable
 
 from model.limits import TRAINING_LIMITS, Limit
 
+# model/finetune.py's FINETUNE_MODES, spelled out: settings load without torch (a test checks they agree)
+FINETUNE_CHOICES = ("full", "auto", "frozen")
+
 Parser = Callable[[str, str], Any]
 Check = Callable[[str, Any], None]
 
@@ -257,9 +260,16 @@ class Settings:
         "AESEMO_TRAIN_CROP_SIZE", 224,
         "training random-crop size in pixels (the patent's; 16..1024, not above the resize size)",
         parse=_integer, check=_within(lambda: TRAINING_LIMITS["crop_size"]))
+    finetune: str = setting(
+        "AESEMO_FINETUNE", "full",
+        "which layers a job started from pretrained or base weights trains: `full`, every layer (the patent's; "
+        "benchmarks/learning.py measured it best from 24 and 96 labels); `auto`, the backbone frozen for small sets "
+        "and its deeper groups unfrozen as the set grows (AESEMO_FULL_FINETUNE_LABELS): seconds instead of minutes, "
+        "less accurate; `frozen`, every convolution group frozen (a random start always trains every layer)",
+        check=_one_of(lambda: FINETUNE_CHOICES))
     full_finetune_labels: int = setting(
         "AESEMO_FULL_FINETUNE_LABELS", 1000,
-        "training images from which a job started from pretrained or base weights fine-tunes every layer; "
+        "with AESEMO_FINETUNE=auto: training images from which every layer trains; "
         "below it the backbone's deepest groups unfreeze one per doubling of the set, the smallest sets "
         "train the heads only on cached features (a random start always trains every layer)",
         parse=_integer, check=_within(lambda: TRAINING_LIMITS["full_finetune_labels"]))

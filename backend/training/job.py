@@ -261,7 +261,7 @@ def _train_config(settings: Settings, params: dict, finetune: str = "full") -> T
 
 def training_step(run: _Run, manifest: Path, staging: Path, parent, snapshot: dict, images: _Images) -> dict:
     """Fine-tune the parent on the manifest and write the version into `staging`."""
-    config = _train_config(run.settings, run.params, finetune_mode(read_meta(parent.folder)))
+    config = _train_config(run.settings, run.params, finetune_mode(read_meta(parent.folder), run.settings.finetune))
     run.progress.state("training", epochs=config.epochs)
     return train_version(manifest, staging, NetConfig(), config, init_from=parent.folder, progress=run.progress,
                          extra_meta={"parent_version": parent.name, "snapshot_id": snapshot["id"],
@@ -270,11 +270,11 @@ def training_step(run: _Run, manifest: Path, staging: Path, parent, snapshot: di
                          crossval=CrossValidation(min_heldout=run.settings.min_heldout))
 
 
-def finetune_mode(parent_meta: dict) -> str:
-    """"auto" (freeze, then unfreeze as the set grows: benchmarks/learning.py) from pretrained or
-    trained weights; "full" from random filters, which frozen would keep random."""
+def finetune_mode(parent_meta: dict, configured: str) -> str:
+    """The configured mode (AESEMO_FINETUNE) from pretrained or trained weights; "full" from
+    random filters, which a frozen backbone would keep random."""
     origin = parent_meta.get("origin", parent_meta.get("init"))
-    return "full" if origin == "random" else "auto"
+    return "full" if origin == "random" else configured
 
 
 def publish_step(staging: Path, folder: Path, meta: dict) -> None:
