@@ -213,12 +213,12 @@ def bench_backbone(backbone: str, batches: list[int], repeats: int, count: int, 
         print(f"{backbone}: heads' last layers trained on {len(training)} generated images "
               f"{time.perf_counter() - started:.0f} s")
         started = time.perf_counter()
-        record = runtime.export_runtime(tmp, calibration=training[:32], held_out=held_out[:32])
+        record = runtime.export_runtime(tmp, calibration=training[:runtime.CALIBRATION_IMAGES], held_out=held_out[:32])
         print(f"{backbone}: export + calibration + agreement check {time.perf_counter() - started:.0f} s; "
               f"serving {record['serving']} ({record['reason']})")
         if "quantization" in record["variants"].get(runtime.INT8, {}):
             print(f"{backbone}: {runtime.INT8} made with {record['variants'][runtime.INT8]['quantization']}")
-        paths = paths_of(tmp, record, training[:32] if compare_default else None)
+        paths = paths_of(tmp, record, training[:runtime.CALIBRATION_IMAGES] if compare_default else None)
         flops = flops_per_image(load_version(tmp)[0].eval())
         over_all, over_clear = agreements(paths, held_out, margin)
         for name in paths:
