@@ -5,7 +5,9 @@
 
 Paths: torch fp32 eager (default), today's Predictor (fp32, or on a CPU with native bf16 the
 faster of fp32 and bf16 as timed when it loads: the line "Predictor precision auto" says which),
-and each OpenVINO variant model/runtime.py exports (float32, int8 calibrated by NNCF). Prints ms
+each OpenVINO variant model/runtime.py exports (float32, int8 calibrated by NNCF with its
+QUANTIZATION options) and, for comparison, int8 made with NNCF's default options on the same
+calibration images ("int8 nncf-default"; --no-default-int8 skips it). Prints ms
 per image at batch 1 and 8, achieved GFLOP/s and its share of this CPU's matrix-multiply ceiling
 (float32 for the float paths, int8 for int8), the speed-up over today's Predictor, and each
 path's top-1 agreement per task and largest probability difference against torch fp32.
@@ -140,8 +142,30 @@ def _fit_last_layer(layer: torch.nn.Linear, features: torch.Tensor, targets: tor
         layer.bias.copy_(fitted.bias)
 
 
-def paths_of(folder: str, record: dict) -> dict:
-    """name -> (predict(uint8 batch) -> {task: probabilities}, precision for the ceiling)."""
+def nncf_default_int8(folder: str, calibration: torch.Tensor):
+    """The float32 variant quantized with NNCF's default options (activation ranges: the mean of
+    each image's min/max; every layer int8), on the same calibration images: what
+    model/runtime.py's QUANTIZATION options are compared with in the same run."""
+    import nncf
+    import openvino as ov
+
+    batches = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
+    started = time.perf_counter()
+    network = nncf.quantize(ov.Core().read_model(Path(folder) / f"{runtime.FP32}.xml"), nncf.Dataset(batches),
+                            subset_size=len(batches), model_type=None, preset=nncf.QuantizationPreset.PERFORMANCE)
+    print(f"int8 with NNCF's defaults: quantized in {time.perf_counter() - started:.0f} s")
+    compiled = ov.Core().compile_model(network, "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                        "INFERENCE_PRECISION_HINT": "f32"})
+
+    def predict(images):
+        outputs = compiled(images.numpy())
+        return {task: torch.from_numpy(outputs[compiled.output(i)]) for i, task in enumerate(("aesthetic", "emotion"))}
+    return predict
+
+
+def paths_of(folder: str, record: dict, calibration: torch.Tensor | None = None) -> dict:
+    """name -> (predict(uint8 batch) -> {task: probabilities}, precision for the ceiling); with
+    `calibration`, also int8 made with NNCF's defaults ("int8 nncf-default")."""
     model, meta = load_version(folder)
     graph = ProbabilityGraph(model, meta)
     predictor = Predictor(folder)
@@ -160,6 +184,8 @@ def paths_of(folder: str, record: dict) -> dict:
             continue
         loaded = runtime.RuntimePredictor(folder, record, variant=variant)
         paths[variant] = (loaded.predict_tensors, "int8" if variant == runtime.INT8 else "fp32")
+    if calibration is not None and "error" not in record["variants"].get(runtime.FP32, {"error": ""}):
+        paths["int8 nncf-default"] = (nncf_default_int8(folder, calibration), "int8")
     return paths
 
 
@@ -183,7 +209,7 @@ def agreements(paths: dict, images: torch.Tensor, margin: float) -> tuple[dict, 
 
 
 def bench_backbone(backbone: str, batches: list[int], repeats: int, count: int, ceiling: dict,
-                   margin: float) -> None:
+                   margin: float, compare_default: bool = True) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         training, labels = labelled_images(HEAD_TRAINING_IMAGES, 224, seed=0)
@@ -192,14 +218,16 @@ def bench_backbone(backbone: str, batches: list[int], repeats: int, count: int, 
         print(f"{backbone}: heads' last layers trained on {len(training)} generated images "
               f"{time.perf_counter() - started:.0f} s")
         started = time.perf_counter()
-        record = runtime.export_runtime(tmp, calibration=training[:32], held_out=held_out[:32])
+        record = runtime.export_runtime(tmp, calibration=training[:runtime.CALIBRATION_IMAGES], held_out=held_out[:32])
         print(f"{backbone}: export + calibration + agreement check {time.perf_counter() - started:.0f} s; "
               f"serving {record['serving']} ({record['reason']})")
-        paths = paths_of(tmp, record)
+        if "quantization" in record["variants"].get(runtime.INT8, {}):
+            print(f"{backbone}: {runtime.INT8} made with {record['variants'][runtime.INT8]['quantization']}")
+        paths = paths_of(tmp, record, training[:runtime.CALIBRATION_IMAGES] if compare_default else None)
         flops = flops_per_image(load_version(tmp)[0].eval())
         over_all, over_clear = agreements(paths, held_out, margin)
         for name in paths:
-            print(f"{backbone:<19} agreement {name:<16} all {count}: {_agreed(over_all[name])} | "
+            print(f"{backbone:<19} agreement {name:<17} all {count}: {_agreed(over_all[name])} | "
                   f"fp32 margin >= {margin} ({over_clear['count']}, median margin "
               f"{over_clear['median_margin']:.2f}): {_agreed(over_clear[name])}")
         for batch in batches:
@@ -210,7 +238,7 @@ def bench_backbone(backbone: str, batches: list[int], repeats: int, count: int, 
             for name, (_, precision) in paths.items():
                 per_image = seconds[name] / batch
                 rate = flops / per_image / 1e9
-                print(f"{backbone:<19} batch {batch} {name:<16} {per_image * 1e3:8.1f} ms/image "
+                print(f"{backbone:<19} batch {batch} {name:<17} {per_image * 1e3:8.1f} ms/image "
                       f"{rate:7.1f} GFLOP/s ({rate / ceiling[precision]:5.1%} of {precision} ceiling) "
                       f"| {baseline / seconds[name]:5.2f}x predictor | {flops / 1e9:.1f} GFLOP/image")
 
@@ -241,6 +269,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--agreement-images", type=int, default=200)
+    parser.add_argument("--no-default-int8", action="store_true",
+                        help="skip int8 made with NNCF's default options (the comparison row)")
     parser.add_argument("--margin", type=float, default=0.1, help="fp32 top-1 margin of the 'clear' images")
     parser.add_argument("--precision-only", action="store_true",
                         help="only the Predictor's 'auto' precision per backbone, with both timings")
@@ -256,7 +286,7 @@ def main() -> None:
           f"int8 {ceiling['int8']:.1f} GOP/s (OpenVINO int8 MatMul)")
     for backbone in args.backbones.split(","):
         bench_backbone(backbone, [int(b) for b in args.batches.split(",")], args.repeats,
-                       args.agreement_images, ceiling, args.margin)
+                       args.agreement_images, ceiling, args.margin, not args.no_default_int8)
 
 
 if __name__ == "__main__":

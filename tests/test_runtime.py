@@ -70,6 +70,19 @@ def test_export_records_agreement_per_variant_and_serves_one_that_passes(exporte
     assert record["serving"] in record["reason"]
 
 
+def test_the_int8_variant_records_how_it_was_quantized_and_keeps_the_heads_in_float(exported):
+    import openvino as ov
+    folder, record = exported
+    assert json.loads((folder / RUNTIME_FILE).read_text())["variants"][runtime.INT8]["quantization"] \
+        == runtime.QUANTIZATION
+    assert "quantization" not in record["variants"][runtime.FP32]
+    network = ov.Core().read_model(folder / f"{runtime.INT8}.xml")
+    quantized = [op for op in network.get_ops()
+                 if any(port.get_node().get_type_name() == "FakeQuantize" for port in op.input_values())]
+    assert {op.get_type_name() for op in quantized} >= {"Convolution"}
+    assert "MatMul" not in {op.get_type_name() for op in quantized}
+
+
 def test_runtime_predictor_agrees_with_pytorch_float32(exported):
     folder, record = exported
     predictor = runtime.RuntimePredictor(folder, record)
