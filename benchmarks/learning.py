@@ -5,7 +5,7 @@ of one 96-label run at the product's resolution.
 
     .venv/bin/python benchmarks/learning.py [--sizes 24,48,96,192,384] [--seeds 0,1,2]
         [--configs random,random-nocross,random-crossrandom,pretrained-full,pretrained-auto]
-        [--size 48 --crop 40] [--lr 0.01] [--finetune-lr 0.001] [--work benchmarks/.learning]
+        [--size 96 --crop 80] [--epochs 15] [--lr 0.01] [--finetune-lr 0.001] [--work benchmarks/.learning]
         [--timing | --no-timing] [--timing-finetune auto|full]
 
 The target task: emotion (8 classes) is the background hue, aesthetic (2 classes) is a sharp
@@ -17,7 +17,7 @@ backgrounds of any hue (different pictures and classes; the same low-level struc
 sharpness, that ImageNet features carry); it is cached under --work, keyed by its settings and
 the source generator's version, so reruns skip it.
 
-The curves run at a reduced resolution (default 48 resize, 40 crop) so that the 2-core CPU can
+The curves run at a reduced resolution (default 96 resize, 80 crop) so that the 2-core CPU can
 afford them; held-out images are a separate generated test set (192 by default), never trained on.
 """
 from __future__ import annotations
@@ -211,9 +211,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--configs", default="random,random-nocross,random-crossrandom,pretrained-full,pretrained-auto")
     parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--size", type=int, default=48, help="resize of the curves' images")
-    parser.add_argument("--crop", type=int, default=40, help="random crop of the curves' images")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--size", type=int, default=96, help="resize of the curves' images")
+    parser.add_argument("--crop", type=int, default=80, help="random crop of the curves' images")
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--lr", type=float, default=0.01, help="the source model's learning rate")
     parser.add_argument("--finetune-lr", type=float, default=TrainConfig.lr,
@@ -227,7 +227,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / ".learning")
     parser.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True,
                         help="also time one 96-label run at 224 (default on)")
-    parser.add_argument("--timing-finetune", choices=("auto", "full", "frozen"), default="auto")
+    parser.add_argument("--timing-finetune", choices=("auto", "full", "frozen"), default="full",
+                        help="the timed run's fine-tuning (default: the training job's, AESEMO_FINETUNE)")
     parser.add_argument("--curves", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     unknown = set(args.configs.split(",")) - set(CONFIGS)
