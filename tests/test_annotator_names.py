@@ -27,8 +27,9 @@ USERS = [
 
 
 class FakeUsersApi:
-    """A loopback Label Studio that answers only `GET /api/users/`, recording each request's
-    Authorization header; `status` other than 200 makes it fail."""
+    """A loopback Label Studio that answers only `GET /api/users/`, recording each such request's
+    Authorization header (other calls, such as the version follower's after /setup, arrive from
+    another thread at any time and are not counted); `status` other than 200 makes it fail."""
 
     def __init__(self):
         self.requests: list[str | None] = []
@@ -37,8 +38,10 @@ class FakeUsersApi:
 
         class Handler(JsonHandler):
             def do_GET(self):
-                fake.requests.append(self.headers.get("Authorization"))
-                ok = self.path.split("?")[0] == "/api/users/" and fake.status == 200
+                users = self.path.split("?")[0] == "/api/users/"
+                if users:
+                    fake.requests.append(self.headers.get("Authorization"))
+                ok = users and fake.status == 200
                 self.answer(200 if ok else (fake.status if fake.status != 200 else 404),
                             USERS if ok else {"detail": "no"})
 
