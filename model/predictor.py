@@ -120,31 +120,39 @@ def bf16_weights(folder: Path, meta: dict, model: torch.nn.Module) -> dict[str, 
     safetensors, mapped by load_file, are shared). None when the folder cannot be written: the
     caller then casts in memory."""
     path = folder / f".weights-bf16-{meta['weights_sha256'][:16]}.safetensors"
-    expected = {name: (t.to(torch.bfloat16) if t.is_floating_point() else t).contiguous()
-                for name, t in model.state_dict().items()}
+    state = model.state_dict()
     if path.is_file():
-        mapped = _mapped_if_equal(path, expected)
+        mapped = _mapped_if_equal(path, state)
         if mapped is not None:
             return mapped
         log.warning("%s does not hold this version's weights in bf16: written again", path)
+    cast = {name: _as_bf16(t) for name, t in state.items()}
     try:
-        write_atomically(path, lambda temp: save_file(expected, temp))
+        write_atomically(path, lambda temp: save_file(cast, temp))
     except OSError as exc:
         log.info("bf16 weights of %s not written (%s): cast in this process's memory", folder, exc)
         return None
     return load_file(path)
 
 
-def _mapped_if_equal(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-    """The file's tensors when they are exactly `expected` (a file in a version folder is not
-    trusted: a truncated or altered one is never served); None otherwise."""
+def _as_bf16(tensor: torch.Tensor) -> torch.Tensor:
+    return (tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor).contiguous()
+
+
+def _mapped_if_equal(path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The file's tensors when they are exactly `state` cast to bf16 (a file in a version folder
+    is not trusted: a truncated or altered one is never served); None otherwise. Casts one tensor
+    at a time, so checking costs no second copy of the weights."""
     try:
         mapped = load_file(path)
     except (OSError, SafetensorError):
         return None
-    same = mapped.keys() == expected.keys() and all(
-        mapped[k].dtype == v.dtype and mapped[k].shape == v.shape and torch.equal(mapped[k], v)
-        for k, v in expected.items())
+
+    def equal(name: str, tensor: torch.Tensor) -> bool:
+        expected = _as_bf16(tensor)
+        found = mapped[name]
+        return found.dtype == expected.dtype and found.shape == expected.shape and torch.equal(found, expected)
+    same = mapped.keys() == state.keys() and all(equal(k, v) for k, v in state.items())
     return mapped if same else None
 
 
