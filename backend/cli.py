@@ -184,18 +184,21 @@ def _backend():
     return Backend(settings, connect(settings))
 
 
+def _print_answer(answer) -> int:
+    """A project command's answer, as the HTTP API gives it, printed as indented JSON."""
+    print(json.dumps(answer, indent=2))
+    return 0
+
+
 def cmd_consensus(args) -> int:
     backend = _backend()
     if args.state:
-        print(json.dumps(backend.consensus_tasks(str(args.project), args.state), indent=2))
-    else:
-        print(json.dumps(backend.consensus_summary(str(args.project)), indent=2))
-    return 0
+        return _print_answer(backend.consensus_tasks(str(args.project), args.state))
+    return _print_answer(backend.consensus_summary(str(args.project)))
 
 
 def cmd_resync(args) -> int:
-    print(json.dumps(_backend().resync(str(args.project)), indent=2))
-    return 0
+    return _print_answer(_backend().resync(str(args.project)))
 
 
 def cmd_worker(args) -> int:
@@ -205,8 +208,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_train_project(args) -> int:
-    print(json.dumps(_backend().train(str(args.project), _params(args), "command line"), indent=2))
-    return 0
+    return _print_answer(_backend().train(str(args.project), _params(args), "command line"))
 
 
 def _params(args) -> dict:
@@ -215,35 +217,29 @@ def _params(args) -> dict:
 
 
 def cmd_jobs(args) -> int:
-    print(json.dumps(_backend().jobs(str(args.project)), indent=2))
-    return 0
+    return _print_answer(_backend().jobs(str(args.project)))
 
 
 def cmd_versions(args) -> int:
-    print(json.dumps(_backend().project_versions(str(args.project)), indent=2))
-    return 0
+    return _print_answer(_backend().project_versions(str(args.project)))
 
 
 def cmd_promote(args) -> int:
-    print(json.dumps(_backend().promote(str(args.project), args.version), indent=2))
-    return 0
+    return _print_answer(_backend().promote(str(args.project), args.version))
 
 
 def cmd_rollback(args) -> int:
     if not args.yes:
         raise ValueError("aesemo rollback serves the base version to every annotator at once: add --yes to confirm")
-    print(json.dumps(_backend().roll_back(str(args.project)), indent=2))
-    return 0
+    return _print_answer(_backend().roll_back(str(args.project)))
 
 
 def cmd_refresh(args) -> int:
-    print(json.dumps(_backend().refresh(str(args.project)), indent=2))
-    return 0
+    return _print_answer(_backend().refresh(str(args.project)))
 
 
 def cmd_refresh_jobs(args) -> int:
-    print(json.dumps(_backend().refresh_jobs(str(args.project)), indent=2))
-    return 0
+    return _print_answer(_backend().refresh_jobs(str(args.project)))
 
 
 def cmd_base(args) -> int:
