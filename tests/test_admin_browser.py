@@ -16,14 +16,13 @@ import redis
 import requests
 
 from backend.core import keys
-from backend.http.app import create_app
 from backend.serving.registry import project_versions_dir, set_current_version
 from backend.training.queue import training_queue
 from rq.job import Job
 
 from chromium import artifacts_dir, chromium_page, sync_api
 from images_server import ImageServer
-from training_project import (aesemo_command, label_tasks, log_tail, service_env, settings_for, setup_project,
+from training_project import (aesemo_command, label_tasks, log_tail, service_client, setup_project,
                               start_process, stop_process, write_reported_version)
 from net import free_port, wait_for
 
@@ -43,11 +42,9 @@ def running(tmp_path_factory, redis_url):
     raw = redis.Redis.from_url(redis_url, decode_responses=True)
     raw.flushdb()
     with ImageServer("127.0.0.1") as images:
-        env = service_env(root / "data", redis_url, images.netloc, AESEMO_SWAP_POLL="1",
-                          BASIC_AUTH_USER=USER, BASIC_AUTH_PASS=PASSWORD,
-                          AESEMO_TRAIN_PATIENCE="0")
-        settings = settings_for(env)
-        client = create_app(settings).test_client()
+        env, settings, client = service_client(root / "data", redis_url, images.netloc, AESEMO_SWAP_POLL="1",
+                                               BASIC_AUTH_USER=USER, BASIC_AUTH_PASS=PASSWORD,
+                                               AESEMO_TRAIN_PATIENCE="0")
         auth = {"auth": (USER, PASSWORD)}
         setup_project(_Authorized(client, auth), PROJECT)
         label_tasks(_Authorized(client, auth), PROJECT, {t: images.url(f"/img/{t}.png") for t in range(1, 13)})

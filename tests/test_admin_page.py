@@ -17,8 +17,8 @@ from backend.http.admin_page import format_duration, format_number, progress_fra
 from backend.http.app import create_app
 from backend.serving.registry import project_versions_dir, set_current_version
 
-from training_project import (AESTHETIC, EMOTION, example, label_tasks, service_env, settings_for, setup_project,
-                              write_reported_version)
+from training_project import (AESTHETIC, EMOTION, example, label_tasks, service_client, settings_for,
+                              setup_project, write_reported_version)
 
 PROJECT = 3
 OLD, NEW = "v0001-20261101000000", "v0002-20261102000000"
@@ -47,9 +47,7 @@ def disagree(client, task: int, first_annotation: int) -> None:
 def admin(tmp_path_factory, redis_url):
     raw = redis.Redis.from_url(redis_url, decode_responses=True)
     raw.flushdb()
-    env = service_env(tmp_path_factory.mktemp("admin") / "data", redis_url, "127.0.0.1")
-    settings = settings_for(env)
-    client = create_app(settings).test_client()
+    env, settings, client = service_client(tmp_path_factory.mktemp("admin") / "data", redis_url, "127.0.0.1")
     empty_page = client.get("/").get_data(as_text=True)
     setup_project(client, PROJECT, hostname=LS_HOST)
     label_tasks(client, PROJECT, {t: f"{LS_HOST}/img/{t}.png" for t in range(1, 7)})

@@ -21,15 +21,14 @@ import redis
 from PIL import Image
 
 from backend.core import keys
-from backend.http.app import create_app
 from backend.cli import main as cli_main
 from backend.training.queue import training_queue
 from backend.serving.registry import project_versions_dir
 from model.heldout import HELDOUT_SPLIT, held_out
 
 from images_server import ImageServer
-from training_project import (aesemo_command, environment, flip_a_byte, label_tasks, legacy_train_body, log_tail,
-                              run_burst_worker, service_env, settings_for, setup_answer, setup_project,
+from training_project import (aesemo_command, environment, flip_a_byte, label_tasks, legacy_train_body,
+                              log_tail, run_burst_worker, service_client, setup_answer, setup_project,
                               start_process, start_training_body, stop_process, write_small_version)
 from net import wait_for
 
@@ -78,9 +77,7 @@ def lab(tmp_path_factory, redis_url):
     raw = redis.Redis.from_url(redis_url)
     raw.flushdb()
     with ImageServer("127.0.0.1") as images:
-        env = service_env(root / "data", redis_url, images.netloc)
-        settings = settings_for(env)
-        client = create_app(settings).test_client()
+        env, settings, client = service_client(root / "data", redis_url, images.netloc)
         setup_project(client, PROJECT)
         urls = {t: images.url(f"/img/{t}.png") for t in GOOD_TASKS}
         urls.update({t: images.url(f"/gone/{t}.png") for t in MISSING_TASKS})

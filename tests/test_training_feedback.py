@@ -12,13 +12,12 @@ import pytest
 import redis
 
 from backend.core import keys
-from backend.http.app import create_app
 from backend.serving.registry import project_versions_dir, register_base, set_current_version
 from backend.training.queue import REFUSALS_KEPT, in_display_order, record_refusal, training_queue
 
 from net import wait_for
-from training_project import (environment, example, flip_a_byte, label_tasks, legacy_train_body, predict_body, service_env,
-                              settings_for, setup_project, start_training_body, write_small_version)
+from training_project import (environment, example, flip_a_byte, label_tasks, legacy_train_body, predict_body,
+                              service_client, setup_project, start_training_body, write_small_version)
 
 LS_HOST = "http://127.0.0.1:9"
 FEW, MANY = 4, 5  # projects with fewer consensus labels than AESEMO_MIN_TRAINING_LABELS (5), and enough
@@ -29,9 +28,7 @@ TRAINED = "v0001-20261101000000"
 def lab(tmp_path_factory, redis_url):
     raw = redis.Redis.from_url(redis_url, decode_responses=True)
     raw.flushdb()
-    env = service_env(tmp_path_factory.mktemp("feedback") / "data", redis_url, "127.0.0.1")
-    settings = settings_for(env)
-    client = create_app(settings).test_client()
+    env, settings, client = service_client(tmp_path_factory.mktemp("feedback") / "data", redis_url, "127.0.0.1")
     for project in (FEW, MANY):
         setup_project(client, project, hostname=LS_HOST)
     label_tasks(client, MANY, {t: f"{LS_HOST}/img/{t}.png" for t in range(1, 6)})

@@ -77,6 +77,14 @@ def settings_for(env: dict):
         return load_settings()
 
 
+def service_client(data_dir: Path, redis_url: str, image_hosts: str, **extra: str):
+    """(env, settings, Flask test client) of an in-process service with service_env's settings."""
+    from backend.http.app import create_app
+    env = service_env(data_dir, redis_url, image_hosts, **extra)
+    settings = settings_for(env)
+    return env, settings, create_app(settings).test_client()
+
+
 # ----- a labelled project -------------------------------------------------------------------
 
 def setup_project(client, project: int, hostname: str = "http://127.0.0.1:9") -> None:
