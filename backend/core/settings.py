@@ -15,8 +15,10 @@ from typing import Any, Callable
 
 from model.limits import TRAINING_LIMITS, Limit
 
-# model/finetune.py's FINETUNE_MODES, spelled out: settings load without torch (a test checks they agree)
+# model/finetune.py's FINETUNE_MODES and model/predictor.py's PRECISIONS, spelled out: settings
+# load without torch (tests check they agree)
 FINETUNE_CHOICES = ("full", "auto", "frozen")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 Parser = Callable[[str, str], Any]
 Check = Callable[[str, Any], None]
@@ -320,7 +322,7 @@ class Settings:
         "what the PyTorch predictor computes in. `auto`: on a CPU with native bf16 the faster of fp32 and bf16, "
         "timed on a small batch when a model loads (once per backbone, input size and threads in a process), "
         "fp32 on other CPUs, bf16 on CUDA where supported; `fp32` or `bf16`: that, untimed",
-        check=_one_of(lambda: ("auto", "fp32", "bf16")))
+        check=_one_of(lambda: PRECISION_CHOICES))
     runtime_min_agreement: float = setting(
         "AESEMO_RUNTIME_MIN_AGREEMENT", 0.99,
         "least top-1 agreement, per task, of an exported runtime with the float32 PyTorch outputs for it "
