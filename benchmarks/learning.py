@@ -6,7 +6,7 @@ of one 96-label run at the product's resolution.
     .venv/bin/python benchmarks/learning.py [--sizes 24,48,96,192,384] [--seeds 0,1,2]
         [--configs random,random-nocross,random-crossrandom,pretrained-full,pretrained-auto]
         [--size 96 --crop 80] [--epochs 15] [--lr 0.01] [--finetune-lr 0.001] [--work benchmarks/.learning]
-        [--timing | --no-timing] [--timing-finetune auto|full]
+        [--timing | --no-timing] [--timing-finetune full|auto|frozen]
 
 The target task: emotion (8 classes) is the background hue, aesthetic (2 classes) is a sharp
 versus a blurred picture, with grey shapes as distractors, and the blur softening the hue's
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.classes import DEFAULT_CLASSES, TASKS  # noqa: E402
 from model.dataset import TrainingData  # noqa: E402
-from model.finetune import DEFAULT_FULL_FINETUNE_LABELS  # noqa: E402
+from model.finetune import DEFAULT_FULL_FINETUNE_LABELS, FINETUNE_MODES  # noqa: E402
 from model.manifest import Row  # noqa: E402
 from model.metrics import task_metrics  # noqa: E402
 from model.network import CrossBranchNet, NetConfig  # noqa: E402
@@ -227,7 +227,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / ".learning")
     parser.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True,
                         help="also time one 96-label run at 224 (default on)")
-    parser.add_argument("--timing-finetune", choices=("auto", "full", "frozen"), default="full",
+    parser.add_argument("--timing-finetune", choices=FINETUNE_MODES, default="full",
                         help="the timed run's fine-tuning (default: the training job's, AESEMO_FINETUNE)")
     parser.add_argument("--curves", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
