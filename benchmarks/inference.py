@@ -42,7 +42,8 @@ from _common import flops_per_image, interleaved_seconds  # noqa: E402
 from model import runtime  # noqa: E402
 from model.network import NetConfig  # noqa: E402
 from model.pipeline import init_version  # noqa: E402
-from model.predictor import Predictor, cpu_has_native_bf16  # noqa: E402
+from model.precision import cpu_has_native_bf16  # noqa: E402
+from model.predictor import Predictor  # noqa: E402
 from model.runtime import ProbabilityGraph, agreement  # noqa: E402
 from model.synthetic import synthetic_image  # noqa: E402
 from model.transforms import normalize  # noqa: E402

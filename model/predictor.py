@@ -1,19 +1,14 @@
 """Batched inference from a version folder.
 
-On a CPU with native bf16 (AVX-512-BF16 or AMX) "auto" times both dtypes on a small batch when
-the model loads and keeps the faster: bf16 wins for vgg16 (409 vs 938 ms/image), while for
-mobilenet_v3_small one run here found it slower (23 vs 15) and a later one faster (18 vs 133):
-which wins depends on the network, the CPU and oneDNN's kernels, so it is measured, not assumed.
-Without native bf16 the CPU path stays fp32 untried, since emulated bf16 is many times slower.
-On CUDA bf16 serves where supported. Either way the model runs channels_last, which lets oneDNN
-skip layout conversions between convolutions.
+The PyTorch path computes in fp32 or bf16, chosen as model/precision.py says: on a CPU with
+native bf16 "auto" times both on a small batch when the model loads (bf16 won for vgg16, 409 vs
+938 ms/image; for mobilenet_v3_small one run found it slower, 23 vs 15, a later one faster).
+Either way the model runs channels_last, which lets oneDNN skip layout conversions between
+convolutions.
 """
 from __future__ import annotations
 
-import copy
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -25,93 +20,11 @@ from safetensors.torch import load_file, save_file
 from .classes import TASKS
 from .files import write_atomically
 from .images import DEFAULT_MAX_PIXELS, open_image
+from .precision import PRECISIONS, TIMING_BATCH, choose_precision, measured_once, time_dtypes
 from .transforms import CROP_SIZE, IMAGENET_STD, inference_tensor, normalize
 from .version import load_version
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16")
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
-# the precision check's timed batch and passes per dtype: small, since it runs when a model loads
-# (vgg16 in fp32 takes ~2 s per pass of 2 images on two cores)
-TIMING_BATCH = 2
-TIMING_ROUNDS = 3
-# bf16 serves only when at least this much faster: it rounds the outputs (probabilities within
-# 0.05 of fp32's), and a near tie is what load from other processes flips either way (two
-# workers of one server, mobilenet_v3_small: bf16 103 vs fp32 94 in one, 69 vs 144 in the other)
-BF16_MIN_GAIN = 0.10
-# (backbone, input size, batch, threads) -> {"fp32": ms, "bf16": ms}: timed once per process
-_MEASURED: dict[tuple, dict[str, float]] = {}
-
-
-def cpu_has_native_bf16() -> bool:
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-@dataclass(frozen=True)
-class PrecisionChoice:
-    """The dtype a Predictor computes in, why, and the timings behind an "auto" choice."""
-
-    dtype: torch.dtype
-    reason: str
-    ms_per_image: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return DTYPE_NAMES[self.dtype]
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.reason})"
-
-
-def choose_precision(precision: str, device: torch.device, measure: Callable[[], dict[str, float]],
-                     native_bf16: bool | None = None) -> PrecisionChoice:
-    """What a Predictor computes in: a forced precision as given; on CUDA bf16 where supported;
-    on a CPU with native bf16 bf16 when `measure()` ({dtype name: ms per image}) finds it
-    BF16_MIN_GAIN faster, else fp32; on any other CPU fp32, never timing bf16 (emulated, many
-    times slower)."""
-    if precision in ("fp32", "bf16"):
-        return PrecisionChoice(torch.float32 if precision == "fp32" else torch.bfloat16, "forced")
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return PrecisionChoice(torch.bfloat16, "CUDA with bf16")
-        return PrecisionChoice(torch.float32, "CUDA without bf16")
-    if not (cpu_has_native_bf16() if native_bf16 is None else native_bf16):
-        return PrecisionChoice(torch.float32, "the CPU has no native bf16")
-    timings = measure()
-    faster = "bf16" if timings["bf16"] < (1 - BF16_MIN_GAIN) * timings["fp32"] else "fp32"
-    return PrecisionChoice(torch.bfloat16 if faster == "bf16" else torch.float32,
-                           f"measured bf16 {timings['bf16']:.1f} vs fp32 {timings['fp32']:.1f} ms/image", timings)
-
-
-def time_dtypes(model: torch.nn.Module, crop_size: int, batch: int = TIMING_BATCH, rounds: int = TIMING_ROUNDS,
-                timer: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """ms per image of an fp32 CPU model's forward in fp32 and in bf16 (a cast copy) on a batch of
-    zeros: one warm-up pass each (oneDNN builds its kernels on the first), then `rounds` passes
-    in turns, the fastest of each, so that load from other processes falls on both alike."""
-    images = torch.zeros(batch, 3, crop_size, crop_size).contiguous(memory_format=torch.channels_last)
-    candidates = {"fp32": (model, images), "bf16": (copy.deepcopy(model).to(torch.bfloat16), images.bfloat16())}
-    fastest = {name: float("inf") for name in candidates}
-    with torch.inference_mode():
-        for candidate, inputs in candidates.values():
-            candidate(inputs)
-        for _ in range(rounds):
-            for name, (candidate, inputs) in candidates.items():
-                started = timer()
-                candidate(inputs)
-                fastest[name] = min(fastest[name], timer() - started)
-    return {name: round(seconds * 1000 / batch, 2) for name, seconds in fastest.items()}
-
-
-def measured_once(key: tuple, measure: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
-    """`measure`, run at most once per key in this process (every later load reuses its result)."""
-    def cached() -> dict[str, float]:
-        if key not in _MEASURED:
-            _MEASURED[key] = measure()
-        return _MEASURED[key]
-    return cached
-
 
 def bf16_weights(folder: Path, meta: dict, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """The version's weights in bf16, memory-mapped from a file beside its safetensors (written

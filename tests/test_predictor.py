@@ -11,8 +11,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from model.network import CrossBranchNet, NetConfig
+from model import precision as precision_module
 from model import predictor as predictor_module
-from model.predictor import Predictor, time_dtypes
+from model.precision import time_dtypes
+from model.predictor import Predictor
 from model.transforms import inference_tensor, normalize
 from model.version import WEIGHTS_FILE, load_version, save_version
 
@@ -204,8 +206,8 @@ def test_bad_precision_is_refused(version):
 @pytest.fixture
 def fresh_measurements(monkeypatch):
     """No timing cached from earlier tests; the CPU claims native bf16 unless a test says otherwise."""
-    monkeypatch.setattr(predictor_module, "_MEASURED", {})
-    monkeypatch.setattr(predictor_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "_MEASURED", {})
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
 
 
 class FakeTimings:
@@ -231,7 +233,7 @@ def test_auto_on_a_bf16_cpu_serves_the_measured_faster_dtype(version, fresh_meas
 
 def test_without_native_bf16_bf16_is_never_timed(version, fresh_measurements, monkeypatch):
     folder, _, _ = version
-    monkeypatch.setattr(predictor_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
     timings = FakeTimings(fp32=100.0, bf16=1.0)
     predictor = Predictor(folder, device="cpu", precision="auto", measure=timings)
     assert predictor.dtype == torch.float32 and timings.calls == 0
