@@ -115,8 +115,9 @@ def real_training(backbone: str, images: int, epochs: int, batch: int, workdir: 
             train_module._resident = lambda data, device: data
         try:
             model = CrossBranchNet(NetConfig(backbone=backbone))
-            result = train_module.train(model, data, TrainConfig(epochs=epochs, batch_size=batch, patience=0,
-                                                                 bf16=bf16, lr=0.01), progress=progress)
+            config = TrainConfig(epochs=epochs, batch_size=batch, patience=0, lr=0.01,
+                                 precision="bf16" if bf16 else "fp32")
+            result = train_module.train(model, data, config, progress=progress)
         finally:
             train_module._resident = original
         steady = (ends[-1] - ends[0]) / (len(ends) - 1)

@@ -25,6 +25,7 @@ from .limits import TRAINING_LIMITS, check_training_value
 from .loss import DEFAULT_LAMBDA, two_task_loss
 from .metrics import selection_score, task_metrics
 from .network import CrossBranchNet
+from .precision import PRECISIONS, TIMING_BATCH, PrecisionChoice, choose_precision, measured_once, time_training_dtypes
 from .transforms import CROP_SIZE, IMAGENET_STD, TRAIN_SIZE, normalize, pixel_mean, random_crop_flip
 from .version import first_non_finite
 
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[dict], None]
 SCHEDULES = ("cosine", "step", "constant")
+# NHWC spares cuDNN and oneDNN layout conversions between convolutions: vgg16 on an H200 in bf16
+# 1198 vs 880 images/s; a resnet18 training step on 2 EPYC cores 1.13x faster in fp32, 1.16x in
+# bf16 (benchmarks/train_step.py)
+MEMORY_FORMAT = torch.channels_last
 
 
 @dataclass
@@ -50,7 +55,7 @@ class TrainConfig:
     crop_size: int = CROP_SIZE
     center_crop_eval: bool = False    # held-out images: resize to crop_size (the patent) or centre crop
     device: str | None = None         # None: CUDA when present, else CPU
-    bf16: bool | None = None          # None: bf16 autocast on CUDA devices that support it
+    precision: str = "auto"           # "fp32", "bf16" (autocast) or "auto" (model/precision.py: measured)
     heldout_split: str | None = None  # rows of this manifest split are the held-out set (else a random one)
     keep_best: bool = True            # False: the last epoch's weights (epochs chosen by cross-validation)
     class_balance: str = "loss"       # skewed labels: "loss" (class weights), "sampling" or "off"
@@ -62,6 +67,8 @@ class TrainConfig:
     def __post_init__(self):
         for name in TRAINING_LIMITS:  # LimitError (a ValueError) naming the field and its range
             check_training_value(name, getattr(self, name))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.finetune not in FINETUNE_MODES:
             raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
         if self.schedule not in SCHEDULES:
@@ -86,6 +93,7 @@ class TrainResult:
     val_size: int
     history: list[dict] = field(default_factory=list)
     trained: str = ""                      # the steps whose weights trained ("group0, cross0, ..., heads")
+    precision: str = ""                    # fp32 or bf16 autocast, and why ("bf16 (measured ...)")
 
     def to_meta(self) -> dict:
         data = asdict(self)
@@ -132,18 +140,17 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
     `split` (training, held-out indices) wins over the config's named or random split."""
     seed_everything(config.seed)
     device = pick_device(config.device)
-    use_bf16 = config.bf16 if config.bf16 is not None else (
-        device.type == "cuda" and torch.cuda.is_bf16_supported())
-    log.info("training on %s%s", device, " with bf16 autocast" if use_bf16 else " in fp32")
     train_idx, val_idx = split or named_split(data.rows, config.heldout_split) or \
         split_indices(len(data), config.val_fraction, config.seed)
     train_set, val_set = data.subset(train_idx), data.subset(val_idx)
     mean = pixel_mean(train_set.images)
     train_set, val_set = _resident(train_set, device), _resident(val_set, device)
-    memory_format = _memory_format(device)
-    model.to(device, memory_format=memory_format)
+    model.to(device, memory_format=MEMORY_FORMAT)
     plan = freeze(model, config.finetune, len(train_set), config.full_finetune_labels)
     log.info("fine-tuning (%s, %d training images): %s", config.finetune, len(train_set), plan.describe())
+    precision = training_precision(model, config, device, plan)
+    use_bf16 = precision.dtype == torch.bfloat16
+    log.info("training on %s in %s", device, precision.describe())
     generator = torch.Generator().manual_seed(config.seed)
     features = _feature_cache(model, plan, train_set, val_set, config, mean, device, use_bf16, generator)
 
@@ -205,7 +212,18 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
     return TrainResult(pixel_mean=mean, metrics=best_metrics, best_epoch=best_epoch, epochs_run=epoch,
                        stopped_early=epoch < config.epochs, device=str(device), bf16=use_bf16,
                        seconds=time.monotonic() - started, train_size=len(train_set),
-                       val_size=len(val_set), history=history, trained=plan.describe())
+                       val_size=len(val_set), history=history, trained=plan.describe(),
+                       precision=precision.describe())
+
+
+def training_precision(model: CrossBranchNet, config: TrainConfig, device: torch.device,
+                       plan: FreezePlan) -> PrecisionChoice:
+    """fp32 or bf16 autocast: the configured precision, "auto" as model/precision.py chooses, timing
+    a training step of what trains in both (once per network, crop, threads and plan in a process)."""
+    key = ("training step", model.config.backbone, config.crop_size, TIMING_BATCH, torch.get_num_threads(),
+           plan.describe())
+    return choose_precision(config.precision, device, measured_once(key, lambda: time_training_dtypes(
+        model, config.crop_size, device, MEMORY_FORMAT)))
 
 
 def _balance(data: TrainingData, config: TrainConfig, device: torch.device) -> dict:
@@ -239,11 +257,6 @@ def _stop_if_diverged(model, config: TrainConfig, epoch: int, losses: dict) -> N
     if bad:
         raise TrainingDiverged(f"training diverged at epoch {epoch}: {'; '.join(bad)} (lr {config.lr:g}); "
                                "nothing was saved; try a lower learning rate")
-
-
-def _memory_format(device: torch.device) -> torch.memory_format:
-    # cuDNN's bf16 convolutions run fastest in NHWC (vgg16 on an H200: 1198 vs 880 images/s)
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 def _resident(data: TrainingData, device: torch.device) -> TrainingData:
@@ -302,14 +315,15 @@ class EpochRun:
                 return self.features.train_logits(index, self.generator)
             images = random_crop_flip(data.images[index], self.config.crop_size, self.generator)
             images = normalize(images.to(self.device, non_blocking=True), self.mean, IMAGENET_STD)
-            return self.model(images.contiguous(memory_format=_memory_format(self.device)))
+            return self.model(images.contiguous(memory_format=MEMORY_FORMAT))
 
     def _eval_logits(self, data: TrainingData, index: torch.Tensor):
         with self._autocast():
             if self.features is not None:
                 return self.features.eval_logits(index)
             images = eval_view(data.images[index], self.config.crop_size, self.config.center_crop_eval)
-            return self.model(normalize(images.to(self.device), self.mean, IMAGENET_STD))
+            images = normalize(images.to(self.device), self.mean, IMAGENET_STD)
+            return self.model(images.contiguous(memory_format=MEMORY_FORMAT))
 
     def _loss(self, logits, data: TrainingData, index: torch.Tensor, weighted: bool):
         """The two-task loss of a batch's logits. Training weights each sample (data.weights);

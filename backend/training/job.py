@@ -33,7 +33,7 @@ from backend.core.settings import Settings, load_settings
 from backend.fetch.fetcher import ImageFetchError, ImageFetcher
 from backend.labelstudio.label_config import ProjectLabels, parse_label_config
 from backend.labelstudio.projects import ProjectContext, ProjectStore
-from backend.serving.registry import (base_for, project_versions_dir, refusal, resolve_current,
+from backend.serving.registry import (base_for, project_versions_dir, resolve_current,
                                       set_current_version)
 from backend.serving.refresh_queue import try_submit_refresh
 from backend.training.image_cache import cached_training_image, training_image_cache
@@ -255,6 +255,7 @@ def _train_config(settings: Settings, params: dict, finetune: str = "full") -> T
                        epochs=params.get("epochs", settings.train_epochs),
                        batch_size=params.get("batch_size", settings.train_batch_size),
                        lr=params.get("lr", settings.train_lr), device=settings.train_device,
+                       precision=settings.train_precision,
                        patience=settings.train_patience, heldout_split=HELDOUT_SPLIT,
                        train_size=settings.train_image_size, crop_size=settings.train_crop_size)
 
