@@ -6,7 +6,8 @@ of one 96-label run at the product's resolution.
     .venv/bin/python benchmarks/learning.py [--sizes 24,48,96,192,384] [--seeds 0,1,2]
         [--configs random,random-nocross,random-crossrandom,pretrained-full,pretrained-auto]
         [--size 96 --crop 80] [--epochs 15] [--lr 0.01] [--finetune-lr 0.001] [--work benchmarks/.learning]
-        [--timing | --no-timing] [--timing-finetune full|auto|frozen]
+        [--timing | --no-timing] [--timing-finetune full|auto|frozen] [--timing-precision fp32,auto]
+        [--timing-seeds 0,1,2] [--timing-job]
 
 The target task: emotion (8 classes) is the background hue, aesthetic (2 classes) is a sharp
 versus a blurred picture, with grey shapes as distractors, and the blur softening the hue's
@@ -42,8 +43,11 @@ from model.classes import DEFAULT_CLASSES, TASKS  # noqa: E402
 from model.dataset import TrainingData  # noqa: E402
 from model.finetune import DEFAULT_FULL_FINETUNE_LABELS, FINETUNE_MODES  # noqa: E402
 from model.manifest import Row  # noqa: E402
+from model.crossval import CrossValidation  # noqa: E402
+from model.heldout import HELDOUT_SPLIT  # noqa: E402
 from model.metrics import task_metrics  # noqa: E402
 from model.network import CrossBranchNet, NetConfig  # noqa: E402
+from model.pipeline import fit  # noqa: E402
 from model.train import TrainConfig, eval_view, train  # noqa: E402
 from model.transforms import IMAGENET_STD, normalize  # noqa: E402
 
@@ -188,21 +192,60 @@ def curves(args, work: Path) -> None:
 
 
 def timing(args, work: Path) -> None:
-    """One 96-label run at the product's resolution (256 resize, 224 crop) from the pretrained start."""
+    """96-label runs at the product's resolution (256 resize, 224 crop) from the pretrained start:
+    for each --timing-precision and seed, one train() call (early stopping on a random 20 %
+    held-out split), and with --timing-job the training job's own path too (that held-out split
+    is under AESEMO_MIN_HELDOUT tasks, so the epochs come from 3-fold x 2 cross-validation on the
+    rest, then a final run); then each precision's speed-up over the first."""
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
                          finetune=args.timing_finetune, full_finetune_labels=args.full_finetune_labels)
     source_config = replace(config, train_size=args.size, crop_size=args.crop)
-    model = pretrained_start({}, source_config, args, work)
+    start = pretrained_start({}, source_config, args, work).state_dict()
+    config = replace(config, epochs=args.timing_epochs)
     data = generated_set("target", 96, 256, seed=1)
     test = generated_set("target", args.test_images, 256, seed=2)
-    started, cpu_started = time.monotonic(), time.process_time()
-    result = train(model, data, replace(config, lr=args.finetune_lr))
-    seconds, cpu_seconds = time.monotonic() - started, time.process_time() - cpu_started
-    metrics = test_metrics(model, test, result.pixel_mean, 224)
+    paths = ["train()"] + (["job"] if args.timing_job else [])
+    seconds = {}
     print(f"\n96 labels, {args.backbone}, 256 resize, 224 crop, pretrained start (source model of the curves), "
-          f"{args.timing_finetune} fine-tuning, {result.epochs_run} epochs: {seconds:.1f} s in train() on {torch.get_num_threads()} "
-          f"threads, {cpu_seconds:.1f} s of CPU time (on a shared machine, CPU time / threads is the "
-          f"wall time it would take alone; cache included); test {_scores(metrics)}, emotion macro-F1 {metrics['emotion']['macro_f1']:.2f}")
+          f"{args.timing_finetune} fine-tuning, up to {args.timing_epochs} epochs, patience {args.patience}, "
+          f"{torch.get_num_threads()} threads; CPU time / threads is the wall time a run would take alone")
+    print("\n| path | precision | seed | chose | epochs | seconds | CPU s / threads | aesthetic acc | emotion acc |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path in paths:
+        for precision in args.timing_precision.split(","):
+            for seed in [int(s) for s in args.timing_seeds.split(",")]:
+                model = CrossBranchNet(NetConfig(backbone=args.backbone))
+                model.load_state_dict(start)
+                run_config = replace(config, lr=args.finetune_lr, precision=precision, seed=seed)
+                started, cpu_started = time.monotonic(), time.process_time()
+                result, epochs = _timed_path(path, model, data, run_config)
+                took, cpu = time.monotonic() - started, time.process_time() - cpu_started
+                seconds.setdefault((path, precision), []).append(took)
+                metrics = test_metrics(model, test, result.pixel_mean, 224)
+                print(f"| {path} | {precision} | {seed} | {result.precision} | {epochs} | {took:.1f} | "
+                      f"{cpu / torch.get_num_threads():.1f} | {metrics['aesthetic']['accuracy']:.2f} | "
+                      f"{metrics['emotion']['accuracy']:.2f} |", flush=True)
+    for path in paths:
+        first = statistics.mean(seconds[(path, args.timing_precision.split(",")[0])])
+        for (each, precision), values in seconds.items():
+            if each == path:
+                print(f"{path}, precision {precision}: mean {statistics.mean(values):.1f} s, "
+                      f"{first / statistics.mean(values):.2f}x the speed of the first precision")
+
+
+def _timed_path(path: str, model: CrossBranchNet, data: TrainingData, config: TrainConfig):
+    """One timed training of `model` on `data`: the result and the epochs it ran (for the job:
+    the cross-validation folds' epochs, then the final run's)."""
+    if path == "train()":
+        result = train(model, data, config)
+        return result, str(result.epochs_run)
+    marked = set(torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[
+        :round(len(data) * config.val_fraction)].tolist())
+    rows = [replace(row, split=HELDOUT_SPLIT if i in marked else None) for i, row in enumerate(data.rows)]
+    result, report = fit(model, replace(data, rows=rows), replace(config, heldout_split=HELDOUT_SPLIT),
+                         CrossValidation(), None, False)
+    folds = "+".join(str(h) for h in report["epochs_run"]) if report else "-"
+    return result, f"{folds}, then {result.epochs_run}"
 
 
 def main() -> None:
@@ -229,6 +272,14 @@ def main() -> None:
                         help="also time one 96-label run at 224 (default on)")
     parser.add_argument("--timing-finetune", choices=FINETUNE_MODES, default="full",
                         help="the timed run's fine-tuning (default: the training job's, AESEMO_FINETUNE)")
+    parser.add_argument("--timing-precision", default="auto",
+                        help="the timed runs' precisions, comma-separated, from auto, fp32, bf16 "
+                             "(default: the training job's, AESEMO_TRAIN_PRECISION)")
+    parser.add_argument("--timing-epochs", type=int, default=TrainConfig.epochs,
+                        help="the timed runs' epochs (default: the training job's, AESEMO_TRAIN_EPOCHS)")
+    parser.add_argument("--timing-seeds", default="0", help="the timed runs' seeds, comma-separated")
+    parser.add_argument("--timing-job", action="store_true",
+                        help="also time the training job's path: epochs by cross-validation, then the final run")
     parser.add_argument("--curves", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     unknown = set(args.configs.split(",")) - set(CONFIGS)

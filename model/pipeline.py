@@ -62,7 +62,7 @@ def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig,
     data, skipped = load_training_data(manifest, train_config.train_size, max_pixels, strict)
     if len(data) < 2:
         raise AesemoError(f"{manifest.path}: {len(data)} usable image(s); training needs at least 2")
-    result, crossval_report = _fit(model, data, train_config, crossval, progress, show_bar)
+    result, crossval_report = fit(model, data, train_config, crossval, progress, show_bar)
     meta = {
         "init": init,
         # where the weights' lineage began (`random` or pretrained), through every fine-tuning
@@ -83,7 +83,7 @@ def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig,
     return save_version(out, model, {**meta, **(extra_meta or {})})
 
 
-def _fit(model, data: TrainingData, config: TrainConfig, crossval: CrossValidation | None,
+def fit(model, data: TrainingData, config: TrainConfig, crossval: CrossValidation | None,
          progress: Progress | None, show_bar: bool) -> tuple[TrainResult, dict | None]:
     """Train on the manifest's named held-out split when its rows carry one (never on a held-out
     row), else on a seeded random split; epochs by cross-validation when the held-out set is small."""
