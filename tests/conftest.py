@@ -79,3 +79,12 @@ def images():
     from images_server import ImageServer
     with ImageServer("127.0.0.1") as server:
         yield server
+
+
+@pytest.fixture
+def fresh_measurements(monkeypatch):
+    """No fp32/bf16 timing cached from earlier tests (model/precision.py keeps them per process);
+    the CPU claims native bf16 unless a test says otherwise."""
+    from model import precision
+    monkeypatch.setattr(precision, "_MEASURED", {})
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)

@@ -17,6 +17,7 @@ from model.precision import time_dtypes
 from model.predictor import Predictor
 from model.transforms import inference_tensor, normalize
 from model.version import WEIGHTS_FILE, load_version, save_version
+from precision_fakes import FakeTimings
 
 # max abs difference of a class probability between the Predictor and the reference forward
 FP32_PROB_TOL = 1e-4
@@ -201,24 +202,6 @@ def test_bad_precision_is_refused(version):
     folder, _, _ = version
     with pytest.raises(ValueError, match="precision"):
         Predictor(folder, precision="fp16")
-
-
-@pytest.fixture
-def fresh_measurements(monkeypatch):
-    """No timing cached from earlier tests; the CPU claims native bf16 unless a test says otherwise."""
-    monkeypatch.setattr(precision_module, "_MEASURED", {})
-    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
-
-
-class FakeTimings:
-    """Stands in for timing both dtypes: fixed ms per image, and how often it was asked."""
-
-    def __init__(self, fp32: float, bf16: float):
-        self.timings, self.calls = {"fp32": fp32, "bf16": bf16}, 0
-
-    def __call__(self) -> dict[str, float]:
-        self.calls += 1
-        return dict(self.timings)
 
 
 @pytest.mark.parametrize("fp32, bf16, chosen", [(938.0, 409.0, torch.bfloat16), (14.5, 23.3, torch.float32),

@@ -12,8 +12,8 @@ from model.network import CrossBranchNet, NetConfig
 from model.precision import time_training_dtypes
 from model.synthetic import write_synthetic_set
 from model.train import TrainConfig, train
+from precision_fakes import FakeTimings
 
-pytestmark = pytest.mark.torch
 CROP = 32
 
 
@@ -21,24 +21,6 @@ CROP = 32
 def small_data(tmp_path_factory):
     manifest = write_synthetic_set(tmp_path_factory.mktemp("precision"), 12, seed=5, size=40)
     return load_training_data(read_manifest(manifest), size=40)[0]
-
-
-@pytest.fixture
-def bf16_cpu(monkeypatch):
-    """No timing cached from earlier tests, and a CPU that claims native bf16."""
-    monkeypatch.setattr(precision_module, "_MEASURED", {})
-    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
-
-
-class FakeTimings:
-    """Stands in for timing a training step in both dtypes; counts how often it was asked."""
-
-    def __init__(self, fp32: float, bf16: float):
-        self.timings, self.calls = {"fp32": fp32, "bf16": bf16}, 0
-
-    def __call__(self, *args, **kwargs) -> dict[str, float]:
-        self.calls += 1
-        return dict(self.timings)
 
 
 def train_recording_conv_dtypes(data, config: TrainConfig):
@@ -59,7 +41,7 @@ def config(**overrides) -> TrainConfig:
 @pytest.mark.parametrize("fp32, bf16, dtype", [(1100.0, 530.0, torch.bfloat16),   # resnet18 measured here
                                                (288.0, 323.0, torch.float32),     # mobilenet_v3_small
                                                (100.0, 95.0, torch.float32)])     # a near tie
-def test_auto_trains_in_the_dtype_a_timed_step_finds_clearly_faster(small_data, bf16_cpu, monkeypatch,
+def test_auto_trains_in_the_dtype_a_timed_step_finds_clearly_faster(small_data, fresh_measurements, monkeypatch,
                                                                    fp32, bf16, dtype):
     timings = FakeTimings(fp32, bf16)
     monkeypatch.setattr(train_module, "time_training_dtypes", timings)
@@ -70,7 +52,7 @@ def test_auto_trains_in_the_dtype_a_timed_step_finds_clearly_faster(small_data, 
     assert all(p.dtype == torch.float32 for p in model.parameters())   # autocast: the weights stay fp32
 
 
-def test_without_native_bf16_training_stays_fp32_and_bf16_is_never_timed(small_data, bf16_cpu, monkeypatch):
+def test_without_native_bf16_training_stays_fp32_and_bf16_is_never_timed(small_data, fresh_measurements, monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
     timings = FakeTimings(fp32=100.0, bf16=1.0)
     monkeypatch.setattr(train_module, "time_training_dtypes", timings)
@@ -80,7 +62,7 @@ def test_without_native_bf16_training_stays_fp32_and_bf16_is_never_timed(small_d
 
 
 @pytest.mark.parametrize("forced, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
-def test_a_forced_precision_trains_in_it_untimed(small_data, bf16_cpu, monkeypatch, forced, dtype):
+def test_a_forced_precision_trains_in_it_untimed(small_data, fresh_measurements, monkeypatch, forced, dtype):
     # the measurement would pick the other dtype
     timings = FakeTimings(fp32=1.0, bf16=100.0) if forced == "bf16" else FakeTimings(fp32=100.0, bf16=1.0)
     monkeypatch.setattr(train_module, "time_training_dtypes", timings)
@@ -88,7 +70,7 @@ def test_a_forced_precision_trains_in_it_untimed(small_data, bf16_cpu, monkeypat
     assert seen == {dtype} and timings.calls == 0 and result.precision == f"{forced} (forced)"
 
 
-def test_a_training_step_is_timed_once_per_network_and_plan_in_a_process(small_data, bf16_cpu, monkeypatch):
+def test_a_training_step_is_timed_once_per_network_and_plan_in_a_process(small_data, fresh_measurements, monkeypatch):
     timings = FakeTimings(fp32=2.0, bf16=1.0)
     monkeypatch.setattr(train_module, "time_training_dtypes", timings)
     train_recording_conv_dtypes(small_data, config())
