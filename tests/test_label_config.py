@@ -9,6 +9,7 @@ from backend.labelstudio.label_config import (
     ProjectLabels,
     parse_label_config,
     prediction_result,
+    task_image_url,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,3 +222,20 @@ def test_prediction_rejects_nan():
 def test_config_the_sdk_cannot_read():
     xml = "<?xml version='1.0' encoding='utf-8'?>" + config(DEFAULT_BODY)
     assert "label-studio-sdk cannot read the label config" in error(xml)
+
+
+@pytest.mark.parametrize("task, url", [
+    ({"id": 1, "data": {"image": "http://ls/img/1.png"}}, "http://ls/img/1.png"),
+    ({"id": 1, "data": {"image": {"url": "x"}}}, None),      # not a URL string
+    ({"id": 1, "data": {"photo": "http://ls/img/1.png"}}, None),   # another field
+    ({"id": 1, "data": "http://ls/img/1.png"}, None),        # data that is not an object
+    ({"id": 1, "data": ["a"]}, None),
+    ({"id": 1}, None),
+    ("a task", None),
+    (None, None),
+])
+def test_a_tasks_image_url_is_read_only_where_label_studio_puts_it(task, url):
+    labels = parse_label_config(config(DEFAULT_BODY))
+    assert labels.image_key == "image"
+    assert labels.image_url(task) == url
+    assert task_image_url(task, None) is None    # label config not known yet

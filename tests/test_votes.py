@@ -531,6 +531,14 @@ def test_annotation_missing_a_field_is_400(client, db, field):
     assert records(db) == []
 
 
+@pytest.mark.parametrize("data", ["http://127.0.0.1:8099/images/img1.png", ["a"], {"image": {"url": "x"}}, None])
+def test_a_task_whose_data_holds_no_image_url_still_records_the_vote(client, db, data):
+    body = annotation_event(711, 1, 2, at=1)
+    body["task"]["data"] = data
+    assert send(client, body)["votes"] == ["added"]
+    assert len(records(db)) == 1
+
+
 def test_choice_not_in_config_keeps_the_valid_dimension(client, db):
     body = annotation_event(801, 1, 2, "medium", "awe", at=1)
     assert send(client, body)["votes"] == ["added"]

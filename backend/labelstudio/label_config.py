@@ -33,6 +33,17 @@ class ProjectLabels:
     def classes(self) -> dict[str, list[str]]:
         return {"aesthetic": list(self.aesthetic_classes), "emotion": list(self.emotion_classes)}
 
+    def image_url(self, task) -> str | None:
+        return task_image_url(task, self.image_key)
+
+
+def task_image_url(task, image_key: str | None) -> str | None:
+    """The image URL a Label Studio task shows under `image_key`; None when the key is unknown or
+    the task, its data or the URL is not what Label Studio sends (webhook bodies are hostile)."""
+    data = task.get("data") if isinstance(task, dict) and image_key else None
+    url = data.get(image_key) if isinstance(data, dict) else None
+    return url if isinstance(url, str) else None
+
 
 def parse_label_config(
     xml: str, aesthetic_control: str = "aesthetic", emotion_control: str = "emotion"

@@ -66,12 +66,6 @@ def task_id(task) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def task_image(task, labels: ProjectLabels):
-    """The image URL a task shows (its data's label-config image field), None when it has none."""
-    data = task.get("data") if isinstance(task, dict) else None
-    return data.get(labels.image_key) if isinstance(data, dict) else None
-
-
 @dataclass
 class VersionPredictions:
     """One project version's stored predictions. With `redis_optional` a Redis error reads as
@@ -108,7 +102,7 @@ def stored_then_predicted(store: VersionPredictions | None, tasks: list, labels:
     tasks the store did not answer (even none: it may check the label config). The failures are
     `predict`'s, their `index` into `tasks`. `store` None: nothing is read or kept."""
     ids = [task_id(t) for t in tasks]
-    images = {i: task_image(t, labels) for i, t in zip(ids, tasks) if i is not None}
+    images = {i: labels.image_url(t) for i, t in zip(ids, tasks) if i is not None}
     stored = store.read(images) if store is not None else {}
     missing = [n for n, i in enumerate(ids) if i is None or i not in stored]
     computed, failures = predict([tasks[n] for n in missing])

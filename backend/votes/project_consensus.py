@@ -148,8 +148,7 @@ def vote_and_image(labels: ProjectLabels, annotation: dict, task: dict | None) -
     """The vote of an annotation event (InvalidInput if it has none) and its task's image URL."""
     task_id = task.get("id") if isinstance(task, dict) else None
     vote = vote_from_annotation(annotation, task_id, labels)
-    image = ((task or {}).get("data") or {}).get(labels.image_key)
-    return vote, image if isinstance(image, str) else None
+    return vote, labels.image_url(task)
 
 
 def _crossed_threshold(client: redis.Redis, project: str, new_labels: int, threshold: int) -> bool:

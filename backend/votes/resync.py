@@ -85,8 +85,8 @@ def votes_from_export(tasks: list[dict], labels: ProjectLabels) -> tuple[list[Vo
         if not isinstance(task, dict) or as_id(task.get("id")) is None:
             problems.append(f"a task without a valid id ({type(task).__name__})")
             continue
-        image = (task.get("data") or {}).get(labels.image_key)
-        if isinstance(image, str):
+        image = labels.image_url(task)
+        if image is not None:
             images[task["id"]] = image
         for annotation in task.get("annotations") or []:
             try:

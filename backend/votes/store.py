@@ -20,7 +20,7 @@ import redis
 from backend.core import keys
 from backend.core.errors import InvalidInput
 from backend.core.ids import as_id, shown
-from backend.labelstudio.label_config import ProjectLabels
+from backend.labelstudio.label_config import ProjectLabels, task_image_url
 
 log = logging.getLogger(__name__)
 
@@ -331,8 +331,7 @@ class VoteStore:
         images = {}
         for task in tasks if isinstance(tasks, list) else ():
             if isinstance(task, dict) and as_id(task.get("id")) is not None:
-                url = (task.get("data") or {}).get(image_key) if image_key else None
-                images[task["id"]] = url if isinstance(url, str) else ""
+                images[task["id"]] = task_image_url(task, image_key) or ""
         return self.note_tasks(project, images)
 
     def image_urls(self, project: str) -> dict[int, str]:
