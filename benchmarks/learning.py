@@ -61,6 +61,7 @@ CONFIGS = {
     "pretrained-full": ("pretrained", "full", {}),
     "pretrained-auto": ("pretrained", "auto", {}),
     "pretrained-frozen": ("pretrained", "frozen", {}),
+    "pretrained-full-nocross": ("pretrained", "full", {"cross_branch": False}),
     "pretrained-auto-nocross": ("pretrained", "auto", {"cross_branch": False}),
 }
 
