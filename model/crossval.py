@@ -50,7 +50,7 @@ def choose_epochs(model, data: TrainingData, config: TrainConfig, cv: CrossValid
     """The epochs to train for, and the spread of the folds' scores, from k-fold runs on `data`.
     `model` is left as it was: each fold trains a copy."""
     folds = min(cv.folds, len(data))
-    best_epochs, epochs_run, scores = [], [], []
+    best_epochs, epochs_run, scores, seconds = [], [], [], 0.0
     for number, split in enumerate(fold_splits(len(data), folds, cv.repeats, config.seed), start=1):
         # the progress callback also notices a cancelled job between the folds' steps
         fold_progress = (lambda event, fold=number: progress({**event, "crossval_fold": fold})) if progress else None
@@ -58,10 +58,12 @@ def choose_epochs(model, data: TrainingData, config: TrainConfig, cv: CrossValid
                        split=split)
         best_epochs.append(result.best_epoch)
         epochs_run.append(result.epochs_run)
+        seconds += result.seconds
         scores.append(result.history[result.best_epoch - 1]["score"])
         log.info("cross-validation fold %d: best epoch %d, score %.4f", number, result.best_epoch, scores[-1])
     return {"epochs": max(1, round(statistics.median(best_epochs))), "folds": folds, "repeats": cv.repeats,
-            "best_epochs": best_epochs, "epochs_run": epochs_run, "scores": scores, **spread(scores)}
+            "best_epochs": best_epochs, "epochs_run": epochs_run, "scores": scores, "seconds": seconds,
+            **spread(scores)}
 
 
 def spread(scores: list[float]) -> dict:

@@ -186,8 +186,14 @@ def _training_problem(meta: dict) -> str | None:
         return f"'training' must be an object, got {shown(training)}"
     if "seconds" in training and not (_finite(training["seconds"]) and training["seconds"] >= 0):
         return f"'training.seconds' must be a finite number of at least 0, got {shown(training['seconds'])}"
-    if "device" in training and not isinstance(training["device"], str):
-        return f"'training.device' must be a string, got {shown(training['device'])}"
+    for key in ("device", "precision"):
+        if key in training and not isinstance(training[key], str):
+            return f"'training.{key}' must be a string, got {shown(training[key])}"
+    crossval = training.get("crossval") or {}
+    if not isinstance(crossval, dict):
+        return f"'training.crossval' must be an object or null, got {shown(crossval)}"
+    if "seconds" in crossval and not (_finite(crossval["seconds"]) and crossval["seconds"] >= 0):
+        return f"'training.crossval.seconds' must be a finite number of at least 0, got {shown(crossval['seconds'])}"
     return None
 
 
@@ -197,6 +203,22 @@ def _finite(value) -> bool:
 
 def _count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def training_seconds(meta: dict) -> float | None:
+    """Seconds a checked version's training took, cross-validation folds included (a job's small
+    set trains them before the final network); None when model.json does not say."""
+    training = meta.get("training") or {}
+    if "seconds" not in training:
+        return None
+    return training["seconds"] + (training.get("crossval") or {}).get("seconds", 0)
+
+
+def training_dtype(meta: dict) -> str | None:
+    """"fp32" or "bf16": what a checked version trained in (`training.precision` reads "bf16
+    (measured ...)"); None when it does not say, or says something else."""
+    name = ((meta.get("training") or {}).get("precision") or "").split(" ", 1)[0]
+    return name if name in ("fp32", "bf16") else None
 
 
 def is_trained(meta: dict) -> bool:

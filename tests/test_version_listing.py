@@ -47,6 +47,9 @@ BAD = {
     "v0011-weights-elsewhere": (lambda meta: {**meta, "weights_file": "../v0001-good/weights.safetensors"},
                                 "weights_file"),
     "v0012-mean-text": (lambda meta: {**meta, "pixel_mean": "grey"}, "pixel_mean"),
+    "v0013-crossval-seconds-text": (lambda meta: {**meta, "training": {"crossval": {"seconds": "x"}}},
+                                    "training.crossval.seconds"),
+    "v0014-precision-number": (lambda meta: {**meta, "training": {"precision": 16}}, "training.precision"),
 }
 
 

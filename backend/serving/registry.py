@@ -25,7 +25,7 @@ from model.classes import DEFAULT_CLASSES
 from model.network import NetConfig
 from model.pipeline import init_version
 from model.pretrained import check_pretrained_setting, resolve_pretrained, weights_on_disk
-from model.version import META_FILE, is_trained
+from model.version import META_FILE, is_trained, training_dtype, training_seconds
 
 from backend.core import keys
 from backend.serving.suggestions import UNTRAINED_SUFFIX
@@ -281,7 +281,7 @@ def project_versions(settings, project: str) -> tuple[list[dict], list[dict]]:
                     "parent": meta.get("parent_version"), "snapshot": meta.get("snapshot_id"),
                     "metrics": _metric_summary(meta.get("metrics") or {}),
                     "device": (meta.get("training") or {}).get("device"),
-                    "training_seconds": (meta.get("training") or {}).get("seconds"),
+                    "training_seconds": training_seconds(meta), "training_dtype": training_dtype(meta),
                     "backbone": meta["architecture"].get("backbone"), "trained": is_trained(meta)})
     return sorted(out, key=lambda v: v["created_at"] or ""), skipped
 

@@ -24,7 +24,7 @@ from model.heldout import HELDOUT_SPLIT, mark_held_out
 from model.network import NetConfig
 from model.pipeline import train_version
 from model.train import TrainConfig
-from model.version import is_trained, read_meta
+from model.version import is_trained, read_meta, training_seconds
 
 from backend.core import keys
 from backend.core.errors import DomainError, InvalidInput
@@ -323,7 +323,7 @@ def _result(name: str, promoted: bool, why: str, parent: str, meta: dict, snapsh
             "snapshot": {k: snapshot[k] for k in ("id", "sha256", "rows")},
             "images": {"used": len(images.rows), "failed": len(images.failed), "failures": images.failed[:20],
                        "seconds": round(images.seconds, 3)},
-            "training_seconds": round(meta["training"]["seconds"], 3), "device": meta["training"]["device"],
+            "training_seconds": round(training_seconds(meta), 3), "device": meta["training"]["device"],
             "resync": resynced}
 
 
