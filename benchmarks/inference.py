@@ -1,8 +1,8 @@
 """Inference speed and agreement per backbone and path, in one run.
 
     .venv/bin/python benchmarks/inference.py [--backbones vgg16,resnet18] [--repeats 3] [--agreement-images 200]
-        [--start trained|heads] [--train-images 128] [--train-size 96 --crop 80] [--epochs 3]
-        [--work benchmarks/.inference]
+        [--start trained|heads] [--train-images 128] [--train-size 64 --crop 56] [--epochs 5]
+        [--batch-size 4] [--train-precision auto|fp32|bf16] [--work benchmarks/.inference]
     .venv/bin/python benchmarks/inference.py --precision-only    # the Predictor's "auto" choice per backbone
 
 Paths: torch fp32 eager (default), today's Predictor (fp32, or on a CPU with native bf16 the
@@ -138,9 +138,10 @@ def trained_version(folder: str, backbone: str, images: torch.Tensor, labels: di
     resized to --train-size, copied into `folder` from the cache under --work when a run with
     these settings made it."""
     config = TrainConfig(epochs=args.epochs, patience=0, finetune="full", train_size=args.train_size,
-                         crop_size=args.crop, lr=args.lr, seed=0)
-    key = json.dumps([TRAINED_TASK, backbone, len(images), args.epochs, args.train_size, args.crop, args.lr],
-                     sort_keys=True)
+                         crop_size=args.crop, lr=args.lr, batch_size=args.batch_size, seed=0,
+                         precision=args.train_precision)
+    key = json.dumps([TRAINED_TASK, backbone, len(images), args.epochs, args.train_size, args.crop, args.lr,
+                      args.batch_size], sort_keys=True)
     cached = Path(args.work) / f"trained-{backbone}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if not (cached / META_FILE).exists():
         _train_version(str(cached), backbone, images, labels, config)
@@ -342,9 +343,13 @@ def main() -> None:
                         help="trained: every layer trained on generated images; heads: random backbone, "
                              "heads' last layers fitted (see the module's docstring)")
     parser.add_argument("--train-images", type=int, default=128, help="--start trained: generated images")
-    parser.add_argument("--train-size", type=int, default=96, help="--start trained: resize before the crop")
-    parser.add_argument("--crop", type=int, default=80, help="--start trained: training crop")
-    parser.add_argument("--epochs", type=int, default=3, help="--start trained")
+    parser.add_argument("--train-size", type=int, default=64, help="--start trained: resize before the crop")
+    parser.add_argument("--crop", type=int, default=56, help="--start trained: training crop")
+    parser.add_argument("--epochs", type=int, default=5, help="--start trained")
+    # small batches: a few hundred images in batches of 16 are too few SGD steps for a random vgg16
+    parser.add_argument("--batch-size", type=int, default=4, help="--start trained")
+    parser.add_argument("--train-precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="--start trained: TrainConfig.precision (auto times a training step first)")
     parser.add_argument("--lr", type=float, default=0.01, help="--start trained: SGD learning rate")
     parser.add_argument("--work", default=str(Path(__file__).resolve().parent / ".inference"),
                         help="--start trained: where trained versions are cached")
