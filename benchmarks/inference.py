@@ -141,7 +141,7 @@ def trained_version(folder: str, backbone: str, images: torch.Tensor, labels: di
                          crop_size=args.crop, lr=args.lr, batch_size=args.batch_size, seed=0,
                          precision=args.train_precision)
     key = json.dumps([TRAINED_TASK, backbone, len(images), args.epochs, args.train_size, args.crop, args.lr,
-                      args.batch_size], sort_keys=True)
+                      args.batch_size, args.train_precision], sort_keys=True)
     cached = Path(args.work) / f"trained-{backbone}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if not (cached / META_FILE).exists():
         _train_version(str(cached), backbone, images, labels, config)
