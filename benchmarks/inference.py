@@ -264,8 +264,10 @@ def agreements(paths: dict, images: torch.Tensor, margin: float) -> tuple[dict, 
         top2 = probabilities.topk(2, dim=1).values
         clear &= (top2[:, 0] - top2[:, 1]) >= margin
     over_all = {name: agreement(joined[name], reference) for name in paths}
+    # a network unsure of one task (a trained start's emotion near chance) can leave no clear image
     over_clear = {name: agreement({t: p[clear] for t, p in joined[name].items()},
-                                  {t: p[clear] for t, p in reference.items()}) for name in paths}
+                                  {t: p[clear] for t, p in reference.items()}) if clear.any()
+                  else {"top1": {}, "max_prob_diff": float("nan")} for name in paths}
     margins = torch.stack([p.topk(2, dim=1).values.diff(dim=1).abs().squeeze(1) for p in reference.values()])
     return over_all, {"count": int(clear.sum()), "median_margin": float(margins.min(0).values.median()),
                       **over_clear}
