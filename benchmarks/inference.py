@@ -1,6 +1,8 @@
 """Inference speed and agreement per backbone and path, in one run.
 
     .venv/bin/python benchmarks/inference.py [--backbones vgg16,resnet18] [--repeats 3] [--agreement-images 200]
+        [--start trained|heads] [--train-images 128] [--train-size 64 --crop 56] [--epochs 5]
+        [--batch-size 4] [--train-precision auto|fp32|bf16] [--work benchmarks/.inference]
     .venv/bin/python benchmarks/inference.py --precision-only    # the Predictor's "auto" choice per backbone
 
 Paths: torch fp32 eager (default), today's Predictor (fp32, or on a CPU with native bf16 the
@@ -14,9 +16,16 @@ path's top-1 agreement per task and largest probability difference against torch
 
 Agreement is measured on a network with confident outputs: an untrained network's probabilities
 are near-uniform, so its top-1 flips between near ties and says nothing about the int8 path.
-The benchmark trains the heads' last layer on generated images whose labels are visible
-(model/synthetic.py; the backbone stays random, no weights can be downloaded here), calibrates
-int8 on those training images and measures agreement on other generated images of the same kind.
+--start says how the benchmark makes one from generated images whose labels are visible
+(model/synthetic.py; no pretrained weights can be downloaded here):
+  trained (default): the whole two-branch network, every layer, trained by model.train.train on
+      --train-images generated images at a reduced resolution the CPU affords (--train-size resize,
+      --crop crop, --epochs), like a version a project trains; saved as a version under --work,
+      keyed by its settings, so reruns skip the training. Speed and agreement are measured at 224.
+  heads: a random backbone with only the heads' last layers fitted (64 images): random deep
+      features are tiny and alike between images, a pathological case for int8 rounding.
+int8 is calibrated on the training images (at 224) and agreement is measured on other generated
+images of the same kind.
 Agreement is printed over all images and over those whose torch fp32 top-1 margin is at least
 --margin (how many, in brackets). Times are interleaved (A, B, A, B...) so other load on the
 machine falls on every path alike; compare ratios within one run.
@@ -24,9 +33,12 @@ machine falls on every path alike; compare ratios within one run.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -40,17 +52,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import flops_per_image, interleaved_seconds  # noqa: E402
 from model import runtime  # noqa: E402
-from model.network import NetConfig  # noqa: E402
+from model.dataset import TrainingData  # noqa: E402
+from model.manifest import Row  # noqa: E402
+from model.network import CrossBranchNet, NetConfig  # noqa: E402
 from model.pipeline import init_version  # noqa: E402
 from model.precision import cpu_has_native_bf16  # noqa: E402
 from model.predictor import Predictor  # noqa: E402
 from model.runtime import ProbabilityGraph, agreement  # noqa: E402
 from model.synthetic import synthetic_image  # noqa: E402
-from model.transforms import normalize  # noqa: E402
-from model.version import load_version, save_version  # noqa: E402
+from model.train import TrainConfig, train  # noqa: E402
+from model.transforms import IMAGENET_STD, normalize  # noqa: E402
+from model.version import META_FILE, WEIGHTS_FILE, load_version, save_version  # noqa: E402
 
 HEAD_TRAINING_IMAGES = 64
 HEAD_TRAINING_STEPS = 300
+MEASURED_SIZE = 224          # every path is timed and compared at the product's crop
+TRAINED_TASK = "synthetic_image: brightness, hue"   # part of the cached trained version's key
 
 
 def matmul_ceiling(size: int = 2048, repeats: int = 5) -> dict[str, float]:
@@ -114,6 +131,51 @@ def confident_version(folder: str, backbone: str, images: torch.Tensor, labels: 
     for task, head in heads.items():
         _fit_last_layer(head[-1], features[task], labels[task])
     save_version(folder, model, {key: meta[key] for key in ("init", "pixel_mean", "pixel_std", "trained")})
+
+
+def trained_version(folder: str, backbone: str, images: torch.Tensor, labels: dict, args) -> None:
+    """A version of `backbone` whose every layer was trained on `images` (uint8, MEASURED_SIZE)
+    resized to --train-size, copied into `folder` from the cache under --work when a run with
+    these settings made it."""
+    config = TrainConfig(epochs=args.epochs, patience=0, finetune="full", train_size=args.train_size,
+                         crop_size=args.crop, lr=args.lr, batch_size=args.batch_size, seed=0,
+                         precision=args.train_precision)
+    key = json.dumps([TRAINED_TASK, backbone, len(images), args.epochs, args.train_size, args.crop, args.lr,
+                      args.batch_size, args.train_precision], sort_keys=True)
+    cached = Path(args.work) / f"trained-{backbone}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if not (cached / META_FILE).exists():
+        _train_version(str(cached), backbone, images, labels, config)
+    for name in (META_FILE, WEIGHTS_FILE):
+        shutil.copy(cached / name, Path(folder) / name)
+
+
+def _train_version(folder: str, backbone: str, images: torch.Tensor, labels: dict, config: TrainConfig) -> None:
+    started = time.perf_counter()
+    model = CrossBranchNet(NetConfig(backbone=backbone))
+    result = train(model, _training_data(images, labels, config.train_size), config)
+    scores = ", ".join(f"{task} {m['accuracy']:.2f}" for task, m in result.metrics.items() if m)
+    print(f"{backbone}: trained {result.epochs_run} epochs on {result.train_size} images at "
+          f"{config.train_size}/{config.crop_size} in {result.precision}: held-out ({result.val_size}) accuracy "
+          f"{scores}, {time.perf_counter() - started:.0f} s", flush=True)
+    # crop_size is the measured one: the network is convolutional with adaptive pooling, and the
+    # export, the Predictor and the agreement images all work at MEASURED_SIZE
+    save_version(folder, model, {"init": "random", "trained": True, "pixel_mean": list(result.pixel_mean),
+                                 "pixel_std": list(IMAGENET_STD), "train_size": MEASURED_SIZE,
+                                 "crop_size": MEASURED_SIZE,
+                                 "training": {"seconds": result.seconds, "device": result.device,
+                                              "precision": result.precision, "epochs_run": result.epochs_run,
+                                              "config": vars(config)}})
+
+
+def _training_data(images: torch.Tensor, labels: dict, size: int) -> TrainingData:
+    resized = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
+                                              align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    classes = NetConfig().classes
+    targets = {task: torch.nn.functional.one_hot(labels[task], len(classes[task])).float() for task in labels}
+    rows = [Row(line=i + 1, image=Path(f"generated{i:04d}.png"), targets={t: targets[t][i] for t in targets})
+            for i in range(len(images))]
+    return TrainingData(images=resized, targets=targets, masks={t: torch.ones(len(images)) for t in targets},
+                        weights=torch.ones(len(images)), rows=rows)
 
 
 def _last_layer_inputs(model, meta: dict, images: torch.Tensor, heads: dict) -> dict[str, torch.Tensor]:
@@ -202,21 +264,27 @@ def agreements(paths: dict, images: torch.Tensor, margin: float) -> tuple[dict, 
         top2 = probabilities.topk(2, dim=1).values
         clear &= (top2[:, 0] - top2[:, 1]) >= margin
     over_all = {name: agreement(joined[name], reference) for name in paths}
+    # a network unsure of one task (a trained start's emotion near chance) can leave no clear image
     over_clear = {name: agreement({t: p[clear] for t, p in joined[name].items()},
-                                  {t: p[clear] for t, p in reference.items()}) for name in paths}
+                                  {t: p[clear] for t, p in reference.items()}) if clear.any()
+                  else {"top1": {}, "max_prob_diff": float("nan")} for name in paths}
     margins = torch.stack([p.topk(2, dim=1).values.diff(dim=1).abs().squeeze(1) for p in reference.values()])
     return over_all, {"count": int(clear.sum()), "median_margin": float(margins.min(0).values.median()),
                       **over_clear}
 
 
 def bench_backbone(backbone: str, batches: list[int], repeats: int, count: int, ceiling: dict,
-                   margin: float, compare_default: bool = True) -> None:
+                   margin: float, args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        training, labels = labelled_images(HEAD_TRAINING_IMAGES, 224, seed=0)
-        confident_version(tmp, backbone, training, labels)
-        held_out, _ = labelled_images(count, 224, seed=1)
-        print(f"{backbone}: heads' last layers trained on {len(training)} generated images "
+        if args.start == "heads":
+            training, labels = labelled_images(HEAD_TRAINING_IMAGES, MEASURED_SIZE, seed=0)
+            confident_version(tmp, backbone, training, labels)
+        else:
+            training, labels = labelled_images(args.train_images, MEASURED_SIZE, seed=0)
+            trained_version(tmp, backbone, training, labels, args)
+        held_out, _ = labelled_images(count, MEASURED_SIZE, seed=1)
+        print(f"{backbone}: start {args.start} ({len(training)} generated training images) "
               f"{time.perf_counter() - started:.0f} s")
         started = time.perf_counter()
         record = runtime.export_runtime(tmp, calibration=training[:runtime.CALIBRATION_IMAGES], held_out=held_out[:32])
@@ -224,7 +292,7 @@ def bench_backbone(backbone: str, batches: list[int], repeats: int, count: int, 
               f"serving {record['serving']} ({record['reason']})")
         if "quantization" in record["variants"].get(runtime.INT8, {}):
             print(f"{backbone}: {runtime.INT8} made with {record['variants'][runtime.INT8]['quantization']}")
-        paths = paths_of(tmp, record, training[:runtime.CALIBRATION_IMAGES] if compare_default else None)
+        paths = paths_of(tmp, record, None if args.no_default_int8 else training[:runtime.CALIBRATION_IMAGES])
         flops = flops_per_image(load_version(tmp)[0].eval())
         over_all, over_clear = agreements(paths, held_out, margin)
         for name in paths:
@@ -273,6 +341,20 @@ def main() -> None:
     parser.add_argument("--no-default-int8", action="store_true",
                         help="skip int8 made with NNCF's default options (the comparison row)")
     parser.add_argument("--margin", type=float, default=0.1, help="fp32 top-1 margin of the 'clear' images")
+    parser.add_argument("--start", choices=("trained", "heads"), default="trained",
+                        help="trained: every layer trained on generated images; heads: random backbone, "
+                             "heads' last layers fitted (see the module's docstring)")
+    parser.add_argument("--train-images", type=int, default=128, help="--start trained: generated images")
+    parser.add_argument("--train-size", type=int, default=64, help="--start trained: resize before the crop")
+    parser.add_argument("--crop", type=int, default=56, help="--start trained: training crop")
+    parser.add_argument("--epochs", type=int, default=5, help="--start trained")
+    # small batches: a few hundred images in batches of 16 are too few SGD steps for a random vgg16
+    parser.add_argument("--batch-size", type=int, default=4, help="--start trained")
+    parser.add_argument("--train-precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="--start trained: TrainConfig.precision (auto times a training step first)")
+    parser.add_argument("--lr", type=float, default=0.01, help="--start trained: SGD learning rate")
+    parser.add_argument("--work", default=str(Path(__file__).resolve().parent / ".inference"),
+                        help="--start trained: where trained versions are cached")
     parser.add_argument("--precision-only", action="store_true",
                         help="only the Predictor's 'auto' precision per backbone, with both timings")
     args = parser.parse_args()
@@ -282,12 +364,13 @@ def main() -> None:
     import openvino
     ceiling = matmul_ceiling()
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, openvino {openvino.__version__}, "
-          f"{torch.get_num_threads()} threads, native CPU bf16: {cpu_has_native_bf16()}")
+          f"{torch.get_num_threads()} threads, native CPU bf16: {cpu_has_native_bf16()}, start {args.start}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"matmul ceiling (2048 x 2048): fp32 {ceiling['fp32']:.1f} GFLOP/s (torch.mm), "
           f"int8 {ceiling['int8']:.1f} GOP/s (OpenVINO int8 MatMul)")
     for backbone in args.backbones.split(","):
         bench_backbone(backbone, [int(b) for b in args.batches.split(",")], args.repeats,
-                       args.agreement_images, ceiling, args.margin, not args.no_default_int8)
+                       args.agreement_images, ceiling, args.margin, args)
 
 
 if __name__ == "__main__":
