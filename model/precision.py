@@ -121,7 +121,9 @@ def time_training_dtypes(model: torch.nn.Module, crop_size: int, device: torch.d
                          ) -> dict[str, float]:
     """ms per image of a training step's forward and backward, in fp32 and in bf16 autocast, on
     a batch of zeros. The model is left as it was: its gradients cleared and its buffers
-    (BatchNorm's running statistics, which a training-mode forward moves) restored."""
+    (BatchNorm's running statistics, which a training-mode forward moves) restored; so is the
+    random state (dropout draws from it), or a seeded run's batches and masks would depend on
+    whether this process had timed the network before."""
     images = torch.zeros(batch, 3, crop_size, crop_size, device=device).contiguous(memory_format=memory_format)
     buffers = {name: value.clone() for name, value in model.named_buffers()}
     was_training = model.training
@@ -135,7 +137,8 @@ def time_training_dtypes(model: torch.nn.Module, crop_size: int, device: torch.d
             model.zero_grad(set_to_none=True)
         return run
     try:
-        return _fastest_in_turns({"fp32": step(False), "bf16": step(True)}, batch, rounds, timer)
+        with torch.random.fork_rng(devices=[]):
+            return _fastest_in_turns({"fp32": step(False), "bf16": step(True)}, batch, rounds, timer)
     finally:
         with torch.no_grad():
             for name, value in model.named_buffers():

@@ -94,6 +94,25 @@ def test_timing_both_dtypes_leaves_weights_statistics_and_gradients_as_they_were
     assert all(p.grad is None for p in model.parameters()) and not model.training
 
 
+class DropoutNet(torch.nn.Module):
+    """A two-output network that draws random numbers in training mode, as vgg16's heads do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.drop = torch.nn.Conv2d(3, 4, 3), torch.nn.Dropout(0.5)
+
+    def forward(self, images):
+        features = self.drop(self.conv(images).mean((2, 3)))
+        return features[:, :2], features[:, 2:]
+
+
+def test_timing_leaves_the_random_state_as_it_was():
+    model = DropoutNet()
+    state = torch.get_rng_state()
+    time_training_dtypes(model, CROP, torch.device("cpu"), batch=2, rounds=1)
+    assert torch.equal(torch.get_rng_state(), state)   # a seeded run draws the same masks, timed or not
+
+
 def test_config_refuses_an_unknown_precision():
     with pytest.raises(ValueError, match="precision must be one of"):
         TrainConfig(precision="fp16")
