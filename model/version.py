@@ -189,10 +189,10 @@ def _training_problem(meta: dict) -> str | None:
     for key in ("device", "precision"):
         if key in training and not isinstance(training[key], str):
             return f"'training.{key}' must be a string, got {shown(training[key])}"
-    crossval = training.get("crossval") or {}
-    if not isinstance(crossval, dict):
+    crossval = training.get("crossval")
+    if crossval is not None and not isinstance(crossval, dict):
         return f"'training.crossval' must be an object or null, got {shown(crossval)}"
-    if "seconds" in crossval and not (_finite(crossval["seconds"]) and crossval["seconds"] >= 0):
+    if crossval and "seconds" in crossval and not (_finite(crossval["seconds"]) and crossval["seconds"] >= 0):
         return f"'training.crossval.seconds' must be a finite number of at least 0, got {shown(crossval['seconds'])}"
     return None
 

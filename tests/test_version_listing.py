@@ -50,6 +50,7 @@ BAD = {
     "v0013-crossval-seconds-text": (lambda meta: {**meta, "training": {"crossval": {"seconds": "x"}}},
                                     "training.crossval.seconds"),
     "v0014-precision-number": (lambda meta: {**meta, "training": {"precision": 16}}, "training.precision"),
+    "v0015-crossval-list": (lambda meta: {**meta, "training": {"crossval": []}}, "training.crossval"),
 }
 
 
