@@ -11,11 +11,21 @@ untried (emulated bf16 is many times slower); CUDA uses bf16 where supported.
 from __future__ import annotations
 
 import copy
+import fcntl
+import json
+import logging
+import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
+
+from .files import write_text_atomically
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
@@ -74,13 +84,52 @@ def choose_precision(precision: str, device: torch.device, measure: Callable[[],
                            f"measured bf16 {timings['bf16']:.1f} vs fp32 {timings['fp32']:.1f} ms/image", timings)
 
 
-def measured_once(key: tuple, measure: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
-    """`measure`, run at most once per key in this process (every later use reuses its result)."""
+def measured_once(key: tuple, measure: Callable[[], dict[str, float]],
+                  shared: Path | None = None) -> Callable[[], dict[str, float]]:
+    """`measure`, run at most once per key in this process (every later use reuses its result),
+    and with `shared` (a file) once for every process that passes the same file."""
     def cached() -> dict[str, float]:
         if key not in _MEASURED:
-            _MEASURED[key] = measure()
+            _MEASURED[key] = measure() if shared is None else _measured_by_one_process(shared, measure)
         return _MEASURED[key]
     return cached
+
+
+def _measured_by_one_process(path: Path, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """The timings in `path`, measured and written by whichever process got there first: the
+    gunicorn workers of one server then serve in one precision (timed apart, a near tie gave two
+    mobilenet_v3_small workers different ones), and time one after the other, not against each
+    other. An implausible file is measured again; a folder that cannot be locked or written
+    leaves this process to measure alone."""
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return measure()
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)   # released when the descriptor closes
+        found = _plausible_timings(path)
+        if found is not None:
+            return found
+        timings = measure()
+        try:
+            write_text_atomically(path, json.dumps(timings))
+        except OSError as exc:
+            log.info("precision timings not written to %s (%s): measured in this process only", path, exc)
+        return timings
+    finally:
+        os.close(folder)
+
+
+def _plausible_timings(path: Path) -> dict[str, float] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    plausible = isinstance(data, dict) and set(data) == {"fp32", "bf16"} and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in data.values())
+    if not plausible:
+        log.warning("%s does not hold two positive timings: measured again", path)
+    return data if plausible else None
 
 
 def _fastest_in_turns(candidates: dict[str, Callable[[], None]], batch: int, rounds: int,

@@ -133,8 +133,11 @@ class Predictor(PredictorBase):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = model.eval().to(memory_format=torch.channels_last)
         key = (meta["architecture"].get("backbone"), self.crop_size, TIMING_BATCH, torch.get_num_threads())
+        # one timing per version for all of a server's workers, kept beside the version
+        timings_file = self.folder / (f".precision-{self.crop_size}px-{TIMING_BATCH}x-"
+                                      f"{torch.get_num_threads()}threads.json")
         self.precision = choose_precision(precision, self.device, measured_once(
-            key, measure or (lambda: time_dtypes(model, self.crop_size))))
+            key, measure or (lambda: time_dtypes(model, self.crop_size)), timings_file))
         self.dtype = self.precision.dtype
         if self.dtype == torch.bfloat16 and self.device.type == "cpu":
             shared = bf16_weights(self.folder, meta, model)

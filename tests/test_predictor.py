@@ -2,6 +2,7 @@
 version."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +239,55 @@ def test_both_dtypes_are_timed_once_per_model_shape_in_a_process(version, fresh_
     first = Predictor(folder, device="cpu", measure=timings)
     second = Predictor(folder, device="cpu", measure=timings)
     assert timings.calls == 1 and first.dtype == second.dtype == torch.bfloat16
+
+
+@pytest.fixture(autouse=True)
+def no_shared_timings(version):
+    """Each test starts without the timings a Predictor keeps beside the version for other processes."""
+    for path in version[0].glob(".precision-*.json"):
+        path.unlink()
+
+
+def new_process(monkeypatch):
+    """What a second gunicorn worker starts with: no timing measured in its memory."""
+    monkeypatch.setattr(precision_module, "_MEASURED", {})
+
+
+def test_the_workers_of_one_server_share_one_timing_through_the_version_folder(version, fresh_measurements,
+                                                                               monkeypatch):
+    folder, _, _ = version
+    first_worker, second_worker = FakeTimings(fp32=100.0, bf16=80.0), FakeTimings(fp32=100.0, bf16=95.0)
+    first = Predictor(folder, device="cpu", measure=first_worker)
+    new_process(monkeypatch)
+    second = Predictor(folder, device="cpu", measure=second_worker)
+    assert first_worker.calls == 1 and second_worker.calls == 0   # timed apart, they would disagree
+    assert first.dtype == second.dtype == torch.bfloat16
+    assert second.precision.ms_per_image == {"fp32": 100.0, "bf16": 80.0}
+
+
+@pytest.mark.parametrize("content", ["", "not json", "[1, 2]", '{"fp32": 1}', '{"fp32": -1, "bf16": 2}',
+                                     '{"fp32": NaN, "bf16": 2}', '{"fp32": true, "bf16": 2}',
+                                     '{"fp32": 1, "bf16": 2, "note": "<script>"}'])
+def test_an_implausible_timings_file_is_measured_again_and_rewritten(version, fresh_measurements, content):
+    folder, _, _ = version
+    Predictor(folder, device="cpu", measure=FakeTimings(fp32=10.0, bf16=20.0))
+    (written,) = folder.glob(".precision-*.json")
+    written.write_text(content)
+    precision_module._MEASURED.clear()
+    timings = FakeTimings(fp32=30.0, bf16=10.0)
+    assert Predictor(folder, device="cpu", measure=timings).dtype == torch.bfloat16 and timings.calls == 1
+    assert json.loads(written.read_text()) == {"fp32": 30.0, "bf16": 10.0}
+
+
+def test_a_folder_that_cannot_be_written_leaves_each_process_to_measure(version, fresh_measurements, monkeypatch):
+    folder, _, _ = version
+
+    def refuse(target, text):
+        raise PermissionError(13, "read-only file system", str(target))
+    monkeypatch.setattr(precision_module, "write_text_atomically", refuse)
+    timings = FakeTimings(fp32=2.0, bf16=1.0)
+    assert Predictor(folder, device="cpu", measure=timings).dtype == torch.bfloat16 and timings.calls == 1
+    assert not list(folder.glob(".precision-*.json"))
 
 
 def test_time_dtypes_keeps_each_dtypes_fastest_pass_after_a_warm_up(version):
