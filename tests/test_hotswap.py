@@ -240,3 +240,18 @@ def _answers(client: redis.Redis) -> bool:
         return bool(client.ping())
     except (redis.ConnectionError, OSError):
         return False
+
+
+def test_the_exit_hook_stops_every_running_swap_before_the_interpreter_tears_down(settings, redis_client):
+    # daemon swap threads still running when torch's and OpenVINO's libraries are torn down made
+    # `pytest tests/test_runtime.py tests/test_suggestions.py` abort at exit (status 134)
+    from backend.serving import hotswap
+    from backend.serving.models import ModelCache
+    swaps = [hotswap.HotSwap(settings, redis_client, ModelCache(10 ** 8, "pytorch")) for _ in range(2)]
+    for swap in swaps:
+        swap.start()
+    threads = [thread for swap in swaps for thread in swap._threads]
+    assert all(thread.is_alive() for thread in threads) and set(swaps) <= set(hotswap._RUNNING)
+    hotswap.stop_running_swaps()
+    assert not any(thread.is_alive() for thread in threads)
+    assert not set(swaps) & set(hotswap._RUNNING)

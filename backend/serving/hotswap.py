@@ -6,14 +6,17 @@ already running keep the ServedModel they took, so they finish on the old model.
 re-reads the pointers now and then, in case a notice was lost. A version that fails to load is
 refused with a log line and the old one keeps serving; it is tried again once its files change
 (repaired) or RETRY_REFUSED_S later. With Redis down, requests are still served from the models
-in memory. The two threads run from `start` (the app factory) to `stop`.
+in memory. The two threads run from `start` (the app factory) to `stop`, or to the interpreter's
+exit, which stops every running one first.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import redis
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 RETRY_REFUSED_S = 300.0
 # how long the listener waits for a notice before it looks whether it should stop
 LISTEN_WAKE_S = 1.0
+# the HotSwaps whose threads run, for the exit hook below
+_RUNNING: "weakref.WeakSet[HotSwap]" = weakref.WeakSet()
 
 
 class HotSwap:
@@ -91,12 +96,14 @@ class HotSwap:
                          threading.Thread(target=self._poll, name="swap-poller", daemon=True)]
         for thread in self._threads:
             thread.start()
+        _RUNNING.add(self)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping.set()
         for thread in self._threads:
             thread.join(timeout_s)
         self._threads = []
+        _RUNNING.discard(self)
 
     def _listen(self) -> None:
         failures = 0
@@ -160,3 +167,16 @@ def _files_state(folder) -> tuple:
         return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
     except OSError:
         return ()
+
+
+@atexit.register
+def stop_running_swaps(timeout_s: float = 2.0) -> None:
+    """Stop every running HotSwap's threads before the interpreter tears down its native
+    libraries: a daemon thread still inside torch or OpenVINO then aborts the process ("terminate
+    called without an active exception", exit status 134; seen after tests that exported runtimes).
+    All are told first, so their waits overlap."""
+    swaps = list(_RUNNING)
+    for swap in swaps:
+        swap._stopping.set()
+    for swap in swaps:
+        swap.stop(timeout_s)
