@@ -86,12 +86,20 @@ def choose_precision(precision: str, device: torch.device, measure: Callable[[],
 
 def measured_once(key: tuple, measure: Callable[[], dict[str, float]],
                   shared: Path | None = None) -> Callable[[], dict[str, float]]:
-    """`measure`, run at most once per key in this process (every later use reuses its result),
-    and with `shared` (a file) once for every process that passes the same file."""
+    """`measure`, run at most once per key in this process (every later use reuses its result).
+    With `shared` (a file beside one version) the file decides, read once per file: another process
+    that timed first wins, and a process that has timed this key already writes that instead of
+    timing again; so every process agrees on each version, whichever version each loaded first."""
     def cached() -> dict[str, float]:
-        if key not in _MEASURED:
-            _MEASURED[key] = measure() if shared is None else _measured_by_one_process(shared, measure)
-        return _MEASURED[key]
+        if shared is None:
+            if key not in _MEASURED:
+                _MEASURED[key] = measure()
+            return _MEASURED[key]
+        if (key, shared) not in _MEASURED:
+            known = _MEASURED.get(key)
+            _MEASURED[(key, shared)] = _MEASURED[key] = _measured_by_one_process(
+                shared, measure if known is None else lambda: known)
+        return _MEASURED[(key, shared)]
     return cached
 
 

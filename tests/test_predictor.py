@@ -3,6 +3,7 @@ version."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -263,6 +264,35 @@ def test_the_workers_of_one_server_share_one_timing_through_the_version_folder(v
     assert first_worker.calls == 1 and second_worker.calls == 0   # timed apart, they would disagree
     assert first.dtype == second.dtype == torch.bfloat16
     assert second.precision.ms_per_image == {"fp32": 100.0, "bf16": 80.0}
+
+
+def test_workers_agree_on_a_new_version_whichever_version_each_timed_first(version, fresh_measurements,
+                                                                           monkeypatch, tmp_path):
+    folder, _, _ = version
+    second_version = tmp_path / "v2"
+    shutil.copytree(folder, second_version)
+    first_worker = FakeTimings(fp32=100.0, bf16=80.0)
+    Predictor(folder, device="cpu", measure=first_worker)                 # worker 1 loads v1 first
+    timings_of_worker_1 = dict(precision_module._MEASURED)
+    new_process(monkeypatch)
+    second_worker = FakeTimings(fp32=100.0, bf16=95.0)
+    on_v2 = Predictor(second_version, device="cpu", measure=second_worker)   # worker 2 loads v2 first
+    monkeypatch.setattr(precision_module, "_MEASURED", timings_of_worker_1)   # back in worker 1
+    also_on_v2 = Predictor(second_version, device="cpu", measure=first_worker)
+    assert first_worker.calls == second_worker.calls == 1
+    assert on_v2.dtype == also_on_v2.dtype == torch.float32   # worker 2's timing of v2 decides for both
+    assert also_on_v2.precision.ms_per_image == {"fp32": 100.0, "bf16": 95.0}
+
+
+def test_a_process_that_timed_already_writes_its_timing_for_a_new_version(version, fresh_measurements, tmp_path):
+    folder, _, _ = version
+    second_version = tmp_path / "v2"
+    shutil.copytree(folder, second_version)
+    timings = FakeTimings(fp32=100.0, bf16=80.0)
+    Predictor(folder, device="cpu", measure=timings)
+    Predictor(second_version, device="cpu", measure=timings)
+    (written,) = second_version.glob(".precision-*.json")
+    assert timings.calls == 1 and json.loads(written.read_text()) == {"fp32": 100.0, "bf16": 80.0}
 
 
 @pytest.mark.parametrize("content", ["", "not json", "[1, 2]", '{"fp32": 1}', '{"fp32": -1, "bf16": 2}',
