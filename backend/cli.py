@@ -13,6 +13,8 @@ from redis import RedisError
 from model.errors import AesemoError
 from model.limits import TRAINING_LIMITS, LimitError
 
+from backend.core.settings import PRECISION_CHOICES
+
 log = logging.getLogger("aesemo")
 
 
@@ -324,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--center-crop", action="store_true", help="evaluate and predict on a centre crop")
     p.add_argument("--class-balance", default="loss", choices=["loss", "sampling", "off"],
                    help="skewed labels: class weights in the loss (default), balanced batches, or neither")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="fp32 or bf16 autocast; auto: bf16 where a timed training step is clearly faster")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -334,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict both classes of images; one JSON object a line")
     p.add_argument("version", type=Path)
     p.add_argument("images", nargs="+")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     p.add_argument("--center-crop", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -347,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="write evaluation.json and confusion PNGs here (default: JSON on stdout)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     p.add_argument("--batch-size", type=_limited("batch_size"), default=32)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
@@ -450,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: generated images)")
     p.add_argument("--min-agreement", type=_share, default=0.99,
                    help="least top-1 agreement per task for a variant to serve ([0, 1])")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="the PyTorch predictor's a variant must beat (as AESEMO_PREDICTOR_PRECISION)")
     p.set_defaults(func=cmd_export_runtime)
 
