@@ -23,6 +23,7 @@ from .errors import VersionError
 from .files import write_atomically, write_text_atomically
 from .limits import TRAINING_LIMITS, Limit, LimitError, shown
 from .network import CrossBranchNet, NetConfig
+from .precision import DTYPE_NAMES
 
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "model.json"
@@ -184,7 +185,7 @@ def _training_problem(meta: dict) -> str | None:
     training = meta.get("training", {})
     if not isinstance(training, dict):
         return f"'training' must be an object, got {shown(training)}"
-    if "seconds" in training and not (_finite(training["seconds"]) and training["seconds"] >= 0):
+    if "seconds" in training and not _seconds(training["seconds"]):
         return f"'training.seconds' must be a finite number of at least 0, got {shown(training['seconds'])}"
     for key in ("device", "precision"):
         if key in training and not isinstance(training[key], str):
@@ -192,9 +193,13 @@ def _training_problem(meta: dict) -> str | None:
     crossval = training.get("crossval")
     if crossval is not None and not isinstance(crossval, dict):
         return f"'training.crossval' must be an object or null, got {shown(crossval)}"
-    if crossval and "seconds" in crossval and not (_finite(crossval["seconds"]) and crossval["seconds"] >= 0):
+    if crossval and "seconds" in crossval and not _seconds(crossval["seconds"]):
         return f"'training.crossval.seconds' must be a finite number of at least 0, got {shown(crossval['seconds'])}"
     return None
+
+
+def _seconds(value) -> bool:
+    return _finite(value) and value >= 0
 
 
 def _finite(value) -> bool:
@@ -218,7 +223,7 @@ def training_dtype(meta: dict) -> str | None:
     """"fp32" or "bf16": what a checked version trained in (`training.precision` reads "bf16
     (measured ...)"); None when it does not say, or says something else."""
     name = ((meta.get("training") or {}).get("precision") or "").split(" ", 1)[0]
-    return name if name in ("fp32", "bf16") else None
+    return name if name in DTYPE_NAMES.values() else None
 
 
 def is_trained(meta: dict) -> bool:
