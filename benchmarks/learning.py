@@ -48,7 +48,7 @@ from model.heldout import HELDOUT_SPLIT  # noqa: E402
 from model.metrics import task_metrics  # noqa: E402
 from model.network import CrossBranchNet, NetConfig  # noqa: E402
 from model.pipeline import fit  # noqa: E402
-from model.train import TrainConfig, eval_view, train  # noqa: E402
+from model.train import TrainConfig, eval_view, split_indices, train  # noqa: E402
 from model.transforms import IMAGENET_STD, normalize  # noqa: E402
 
 EMOTIONS, AESTHETICS = len(DEFAULT_CLASSES["emotion"]), len(DEFAULT_CLASSES["aesthetic"])
@@ -240,8 +240,7 @@ def _timed_path(path: str, model: CrossBranchNet, data: TrainingData, config: Tr
     if path == "train()":
         result = train(model, data, config)
         return result, str(result.epochs_run)
-    marked = set(torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[
-        :round(len(data) * config.val_fraction)].tolist())
+    marked = set(split_indices(len(data), config.val_fraction, config.seed)[1].tolist())
     rows = [replace(row, split=HELDOUT_SPLIT if i in marked else None) for i, row in enumerate(data.rows)]
     result, report = fit(model, replace(data, rows=rows), replace(config, heldout_split=HELDOUT_SPLIT),
                          CrossValidation(), None, False)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_step.py [--backbones ...] [--batch 8] [--repeats 3]
         [--modes fp32,bf16,fp32-cl,bf16-cl]
 
-Modes: fp32, or bf16 autocast (what TrainConfig.bf16 turns on), each in PyTorch's default
+Modes: fp32, or bf16 autocast (what TrainConfig(precision="bf16") trains in), each in PyTorch's default
 memory format or channels_last ("-cl"). The steps run in turns, so load from other processes
 falls on all of them alike; the last column is each mode's speed-up over fp32 in the same run.
 """
