@@ -60,27 +60,74 @@ def test_export_records_agreement_per_variant_and_serves_one_that_passes(exporte
     folder, record = exported
     assert json.loads((folder / RUNTIME_FILE).read_text()) == record
     assert record["images"]["held_out"][0] == "generated" and record["images"]["calibration"][0] == "generated"
-    for name in runtime.VARIANTS:
+    serving = record["serving"]
+    assert serving in runtime.VARIANTS
+    made = runtime.VARIANTS[:runtime.VARIANTS.index(serving) + 1]
+    for name in made:
         variant = record["variants"][name]
         assert set(variant["top1"]) == {"aesthetic", "emotion"}
         assert set(variant["files"]) == {f"{name}.xml", f"{name}.bin"}
         assert all((folder / f).is_file() for f in variant["files"])
-    assert record["serving"] in runtime.VARIANTS
-    assert min(record["variants"][record["serving"]]["top1"].values()) >= 0.99
-    assert record["serving"] in record["reason"]
+    for name in runtime.VARIANTS[len(made):]:
+        assert record["variants"][name] == {"skipped": f"{serving} serves"}
+        assert not (folder / f"{name}.bin").exists()
+    assert min(record["variants"][serving]["top1"].values()) >= 0.99
+    assert serving in record["reason"]
 
 
-def test_the_int8_variant_records_how_it_was_quantized_and_keeps_the_heads_in_float(exported):
+def test_the_fastest_variant_that_passes_serves_and_the_slower_ones_are_not_made(tmp_path, exported):
+    """Every layer int8 comes first; when it cannot serve (here: its quantization fails), int8
+    with the heads in float is made next and serves, and float32 is never made."""
+    folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
+    quantized = runtime._quantized
+
+    def every_layer_fails(converted, calibration, options):
+        if not options["float_layers"]:
+            raise RuntimeError("quantizer crashed")
+        return quantized(converted, calibration, options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime, "_quantized", every_layer_fails)
+        record = runtime.export_runtime(folder)
+    assert record["variants"][runtime.INT8] == {"error": "RuntimeError: quantizer crashed"}
+    assert record["serving"] == runtime.INT8_FLOAT_HEADS
+    assert record["reason"].startswith(f"{runtime.INT8_FLOAT_HEADS}: top-1 agreement")
+    assert f"{runtime.INT8} failed: RuntimeError: quantizer crashed" in record["reason"]
+    assert record["variants"][runtime.FP32] == {"skipped": f"{runtime.INT8_FLOAT_HEADS} serves"}
+    assert not (folder / f"{runtime.FP32}.xml").exists()
+    served = ModelCache(10 ** 8, "auto").load(VersionRef("v", folder))
+    assert served.path == runtime.INT8_FLOAT_HEADS
+
+
+def test_each_int8_variant_records_how_it_was_quantized_and_which_layers_stay_float(tmp_path, exported):
     import openvino as ov
-    folder, record = exported
-    assert json.loads((folder / RUNTIME_FILE).read_text())["variants"][runtime.INT8]["quantization"] \
-        == runtime.QUANTIZATION
+    folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
+    record = runtime.export_runtime(folder, variants=(runtime.INT8, runtime.INT8_FLOAT_HEADS, runtime.FP32),
+                                    make_all=True)
+    assert all("top1" in record["variants"][name] for name in runtime.VARIANTS)
     assert "quantization" not in record["variants"][runtime.FP32]
-    network = ov.Core().read_model(folder / f"{runtime.INT8}.xml")
-    quantized = [op for op in network.get_ops()
-                 if any(port.get_node().get_type_name() == "FakeQuantize" for port in op.input_values())]
-    assert {op.get_type_name() for op in quantized} >= {"Convolution"}
-    assert "MatMul" not in {op.get_type_name() for op in quantized}
+
+    def int8_weighted(name: str) -> set[str]:
+        """Types of the layers whose weights the file stores as int8 (a Constant of int8
+        dequantized by Convert, Subtract and Multiply on the way to the layer)."""
+        network = ov.Core().read_model(folder / f"{name}.xml")
+        found = set()
+        for op in network.get_ops():
+            for port in op.input_values()[1:]:
+                node = port.get_node()
+                while node.get_type_name() in ("Multiply", "Subtract", "Convert"):
+                    node = node.input_value(0).get_node()
+                if node.get_type_name() == "Constant" and node.get_output_element_type(0) == ov.Type.i8:
+                    found.add(op.get_type_name())
+        return found
+
+    for name in (runtime.INT8, runtime.INT8_FLOAT_HEADS):
+        assert record["variants"][name]["quantization"] == runtime.QUANTIZATION[name]
+    assert int8_weighted(runtime.INT8) == {"Convolution", "MatMul"}
+    assert int8_weighted(runtime.INT8_FLOAT_HEADS) == {"Convolution"}
+    assert int8_weighted(runtime.FP32) == set()
+    sizes = {name: (folder / f"{name}.bin").stat().st_size for name in runtime.VARIANTS}
+    assert sizes[runtime.INT8] < sizes[runtime.INT8_FLOAT_HEADS] < sizes[runtime.FP32]
 
 
 def test_runtime_predictor_agrees_with_pytorch_float32(exported):
@@ -264,3 +311,4 @@ def test_the_training_job_exports_a_promoted_versions_runtime_unless_pytorch_is_
     assert runtime.read_runtime(folder)["images"] == {"calibration": ["training", 8],
                                                       "held_out": ["generated", runtime.GENERATED_IMAGES]}
     assert states == ["runtime"]
+
