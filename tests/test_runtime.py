@@ -312,3 +312,26 @@ def test_the_training_job_exports_a_promoted_versions_runtime_unless_pytorch_is_
                                                       "held_out": ["generated", runtime.GENERATED_IMAGES]}
     assert states == ["runtime"]
 
+
+def test_a_process_leaving_waits_for_its_background_export(monkeypatch):
+    """The exit hook joins a running export thread: torch or OpenVINO torn down under it would
+    abort the process (exit status 134) instead of exiting."""
+    import threading
+    from types import SimpleNamespace
+
+    from backend.serving import models
+
+    release, finished = threading.Event(), []
+
+    def export_until_released(self, served):
+        release.wait(60)
+        finished.append(served)
+
+    monkeypatch.setattr(ModelCache, "_export", export_until_released)
+    served = SimpleNamespace(folder=Path("unexported-version"))
+    ModelCache(10 ** 8, "auto")._export_later(served)
+    assert len(models._EXPORTS) == 1
+    threading.Timer(0.2, release.set).start()
+    models.finish_running_exports(timeout_s=60)
+    assert finished == [served]
+    assert not models._EXPORTS

@@ -9,8 +9,10 @@ and an export that fails leaves PyTorch serving with the reason logged and recor
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,11 @@ from backend.serving.registry import VersionRef
 log = logging.getLogger(__name__)
 
 PATHS = ("auto", "pytorch")
+# background exports of every ModelCache of this process, for the exit hook below
+_EXPORTS: set[threading.Thread] = set()
+# how long a process leaving waits for a background export to end (a small network's takes
+# seconds; gunicorn kills a worker that outlasts its graceful timeout, 30 s by default)
+EXPORT_EXIT_WAIT_S = 60.0
 
 
 @dataclass
@@ -117,9 +124,16 @@ class ModelCache:
     def _export_later(self, served: ServedModel) -> None:
         if served.folder in self._exports:
             return
-        thread = threading.Thread(target=self._export, args=(served,), name="runtime-export", daemon=True)
+        thread = threading.Thread(target=self._export_then_leave, args=(served,), name="runtime-export", daemon=True)
         self._exports[served.folder] = thread
+        _EXPORTS.add(thread)
         thread.start()
+
+    def _export_then_leave(self, served: ServedModel) -> None:
+        try:
+            self._export(served)
+        finally:
+            _EXPORTS.discard(threading.current_thread())
 
     def _export(self, served: ServedModel) -> None:
         """Make the runtime (or wait for the process making it), then serve it if it passed."""
@@ -151,6 +165,17 @@ class ModelCache:
         """Drop a version nobody serves any more (requests still running keep their reference);
         loaded again, hash checked, if it comes back."""
         self._models.pop(folder, None)
+
+
+@atexit.register
+def finish_running_exports(timeout_s: float = EXPORT_EXIT_WAIT_S) -> None:
+    """Let background exports end before the interpreter tears down OpenVINO and torch: an export
+    thread still inside them then aborts the process ("terminate called without an active
+    exception", exit status 134, after tests that loaded versions without a runtime). The record is
+    written atomically, so a process killed while waiting leaves no half-made runtime.json."""
+    deadline = time.monotonic() + timeout_s
+    for thread in list(_EXPORTS):
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 NOT_MADE = "no runtime made for these weights yet"
