@@ -14,9 +14,9 @@ the workers really cost together.
 a temporary data directory, embedded Redis) serving the backbone's base version, /predict sent
 until every worker has loaded it (the log's "predictor for" lines), then RSS and PSS of the gunicorn
 master and each worker, for: the PyTorch path in the precision "auto" picks, the PyTorch path
-in fp32 (weights as loaded from the safetensors file, no cast), and the OpenVINO int8 variant
-(exported here into the version folder, `serving` set to it whatever its agreement on this
-untrained network: what is measured is its memory).
+in fp32 (weights as loaded from the safetensors file, no cast), and the OpenVINO int8 variants
+(every layer int8, and with the heads in float: exported here into the version folder, `serving`
+set to it whatever its agreement on this untrained network: what is measured is its memory).
 """
 from __future__ import annotations
 
@@ -74,7 +74,9 @@ def measure(folder: str, path: str, workers: int) -> None:
 SERVE_CONFIGS = {"auto": ("pytorch, auto precision", {"AESEMO_INFERENCE_PATH": "pytorch",
                                                       "AESEMO_PREDICTOR_PRECISION": "auto"}),
                  "fp32": ("pytorch, fp32", {"AESEMO_INFERENCE_PATH": "pytorch", "AESEMO_PREDICTOR_PRECISION": "fp32"}),
-                 "int8": ("openvino-int8", {"AESEMO_INFERENCE_PATH": "auto", "AESEMO_PREDICTOR_PRECISION": "auto"})}
+                 "int8": ("openvino-int8", {"AESEMO_INFERENCE_PATH": "auto", "AESEMO_PREDICTOR_PRECISION": "auto"}),
+                 "int8-float-heads": ("openvino-int8-float-heads", {"AESEMO_INFERENCE_PATH": "auto",
+                                                                    "AESEMO_PREDICTOR_PRECISION": "auto"})}
 
 
 def measure_server(args) -> None:
@@ -85,6 +87,9 @@ def measure_server(args) -> None:
     from serve import photo_jpeg, predict_body
 
     configs = [SERVE_CONFIGS[key] for key in args.paths.split(",")]
+    if configs[0][0].startswith("openvino"):
+        raise SystemExit("--paths must start with a PyTorch path (auto or fp32): its first /predict makes the "
+                         "base version that the OpenVINO variants are exported from")
     images = ImageServer({"/photo.jpg": (photo_jpeg(0, (640, 480)), "image/jpeg")})
     service = Service(backbone=args.backbone, workers=args.workers, threads=args.threads,
                       allowed_image_hosts=images.url.removeprefix("http://"), extra_env=dict(configs[0][1]))
@@ -98,8 +103,8 @@ def measure_server(args) -> None:
             bodies = _fresh_bodies(predict_body([images.url + "/photo.jpg"]))
             for name, env in configs:
                 if name.startswith("openvino"):
-                    _export_int8_serving(service.data_dir)
-                if env != service.extra_env:
+                    _export_serving(service.data_dir, name)
+                if env != service.extra_env or name.startswith("openvino"):  # a worker reads runtime.json once
                     service.restart(env)
                 session.post(service.url + "/setup", json=recorded_body("setup"), timeout=60).raise_for_status()
                 workers = _load_in_every_worker(service, session, bodies, child_pids)
@@ -158,18 +163,18 @@ def _print_row(name: str, master: int, workers: list[int]) -> None:
     print(f"{name:<24} {cells} {sum(s['pss'] for s in sizes[1:]) / 1024:16.0f}", flush=True)
 
 
-def _export_int8_serving(data_dir: Path) -> None:
-    """The base version's int8 variant, recorded as serving (the benchmark measures its memory)."""
+def _export_serving(data_dir: Path, variant: str) -> None:
+    """The base version's `variant`, recorded as serving (the benchmark measures its memory)."""
     import json
 
     from model import runtime
     from model.version import RUNTIME_FILE
 
     folder = next((data_dir / "base").glob("*/model.json")).parent
-    record = runtime.export_runtime(folder, variants=(runtime.INT8,))
-    if "error" in record["variants"][runtime.INT8]:
-        raise SystemExit(f"int8 export failed: {record['variants'][runtime.INT8]['error']}")
-    record.update(serving=runtime.INT8, reason="set by benchmarks/memory.py --serve to measure its memory")
+    record = runtime.export_runtime(folder, variants=(variant,))
+    if "error" in record["variants"][variant]:
+        raise SystemExit(f"{variant} export failed: {record['variants'][variant]['error']}")
+    record.update(serving=variant, reason="set by benchmarks/memory.py --serve to measure its memory")
     (folder / RUNTIME_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -179,7 +184,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--serve", action="store_true", help="measure `aesemo serve` itself (see the docstring)")
-    parser.add_argument("--paths", default="auto,fp32,int8", help=f"with --serve: of {','.join(SERVE_CONFIGS)}")
+    parser.add_argument("--paths", default="auto,fp32,int8,int8-float-heads", help=f"with --serve: of {','.join(SERVE_CONFIGS)}")
     args = parser.parse_args()
     if args.serve:
         measure_server(args)
@@ -190,7 +195,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         init_version(tmp, NetConfig(backbone=args.backbone), use_pretrained=False)
-        record = runtime.export_runtime(tmp)
+        record = runtime.export_runtime(tmp, make_all=True)
         sizes = {p.name: p.stat().st_size / 2 ** 20 for p in Path(tmp).iterdir() if p.suffix in (".bin", ".safetensors")}
         print(f"{args.backbone}: files (MiB) " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(sizes.items())))
         print(f"{args.backbone}: runtime serves {record['serving']}; {args.workers} processes per path")
