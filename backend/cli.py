@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", nargs="+", default=["vgg16"], choices=sorted(SPECS))
     p.set_defaults(func=cmd_fetch_weights)
 
-    p = sub.add_parser("export-runtime", help="export a version to OpenVINO (float32, int8) and record which "
+    p = sub.add_parser("export-runtime", help="export a version to OpenVINO (int8 first, float32 last) and record which "
                                               "variant serves, checked against PyTorch (else made on first load)")
     p.add_argument("version", type=Path)
     p.add_argument("--calibration", type=Path, help="manifest of the version's training images for int8 "
