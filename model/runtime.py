@@ -163,6 +163,8 @@ def export_runtime(folder: str | Path, calibration: torch.Tensor | None = None,
     # a variant must also beat the PyTorch predictor here, in the precision it serves in: on a CPU
     # with native bf16 a bf16 predictor is faster than OpenVINO in f32 (vgg16: 409 vs 570 ms/image)
     record["pytorch_ms_per_image"], record["pytorch_precision"] = pytorch_ms_per_image(folder, held_out, precision)
+    # an admin reading "agreement 1.0000" should know on how many images: 32 cannot tell 97 % from 100 %
+    checked_on = f"{len(held_out)} {sources['held_out']} images"
     serving, reasons = PYTORCH, []
     for name in variants:
         if serving != PYTORCH and not make_all:
@@ -172,9 +174,10 @@ def export_runtime(folder: str | Path, calibration: torch.Tensor | None = None,
         if serving != PYTORCH:
             continue  # made for a benchmark's figures only
         why_not = _why_not_served(name, found, threshold, record["pytorch_ms_per_image"],
-                                  record["pytorch_precision"]["dtype"])
+                                  record["pytorch_precision"]["dtype"], checked_on)
         if why_not is None:
-            serving, reasons = name, [_why_served(name, found, threshold, record["pytorch_ms_per_image"]), *reasons]
+            serving, reasons = name, [_why_served(name, found, threshold, record["pytorch_ms_per_image"], checked_on),
+                                      *reasons]
         else:
             reasons.append(why_not)
     record["serving"], record["reason"] = serving, "; ".join(reasons) or "no runtime variant made"
@@ -258,14 +261,14 @@ def ms_per_image(predict, images: torch.Tensor, batch: int = 8) -> float:
 
 
 def _why_not_served(name: str, found: dict, threshold: float, pytorch_ms: float | None = None,
-                    pytorch_dtype: str = "") -> str | None:
+                    pytorch_dtype: str = "", checked_on: str = "the check images") -> str | None:
     """None when the variant may serve: it agrees with float32 PyTorch on both tasks and is faster
     than the PyTorch predictor on this machine; else why not."""
     if "error" in found:
         return f"{name} failed: {found['error']}"
     worst = min(found["top1"].values())
     if worst < threshold:
-        return f"{name}: top-1 agreement {worst:.4f} < {threshold}"
+        return f"{name}: top-1 agreement {worst:.4f} < {threshold} on {checked_on}"
     speed = found.get("ms_per_image")
     if pytorch_ms is not None and speed is not None and speed >= pytorch_ms:
         return (f"{name}: agrees, but {speed:.1f} ms/image is not faster than the PyTorch "
@@ -273,11 +276,12 @@ def _why_not_served(name: str, found: dict, threshold: float, pytorch_ms: float 
     return None
 
 
-def _why_served(name: str, found: dict, threshold: float, pytorch_ms: float | None) -> str:
+def _why_served(name: str, found: dict, threshold: float, pytorch_ms: float | None,
+                checked_on: str = "the check images") -> str:
     speed = found.get("ms_per_image")
     faster = f", {speed:.1f} vs PyTorch's {pytorch_ms:.1f} ms/image" if speed and pytorch_ms else ""
-    return (f"{name}: top-1 agreement {min(found['top1'].values()):.4f} >= {threshold} on both tasks, "
-            f"max probability difference {found['max_prob_diff']:.4f}{faster}")
+    return (f"{name}: top-1 agreement {min(found['top1'].values()):.4f} >= {threshold} on both tasks "
+            f"({checked_on}), max probability difference {found['max_prob_diff']:.4f}{faster}")
 
 
 def _compile(xml: Path):

@@ -73,6 +73,7 @@ def test_export_records_agreement_per_variant_and_serves_one_that_passes(exporte
         assert not (folder / f"{name}.bin").exists()
     assert min(record["variants"][serving]["top1"].values()) >= 0.99
     assert serving in record["reason"]
+    assert f"on both tasks ({runtime.GENERATED_IMAGES} generated images)" in record["reason"]
 
 
 def test_the_fastest_variant_that_passes_serves_and_the_slower_ones_are_not_made(tmp_path, exported):
@@ -146,7 +147,7 @@ def test_a_variant_below_the_threshold_is_not_served(tmp_path, exported):
     folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
     record = runtime.export_runtime(folder, threshold=1.01, variants=(runtime.FP32,))
     assert record["serving"] == runtime.PYTORCH
-    assert "< 1.01" in record["reason"]
+    assert f"< 1.01 on {runtime.GENERATED_IMAGES} generated images" in record["reason"]
     served = ModelCache(10 ** 8, "auto").load(VersionRef("v", folder))
     assert served.path == "pytorch" and "< 1.01" in served.path_reason
 
@@ -291,6 +292,7 @@ def test_a_job_manifest_calibrates_on_training_rows_and_checks_on_held_out_rows(
     folder = copy_version(exported[0], tmp_path / "v", with_runtime=False)
     record = runtime.export_from_job_manifest(folder, job_manifest(tmp_path / "train", 8, held_out=3))
     assert record["images"] == {"calibration": ["training", 5], "held_out": ["held-out", 3]}
+    assert "(3 held-out images)" in record["reason"] or "on 3 held-out images" in record["reason"]
     assert runtime.read_runtime(folder) == record
 
 
