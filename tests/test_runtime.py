@@ -331,9 +331,11 @@ def test_a_process_leaving_waits_for_its_background_export(monkeypatch):
 
     monkeypatch.setattr(ModelCache, "_export", export_until_released)
     served = SimpleNamespace(folder=Path("unexported-version"))
-    ModelCache(10 ** 8, "auto")._export_later(served)
-    assert len(models._EXPORTS) == 1
+    cache = ModelCache(10 ** 8, "auto")
+    cache._export_later(served)
+    running = [thread for thread in cache._exports.values() if thread.is_alive()]
+    assert len(running) == 1
     threading.Timer(0.2, release.set).start()
     models.finish_running_exports(timeout_s=60)
     assert finished == [served]
-    assert not models._EXPORTS
+    assert not any(thread.is_alive() for thread in cache._exports.values())

@@ -13,6 +13,7 @@ import atexit
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +26,11 @@ from backend.serving.registry import VersionRef
 log = logging.getLogger(__name__)
 
 PATHS = ("auto", "pytorch")
-# background exports of every ModelCache of this process, for the exit hook below
-_EXPORTS: set[threading.Thread] = set()
 # how long a process leaving waits for a background export to end (a small network's takes
 # seconds; gunicorn kills a worker that outlasts its graceful timeout, 30 s by default)
 EXPORT_EXIT_WAIT_S = 60.0
+# every ModelCache of this process, for that exit hook
+_CACHES: "weakref.WeakSet[ModelCache]" = weakref.WeakSet()
 
 
 @dataclass
@@ -65,6 +66,7 @@ class ModelCache:
         self._models: dict[Path, ServedModel] = {}
         self._lock = threading.Lock()
         self._exports: dict[Path, threading.Thread] = {}
+        _CACHES.add(self)
 
     def load(self, version: VersionRef) -> ServedModel:
         """The version's model, loaded (and its files' hashes checked) on first use; raises what
@@ -124,16 +126,9 @@ class ModelCache:
     def _export_later(self, served: ServedModel) -> None:
         if served.folder in self._exports:
             return
-        thread = threading.Thread(target=self._export_then_leave, args=(served,), name="runtime-export", daemon=True)
+        thread = threading.Thread(target=self._export, args=(served,), name="runtime-export", daemon=True)
         self._exports[served.folder] = thread
-        _EXPORTS.add(thread)
         thread.start()
-
-    def _export_then_leave(self, served: ServedModel) -> None:
-        try:
-            self._export(served)
-        finally:
-            _EXPORTS.discard(threading.current_thread())
 
     def _export(self, served: ServedModel) -> None:
         """Make the runtime (or wait for the process making it), then serve it if it passed."""
@@ -157,9 +152,10 @@ class ModelCache:
         log.info("model version %s now serves %s", served.version, served.path_reason)
 
     def wait_for_exports(self, timeout_s: float | None = None) -> None:
-        """For tests and the benchmark: block until the background exports started so far end."""
+        """Block until the background exports started so far end, at most `timeout_s` in all."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for thread in list(self._exports.values()):
-            thread.join(timeout_s)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def forget(self, folder: Path) -> None:
         """Drop a version nobody serves any more (requests still running keep their reference);
@@ -174,8 +170,8 @@ def finish_running_exports(timeout_s: float = EXPORT_EXIT_WAIT_S) -> None:
     exception", exit status 134, after tests that loaded versions without a runtime). The record is
     written atomically, so a process killed while waiting leaves no half-made runtime.json."""
     deadline = time.monotonic() + timeout_s
-    for thread in list(_EXPORTS):
-        thread.join(max(0.0, deadline - time.monotonic()))
+    for cache in list(_CACHES):
+        cache.wait_for_exports(max(0.0, deadline - time.monotonic()))
 
 
 NOT_MADE = "no runtime made for these weights yet"
