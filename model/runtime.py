@@ -260,8 +260,8 @@ def ms_per_image(predict, images: torch.Tensor, batch: int = 8) -> float:
     return round((time.perf_counter() - started) * 1000 / max(len(timed), 1), 2)
 
 
-def _why_not_served(name: str, found: dict, threshold: float, pytorch_ms: float | None = None,
-                    pytorch_dtype: str = "", checked_on: str = "the check images") -> str | None:
+def _why_not_served(name: str, found: dict, threshold: float, pytorch_ms: float | None, pytorch_dtype: str,
+                    checked_on: str) -> str | None:
     """None when the variant may serve: it agrees with float32 PyTorch on both tasks and is faster
     than the PyTorch predictor on this machine; else why not."""
     if "error" in found:
@@ -276,8 +276,7 @@ def _why_not_served(name: str, found: dict, threshold: float, pytorch_ms: float 
     return None
 
 
-def _why_served(name: str, found: dict, threshold: float, pytorch_ms: float | None,
-                checked_on: str = "the check images") -> str:
+def _why_served(name: str, found: dict, threshold: float, pytorch_ms: float | None, checked_on: str) -> str:
     speed = found.get("ms_per_image")
     faster = f", {speed:.1f} vs PyTorch's {pytorch_ms:.1f} ms/image" if speed and pytorch_ms else ""
     return (f"{name}: top-1 agreement {min(found['top1'].values()):.4f} >= {threshold} on both tasks "
