@@ -9,8 +9,9 @@ Paths: torch fp32 eager (default), today's Predictor (fp32, or on a CPU with nat
 faster of fp32 and bf16 as timed when it loads: the line "Predictor precision auto" says which),
 every OpenVINO variant model/runtime.py can export (int8 with every layer quantized, int8 with
 the heads in float, both calibrated by NNCF with its QUANTIZATION options, and float32; the export
-makes all three here, where a version stops at the first that serves) and, for comparison, int8 made with NNCF's default options on the same
-calibration images ("int8 nncf-default"; --no-default-int8 skips it). Prints ms
+makes all three here, where a version stops at the first that serves) and, for comparison, int8
+made with NNCF's default options on the same calibration images ("int8 nncf-default";
+--no-default-int8 skips it). Prints ms
 per image at batch 1 and 8, achieved GFLOP/s and its share of this CPU's matrix-multiply ceiling
 (float32 for the float paths, int8 for int8), the speed-up over today's Predictor, and each
 path's top-1 agreement per task and largest probability difference against torch fp32.
@@ -274,33 +275,35 @@ def paths_of(folder: str, record: dict, calibration: torch.Tensor | None = None)
     return paths
 
 
-def agreements(paths: dict, images: torch.Tensor, margin: float) -> tuple[dict, dict]:
-    """Each path against torch fp32: over all images, and over those whose fp32 top-1 margin
-    (largest minus second probability, in both tasks) is at least `margin`."""
+def outputs_of(paths: dict, images: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """Each path's probabilities per task on `images`, run in batches of 8."""
     outputs = {name: [run(images[i:i + 8]) for i in range(0, len(images), 8)] for name, (run, _) in paths.items()}
-    joined = {name: {task: torch.cat([part[task] for part in parts]) for task in ("aesthetic", "emotion")}
-              for name, parts in outputs.items()}
+    return {name: {task: torch.cat([part[task] for part in parts]) for task in ("aesthetic", "emotion")}
+            for name, parts in outputs.items()}
+
+
+def agreements(joined: dict, margin: float) -> tuple[dict, dict]:
+    """Each path's outputs (`outputs_of`) against torch fp32's: over all images, and over those
+    whose fp32 top-1 margin (largest minus second probability, in both tasks) is at least `margin`."""
     reference = joined["torch fp32"]
-    clear = torch.ones(len(images), dtype=torch.bool)
+    clear = torch.ones(len(reference["aesthetic"]), dtype=torch.bool)
     for probabilities in reference.values():
         top2 = probabilities.topk(2, dim=1).values
         clear &= (top2[:, 0] - top2[:, 1]) >= margin
-    over_all = {name: agreement(joined[name], reference) for name in paths}
+    over_all = {name: agreement(joined[name], reference) for name in joined}
     # a network unsure of one task (a trained start's emotion near chance) can leave no clear image
     over_clear = {name: agreement({t: p[clear] for t, p in joined[name].items()},
                                   {t: p[clear] for t, p in reference.items()}) if clear.any()
-                  else {"top1": {}, "max_prob_diff": float("nan")} for name in paths}
+                  else {"top1": {}, "max_prob_diff": float("nan")} for name in joined}
     margins = torch.stack([p.topk(2, dim=1).values.diff(dim=1).abs().squeeze(1) for p in reference.values()])
     return over_all, {"count": int(clear.sum()), "median_margin": float(margins.min(0).values.median()),
                       **over_clear}
 
 
-def fp32_accuracy(predict, images: torch.Tensor, labels: dict) -> dict[str, float]:
-    """Top-1 accuracy per task of `predict` against the generated images' own labels: how much the
-    network knows, beside how well the other paths agree with it."""
-    outputs = [predict(images[i:i + 8]) for i in range(0, len(images), 8)]
-    return {task: float((torch.cat([o[task] for o in outputs]).argmax(1) == labels[task]).float().mean())
-            for task in labels}
+def accuracy(probabilities: dict[str, torch.Tensor], labels: dict) -> dict[str, float]:
+    """Top-1 accuracy per task against the generated images' own labels: how much the network
+    knows, beside how well the other paths agree with it."""
+    return {task: float((probabilities[task].argmax(1) == labels[task]).float().mean()) for task in labels}
 
 
 def bench_backbone(backbone: str, batches: list[int], repeats: int, count: int, ceiling: dict,
@@ -326,10 +329,11 @@ def bench_backbone(backbone: str, batches: list[int], repeats: int, count: int, 
                 print(f"{backbone}: {variant} made with {found['quantization']}")
         paths = paths_of(tmp, record, None if args.no_default_int8 else training[:runtime.CALIBRATION_IMAGES])
         flops = flops_per_image(load_version(tmp)[0].eval())
-        over_all, over_clear = agreements(paths, held_out, margin)
+        joined = outputs_of(paths, held_out)
+        over_all, over_clear = agreements(joined, margin)
         print(f"{backbone}: torch fp32 accuracy on the {count} agreement images: "
-              + ", ".join(f"{task} {accuracy:.3f}" for task, accuracy in
-                          fp32_accuracy(paths["torch fp32"][0], held_out, held_out_labels).items()))
+              + ", ".join(f"{task} {share:.3f}" for task, share in
+                          accuracy(joined["torch fp32"], held_out_labels).items()))
         for name in paths:
             print(f"{backbone:<19} agreement {name:<25} all {count}: {_agreed(over_all[name])} | "
                   f"fp32 margin >= {margin} ({over_clear['count']}, median margin "

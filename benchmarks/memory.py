@@ -71,12 +71,12 @@ def measure(folder: str, path: str, workers: int) -> None:
           f"sum of PSS {sum(s['pss'] for s in sizes) / 1024:7.0f} MiB")
 
 
+_RUNTIME_ENV = {"AESEMO_INFERENCE_PATH": "auto", "AESEMO_PREDICTOR_PRECISION": "auto"}
 SERVE_CONFIGS = {"auto": ("pytorch, auto precision", {"AESEMO_INFERENCE_PATH": "pytorch",
                                                       "AESEMO_PREDICTOR_PRECISION": "auto"}),
                  "fp32": ("pytorch, fp32", {"AESEMO_INFERENCE_PATH": "pytorch", "AESEMO_PREDICTOR_PRECISION": "fp32"}),
-                 "int8": ("openvino-int8", {"AESEMO_INFERENCE_PATH": "auto", "AESEMO_PREDICTOR_PRECISION": "auto"}),
-                 "int8-float-heads": ("openvino-int8-float-heads", {"AESEMO_INFERENCE_PATH": "auto",
-                                                                    "AESEMO_PREDICTOR_PRECISION": "auto"})}
+                 "int8": ("openvino-int8", _RUNTIME_ENV),
+                 "int8-float-heads": ("openvino-int8-float-heads", _RUNTIME_ENV)}
 
 
 def measure_server(args) -> None:
