@@ -7,13 +7,13 @@ from pathlib import Path
 
 import redis
 
-from backend.labelstudio import tokens as ls_auth
+from backend.fetch import tokens as ls_auth
 from backend.core.errors import Conflict, DomainError, InvalidInput, NotFound, TooLarge, Unavailable, Unprocessable
 from backend.fetch.fetcher import ImageFetcher
 from backend.votes.ingest import Ingest
 from backend.labelstudio.follow import VersionFollower
 from backend.labelstudio.label_config import LabelConfigError, ProjectLabels, parse_label_config
-from backend.http.prometheus_metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
+from backend.core.metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
 from backend.serving.hotswap import HotSwap
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import BUDGET_KIND, predict_tasks
@@ -27,7 +27,8 @@ from backend.serving.registry import (VersionRef, all_versions, base_for, base_r
                                       describe_base, is_trained_version, project_versions, project_versions_dir,
                                       promote_version, resolve_current, roll_back_to_base)
 from backend.serving.suggestions import WITHHELD_FIELD, WithheldLog, withheld_reason
-from backend.votes.resync import fetch_label_config, project_studio, resync
+from backend.labelstudio.client import fetch_label_config, project_studio
+from backend.votes.resync import resync
 from backend.core.settings import Settings
 from backend.training.queue import cancel_job, check_params, get_job, project_jobs, record_refusal, submit_training
 from backend.labelstudio.webhook_events import parse_event, record_event

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from backend.labelstudio import tokens as ls_auth
+from backend.fetch import tokens as ls_auth
 from backend.core.errors import DomainError, NotFound
 from backend.serving.refresh_queue import refresh_jobs
 from backend.serving.registry import base_ref, is_trained_version, project_versions_dir, version_folder

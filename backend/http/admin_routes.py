@@ -7,7 +7,7 @@ from flask import Blueprint, Response, jsonify, render_template, request, send_f
 from backend.http import admin_page
 from backend.http.labelstudio_routes import backend
 from backend.http.policy import json_body, request_body
-from backend.http.prometheus_metrics import render
+from backend.core.metrics import render
 from backend.service import require_confirmation
 
 admin = Blueprint("admin", __name__)

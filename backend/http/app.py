@@ -17,7 +17,7 @@ from backend.core.settings import Settings, load_settings
 from backend.http.admin_routes import admin
 from backend.http.labelstudio_routes import labelstudio
 from backend.http.policy import MAX_BODY_BYTES, RequestPolicy, parse_json, read_body
-from backend.http.prometheus_metrics import observe_request
+from backend.core.metrics import observe_request
 from backend.labelstudio.projects import project_id
 from backend.service import Backend
 

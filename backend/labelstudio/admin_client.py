@@ -18,7 +18,7 @@ from venv import EnvBuilder
 
 import requests
 
-from backend.labelstudio import tokens as ls_auth
+from backend.fetch import tokens as ls_auth
 
 LS_VERSION = "1.23.2"
 

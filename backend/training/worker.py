@@ -21,7 +21,8 @@ import redis
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
-from backend.training.queue import raw_connection, training_queue
+from backend.jobs.connection import raw_connection
+from backend.training.queue import training_queue
 from backend.serving.refresh_queue import predict_queue
 from backend.core.settings import load_settings
 from backend.serving.registry import prepare_pretrained
