@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from model.limits import TRAINING_LIMITS, Limit
+from model.uncertainty import MEASURES
+
+from backend.core.consensus_policy import METHODS, POLICY_LIMITS, Policy
 
 # model/finetune.py's FINETUNE_MODES and model/precision.py's PRECISIONS, spelled out: settings
 # load without torch (tests check they agree)
@@ -62,7 +65,7 @@ def _path(name: str, raw: str) -> Path:
 
 
 def _within(limit: Callable[[], Limit]) -> Check:
-    """The range of `limit()`, looked up when checked: the consensus limits import numpy."""
+    """The range of `limit()`, looked up when checked."""
     def check(name: str, value: Any) -> None:
         limit().check(f"setting {name}", value)
     return check
@@ -76,30 +79,23 @@ def _one_of(choices: Callable[[], tuple[str, ...]]) -> Check:
 
 
 def _uncertainty_measures() -> tuple[str, ...]:
-    from backend.serving.uncertainty import MEASURES
     return tuple(MEASURES)
 
 
 def _consensus_limit(key: str) -> Callable[[], Limit]:
-    def limit() -> Limit:
-        from backend.votes.consensus import POLICY_LIMITS
-        return POLICY_LIMITS[key]
-    return limit
+    return lambda: POLICY_LIMITS[key]
 
 
 def _consensus_methods() -> tuple[str, ...]:
-    from backend.votes.consensus import METHODS
-    return tuple(METHODS)
+    return METHODS
 
 
 def _base_model(name: str, value: Path | None) -> None:
-    """Cheap (model.json only, no weights read): the hash is checked when the model loads."""
-    if value is None:
-        return
-    from backend.serving.registry import base_problem
-    why = base_problem(value, thorough=False)
-    if why:
-        raise ValueError(f"setting {name}: {why}")
+    """Only that it looks like a version folder: `aesemo serve` and `aesemo worker` check at start
+    that it holds a trained version (backend/serving/registry.py's prepare_start), and its weights'
+    hash is checked when it loads."""
+    if value is not None and not (value / "model.json").is_file():
+        raise ValueError(f"setting {name}: version folder {value} not found (no model.json)")
 
 
 _FRACTION = Limit(float, 0, 1)
@@ -212,13 +208,13 @@ class Settings:
         "pre-annotate with a model version that was never trained on labels (its suggestions are "
         "random); off: `/predict` answers `[]` per task until the project has a trained version", parse=_flag)
     consensus_method: str = setting(
-        "AESEMO_CONSENSUS_METHOD", "majority", "default consensus method (`majority` or `dawid_skene`)",
+        "AESEMO_CONSENSUS_METHOD", Policy.method, "default consensus method (`majority` or `dawid_skene`)",
         check=_one_of(_consensus_methods))
     consensus_min_annotators: int = setting(
-        "AESEMO_CONSENSUS_MIN_ANNOTATORS", 3, "votes a task needs before it can be agreed (1..100)",
+        "AESEMO_CONSENSUS_MIN_ANNOTATORS", Policy.min_annotators, "votes a task needs before it can be agreed (1..100)",
         parse=_integer, check=_within(_consensus_limit("min_annotators")))
     consensus_min_agreement: float = setting(
-        "AESEMO_CONSENSUS_MIN_AGREEMENT", 0.5, "least share of the top class for agreement ([0, 1])",
+        "AESEMO_CONSENSUS_MIN_AGREEMENT", Policy.min_agreement, "least share of the top class for agreement ([0, 1])",
         parse=_number(), check=_within(_consensus_limit("min_agreement")))
     auto_train_threshold: int = setting(
         "AESEMO_AUTO_TRAIN_THRESHOLD", 0, "ask for training each time this many new labels are agreed",

@@ -40,10 +40,10 @@ def _worker_exit(server, worker):
 
 
 def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120) -> None:
-    from backend.serving.registry import prepare_pretrained  # imports torch: only here, not for the app's imports
+    from backend.serving.registry import prepare_start  # imports torch: only here, not for the app's imports
     settings = load_settings()
     # before gunicorn: a bad AESEMO_PRETRAINED stops the start with one line, not every /predict
-    prepare_pretrained(settings)
+    prepare_start(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     # Every worker writes its metrics here so /metrics adds them up; it must be set before
     # any worker imports prometheus_client, and emptied so old runs' numbers do not linger.

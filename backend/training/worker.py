@@ -25,7 +25,7 @@ from backend.jobs.connection import raw_connection
 from backend.training.queue import training_queue
 from backend.serving.refresh_queue import predict_queue
 from backend.core.settings import load_settings
-from backend.serving.registry import prepare_pretrained
+from backend.serving.registry import prepare_start
 # the job's code (torch included) loads before the first job, not once RQ has marked it started
 import backend.training.job  # noqa: F401
 import backend.serving.refresh  # noqa: F401
@@ -71,7 +71,7 @@ def run_worker(queue: str | None = None, device: str | None = None, burst: bool 
     settings = load_settings()
     if queue:
         settings = settings.__class__(**{**settings.__dict__, "training_queue": queue})
-    prepare_pretrained(settings)  # a bad AESEMO_PRETRAINED stops the worker now, not its first job
+    prepare_start(settings)  # a bad AESEMO_PRETRAINED stops the worker now, not its first job
     import torch
     chosen = settings.train_device or ("cuda" if torch.cuda.is_available() else "cpu")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -15,38 +15,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from model.limits import Limit
-
+from backend.core.consensus_policy import Policy
 from backend.votes.store import DIMENSIONS, Vote, gc_paused
 
 STATES = ("no_votes", "waiting", "agreed", "disputed")
-METHODS = ("majority", "dawid_skene")
-
-
-POLICY_LIMITS = {"min_annotators": Limit(int, 1, 100), "min_agreement": Limit(float, 0, 1)}
-
-
-@dataclass(frozen=True)
-class Policy:
-    method: str = "majority"
-    min_annotators: int = 3
-    min_agreement: float = 0.5
-    tie_break: str = "unresolved"        # or "soft": a tie is agreed, trained on the split
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        # numbers, not "0.5" (it would break every later comparison), within bounds (10**30
-        # annotators overflows numpy's integers); LimitError names the field and the range
-        for name, limit in POLICY_LIMITS.items():
-            limit.check(name, getattr(self, name))
-        if self.tie_break not in ("unresolved", "soft"):
-            raise ValueError(f"tie_break must be 'unresolved' or 'soft', got {self.tie_break!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 @dataclass
 class TaskConsensus:
     task: int
