@@ -93,7 +93,7 @@ def ingest(args) -> dict:
 
 
 def profile_webhook(n: int) -> None:
-    """One worker's request path in process: Flask test client -> Backend -> embedded Redis."""
+    """One worker's request path in process: Flask test client -> the services -> embedded Redis."""
     with tempfile.TemporaryDirectory(prefix="aesemo-bench-") as tmp:
         metrics_dir = Path(tmp) / "prometheus"  # as under gunicorn: multiprocess metric files
         metrics_dir.mkdir()
@@ -104,10 +104,10 @@ def profile_webhook(n: int) -> None:
             url = ensure_embedded_redis(data_dir)
             from backend.http.app import create_app
             from backend.core.redis_connection import connect
-            from backend.service import Backend
+            from backend.services.process import Services
             from backend.core.settings import Settings
             settings = Settings(data_dir=data_dir, redis_url=url, backbone="resnet18")
-            backend = Backend(settings, connect(settings))
+            backend = Services(settings, connect(settings))
             commands = [0]
             # counted where every command of the backend is written, through the client or not
             connection_class = backend.redis.connection_pool.connection_class

@@ -226,11 +226,11 @@ def test_the_page_and_its_files_need_basic_auth_when_it_is_on(admin):
 
 def test_a_section_that_fails_shows_why_and_the_rest_still_renders(admin, monkeypatch):
     from backend.core.errors import InvalidInput
-    from backend.service import Backend
+    from backend.services.consensus import ConsensusService
 
     def broken(self, project, state):
         raise InvalidInput("consensus is broken for this test")
-    monkeypatch.setattr(Backend, "consensus_overview", broken)
+    monkeypatch.setattr(ConsensusService, "overview", broken)
     text = page_text(admin)
     assert "consensus is broken for this test" in text
     assert f'<strong id="current-version">{NEW}</strong>' in text

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("core", "fetch", "labelstudio", "votes", "jobs", "serving", "training", "services", "http",
           "tools", "cli")
 # modules directly under backend/ that are layers of their own
-TOP_LEVEL_MODULES = {"service": "services", "cli": "cli"}
+TOP_LEVEL_MODULES: dict[str, str] = {}
 
 
 def _layer(module: str) -> str | None:

@@ -13,15 +13,11 @@ from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from model.limits import TRAINING_LIMITS, Limit
+from model.limits import FINETUNE_MODES, PRECISIONS, TRAINING_DEFAULTS, TRAINING_LIMITS, Limit
 from model.uncertainty import MEASURES
 
 from backend.core.consensus_policy import METHODS, POLICY_LIMITS, Policy
 
-# model/finetune.py's FINETUNE_MODES and model/precision.py's PRECISIONS, spelled out: settings
-# load without torch (tests check they agree)
-FINETUNE_CHOICES = ("full", "auto", "frozen")
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 Parser = Callable[[str, str], Any]
 Check = Callable[[str, Any], None]
@@ -235,44 +231,44 @@ class Settings:
         "AESEMO_MAX_FAILED_IMAGES", 0.2, "largest share of training images that may fail to download ([0, 1])",
         parse=_number(), check=_within(lambda: _FRACTION))
     train_epochs: int = setting(
-        "AESEMO_TRAIN_EPOCHS", 10, "training epochs (a request's parameters win; range in \"Training jobs\")",
+        "AESEMO_TRAIN_EPOCHS", TRAINING_DEFAULTS["epochs"], "training epochs (a request's parameters win; range in \"Training jobs\")",
         parse=_integer, check=_within(lambda: TRAINING_LIMITS["epochs"]))
     train_patience: int = setting(
-        "AESEMO_TRAIN_PATIENCE", 3,
+        "AESEMO_TRAIN_PATIENCE", TRAINING_DEFAULTS["patience"],
         "early stopping: epochs without a better held-out score before a job stops; 0 switches it off "
         "(0..1000)", parse=_integer, check=_within(lambda: TRAINING_LIMITS["patience"]))
     train_batch_size: int = setting(
-        "AESEMO_TRAIN_BATCH_SIZE", 16,
+        "AESEMO_TRAIN_BATCH_SIZE", TRAINING_DEFAULTS["batch_size"],
         "training batch size (a request's parameters win; range in \"Training jobs\")",
         parse=_integer, check=_within(lambda: TRAINING_LIMITS["batch_size"]))
     train_lr: float = setting(
-        "AESEMO_TRAIN_LR", 1e-3, "training learning rate (a request's parameters win; range in \"Training jobs\")",
+        "AESEMO_TRAIN_LR", TRAINING_DEFAULTS["lr"], "training learning rate (a request's parameters win; range in \"Training jobs\")",
         parse=_number(), check=_within(lambda: TRAINING_LIMITS["lr"]))
     train_device: str | None = setting(
         "AESEMO_TRAIN_DEVICE", None, "device of the training worker (`aesemo worker --device` sets it)",
         shown="CUDA when present")
     train_image_size: int = setting(
-        "AESEMO_TRAIN_IMAGE_SIZE", 256, "training resize size in pixels (the patent's; 16..1024)",
+        "AESEMO_TRAIN_IMAGE_SIZE", TRAINING_DEFAULTS["train_size"], "training resize size in pixels (the patent's; 16..1024)",
         parse=_integer, check=_within(lambda: TRAINING_LIMITS["train_size"]))
     train_crop_size: int = setting(
-        "AESEMO_TRAIN_CROP_SIZE", 224,
+        "AESEMO_TRAIN_CROP_SIZE", TRAINING_DEFAULTS["crop_size"],
         "training random-crop size in pixels (the patent's; 16..1024, not above the resize size)",
         parse=_integer, check=_within(lambda: TRAINING_LIMITS["crop_size"]))
     train_precision: str = setting(
-        "AESEMO_TRAIN_PRECISION", "auto",
+        "AESEMO_TRAIN_PRECISION", TRAINING_DEFAULTS["precision"],
         "what training computes in. `auto`: bf16 autocast on CUDA where supported and on a CPU with native bf16 "
         "(AVX-512-BF16, AMX) when a timed training step is at least 10 % faster (resnet18 1.8x, vgg16 2x, "
         "mobilenet_v3_small slower here), else fp32; `fp32` or `bf16` (autocast over fp32 weights): that, untimed",
-        check=_one_of(lambda: PRECISION_CHOICES))
+        check=_one_of(lambda: PRECISIONS))
     finetune: str = setting(
-        "AESEMO_FINETUNE", "full",
+        "AESEMO_FINETUNE", TRAINING_DEFAULTS["finetune"],
         "which layers a job started from pretrained or base weights trains: `full`, every layer (the patent's; "
         "benchmarks/learning.py measured it best from 24 and 96 labels); `auto`, the backbone frozen for small sets "
         "and its deeper groups unfrozen as the set grows (AESEMO_FULL_FINETUNE_LABELS): seconds instead of minutes, "
         "less accurate; `frozen`, every convolution group frozen (a random start always trains every layer)",
-        check=_one_of(lambda: FINETUNE_CHOICES))
+        check=_one_of(lambda: FINETUNE_MODES))
     full_finetune_labels: int = setting(
-        "AESEMO_FULL_FINETUNE_LABELS", 1000,
+        "AESEMO_FULL_FINETUNE_LABELS", TRAINING_DEFAULTS["full_finetune_labels"],
         "with AESEMO_FINETUNE=auto: training images from which every layer trains; "
         "below it the backbone's deepest groups unfreeze one per doubling of the set, the smallest sets "
         "train the heads only on cached features (a random start always trains every layer)",
@@ -324,7 +320,7 @@ class Settings:
         "what the PyTorch predictor computes in. `auto`: on a CPU with native bf16 the faster of fp32 and bf16, "
         "timed on a small batch when a model loads (once per backbone, input size and threads in a process), "
         "fp32 on other CPUs, bf16 on CUDA where supported; `fp32` or `bf16`: that, untimed",
-        check=_one_of(lambda: PRECISION_CHOICES))
+        check=_one_of(lambda: PRECISIONS))
     runtime_min_agreement: float = setting(
         "AESEMO_RUNTIME_MIN_AGREEMENT", 0.99,
         "least top-1 agreement, per task, of an exported runtime with the float32 PyTorch outputs for it "

@@ -1,81 +1,28 @@
-"""The admin's endpoints: the admin page, and the JSON API it and scripts use (consensus, jobs,
-versions, promotion, resync, snapshots, metrics)."""
+"""The admin page, its report images, and the Prometheus metrics. The JSON API the page and
+scripts use has a blueprint per service: versions_routes, consensus_routes, jobs_routes."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, render_template, request, send_file
+from flask import Blueprint, Response, render_template, request, send_file
 
-from backend.http import admin_page
-from backend.http.labelstudio_routes import backend
-from backend.http.policy import json_body, request_body
 from backend.core.metrics import render
-from backend.service import require_confirmation
+from backend.http import admin_page
+from backend.http.current import services
 
 admin = Blueprint("admin", __name__)
 admin.add_app_template_filter(admin_page.format_number, "num")
 admin.add_app_template_filter(admin_page.format_when, "when")
 admin.add_app_template_filter(admin_page.format_duration, "duration")
 
-PROJECT = "/projects/<project:project>"
-# (rule, method, the name of the Backend method answering it): the URL's parts are its keyword
-# arguments, its dict the JSON answer; looked up on each request, as every other route does
-JSON_ROUTES = [
-    ("/versions", "GET", "versions"),
-    (f"{PROJECT}/consensus", "GET", "consensus_summary"),
-    (f"{PROJECT}/resync", "POST", "resync"),
-    (f"{PROJECT}/snapshot", "POST", "snapshot"),
-    (f"{PROJECT}/jobs", "GET", "jobs"),
-    (f"{PROJECT}/jobs/<job_id>", "GET", "job"),
-    (f"{PROJECT}/jobs/<job_id>/cancel", "POST", "cancel"),
-    (f"{PROJECT}/versions", "GET", "project_versions"),
-    (f"{PROJECT}/versions/<version>/promote", "POST", "promote"),
-    (f"{PROJECT}/refresh", "GET", "refresh_jobs"),
-    (f"{PROJECT}/refresh", "POST", "refresh"),
-    (f"{PROJECT}/refresh/<job_id>/cancel", "POST", "cancel_refresh"),
-]
-
-
-def _answering_with(name: str):
-    def view(**url_parts):
-        return jsonify(getattr(backend(), name)(**url_parts))
-    return view
-
-
-for _rule, _method, _name in JSON_ROUTES:
-    admin.add_url_rule(_rule, _name, _answering_with(_name), methods=[_method])
-
 
 @admin.get("/")
 def page():
-    view = admin_page.admin_view(backend(), request.args.get("project"))
+    view = admin_page.admin_view(services(), request.args.get("project"))
     return render_template("admin.html", **view), 503 if view.get("error") else 200
 
 
-@admin.get(f"{PROJECT}/versions/<version>/report/<name>")
+@admin.get("/projects/<project:project>/versions/<version>/report/<name>")
 def report(project, version, name):
-    return send_file(admin_page.report_file(backend().settings, project, version, name), max_age=3600)
-
-
-@admin.get(f"{PROJECT}/consensus/tasks")
-def consensus_tasks(project):
-    return jsonify(backend().consensus_tasks(project, request.args.get("state", "disputed")))
-
-
-@admin.put(f"{PROJECT}/consensus/policy")
-def consensus_policy(project):
-    return jsonify(backend().set_policy(project, json_body()))
-
-
-@admin.post(f"{PROJECT}/train")
-def train(project):
-    raw = request_body()
-    return jsonify(backend().train(project, json_body() if raw.strip() else {}, "admin")), 202
-
-
-@admin.post(f"{PROJECT}/rollback")
-def roll_back(project):
-    raw = request_body()
-    require_confirmation(json_body() if raw.strip() else {})
-    return jsonify(backend().roll_back(project))
+    return send_file(admin_page.report_file(services().settings, project, version, name), max_age=3600)
 
 
 @admin.get("/metrics")

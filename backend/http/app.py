@@ -15,28 +15,32 @@ from backend.core.errors import DomainError
 from backend.core.redis_connection import connect
 from backend.core.settings import Settings, load_settings
 from backend.http.admin_routes import admin
+from backend.http.consensus_routes import consensus
+from backend.http.jobs_routes import jobs
 from backend.http.labelstudio_routes import labelstudio
+from backend.http.versions_routes import versions
 from backend.http.policy import MAX_BODY_BYTES, RequestPolicy, parse_json, read_body
 from backend.core.metrics import observe_request
 from backend.labelstudio.projects import project_id
-from backend.service import Backend
+from backend.services.ml_backend import LabelStudioBackend
+from backend.services.process import Services
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
 
-def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     settings = settings or load_settings()
-    backend = backend or Backend(settings, connect(settings))
+    services = services or Services(settings, connect(settings))
     policy = RequestPolicy(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.extensions["aesemo"] = backend
+    app.extensions["aesemo"] = services
     app.url_map.converters["project"] = ProjectConverter
     _apply_policy(app, policy)
-    app.register_blueprint(labelstudio)
-    app.register_blueprint(admin)
-    app.wsgi_app = FastWebhook(app.wsgi_app, backend, policy, app.json)
-    backend.swap.start()  # here, not on first use: a request never starts threads
+    for blueprint in (labelstudio, admin, versions, consensus, jobs):
+        app.register_blueprint(blueprint)
+    app.wsgi_app = FastWebhook(app.wsgi_app, services.labelstudio, policy, app.json)
+    services.swap.start()  # here, not on first use: a request never starts threads
     return app
 
 
@@ -94,7 +98,7 @@ class ProjectConverter(BaseConverter):
 
 
 class FastWebhook:
-    """WSGI middleware: POST /webhook straight to `Backend.webhook`, without Flask's request
+    """WSGI middleware: POST /webhook straight to `LabelStudioBackend.webhook`, without Flask's request
     machinery, which cost about as much CPU as the whole annotation event. It takes only a
     request the policy lets through whose Content-Length is within the limit, before reading any
     of it, and answers as the Flask route does: the same JSON, error bodies and metrics. Anything
@@ -103,7 +107,7 @@ class FastWebhook:
 
     PATH = "/webhook"
 
-    def __init__(self, flask_wsgi, backend: Backend, policy: RequestPolicy, json_provider):
+    def __init__(self, flask_wsgi, backend: LabelStudioBackend, policy: RequestPolicy, json_provider):
         self.flask_wsgi = flask_wsgi
         self.backend = backend
         self.policy = policy

@@ -80,6 +80,12 @@ def json_body():
     return parse_json(request_body())
 
 
+def json_body_or_empty():
+    """The JSON body, or {} for an empty one (a bare POST)."""
+    raw = request_body()
+    return parse_json(raw) if raw.strip() else {}
+
+
 def request_body() -> bytes:
     """The body; 413 over MAX_BODY_BYTES, chunked or not; 400 when it cannot be read."""
     if request.content_length is None:

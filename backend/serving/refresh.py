@@ -18,7 +18,7 @@ from rq import get_current_job
 from backend.core import keys
 from backend.core.errors import Conflict
 from backend.core.redis_connection import redis_url
-from backend.core.settings import Settings, load_settings
+from backend.core.settings import Settings
 from backend.fetch.fetcher import ImageFetcher
 from backend.labelstudio import task_api
 from backend.labelstudio.follow import VersionFollower
@@ -31,6 +31,7 @@ from backend.serving.prediction_store import (VersionPredictions, mark_refreshed
 from backend.serving.registry import current_version_name, resolve_current
 from backend.serving.suggestions import withheld_reason
 from backend.jobs.connection import delete_if_equal
+from backend.jobs.context import job_settings
 from backend.jobs.progress import Progress
 from backend.labelstudio.client import project_studio, sdk_client
 from backend.votes.store import VoteStore
@@ -56,7 +57,7 @@ class _Refresh:
 
 
 def refresh_project(project: str) -> dict:
-    settings = load_settings()
+    settings = job_settings()
     job = get_current_job()
     client = redis.Redis.from_url(redis_url(settings), decode_responses=True)
     if job is not None:

@@ -30,9 +30,10 @@ from backend.core import keys
 from backend.core.errors import DomainError, InvalidInput
 from backend.core.redis_connection import redis_url
 from backend.jobs.connection import delete_if_equal, raw_connection, text_value
+from backend.jobs.context import job_settings
 from backend.jobs.progress import Progress
 from backend.jobs.records import fetch_job, reap_abandoned
-from backend.core.settings import Settings, load_settings
+from backend.core.settings import Settings
 from backend.fetch.fetcher import ImageFetchError, ImageFetcher
 from backend.labelstudio.label_config import ProjectLabels, parse_label_config
 from backend.labelstudio.projects import ProjectContext, ProjectStore
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 def train_project(project: str) -> dict:
     """Resync, snapshot, fetch images into the cache, fine-tune, evaluate, write a version and
     apply the promotion rule. Runs inside an RQ worker."""
-    settings = load_settings()
+    settings = job_settings()
     job = get_current_job()
     connection = job.connection if job else raw_connection(settings)
     params = dict(job.meta.get("params", {})) if job else {}

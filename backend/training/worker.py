@@ -16,12 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import replace
 
 import redis
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
 from backend.jobs.connection import raw_connection
+from backend.jobs.context import use_settings
 from backend.training.queue import training_queue
 from backend.serving.refresh_queue import predict_queue
 from backend.core.settings import load_settings
@@ -66,11 +68,10 @@ class TrainingWorker(SimpleWorker):
 
 
 def run_worker(queue: str | None = None, device: str | None = None, burst: bool = False) -> bool:
-    if device:
-        os.environ["AESEMO_TRAIN_DEVICE"] = device  # the job reads its settings afresh
     settings = load_settings()
-    if queue:
-        settings = settings.__class__(**{**settings.__dict__, "training_queue": queue})
+    settings = replace(settings, train_device=device or settings.train_device,
+                       training_queue=queue or settings.training_queue)
+    use_settings(settings)  # the jobs this process runs read these
     prepare_start(settings)  # a bad AESEMO_PRETRAINED stops the worker now, not its first job
     import torch
     chosen = settings.train_device or ("cuda" if torch.cuda.is_available() else "cpu")

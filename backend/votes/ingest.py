@@ -6,7 +6,7 @@ project's label config (Label Studio sends the whole project object), one Lua sc
 append the event to the audit stream, store the label config if it differs from the stored one,
 and apply each vote, with the Lua functions those use (the same rules). Atomic, and written to the
 AOF like every other command. Anything else (other actions, bodies without a label config,
-auto-training on) takes the step-by-step path; `Backend.webhook` decides which before
+auto-training on) takes the step-by-step path; `LabelStudioBackend.webhook` decides which before
 anything is stored.
 """
 from __future__ import annotations

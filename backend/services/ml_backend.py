@@ -1,4 +1,7 @@
-"""What each Label Studio endpoint does, with no Flask in sight: bodies in, dicts out."""
+"""The Label Studio ML backend protocol, in one class: what `/health`, `/setup`, `/predict`,
+`/webhook` and the legacy `/train` do, with bodies in and dicts out (no Flask in sight). It reads
+as label-studio-ml-backend's `model.py` does: `setup` names the served version, `predict` answers
+tasks, and webhooks become votes or training requests."""
 from __future__ import annotations
 
 import logging
@@ -7,31 +10,28 @@ from pathlib import Path
 
 import redis
 
-from backend.fetch import tokens as ls_auth
 from backend.core.errors import Conflict, DomainError, InvalidInput, NotFound, TooLarge, Unavailable, Unprocessable
-from backend.fetch.fetcher import ImageFetcher
-from backend.votes.ingest import Ingest
-from backend.labelstudio.follow import VersionFollower
-from backend.labelstudio.label_config import LabelConfigError, ProjectLabels, parse_label_config
 from backend.core.metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
+from backend.core.redis_connection import reachable
+from backend.core.settings import Settings
+from backend.fetch import tokens as ls_auth
+from backend.fetch.fetcher import ImageFetcher
+from backend.labelstudio.client import project_studio
+from backend.labelstudio.follow import VersionFollower
+from backend.labelstudio.label_config import ProjectLabels
+from backend.labelstudio.projects import ProjectContext, project_id
+from backend.labelstudio.webhook_events import parse_event, record_event
 from backend.serving.hotswap import HotSwap
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.serving.prediction_store import VersionPredictions, stored_then_predicted, task_id
-from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh, try_submit_refresh
-from backend.votes.project_consensus import ProjectConsensus, vote_and_image
-from backend.labelstudio.projects import ProjectContext, ProjectStore, project_id
-from backend.labelstudio.users import AnnotatorNames, annotator_ids, name_summary, name_tasks, task_voters
-from backend.core.redis_connection import reachable
-from backend.serving.registry import (VersionRef, all_versions, base_for, base_ref, current_version_name,
-                                      describe_base, is_trained_version, project_versions, project_versions_dir,
-                                      promote_version, resolve_current, roll_back_to_base)
+from backend.serving.refresh_queue import try_submit_refresh
+from backend.serving.registry import base_for, is_trained_version, resolve_current
 from backend.serving.suggestions import WITHHELD_FIELD, WithheldLog, withheld_reason
-from backend.labelstudio.client import fetch_label_config, project_studio
-from backend.votes.resync import resync
-from backend.core.settings import Settings
-from backend.training.queue import cancel_job, check_params, get_job, project_jobs, record_refusal, submit_training
-from backend.labelstudio.webhook_events import parse_event, record_event
+from backend.services.projects import Projects
+from backend.services.training import TrainingService, training_refused
+from backend.votes.ingest import Ingest
+from backend.votes.project_consensus import ProjectConsensus, vote_and_image
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +41,15 @@ REDIS_DOWN_EFFECT = ("Redis is unreachable: /predict and /setup answer from the 
 _VOTE_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 
 
-class Backend:
-    def __init__(self, settings: Settings, client: redis.Redis):
-        self.settings = settings
-        self.redis = client
-        self.projects = ProjectStore(client)
-        self.models = ModelCache(settings.max_image_pixels, settings.inference_path,
-                                 settings.runtime_min_agreement, settings.predictor_precision)
+class LabelStudioBackend:
+    def __init__(self, settings: Settings, client: redis.Redis, projects: Projects, models: ModelCache,
+                 swap: HotSwap, consensus: ProjectConsensus, training: TrainingService, follower: VersionFollower):
+        self.settings, self.redis, self.projects = settings, client, projects
+        self.models, self.swap, self.consensus, self.training = models, swap, consensus, training
+        self.follower = follower
         self.fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
-        self.consensus = ProjectConsensus(client, settings, on_auto_train=self._auto_train)
         self.ingest = Ingest(client)
-        self.swap = HotSwap(settings, client, self.models)
         self.withheld = WithheldLog()
-        self.follower = VersionFollower(settings, client)
-        self.annotator_names = AnnotatorNames(client, settings)
-        self._contexts: dict = {}
-        if settings.label_studio_api_key and not settings.label_studio_url:
-            log.warning("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key goes only to "
-                        "LABEL_STUDIO_URL, so it is not used; set LABEL_STUDIO_URL to Label Studio's address")
-
-    def close(self) -> None:
-        """Stops the hot swap's threads (started by the app factory)."""
-        self.swap.stop()
 
     def health(self) -> dict:
         """UP whenever the process answers: Label Studio skips every prediction of a backend whose
@@ -71,24 +58,6 @@ class Backend:
         if reachable(self.redis):
             return {"status": "UP", "model_class": MODEL_CLASS, "redis": "up"}
         return {"status": "UP", "model_class": MODEL_CLASS, "redis": "down", "degraded": REDIS_DOWN_EFFECT}
-
-    def labels(self, label_config: str | None) -> ProjectLabels:
-        if not label_config:
-            raise InvalidInput("no label config: send \"label_config\" or call /setup for this project first")
-        try:
-            return parse_label_config(label_config, self.settings.aesthetic_control, self.settings.emotion_control)
-        except LabelConfigError as exc:
-            raise Unprocessable(f"label config: {exc}") from None
-
-    def version_name(self, project: str, labels: ProjectLabels) -> str:
-        return self.version_ref(project, labels).name
-
-    def version_ref(self, project: str, labels: ProjectLabels) -> VersionRef:
-        """The project's current version, or the base version for its class lists (not written here)."""
-        name = current_version_name(self.redis, project)
-        if name:
-            return VersionRef(name, project_versions_dir(self.settings, project) / name)
-        return base_ref(self.redis, self.settings, labels.classes())
 
     def _withheld(self, project: str | None, version: str, trained: bool) -> dict:
         """`{"no_suggestions": why}` when this version's suggestions are not sent, else {}."""
@@ -102,14 +71,14 @@ class Backend:
         body = _object(body)
         project = project_id(body.get("project"))
         schema = body.get("schema") or body.get("label_config")
-        labels = self.labels(schema)
+        labels = self.projects.labels(schema)
         # checked before anything is stored: the admin page links to the hostname, and the
         # token goes into an Authorization header
         hostname, token = _hostname(body), _access_token(body)
         try:
-            connected = self.projects.remember_setup(project, schema, hostname, token)
-            version = self.version_ref(project, labels)
-            self.follower.on_setup(self.projects.get(project), version.name)
+            connected = self.projects.store.remember_setup(project, schema, hostname, token)
+            version = self.projects.version_ref(project, labels)
+            self.follower.on_setup(self.projects.store.get(project), version.name)
             if connected:
                 try_submit_refresh(self.settings, project, "project connected")
             return {"model_version": version.name,
@@ -125,7 +94,7 @@ class Backend:
         if not (held and held.knows(labels.classes())):
             raise Unavailable("Redis is unavailable and this process holds no model for project "
                               f"{context.project}")
-        self._contexts[context.project] = context
+        self.projects.remember_context(context)
         return {"model_version": held.version, **self._withheld(context.project, held.version, held.trained)}
 
     def predict(self, body) -> dict:
@@ -137,8 +106,8 @@ class Backend:
             raise TooLarge(f"{len(tasks)} tasks in one request; the limit is "
                            f"{self.settings.max_tasks_per_request} (AESEMO_MAX_TASKS)")
         project = project_id(body.get("project")) if body.get("project") is not None else None
-        context = self.project_context(project)
-        labels = self.labels(body.get("label_config") or (context.label_config if context else None))
+        context = self.projects.context(project)
+        labels = self.projects.labels(body.get("label_config") or (context.label_config if context else None))
         if not tasks:
             return {"results": []}
         if project:
@@ -209,17 +178,6 @@ class Backend:
             raise Unavailable(f"model version {version.name} of project {project} cannot be loaded")
         return served
 
-    def project_context(self, project: str | None):
-        """The project's /setup data; the last one seen when Redis does not answer."""
-        if not project:
-            return None
-        try:
-            context = self.projects.get(project)
-            self._contexts[project] = context
-            return context
-        except redis.RedisError:
-            return self._contexts.get(project)
-
     def webhook(self, body) -> dict:
         event = parse_event(body)
         label_config = self._one_round_trip_config(event, body)
@@ -247,7 +205,7 @@ class Backend:
         answered with the same error."""
         votes, usable_config = [], ""
         try:
-            labels = self.labels(label_config)
+            labels = self.projects.labels(label_config)
             usable_config = label_config
             for annotation in _annotations(body):
                 votes.append(vote_and_image(labels, annotation, body.get("task")))
@@ -260,19 +218,19 @@ class Backend:
         """Votes from annotation events; a training request from START_TRAINING."""
         action, project = event["action"], event["project"]
         if action == "START_TRAINING":
-            self.project_labels(project, body.get("project"))  # the body carries the label config
+            self.projects.project_labels(project, body.get("project"))  # the body carries the label config
             try:
-                queued = self.train(project, {}, "START_TRAINING")
+                queued = self.training.train(project, {}, "START_TRAINING")
             except DomainError as exc:  # the event itself was fine: say why no job, in the answer
-                return {"training": _training_refused(exc)}  # no `job`: Label Studio records none
+                return {"training": training_refused(exc)}  # no `job`: Label Studio records none
             return {"training": queued, "job": queued["job_id"]}  # Label Studio records `job`
         if action == "TASKS_CREATED":
-            return {"tasks_noted": self._note_tasks(project, body.get("tasks"), self._known_labels(project, body))}
+            return {"tasks_noted": self._note_tasks(project, body.get("tasks"), self.projects.known_labels(project, body.get("project")))}
         if action == "TASKS_DELETED":
             return {"votes_removed": self.consensus.votes.delete_tasks(project, [t["id"] for t in event["tasks"]])}
         if action not in _VOTE_ACTIONS + ("ANNOTATIONS_DELETED", "PROJECT_UPDATED"):
             return {}
-        labels = self.project_labels(project, body.get("project"))
+        labels = self.projects.project_labels(project, body.get("project"))
         if action == "PROJECT_UPDATED":
             return {}
         if action == "ANNOTATIONS_DELETED":
@@ -289,151 +247,15 @@ class Backend:
             log.warning("project %s: task ids not noted (%s)", project, type(exc).__name__)
             return 0
 
-    def _known_labels(self, project: str, body: dict) -> ProjectLabels | None:
-        try:
-            return self.project_labels(project, body.get("project"))
-        except DomainError:
-            return None
-
-    def project_labels(self, project: str, project_object=None) -> ProjectLabels:
-        """The project's label config: what /setup stored, or what a webhook body carries (Label
-        Studio sends the whole project, label_config included), which is then remembered."""
-        sent = project_object.get("label_config") if isinstance(project_object, dict) else None
-        stored = self.projects.get(project).label_config
-        if sent and sent != stored:
-            labels = self.labels(sent)
-            self.projects.remember_label_config(project, sent)
-            return labels
-        if not stored:
-            raise NotFound(f"unknown project {project}: no label config yet; connect the backend to the "
-                           "project in Label Studio (it calls /setup), or resync it with LABEL_STUDIO_URL "
-                           "and LABEL_STUDIO_API_KEY set")
-        return self.labels(stored)
-
-    # -- training
-    def train(self, project: str, params, reason: str = "admin") -> dict:
-        """Queue a training job (or merge into the pending one) if the project has enough
-        consensus labels; Conflict otherwise, and no job. Bad parameters are refused
-        (400) first, whatever the project's state."""
-        params = check_params(params)
-        try:
-            labels = self.project_labels(project)
-            agreed = self.consensus.agreed_task_count(project, labels)
-            if agreed < self.settings.min_training_labels:
-                raise Conflict(f"project {project} has {agreed} consensus-labelled tasks; training needs at least "
-                               f"{self.settings.min_training_labels} (AESEMO_MIN_TRAINING_LABELS)")
-        except (Conflict, NotFound) as exc:
-            if reason != "auto":  # auto-training asks after every few labels: its refusals are logged
-                record_refusal(self.settings, project, reason, str(exc))
-            raise
-        queued = submit_training(self.settings, project, reason, params)
-        return {**queued, "job": queued["job_id"]}
-
-    def _auto_train(self, project: str) -> None:
-        try:
-            self.train(project, {}, "auto")
-        except DomainError as exc:
-            log.info("auto-training of project %s not started: %s", project, exc)
-
-    def legacy_train(self, body) -> dict:
+    def train(self, body) -> dict:
         """Label Studio's legacy POST /train (sent only with its feature flag off): the body's
         annotations are ignored, since the job resyncs from the export itself."""
         body = _object(body)
         project = project_id(body.get("project"))
         try:
-            return self.train(project, {}, "legacy /train")
+            return self.training.train(project, {}, "legacy /train")
         except (Conflict, NotFound) as exc:  # recorded by train
-            return _training_refused(exc)
-
-    def jobs(self, project: str) -> dict:
-        return {"project": project, "jobs": project_jobs(self.settings, project)}
-
-    def job(self, project: str, job_id: str) -> dict:
-        return get_job(self.settings, project, job_id)
-
-    def cancel(self, project: str, job_id: str) -> dict:
-        return cancel_job(self.settings, project, job_id)
-
-    def project_versions(self, project: str) -> dict:
-        current = self.version_name(project, self.project_labels(project))
-        listed, skipped = project_versions(self.settings, project)
-        versions = [{**v, "current": v["version"] == current} for v in listed]
-        return {"project": project, "current": current, "versions": versions, "skipped": skipped,
-                "base_model": describe_base(self.redis, self.settings)}
-
-    def promote(self, project: str, version: str) -> dict:
-        """Make `version` current and refresh the unlabelled tasks' predictions."""
-        answer = promote_version(self.redis, self.settings, project, version)
-        return self._serving_changed(project, version, answer, f"promotion of {version}")
-
-    def roll_back(self, project: str) -> dict:
-        """Serve the project's base again: the registered base model, or the untrained base."""
-        answer = roll_back_to_base(self.redis, self.settings, project, self.project_labels(project).classes())
-        return self._serving_changed(project, answer["current"], answer, "rollback to the base")
-
-    def _serving_changed(self, project: str, version: str, answer: dict, reason: str) -> dict:
-        """Label Studio sorts by the new version's scores, and its unlabelled tasks get its predictions."""
-        self.follower.on_setup(self.projects.get(project), version)
-        return {**answer, "refresh": try_submit_refresh(self.settings, project, reason)}
-
-    # -- prediction refresh
-    def refresh(self, project: str) -> dict:
-        """Queue a refresh of the unlabelled tasks' predictions (or merge into the pending one)."""
-        self.project_labels(project)
-        return submit_refresh(self.settings, project, "admin")
-
-    def refresh_jobs(self, project: str) -> dict:
-        return {"project": project, "jobs": refresh_jobs(self.settings, project)}
-
-    def cancel_refresh(self, project: str, job_id: str) -> dict:
-        return cancel_refresh(self.settings, project, job_id)
-
-    # -- admin
-    def consensus_summary(self, project: str) -> dict:
-        summary = self.consensus.summary(project, self.project_labels(project))
-        return name_summary(summary, self._names(project, annotator_ids(summary)))
-
-    def consensus_tasks(self, project: str, state: str) -> dict:
-        tasks = self.consensus.tasks_in_state(project, self.project_labels(project), state)
-        return {"project": project, "state": state, "tasks": self._name_tasks(project, tasks)}
-
-    def consensus_overview(self, project: str, state: str = "disputed") -> tuple[dict, list[dict]]:
-        """The summary and the tasks in `state`, from one computation of the consensus, with the
-        annotators' names (one lookup for both)."""
-        labels = self.project_labels(project)
-        result = self.consensus.consensus(project, labels)
-        summary = self.consensus.summary(project, labels, result)
-        tasks = self.consensus.tasks_in_state(project, labels, state, result)
-        names = self._names(project, annotator_ids(summary).union(*map(task_voters, tasks)))
-        return name_summary(summary, names), name_tasks(tasks, names)
-
-    def _name_tasks(self, project: str, tasks: list[dict]) -> list[dict]:
-        return name_tasks(tasks, self._names(project, set().union(*map(task_voters, tasks))))
-
-    def _names(self, project: str, users: set[int]) -> dict[int, str]:
-        """Label Studio's name for each user id (Redis cache), "user N" when it cannot say."""
-        return self.annotator_names.names(self.projects.get(project), users) if users else {}
-
-    def set_policy(self, project: str, body) -> dict:
-        self.project_labels(project)
-        return {"project": project, "policy": self.consensus.set_policy(project, body).to_dict()}
-
-    def resync(self, project: str) -> dict:
-        context = self.projects.get(project)
-        studio = project_studio(self.settings, context)
-        if not context.label_config and studio and studio.token:
-            # a project the backend never heard of: its label config comes from Label Studio too
-            self.projects.remember_label_config(project, fetch_label_config(self.settings, studio, project))
-        return resync(self.consensus, project, self.project_labels(project), self.settings, studio)
-
-    def snapshot(self, project: str) -> dict:
-        labels = self.project_labels(project)
-        synced = self.resync(project) if self.settings.resync_before_snapshot else None
-        return {**self.consensus.snapshot(project, labels), "resync": synced}
-
-    def versions(self) -> dict:
-        names, skipped = all_versions(self.settings)
-        return {"versions": names, "skipped": skipped, "base_model": describe_base(self.redis, self.settings)}
+            return training_refused(exc)
 
 
 def _log_failures(failures: list, budget_s: float) -> None:
@@ -455,22 +277,9 @@ def _reaches_label_studio(settings: Settings, context) -> bool:
     return bool(studio and studio.token)
 
 
-def _training_refused(exc: DomainError) -> dict:
-    """Why Label Studio's training request started no job, for a 200 answer: an error status would
-    put the backend into Label Studio's error state, which stops its predictions."""
-    return {"started": False, "refused": True, "error": str(exc)}
-
-
 def _annotations(body: dict) -> list:
     """A vote event's annotations: ANNOTATIONS_CREATED may carry a list."""
     return body["annotation"] if isinstance(body["annotation"], list) else [body["annotation"]]
-
-
-def require_confirmation(body) -> None:
-    """A rollback serves another model to every annotator at once: the caller says it meant it."""
-    if not (isinstance(body, dict) and body.get("confirm") is True):
-        raise InvalidInput("\"confirm\": true is required in the JSON body: this changes the version "
-                           "every annotator's suggestions come from")
 
 
 def _object(body) -> dict:
