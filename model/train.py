@@ -154,15 +154,7 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
     generator = torch.Generator().manual_seed(config.seed)
     features = _feature_cache(model, plan, train_set, val_set, config, mean, device, use_bf16, generator)
 
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        # no weight decay on biases and normalisation scales, as usual for SGD fine-tuning
-        (no_decay if param.ndim <= 1 else decay).append(param)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=config.lr, momentum=config.momentum)
+    optimizer = _optimizer(model, config)
     steps_per_epoch = _steps_per_epoch(len(train_set), config.batch_size)
     scheduler = make_schedule(optimizer, config, steps_per_epoch * config.epochs)
 
@@ -214,6 +206,18 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
                        seconds=time.monotonic() - started, train_size=len(train_set),
                        val_size=len(val_set), history=history, trained=plan.describe(),
                        precision=precision.describe())
+
+
+def _optimizer(model: CrossBranchNet, config: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum over the parameters that train; no weight decay on biases and
+    normalisation scales, as usual for SGD fine-tuning."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=config.lr, momentum=config.momentum)
 
 
 def training_precision(model: CrossBranchNet, config: TrainConfig, device: torch.device,
