@@ -22,7 +22,7 @@ from backend.labelstudio.label_config import ProjectLabels
 from backend.labelstudio.projects import ProjectContext, project_id
 from backend.labelstudio.webhook_events import parse_event, record_event
 from backend.serving.hotswap import HotSwap
-from backend.serving.models import ModelCache, ServedModel
+from backend.serving.models import ServedModel
 from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.serving.prediction_store import VersionPredictions, stored_then_predicted, task_id
 from backend.serving.refresh_queue import try_submit_refresh
@@ -42,10 +42,10 @@ _VOTE_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATE
 
 
 class LabelStudioBackend:
-    def __init__(self, settings: Settings, client: redis.Redis, projects: Projects, models: ModelCache,
-                 swap: HotSwap, consensus: ProjectConsensus, training: TrainingService, follower: VersionFollower):
+    def __init__(self, settings: Settings, client: redis.Redis, projects: Projects, swap: HotSwap,
+                 consensus: ProjectConsensus, training: TrainingService, follower: VersionFollower):
         self.settings, self.redis, self.projects = settings, client, projects
-        self.models, self.swap, self.consensus, self.training = models, swap, consensus, training
+        self.swap, self.consensus, self.training = swap, consensus, training
         self.follower = follower
         self.fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
         self.ingest = Ingest(client)
@@ -172,7 +172,7 @@ class LabelStudioBackend:
         except redis.RedisError:
             raise Unavailable("no model in memory for this project and Redis is unavailable") from None
         if not project:
-            return self.models.load(version)
+            return self.swap.models.load(version)  # the swap's cache: one per process
         served = self.swap.serve(project, version)
         if not served:
             raise Unavailable(f"model version {version.name} of project {project} cannot be loaded")

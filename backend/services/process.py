@@ -33,7 +33,7 @@ class Services:
         follower = VersionFollower(settings, client)
         votes = ProjectConsensus(client, settings, on_auto_train=lambda project: self.training.auto_train(project))
         self.training = TrainingService(settings, self.projects, votes)
-        self.labelstudio = LabelStudioBackend(settings, client, self.projects, self.models, self.swap, votes,
+        self.labelstudio = LabelStudioBackend(settings, client, self.projects, self.swap, votes,
                                               self.training, follower)
         self.versions = VersionService(settings, client, self.projects, follower)
         self.consensus = ConsensusService(settings, self.projects, votes, AnnotatorNames(client, settings))
