@@ -16,8 +16,8 @@ from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_r
 from backend.core.settings import Settings
 
 # test modules that import neither torch nor torchvision, directly or through backend/ and model/
-WITHOUT_TORCH = {"test_docker.py", "test_image_fetch.py", "test_images.py", "test_label_config.py",
-                 "test_stack_state.py"}
+WITHOUT_TORCH = {"test_docker.py", "test_docs.py", "test_image_fetch.py", "test_images.py",
+                 "test_label_config.py", "test_stack_state.py"}
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 collect_ignore_glob = [] if HAVE_TORCH else [
     path.name for path in Path(__file__).parent.glob("test_*.py") if path.name not in WITHOUT_TORCH] + ["e2e"]

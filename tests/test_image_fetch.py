@@ -264,7 +264,7 @@ def test_relative_local_files_url_resolved_against_label_studio_url(ls, make_fet
 
 
 def test_absolute_label_studio_url_gets_the_token(ls, make_fetcher):
-    # Local Storage tasks carry absolute URLs on Label Studio's own host (docs section 8).
+    # Local Storage tasks carry absolute URLs on Label Studio's own host (Label Studio protocol notes, section 8).
     fetcher = make_fetcher(**allow(ls))
     url = f"{ls.base}/data/local-files/?d=images/img5.png"
     assert fetcher.fetch(url, hostname=ls.base, access_token=LEGACY).size == PNG_SIZE

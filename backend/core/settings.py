@@ -1,8 +1,9 @@
 """Every setting of the service, declared once: each field of `Settings` names its environment
 variable, how its text is parsed, its default, its one-line documentation and its range.
 
-`load_settings` reads them all; the README's "Settings" table is `python -m backend.core.settings
---markdown` (a test keeps the two equal, and checks docker/.env.example against the same fields).
+`load_settings` reads them all; the table of docs/operators/settings.md is `python -m
+backend.core.settings --markdown` (a test keeps the two equal, and checks docker/.env.example
+against the same fields).
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ _TTL = Limit(int, 60, 365 * 86400)
 
 def setting(env: str, default: Any, doc: str, *, parse: Parser = _text, check: Check | None = None,
             shown: str | None = None, secret: bool = False) -> Any:
-    """A field of `Settings` read from `env`; `shown` is the README's default when the value is not it."""
+    """A field of `Settings` read from `env`; `shown` is the Settings table's default when the value is not it."""
     return field(default=default, repr=not secret,
                  metadata={"env": env, "parse": parse, "check": check, "doc": doc, "shown": shown})
 
@@ -388,7 +389,7 @@ def _readme_default(f: Field) -> str:
 
 
 def markdown_table() -> str:
-    """The README's "Settings" table."""
+    """The table of docs/operators/settings.md."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     rows += [f"| `{f.metadata['env']}` | {_readme_default(f)} | {f.metadata['doc']} |" for f in setting_fields()]
     return "\n".join(rows) + "\n"
@@ -397,7 +398,7 @@ def markdown_table() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m backend.core.settings",
                                      description="Print the settings' declaration.")
-    parser.add_argument("--markdown", action="store_true", help="the README's Settings table")
+    parser.add_argument("--markdown", action="store_true", help="the Settings table of docs/operators/settings.md")
     parser.parse_args(argv)
     print(markdown_table(), end="")
 

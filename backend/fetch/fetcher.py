@@ -1,6 +1,6 @@
 """Downloading task images from Label Studio (or wherever the task points), safely.
 
-What Label Studio 1.23 puts in ``task.data.image`` (docs/label-studio-protocol.md, section 8):
+What Label Studio 1.23 puts in ``task.data.image`` (docs/developers/label-studio-protocol.md, section 8):
 absolute http(s) URLs, and relative ``/data/upload/...`` or ``/data/local-files/?d=...`` paths
 that must be fetched from Label Studio with a token. Cloud storage gives ``s3://``-style URIs
 only when presigning/proxying is off; we cannot read those.
