@@ -30,6 +30,7 @@ from backend.labelstudio.admin_client import LabelStudioClient
 from backend.core.settings import Settings
 
 from canary import Canary
+from hanging_server import DripServer
 
 LEGACY = "legacy-token-0123456789abcdef"
 PNG_SIZE = (8, 6)
@@ -475,6 +476,23 @@ def test_overall_timeout(ls, make_fetcher, path):
     fetcher = make_fetcher(allowed_image_hosts=("127.0.0.1",), image_timeout_s=1.0)
     error = fetch_error(fetcher, ls.base + path)
     assert error.kind == "timeout"
+
+
+@pytest.mark.parametrize("step", ["image", "token refresh"])
+def test_dripped_response_head_ends_at_the_deadline(make_fetcher, step):
+    # One byte of the response head every 50 ms: each read gets a byte long before a per-read
+    # timeout, and the whole head would take about 20 s. The fetch must end at its 1 s deadline,
+    # so the server has not sent all of it when the error comes.
+    with DripServer(head_bytes=400, interval=0.05) as drip:
+        if step == "image":
+            fetcher, url = make_fetcher(image_timeout_s=1.0, **allow(drip)), f"{drip.base}/image.png"
+        else:  # the PAT's swap for an access token is the first request
+            fetcher, url = make_fetcher(image_timeout_s=1.0, label_studio_url=drip.base,
+                                        label_studio_api_key=PAT), "/data/upload/1/a.png"
+        error = fetch_error(fetcher, url)
+        sent = drip.bytes_sent()
+    assert error.kind == "timeout" and "AESEMO_IMAGE_TIMEOUT" in str(error)
+    assert 0 < sent < drip.total
 
 
 def test_connection_refused(make_fetcher, servers):

@@ -19,8 +19,9 @@ Rules this module keeps:
   checked again before anything is sent, so a DNS answer that changes between the two
   (rebinding) is caught too. A refused address is refused before connecting, so the answer is
   the same whether anything listens there or not.
-* One deadline per fetch (connect, redirects, token refresh and body together), a byte limit
-  while streaming, a pixel limit on decode.
+* One deadline per fetch (connect, response heads, redirects, token refresh and body together),
+  held however slowly the server sends (backend/fetch/deadline.py shuts the sockets down when it
+  passes); a byte limit while streaming, a pixel limit on decode.
 
 The address rules are backend/fetch/address_guard.py's, the errors backend/fetch/errors.py's and
 the bounded download cache backend/fetch/disk_cache.py's; this module is the download flow.
@@ -30,7 +31,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import time
 import warnings
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -41,6 +41,7 @@ from PIL import Image
 
 from backend.core.settings import Settings
 from backend.fetch.address_guard import AddressGuard, GuardedAdapter, allowed_host_entries
+from backend.fetch.deadline import Deadline
 from backend.fetch.disk_cache import DiskCache
 from backend.fetch.errors import ImageFetchError, network_error, public_url
 from backend.labelstudio import tokens as ls_auth
@@ -154,22 +155,21 @@ class ImageFetcher:
 
     # ----- HTTP -----------------------------------------------------------------------------
 
-    def _session(self, guard: AddressGuard) -> requests.Session:
+    def _session(self, guard: AddressGuard, deadline: Deadline) -> requests.Session:
         session = requests.Session()
         # No proxies or ~/.netrc from the environment: a proxy would hide the real address from
         # the SSRF checks, and netrc would add credentials for hosts we do not trust.
         session.trust_env = False
         session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        adapter = GuardedAdapter(guard.check_peer)
+        adapter = GuardedAdapter(guard.check_peer, deadline)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
 
     def _download(self, url: str, hostname: str | None, access_token: str | None) -> bytes:
-        deadline = time.monotonic() + self._settings.image_timeout_s
         studios = self._label_studios(hostname, access_token)
         guard = AddressGuard(self._allowed_hosts, studios)
-        with self._session(guard) as session:
+        with Deadline(self._settings.image_timeout_s) as deadline, self._session(guard, deadline) as session:
             for _ in range(MAX_REDIRECTS + 1):
                 with self._request(session, url, studios, guard, deadline) as response:
                     if response.status_code not in _REDIRECT_CODES:
@@ -179,7 +179,7 @@ class ImageFetcher:
         raise ImageFetchError("http_error", url, f"more than {MAX_REDIRECTS} redirects")
 
     def _request(self, session: requests.Session, url: str, studios: dict[Origin, ls_auth.Studio],
-                 guard: AddressGuard, deadline: float) -> requests.Response:
+                 guard: AddressGuard, deadline: Deadline) -> requests.Response:
         """One hop: checks, the token if `url` is Label Studio's, and one retry with a fresh access
         token when Label Studio refuses a cached one (it may have expired early, or been revoked)."""
         self._check_url(url)
@@ -195,21 +195,22 @@ class ImageFetcher:
         return response
 
     def _send(self, session: requests.Session, url: str, authorization: str | None,
-              deadline: float) -> requests.Response:
+              deadline: Deadline) -> requests.Response:
         headers = dict(_REQUEST_HEADERS)
         if authorization:
             headers["Authorization"] = authorization
         try:
-            return session.get(url, headers=headers, stream=True, allow_redirects=False,
-                               timeout=self._remaining(deadline, url))
+            response = session.get(url, headers=headers, stream=True, allow_redirects=False,
+                                   timeout=self._remaining(deadline, url))
         except requests.RequestException as exc:
-            raise network_error(exc, url) from None
+            raise _failure(exc, url, deadline) from None
+        return _in_time(response, url, deadline)
 
     @staticmethod
-    def _remaining(deadline: float, url: str) -> float:
-        remaining = deadline - time.monotonic()
+    def _remaining(deadline: Deadline, url: str) -> float:
+        remaining = deadline.remaining()
         if remaining <= 0:
-            raise ImageFetchError("timeout", url, "the download took longer than AESEMO_IMAGE_TIMEOUT")
+            raise _timeout(url)
         return remaining
 
     @staticmethod
@@ -241,34 +242,29 @@ class ImageFetcher:
             raise ImageFetchError("unauthorized", url, f"HTTP {code}: {hint}")
         raise ImageFetchError("http_error", url, f"the server answered HTTP {code}")
 
-    def _read_body(self, response: requests.Response, url: str, deadline: float) -> bytes:
+    def _read_body(self, response: requests.Response, url: str, deadline: Deadline) -> bytes:
         limit = self._settings.max_image_bytes
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
             raise ImageFetchError("too_large", url, f"{int(declared)} bytes is over the limit of {limit} bytes")
-        # read1 returns whatever one socket read gives, so the deadline is checked between reads
-        # even when a server drips a byte at a time (urllib3 1.x has only read).
+        # read1 returns whatever one socket read gives, so the byte limit is checked as the bytes
+        # come (urllib3 1.x has only read).
         read = getattr(response.raw, "read1", response.raw.read)
         body = bytearray()
         while True:
-            self._limit_socket_wait(response, deadline, url)
+            self._remaining(deadline, url)
             try:
                 chunk = read(_CHUNK_BYTES, decode_content=True)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise network_error(exc, url) from None
+                raise _failure(exc, url, deadline) from None
             if not chunk:
+                # the deadline's shutdown looks like the end of a body without Content-Length
+                if deadline.expired():
+                    raise _timeout(url)
                 return bytes(body)
             body += chunk
             if len(body) > limit:
                 raise ImageFetchError("too_large", url, f"more than the limit of {limit} bytes")
-
-    def _limit_socket_wait(self, response: requests.Response, deadline: float, url: str) -> None:
-        """Let no single socket read wait past the deadline (best effort: urllib3 2 exposes the
-        connection; otherwise each read may wait up to the time left when the request started)."""
-        remaining = self._remaining(deadline, url)
-        sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-        if sock is not None:
-            sock.settimeout(remaining)
 
     # ----- tokens ---------------------------------------------------------------------------
 
@@ -277,7 +273,7 @@ class ImageFetcher:
         return studio.base.rstrip("/") + ls_auth.REFRESH_PATH
 
     def _authorization(self, session: requests.Session, url: str, studios: dict[Origin, ls_auth.Studio],
-                       deadline: float) -> tuple[str | None, bool]:
+                       deadline: Deadline) -> tuple[str | None, bool]:
         """(Authorization value or None, whether it came from the access-token cache)."""
         studio = studios.get(ls_auth.origin_of(url))
         if studio is None or not studio.token:
@@ -289,14 +285,14 @@ class ImageFetcher:
             refresh_url, studio.token, lambda: self._swap_pat(session, refresh_url, studio.token, deadline))
         return f"Bearer {access}", not minted
 
-    def _swap_pat(self, session: requests.Session, refresh_url: str, pat: str, deadline: float) -> str:
+    def _swap_pat(self, session: requests.Session, refresh_url: str, pat: str, deadline: Deadline) -> str:
         """POST the PAT to /api/token/refresh/ and return the access JWT it buys."""
         try:
             response = session.post(refresh_url, json={"refresh": pat}, headers={"Accept": "application/json"},
                                     allow_redirects=False, timeout=self._remaining(deadline, refresh_url))
         except requests.RequestException as exc:
-            raise network_error(exc, refresh_url) from None
-        with response:
+            raise _failure(exc, refresh_url, deadline) from None
+        with _in_time(response, refresh_url, deadline):
             if response.status_code in (400, 401, 403):
                 raise ImageFetchError(
                     "unauthorized", refresh_url, f"Label Studio refused the Personal Access Token "
@@ -348,6 +344,24 @@ class ImageFetcher:
 
     def _cache_drop(self, url: str) -> None:
         self._cache.drop(url)
+
+
+def _timeout(url: str) -> ImageFetchError:
+    return ImageFetchError("timeout", url, "the download took longer than AESEMO_IMAGE_TIMEOUT")
+
+
+def _failure(exc: BaseException, url: str, deadline: Deadline) -> ImageFetchError:
+    """A network error, or the timeout when the deadline's shutdown is what broke the read."""
+    return _timeout(url) if deadline.expired() else network_error(exc, url)
+
+
+def _in_time(response: requests.Response, url: str, deadline: Deadline) -> requests.Response:
+    """`response`, unless the deadline passed while it was read: the deadline's shutdown ends the
+    head like the end of the data, and http.client answers with the lines it had."""
+    if deadline.expired():
+        response.close()
+        raise _timeout(url)
+    return response
 
 
 def _header_pixels(data: bytes) -> int | None:
