@@ -28,6 +28,7 @@ from backend.fetch.errors import ERROR_KINDS, ImageFetchError, public_url
 from backend.fetch.fetcher import ImageFetcher
 from backend.labelstudio.admin_client import LabelStudioClient
 from backend.core.settings import Settings
+from backend.training.image_cache import cached_training_image, training_image_cache
 
 from canary import Canary
 from hanging_server import DripServer
@@ -588,13 +589,39 @@ def test_admin_client_sends_its_token_only_to_its_own_server(ls, other):
 def test_cache_hit_needs_no_request(ls, make_fetcher, tmp_path):
     fetcher = make_fetcher(label_studio_url=ls.base, label_studio_api_key=LEGACY)
     first = fetcher.fetch("/data/upload/1/a.png")
-    entry = tmp_path / "cache" / hashlib.sha256(f"{ls.base}/data/upload/1/a.png".encode()).hexdigest()
+    entry = tmp_path / "cache" / hashlib.sha256(fetcher.cache_key("/data/upload/1/a.png").encode()).hexdigest()
     assert entry.read_bytes() == png_bytes()
     again = make_fetcher(label_studio_url=ls.base, label_studio_api_key=LEGACY).fetch("/data/upload/1/a.png")
     assert again.tobytes() == first.tobytes()
     assert fetcher.fetch("/data/upload/1/a.png").tobytes() == first.tobytes()
     assert len(ls.recorder.requests) == 1
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]  # no temp files left
+
+
+def test_cached_image_is_served_only_to_the_same_credentials(ls, make_fetcher):
+    # One fetcher, so one cache, for every project, as in the service. What one project's /setup
+    # token fetched is not served to a project without it: the host is asked, and refuses.
+    fetcher = make_fetcher(**allow(ls))
+    url = f"{ls.base}/data/upload/1/a.png"
+    for _ in range(2):  # the second from the cache
+        assert fetcher.fetch(url, hostname=ls.base, access_token=LEGACY).size == PNG_SIZE
+    assert ls.recorder.auths() == [f"Token {LEGACY}"]
+    assert fetch_error(fetcher, url).kind == "unauthorized"
+    assert fetch_error(fetcher, url, hostname=ls.base, access_token="other-token").kind == "unauthorized"
+    assert ls.recorder.auths() == [f"Token {LEGACY}", None, "Token other-token"]
+    assert LEGACY not in fetcher.cache_key(url, hostname=ls.base, access_token=LEGACY)
+
+
+def test_training_image_cache_is_served_only_to_the_same_credentials(ls, make_fetcher, tmp_path):
+    fetcher = make_fetcher(**allow(ls))
+    cache = training_image_cache(tmp_path / "train256", 10 ** 6)
+    url = f"{ls.base}/data/upload/1/a.png"
+    path = cached_training_image(fetcher, url, cache, ls.base, LEGACY, size=16)
+    assert cached_training_image(fetcher, url, cache, ls.base, LEGACY, size=16) == path
+    with pytest.raises(ImageFetchError) as info:
+        cached_training_image(fetcher, url, cache, None, None, size=16)
+    assert info.value.kind == "unauthorized"
+    assert ls.recorder.auths() == [f"Token {LEGACY}", None]
 
 
 def test_failures_are_not_cached(ls, make_fetcher, tmp_path):

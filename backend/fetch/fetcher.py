@@ -28,7 +28,9 @@ the bounded download cache backend/fetch/disk_cache.py's; this module is the dow
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import os
 import warnings
@@ -85,17 +87,24 @@ class ImageFetcher:
               access_token: str | None = None) -> Image.Image:
         """The image at `url` as 8-bit RGB. Raises ImageFetchError."""
         resolved = self.resolve_url(url, hostname=hostname)
-        data = self._cache_read(resolved)
+        studios = self._label_studios(hostname, access_token)
+        key = _cache_key(resolved, studios)
+        data = self._cache_read(key, resolved)
         if data is not None:
             try:
                 return self._decode(data, resolved)
             except ImageFetchError:
-                self._cache_drop(resolved)  # a bad entry must not fail every later fetch
+                self._cache.drop(key)  # a bad entry must not fail every later fetch
                 raise
-        data = self._download(resolved, hostname, access_token)
+        data = self._download(resolved, studios)
         image = self._decode(data, resolved)
-        self._cache_write(resolved, data)  # only after it decoded: failures are never cached
+        self._cache_write(key, data)  # only after it decoded: failures are never cached
         return image
+
+    def cache_key(self, url: str, *, hostname: str | None = None, access_token: str | None = None) -> str:
+        """What `fetch` caches the image under for these credentials: a cache of anything made
+        from the image keys by it too, so that it is never served to a fetch without them."""
+        return _cache_key(self.resolve_url(url, hostname=hostname), self._label_studios(hostname, access_token))
 
     def resolve_url(self, url: str, *, hostname: str | None = None) -> str:
         """The absolute http(s) URL a task's image value stands for. Raises ImageFetchError."""
@@ -166,8 +175,7 @@ class ImageFetcher:
         session.mount("https://", adapter)
         return session
 
-    def _download(self, url: str, hostname: str | None, access_token: str | None) -> bytes:
-        studios = self._label_studios(hostname, access_token)
+    def _download(self, url: str, studios: dict[Origin, ls_auth.Studio]) -> bytes:
         guard = AddressGuard(self._allowed_hosts, studios)
         with Deadline(self._settings.image_timeout_s) as deadline, self._session(guard, deadline) as session:
             for _ in range(MAX_REDIRECTS + 1):
@@ -327,23 +335,31 @@ class ImageFetcher:
 
     # ----- cache ------------------------------------------------------------------------------
 
-    def _cache_read(self, url: str) -> bytes | None:
+    def _cache_read(self, key: str, url: str) -> bytes | None:
         # an entry stored under a larger limit than today's is a miss
-        data = self._cache.read_bytes(url, max_size=self._settings.max_image_bytes)
+        data = self._cache.read_bytes(key, max_size=self._settings.max_image_bytes)
         if data is not None:
             log.debug("image cache hit for %s", public_url(url))
         return data
 
-    def _cache_write(self, url: str, data: bytes) -> None:
+    def _cache_write(self, key: str, data: bytes) -> None:
         """A full disk costs the cache, not the fetch."""
         try:
-            self._cache.write(url, lambda temp: Path(temp).write_bytes(data))
+            self._cache.write(key, lambda temp: Path(temp).write_bytes(data))
             self._cache.evict_over_bound()
         except OSError as exc:
             log.warning("cannot write image cache in %s (%s)", self._cache.folder, exc.strerror)
 
-    def _cache_drop(self, url: str) -> None:
-        self._cache.drop(url)
+
+def _cache_key(url: str, studios: dict[Origin, ls_auth.Studio]) -> str:
+    """`url` with a fingerprint of every token a fetch of it may send (redirects included): what
+    one set of credentials downloaded is served from the cache only to fetches that would send
+    the same ones; any other asks the host, which may refuse. A public image is downloaded once
+    per set of credentials. Only a hash of the tokens is in the key, and the cache names its
+    files by a hash of the key."""
+    tokens = sorted([list(origin), studio.token] for origin, studio in studios.items() if studio.token)
+    fingerprint = hashlib.sha256(json.dumps(tokens).encode()).hexdigest() if tokens else "none"
+    return f"{url}#credentials={fingerprint}"
 
 
 def _timeout(url: str) -> ImageFetchError:
