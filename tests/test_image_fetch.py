@@ -151,6 +151,8 @@ def make_handler(recorder: Recorder, other_base: callable):
                 return self.send_body(200, png_bytes() + b"\0" * 5000, length=False)
             if path == "/bomb.png":
                 return self.send_body(200, bomb_png())
+            if path == "/wide.png":  # 1000 x 1000 RGB: 8,000,000 bytes to decode, in a few dozen
+                return self.send_body(200, bomb_png(1000, 1000))
             if path == "/slow":
                 time.sleep(3)
                 return self.send_body(200, png_bytes())
@@ -468,6 +470,13 @@ def test_pixel_limit_is_too_large(ls, make_fetcher):
     fetcher = make_fetcher(allowed_image_hosts=("127.0.0.1",), max_image_pixels=40)  # 8x6 = 48
     error = fetch_error(fetcher, f"{ls.base}/image.png")
     assert error.kind == "too_large" and "48 pixels" in str(error)
+
+
+def test_decode_memory_limit_is_too_large(ls, make_fetcher):
+    fetcher = make_fetcher(allowed_image_hosts=("127.0.0.1",), max_image_decode_bytes=1_000_000)
+    error = fetch_error(fetcher, f"{ls.base}/wide.png")
+    assert error.kind == "too_large"
+    assert "8000000 bytes" in str(error) and "limit of 1000000 bytes" in str(error)
 
 
 @pytest.mark.parametrize("path", ["/slow", "/drip"])

@@ -21,7 +21,8 @@ Rules this module keeps:
   the same whether anything listens there or not.
 * One deadline per fetch (connect, response heads, redirects, token refresh and body together),
   held however slowly the server sends (backend/fetch/deadline.py shuts the sockets down when it
-  passes); a byte limit while streaming, a pixel limit on decode.
+  passes); a byte limit while streaming; a pixel limit and a decode memory limit, checked from
+  the image's header before its pixels are decoded (model/images.py).
 
 The address rules are backend/fetch/address_guard.py's, the errors backend/fetch/errors.py's and
 the bounded download cache backend/fetch/disk_cache.py's; this module is the download flow.
@@ -29,11 +30,9 @@ the bounded download cache backend/fetch/disk_cache.py's; this module is the dow
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -47,7 +46,7 @@ from backend.fetch.deadline import Deadline
 from backend.fetch.disk_cache import DiskCache
 from backend.fetch.errors import ImageFetchError, network_error, public_url
 from backend.labelstudio import tokens as ls_auth
-from model.errors import ImageError
+from model.errors import ImageError, ImageTooLarge
 from model.images import open_image
 
 log = logging.getLogger(__name__)
@@ -319,15 +318,11 @@ class ImageFetcher:
     # ----- decoding ---------------------------------------------------------------------------
 
     def _decode(self, data: bytes, url: str) -> Image.Image:
-        limit = self._settings.max_image_pixels
         try:
-            pixels = _header_pixels(data)
-        except Image.DecompressionBombError as exc:
-            raise ImageFetchError("too_large", url, str(exc)) from None
-        if pixels is not None and pixels > limit:
-            raise ImageFetchError("too_large", url, f"{pixels} pixels is over the limit of {limit} pixels")
-        try:
-            return open_image(data, max_pixels=limit, name="content")
+            return open_image(data, max_pixels=self._settings.max_image_pixels,
+                              max_decode_bytes=self._settings.max_image_decode_bytes, name="content")
+        except ImageTooLarge as exc:
+            raise ImageFetchError("too_large", url, str(exc).removeprefix("content: ")) from None
         except ImageError as exc:
             raise ImageFetchError("not_image", url, str(exc).removeprefix("content: ")) from None
         except Exception as exc:  # untrusted bytes can trip any decoder error; none may escape raw
@@ -378,19 +373,3 @@ def _in_time(response: requests.Response, url: str, deadline: Deadline) -> reque
         response.close()
         raise _timeout(url)
     return response
-
-
-def _header_pixels(data: bytes) -> int | None:
-    """Width x height from the image header alone (no pixel decoding), or None if unreadable.
-    This lets a pixel-limit refusal be told apart from bytes that are not an image. PIL's own
-    DecompressionBombError (sizes over twice PIL's limit, refused at open) is left to the caller."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-    except Image.DecompressionBombError:
-        raise
-    except Exception:  # not an image, or a broken header: open_image will say which
-        return None
-    return width * height
