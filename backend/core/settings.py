@@ -105,6 +105,7 @@ def _base_model(name: str, value: Path | None) -> None:
 
 _FRACTION = Limit(float, 0, 1)
 _CACHE_BYTES = Limit(int, 0, 2 ** 62)
+_DECODE_BYTES = Limit(int, 10 ** 6, 2 ** 40)
 _COUNT = Limit(int, 0, 10 ** 6)
 _REFRESH_BATCH = Limit(int, 1, 1000)
 _TTL = Limit(int, 60, 365 * 86400)
@@ -168,6 +169,11 @@ class Settings:
     max_image_pixels: int = setting(
         "AESEMO_MAX_IMAGE_PIXELS", 50_000_000,
         "largest image (width x height); larger ones are refused as decompression bombs", parse=_integer)
+    max_image_decode_bytes: int = setting(
+        "AESEMO_MAX_IMAGE_DECODE_BYTES", 400_000_000,
+        "most memory one image's decode may hold, in bytes: width x height x (1 for grey or palette, 2 for "
+        "16-bit grey, 4 for other modes, plus 4 for the RGB copy); larger images are refused from their "
+        "header, before decoding; the default fits any image within the default pixel limit (10^6..2^40)", parse=_integer, check=_within(lambda: _DECODE_BYTES))
     download_cache_bytes: int = setting(
         "AESEMO_DOWNLOAD_CACHE_BYTES", 2 * 1024 ** 3,
         "bytes the cache of downloaded task images (`<data dir>/cache/downloads`) may hold; least "
