@@ -160,6 +160,12 @@ class Settings:
         "BASIC_AUTH_USER", None, "HTTP Basic user the service requires (none: no authentication)")
     basic_auth_pass: str | None = setting(
         "BASIC_AUTH_PASS", None, "HTTP Basic password the service requires", secret=True)
+    allowed_hosts: tuple[str, ...] = setting(
+        "AESEMO_ALLOWED_HOSTS", (),
+        "comma-separated host names (a port is ignored; `*`: any) that the admin page and the admin's "
+        "endpoints answer under besides loopback ones (`localhost`, 127.0.0.0/8, `::1`); any other `Host` "
+        "is refused (403), against DNS rebinding. Label Studio's endpoints answer every host",
+        parse=_comma_list, shown="– (loopback only)")
     aesthetic_control: str = setting(
         "AESEMO_AESTHETIC_CONTROL", "aesthetic", "name of the aesthetic `Choices` control in the label config")
     emotion_control: str = setting(

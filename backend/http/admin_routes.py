@@ -1,5 +1,6 @@
 """The admin's endpoints: the admin page, and the JSON API it and scripts use (consensus, jobs,
-versions, promotion, resync, snapshots, metrics)."""
+versions, promotion, resync, snapshots, metrics). They answer only under this backend's own host
+names (RequestPolicy.admin_refusal)."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, render_template, request, send_file
@@ -16,10 +17,14 @@ admin.add_app_template_filter(admin_page.format_when, "when")
 admin.add_app_template_filter(admin_page.format_duration, "duration")
 
 PROJECT = "/projects/<project:project>"
+# the page runs only its own script and stylesheet; the bars' widths are inline style attributes.
+# No page elsewhere may frame it (X-Frame-Options for browsers without CSP, backend/http/app.py).
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+REPORT_MAX_AGE_S = 3600
 # (rule, method, the name of the Backend method answering it): the URL's parts are its keyword
 # arguments, its dict the JSON answer; looked up on each request, as every other route does
 JSON_ROUTES = [
-    ("/versions", "GET", "versions"),
     (f"{PROJECT}/consensus", "GET", "consensus_summary"),
     (f"{PROJECT}/resync", "POST", "resync"),
     (f"{PROJECT}/snapshot", "POST", "snapshot"),
@@ -47,12 +52,17 @@ for _rule, _method, _name in JSON_ROUTES:
 @admin.get("/")
 def page():
     view = admin_page.admin_view(backend(), request.args.get("project"))
-    return render_template("admin.html", **view), 503 if view.get("error") else 200
+    return (render_template("admin.html", **view), 503 if view.get("error") else 200,
+            {"Content-Security-Policy": PAGE_POLICY})
 
 
 @admin.get(f"{PROJECT}/versions/<version>/report/<name>")
 def report(project, version, name):
-    return send_file(admin_page.report_file(backend().settings, project, version, name), max_age=3600)
+    response = send_file(admin_page.report_file(backend().settings, project, version, name), max_age=REPORT_MAX_AGE_S)
+    # behind Basic auth: the admin's browser may keep it, a shared cache (a proxy) may not
+    response.cache_control.public = False
+    response.cache_control.private = True
+    return response
 
 
 @admin.get(f"{PROJECT}/consensus/tasks")

@@ -19,6 +19,12 @@ def health():
     return jsonify(backend().health())
 
 
+@labelstudio.get("/versions")
+def versions():
+    # Label Studio lists the model versions with it (its ML backend API's `versions`)
+    return jsonify(backend().versions())
+
+
 @labelstudio.post("/setup")
 def setup():
     return jsonify(backend().setup(json_body()))

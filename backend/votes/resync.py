@@ -9,7 +9,7 @@ import logging
 from label_studio_sdk import LabelStudio
 
 from backend.labelstudio import tokens as ls_auth
-from backend.core.errors import Conflict, DomainError, UpstreamError
+from backend.core.errors import Conflict, DomainError, NotFound, UpstreamError
 from backend.core.ids import as_id, shown
 from backend.fetch.address_guard import AddressGuard, allowed_host_entries, guarded_httpx_client
 from backend.fetch.errors import ImageFetchError
@@ -72,10 +72,15 @@ def export_tasks(client: LabelStudio, project: str) -> list[dict]:
 
 
 def fetch_label_config(settings: Settings, studio: ls_auth.Studio, project: str) -> str:
+    """The label config of a project this backend has never heard of. Label Studio's 404 means
+    it does not know the project either: that is the client's unknown project (404), not
+    Label Studio failing (502, which other errors stay: its word on the project is missing)."""
     client = sdk_client(settings, studio, 30)
     try:
         return client.projects.get(int(project)).label_config
     except Exception as exc:  # the SDK's ApiError or a transport error
+        if getattr(exc, "status_code", None) == 404:
+            raise NotFound(f"unknown project {project}: neither this backend nor its Label Studio knows it") from None
         raise _sdk_failure(exc, f"Label Studio has no readable project {project}") from None
 
 
