@@ -1,4 +1,4 @@
-"""What slows learning (issue 14): test accuracy per task after training on generated images
+"""What slows learning: test accuracy per task after training on generated images
 (emotion = background hue, aesthetic = sharp vs blurred), for two independent torchvision
 resnet18s trained plainly (the baseline), our CrossBranchNet with the old defaults, and runs
 that change one factor at a time between them. One table, measured in one run.

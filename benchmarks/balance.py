@@ -1,4 +1,4 @@
-"""Class balance on skewed labels (issue 14): test macro-F1 per task after training on
+"""Class balance on skewed labels: test macro-F1 per task after training on
 generated images whose emotion classes are skewed (half of them the first class), with class
 balance off, as loss weights, and as balanced sampling. The test set is balanced. One run.
 

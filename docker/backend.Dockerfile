@@ -6,7 +6,7 @@
 # torch and torchvision come from the PyTorch CPU index (no CUDA libraries: a much smaller image);
 # everything else from PyPI, at the pins of docker/requirements.txt (= pyproject.toml). Everything is
 # downloaded here, at build time: the running container downloads nothing, torchvision's ImageNet
-# weights included (see AESEMO_FETCH_WEIGHTS below and the README's "Deploying with Docker").
+# weights included (see AESEMO_FETCH_WEIGHTS below and docs/operators/docker.md).
 FROM python:3.11-slim
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu

@@ -56,5 +56,5 @@ RUN if [ "$AESEMO_FETCH_WEIGHTS" = 1 ]; then aesemo fetch-weights --backbone vgg
 WORKDIR /data
 
 # SimpleWorker runs each job in this process (no fork after CUDA is initialised); it logs the
-# device it trains on. One container per GPU; see the README's "Scaling out".
+# device it trains on. One container per GPU; see docs/operators/scaling.md.
 CMD ["aesemo", "worker"]

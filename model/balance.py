@@ -1,4 +1,4 @@
-"""Class balance for skewed consensus labels (issue 14): per task, a weight per class that is
+"""Class balance for skewed consensus labels: per task, a weight per class that is
 inversely proportional to the class's expected count in the training set.
 
 Counts are expected counts: a soft target (0.75 awe, 0.25 fear) adds 0.75 to awe and 0.25 to

@@ -9,6 +9,10 @@ class ImageError(AesemoError):
     """An image that cannot be used: missing, truncated, not an image, or too large."""
 
 
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit or the decode memory limit (model/images.py)."""
+
+
 class ManifestError(AesemoError):
     """A training manifest that cannot be used as a whole (empty, bad JSON, unknown class)."""
 

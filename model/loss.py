@@ -1,4 +1,4 @@
-"""L = La + lambda * Le (method.md, "Training"), with soft targets and per-task masks.
+"""L = La + lambda * Le (docs/developers/method.md, "Training"), with soft targets and per-task masks.
 
 With a one-hot target and two aesthetic classes, La reduces to the patent's
 -ya*log(pa) - (1-ya)*log(1-pa), and Le to -sum(ye*log(pe)).

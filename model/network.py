@@ -1,4 +1,4 @@
-"""The cross-branch two-task network of the patent (method.md, "The network").
+"""The cross-branch two-task network of the patent (docs/developers/method.md, "The network").
 
 Two branches read the same image: branch A classifies aesthetics, branch E emotion. After each
 convolution group but the last, a cross-branch layer stacks both branches' feature maps
@@ -117,7 +117,8 @@ class CrossBranchLayer(nn.Module):
     @torch.no_grad()
     def init_identity(self, alpha: float) -> None:
         """Start as a weighted identity so the pretrained features pass through nearly unchanged
-        (random 1x1 weights would scramble them; see method.md, "Known weak point")."""
+        (random 1x1 weights would scramble them; see docs/developers/method.md, "Known weak
+        point")."""
         k = self.to_a.out_channels
         eye = torch.eye(k)
         for conv, own, other in ((self.to_a, slice(0, k), slice(k, 2 * k)),

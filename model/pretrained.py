@@ -2,8 +2,8 @@
 (by default) torchvision's published weights of the backbone, downloaded once into torchvision's
 cache (`$TORCH_HOME/hub/checkpoints`) with torchvision's own download and hash check.
 
-Everything but each branch's last FC layer and the cross-branch layers is copied (method.md,
-"Training": those stay randomly initialised).
+Everything but each branch's last FC layer and the cross-branch layers is copied
+(docs/developers/method.md, "Training": those stay randomly initialised).
 """
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ DEFAULT_THRESHOLD = 0.99
 RUNTIME_FORMAT = 1
 GENERATED_IMAGES = 32
 # training images int8 is calibrated on at most: with global min/max activation ranges, more images
-# clip fewer held-out activations (resnet18 emotion agreement 0.990 with 32, 0.995 with 64; README)
+# clip fewer held-out activations (resnet18 emotion agreement 0.990 with 32, 0.995 with 64; docs/benchmarks/inference.md)
 CALIBRATION_IMAGES = 64
 # a version's own held-out images the agreement check reads at most: 32 cannot tell 99 % from 94 %
 # (benchmarks/inference.py, vgg16 int8: 32 of 32 agreed, 187 of 200)
@@ -215,7 +215,7 @@ def _make_variant(folder: Path, name: str, converted, calibration: torch.Tensor,
 
 
 # How each int8 variant is made, recorded in runtime.json beside its figures. Measured with
-# benchmarks/inference.py (README, "Faster CPU path"): NNCF's default activation ranges (the mean of
+# benchmarks/inference.py (docs/benchmarks/inference.md): NNCF's default activation ranges (the mean of
 # each calibration image's min/max) clip the largest activations, which moved the emotion top-1 of
 # a random network's images with close features; the global min/max over the calibration images
 # does not. On a trained vgg16 every layer in int8 agreed on 200 of 200 images, 2.23x the bf16

@@ -50,7 +50,7 @@ def write_synthetic_set(folder: str | Path, count: int, seed: int = 0, size: int
 
 def hue_sharpness_image(aesthetic: int, emotion: int, num_emotions: int, rng: random.Random,
                         size: int = 128) -> Image.Image:
-    """The ablation's image (issue 14): the emotion class is the background hue, the aesthetic
+    """The ablation's image: the emotion class is the background hue, the aesthetic
     class is sharp (0) or blurred (1) texture; grey shapes are distractors for both tasks."""
     hue = (emotion + rng.uniform(-0.25, 0.25)) / num_emotions
     base = np.array(colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.5, 0.9), rng.uniform(0.5, 0.9))) * 255

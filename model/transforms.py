@@ -1,5 +1,6 @@
-"""Image transforms of method.md: training resizes to 256x256, subtracts the training set's mean
-pixel, crops 224x224 at random and flips with p = 0.5; inference resizes to 224x224.
+"""Image transforms of docs/developers/method.md ("Training" and "Inference"): training resizes
+to 256x256, subtracts the training set's mean pixel, crops 224x224 at random and flips with
+p = 0.5; inference resizes to 224x224.
 
 Images travel as uint8 CHW tensors until the last step, which makes floats, subtracts the
 mean and divides by a fixed scale (ImageNet's per-channel std, so that pretrained filters see

@@ -227,9 +227,9 @@ def training_dtype(meta: dict) -> str | None:
 
 
 def is_trained(meta: dict) -> bool:
-    """Whether the version's task heads ever saw a labelled image. `"trained"` says so (every
-    version written since issue 13 has it); a model.json written before without it counts as
-    trained when it holds a training history or held-out metrics, which only training writes."""
+    """Whether the version's task heads ever saw a labelled image. `"trained"` says so; a
+    model.json without it counts as trained when it holds a training history or held-out metrics,
+    which only training writes."""
     if "trained" in meta:
         return meta["trained"]
     return bool(meta.get("training") or meta.get("metrics"))

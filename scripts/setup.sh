@@ -11,13 +11,13 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 stamp="$venv/.aesemo-installed"
 
-# pyproject.toml's dependencies and its test and demo extras, less torch and torchvision
+# pyproject.toml's dependencies and its test, demo and docs extras, less torch and torchvision
 without_torch() {
     "$venv/bin/python" - "$root/pyproject.toml" <<'PY'
 import re, sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = project["optional-dependencies"]
-for requirement in project["dependencies"] + extras["test"] + extras["demo"]:
+for requirement in project["dependencies"] + extras["test"] + extras["demo"] + extras["docs"]:
     if re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower() not in ("torch", "torchvision"):
         print(requirement)
 PY
@@ -29,7 +29,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # (sed, unlike grep -v, succeeds on empty input, so pipefail still reports pip's own failure)
     "$venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | sed '/is ignored: it is neither/d'
     if [ "$with_torch" = 1 ]; then
-        "$venv/bin/python" -m pip install --quiet -e "$root[test,demo]" 2>&1 | sed '/is ignored: it is neither/d' >&2
+        "$venv/bin/python" -m pip install --quiet -e "$root[test,demo,docs]" 2>&1 | sed '/is ignored: it is neither/d' >&2
     else
         "$venv/bin/python" -m pip install --quiet $(without_torch) 2>&1 | sed '/is ignored: it is neither/d' >&2
         "$venv/bin/python" -m pip install --quiet --no-deps -e "$root" 2>&1 | sed '/is ignored: it is neither/d' >&2

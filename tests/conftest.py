@@ -17,8 +17,8 @@ from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_r
 from backend.core.settings import Settings
 
 # test modules that import neither torch nor torchvision, directly or through backend/ and model/
-WITHOUT_TORCH = {"test_code_size.py", "test_docker.py", "test_image_fetch.py", "test_images.py", "test_install.py",
-                 "test_label_config.py", "test_layers.py", "test_stack_state.py"}
+WITHOUT_TORCH = {"test_code_size.py", "test_docker.py", "test_docs.py", "test_image_fetch.py", "test_images.py",
+                 "test_install.py", "test_label_config.py", "test_layers.py", "test_stack_state.py"}
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 # scripts/test sets this for the interpreters whose virtualenv has no torch by design; anywhere
 # else a missing torch is a broken install, and the run must fail rather than pass on 5 files

@@ -1,6 +1,7 @@
-"""Recorded Label Studio 1.23.2 bodies (copied from shared/docs/label-studio-examples, tokens
-redacted), kept in the repository so the suite runs from a clone alone. A missing file is a
-failure, not a skip: the tests that read them would otherwise pass by testing nothing."""
+"""Recorded Label Studio 1.23.2 bodies (tokens redacted; docs/developers/label-studio-protocol.md
+says how they were recorded), kept in the repository so the suite runs from a clone alone. A
+missing file is a failure, not a skip: the tests that read them would otherwise pass by testing
+nothing."""
 import copy
 import json
 from pathlib import Path

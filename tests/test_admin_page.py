@@ -324,3 +324,82 @@ def test_behind_a_proxy_sub_path_every_link_keeps_the_prefix(admin):
     assert f'data-url="/aesemo/projects/{PROJECT}/train"' in text
     local = [u for u in re.findall(r'(?:src|href|data-url)="(/[^"]*)"', text)]
     assert local and all(u.startswith("/aesemo/") for u in local), [u for u in local if not u.startswith("/aesemo/")]
+
+
+# ----- host names (DNS rebinding) and the headers browsers act on --------------------------------
+
+def app_listing(admin, hosts: str):
+    return create_app(settings_for({**admin["env"], "AESEMO_ALLOWED_HOSTS": hosts})).test_client()
+
+
+def admin_answers(client, host: str) -> list[int]:
+    """The statuses of the admin page and a promotion under `host`, sent as a rebound page would:
+    its Origin names that host too, so the cross-site check lets it through."""
+    headers = {"Host": host, "Origin": f"http://{host}"}
+    return [client.get("/", headers=headers).status_code,
+            client.post(f"/projects/{PROJECT}/versions/{NEW}/promote", headers=headers).status_code]
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:9090", "LOCALHOST.:9090", "127.0.0.1:9090", "127.8.9.10",
+                                  "[::1]:9090", "[::1]", "[::ffff:127.0.0.1]:9090"])
+def test_loopback_hosts_reach_the_admin(admin, host):
+    assert admin_answers(admin["client"], host) == [200, 200]
+
+
+@pytest.mark.parametrize("host", ["evil.example:9090", "evil.example", "localhost.evil.example", "192.168.1.5:9090",
+                                  "[::2]:9090", "[::1", "::1", "127.0.0.1.evil.example"])
+def test_other_hosts_are_refused_on_the_admin_page_and_its_endpoints(admin, host):
+    client = admin["client"]
+    assert admin_answers(client, host) == [403, 403]
+    refused = client.get(f"/projects/{PROJECT}/jobs", headers={"Host": host})
+    assert refused.status_code == 403 and refused.mimetype == "application/json"
+    error = refused.get_json()["error"]
+    assert host in error and "AESEMO_ALLOWED_HOSTS" in error
+    for path in ("/metrics", f"/projects/{PROJECT}/versions/{OLD}/report/confusion_aesthetic.png"):
+        assert client.get(path, headers={"Host": host}).status_code == 403, path
+
+
+def test_listed_hosts_reach_the_admin_and_others_still_do_not(admin):
+    client = app_listing(admin, "labels.example.org, backend")
+    for host in ("labels.example.org", "Labels.Example.Org:8443", "backend:9090", "localhost:9090"):
+        assert admin_answers(client, host) == [200, 200], host
+    assert admin_answers(client, "evil.example:9090") == [403, 403]
+    assert admin_answers(app_listing(admin, "*"), "evil.example:9090") == [200, 200]
+
+
+def test_label_studio_endpoints_answer_any_host(admin):
+    client, host = admin["client"], "evil.example:9090"
+    assert client.get("/health", headers={"Host": host}).status_code == 200
+    assert NEW in client.get("/versions", headers={"Host": host}).get_json()["versions"]  # Label Studio lists them
+    body = copy.deepcopy(example("webhook_ANNOTATION_CREATED.json"))
+    body["project"]["id"] = PROJECT
+    body["annotation"].update(id=5100, completed_by=9, task=61, project=PROJECT)
+    assert client.post("/webhook", json=body, headers={"Host": host}).status_code == 200      # the fast path
+    chunked = client.post("/webhook", data=json.dumps(body), content_type="application/json",
+                          headers={"Host": host, "Transfer-Encoding": "chunked"},
+                          environ_overrides={"wsgi.input_terminated": True})
+    assert chunked.status_code == 200                                                          # the Flask route
+    setup = {**example("setup.json"), "project": f"{PROJECT}.1795782039", "hostname": LS_HOST}
+    assert client.post("/setup", json=setup, headers={"Host": host}).status_code == 200
+    predict = client.post("/predict", json={"tasks": []}, headers={"Host": host})
+    assert predict.status_code != 403, predict.get_json()
+    train = client.post("/train", json={}, headers={"Host": host})
+    assert train.status_code != 403, train.get_json()
+
+
+def test_no_page_elsewhere_may_frame_the_admin_page_or_sniff_an_answer(admin):
+    client = admin["client"]
+    page = client.get("/")
+    policy = page.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+    for response in (page, client.get("/health"), client.get("/no/such/path"), client.get("/static/admin.js"),
+                     client.post("/webhook", json={"action": "NO_SUCH_ACTION"})):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_report_images_are_cached_by_the_admins_browser_only(admin):
+    response = admin["client"].get(f"/projects/{PROJECT}/versions/{OLD}/report/confusion_aesthetic.png")
+    assert response.status_code == 200
+    cache = response.cache_control
+    assert cache.private and not cache.public and cache.max_age == 3600, response.headers["Cache-Control"]

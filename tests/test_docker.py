@@ -1,8 +1,9 @@
 """What would drift apart silently: the settings declared in backend/core/settings.py against the
-README's Settings table, docker/.env.example and the environment compose.yaml gives backend and
-worker; the images' commands against `aesemo`'s subcommands; docker/requirements.txt against
-pyproject.toml's pins; and the health-check script against a small HTTP server. Static checks (no
-Docker engine needed); what compose.yaml merely states (ports, volumes, images) is not restated here."""
+docs' Settings page (docs/operators/settings.md), docker/.env.example and the environment
+compose.yaml gives backend and worker; the images' commands against `aesemo`'s subcommands;
+docker/requirements.txt against pyproject.toml's pins; and the health-check script against a small
+HTTP server. Static checks (no Docker engine needed); what compose.yaml merely states (ports,
+volumes, images) is not restated here."""
 from __future__ import annotations
 
 import base64
@@ -264,18 +265,14 @@ def test_requirements_repeat_pyproject_pins():
     assert ("torch", "==2.14.1") in got and ("torchvision", "==0.29.1") in got
 
 
-# -- README ----------------------------------------------------------------------------------
+# -- docs/operators/settings.md --------------------------------------------------------------
 
-def _readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else len(text)]
+SETTINGS_PAGE = ROOT / "docs" / "operators" / "settings.md"
 
 
-def test_readme_settings_table_is_the_declaration():
+def test_settings_page_table_is_the_declaration():
     """Regenerate it with `python -m backend.core.settings --markdown`."""
-    assert markdown_table() in _readme_section("Settings")
+    assert markdown_table() in SETTINGS_PAGE.read_text()
 
 
 # -- docker/healthcheck.py -------------------------------------------------------------------

@@ -9,6 +9,7 @@ own where one is stopped, an image server and gunicorn on 127.0.0.1.
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import json
@@ -108,6 +109,57 @@ def test_version_names_longer_than_a_file_name_are_404(client, settings, length)
     name = "v" * length
     assert_json_error(client.post(f"/projects/{PROJECT}/versions/{name}/promote"), 404)
     assert_json_error(client.get(f"/projects/{PROJECT}/versions/{name}/report/metrics.json"), 404)
+
+
+@pytest.mark.parametrize("path", [
+    f"/projects/{PROJECT}/versions/%2Fetc/promote",       # %2F: a slash once decoded
+    f"/projects/{PROJECT}/versions//etc/promote",
+    f"/projects/{PROJECT}//versions",
+    "/static//admin.css",
+])
+def test_paths_with_two_slashes_are_404_json_not_a_redirect(client, path):
+    method = client.post if path.endswith("promote") else client.get
+    # the test client decodes %2F, as gunicorn does; a path given as PATH_INFO is taken as it is
+    response = method(path) if "%" in path else method("/", environ_overrides={"PATH_INFO": path})
+    assert_json_error(response, 404, "no endpoint")
+
+
+def test_the_redirect_from_a_sub_paths_bare_prefix_is_json(client):
+    response = client.get("/", environ_overrides={"SCRIPT_NAME": "/aesemo", "PATH_INFO": ""})
+    assert response.status_code == 308 and response.headers["Location"].endswith("/aesemo/")
+    assert_json_error(response, 308, "moved to")
+
+
+# ----- credentials and origins a client garbled -----------------------------------------------------
+
+@pytest.mark.parametrize("header", [
+    "Basic \xe9\xff\xfe",                         # bytes over 127 (WSGI gives them as latin-1 text)
+    "Basic YWRtaW46c2VjcmV0\xe9",
+    "Basic " + "\u00ff" * 3,
+    "Basic !!!!", "Basic YWRtaW4",                   # no base64
+    "Basic " + base64.b64encode(b"\xff\xfe:\xfd").decode(),   # no UTF-8
+    "Basic", "Basic ", "Bearer abc", "\xe9", "",
+])
+def test_a_malformed_basic_header_is_401_json(settings, redis_client, header):
+    client = create_app(replace(settings, basic_auth_user="admin", basic_auth_pass="s3cret")).test_client()
+    given = {"Authorization": header}
+    for response in (client.get("/health", headers=given), client.get(f"/projects/{PROJECT}/jobs", headers=given),
+                     client.post("/webhook", json=annotation_event(9), headers=given)):   # FastWebhook
+        assert_json_error(response, 401, "Basic credentials")
+        assert response.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+def test_the_basic_schemes_case_does_not_matter(settings, redis_client):   # RFC 9110 11.1
+    client = create_app(replace(settings, basic_auth_user="admin", basic_auth_pass="s3cret")).test_client()
+    for scheme in ("basic", "BASIC", "Basic"):
+        header = f"{scheme} " + base64.b64encode(b"admin:s3cret").decode()
+        assert client.get("/health", headers={"Authorization": header}).status_code == 200, scheme
+
+
+@pytest.mark.parametrize("origin", ["http://[::1", "http://[evil", "http://a]b"])
+def test_an_origin_that_is_no_url_is_refused_as_cross_site(client, origin):
+    response = client.post(f"/projects/{PROJECT}/versions/v1/promote", headers={"Origin": origin})
+    assert_json_error(response, 403, "cross-site request")
 
 
 # ----- bodies ------------------------------------------------------------------------------------
@@ -304,7 +356,15 @@ def test_requests_the_server_cannot_parse_get_json(served, request_bytes, status
 
 
 def test_job_id_with_a_nul_byte_through_gunicorn_is_404_json(served):
-    status, content_type, body = raw_exchange(served, b"GET /projects/7/jobs/%00 HTTP/1.1\r\nHost: x\r\n"
+    status, content_type, body = raw_exchange(served, b"GET /projects/7/jobs/%00 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                                       b"Connection: close\r\n\r\n")
     assert (status, content_type) == (404, "application/json"), body[:300]
     assert "has no job" in json.loads(body)["error"]
+
+
+def test_a_path_with_an_encoded_slash_through_gunicorn_is_404_json(served):
+    request = (b"POST /projects/7/versions/%2Fetc/promote HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n"
+               b"Connection: close\r\n\r\n")
+    status, content_type, body = raw_exchange(served, request)
+    assert (status, content_type) == (404, "application/json"), body[:300]
+    assert "no endpoint" in json.loads(body)["error"]

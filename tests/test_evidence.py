@@ -1,4 +1,4 @@
-"""Held-out evidence (issue 14): the stable hashed held-out set, training on it (never on a
+"""Held-out evidence: the stable hashed held-out set, training on it (never on a
 held-out task), epochs by cross-validation while it is small, bootstrap intervals, and the
 like-for-like promotion rule with its notes (backend/training/promotion.py)."""
 from __future__ import annotations

@@ -28,8 +28,10 @@ from backend.fetch.errors import ERROR_KINDS, ImageFetchError, public_url
 from backend.fetch.fetcher import ImageFetcher
 from backend.labelstudio.admin_client import LabelStudioClient
 from backend.core.settings import Settings
+from backend.training.image_cache import cached_training_image, training_image_cache
 
 from canary import Canary
+from hanging_server import DripServer
 
 LEGACY = "legacy-token-0123456789abcdef"
 PNG_SIZE = (8, 6)
@@ -149,6 +151,8 @@ def make_handler(recorder: Recorder, other_base: callable):
                 return self.send_body(200, png_bytes() + b"\0" * 5000, length=False)
             if path == "/bomb.png":
                 return self.send_body(200, bomb_png())
+            if path == "/wide.png":  # 1000 x 1000 RGB: 8,000,000 bytes to decode, in a few dozen
+                return self.send_body(200, bomb_png(1000, 1000))
             if path == "/slow":
                 time.sleep(3)
                 return self.send_body(200, png_bytes())
@@ -264,7 +268,7 @@ def test_relative_local_files_url_resolved_against_label_studio_url(ls, make_fet
 
 
 def test_absolute_label_studio_url_gets_the_token(ls, make_fetcher):
-    # Local Storage tasks carry absolute URLs on Label Studio's own host (docs section 8).
+    # Local Storage tasks carry absolute URLs on Label Studio's own host (Label Studio protocol notes, section 8).
     fetcher = make_fetcher(**allow(ls))
     url = f"{ls.base}/data/local-files/?d=images/img5.png"
     assert fetcher.fetch(url, hostname=ls.base, access_token=LEGACY).size == PNG_SIZE
@@ -468,6 +472,13 @@ def test_pixel_limit_is_too_large(ls, make_fetcher):
     assert error.kind == "too_large" and "48 pixels" in str(error)
 
 
+def test_decode_memory_limit_is_too_large(ls, make_fetcher):
+    fetcher = make_fetcher(allowed_image_hosts=("127.0.0.1",), max_image_decode_bytes=1_000_000)
+    error = fetch_error(fetcher, f"{ls.base}/wide.png")
+    assert error.kind == "too_large"
+    assert "8000000 bytes" in str(error) and "limit of 1000000 bytes" in str(error)
+
+
 @pytest.mark.parametrize("path", ["/slow", "/drip"])
 def test_overall_timeout(ls, make_fetcher, path):
     # /drip sends a byte every 50 ms for 3 s, then closes short of its Content-Length: only a
@@ -475,6 +486,23 @@ def test_overall_timeout(ls, make_fetcher, path):
     fetcher = make_fetcher(allowed_image_hosts=("127.0.0.1",), image_timeout_s=1.0)
     error = fetch_error(fetcher, ls.base + path)
     assert error.kind == "timeout"
+
+
+@pytest.mark.parametrize("step", ["image", "token refresh"])
+def test_dripped_response_head_ends_at_the_deadline(make_fetcher, step):
+    # One byte of the response head every 50 ms: each read gets a byte long before a per-read
+    # timeout, and the whole head would take about 20 s. The fetch must end at its 1 s deadline,
+    # so the server has not sent all of it when the error comes.
+    with DripServer(head_bytes=400, interval=0.05) as drip:
+        if step == "image":
+            fetcher, url = make_fetcher(image_timeout_s=1.0, **allow(drip)), f"{drip.base}/image.png"
+        else:  # the PAT's swap for an access token is the first request
+            fetcher, url = make_fetcher(image_timeout_s=1.0, label_studio_url=drip.base,
+                                        label_studio_api_key=PAT), "/data/upload/1/a.png"
+        error = fetch_error(fetcher, url)
+        sent = drip.bytes_sent()
+    assert error.kind == "timeout" and "AESEMO_IMAGE_TIMEOUT" in str(error)
+    assert 0 < sent < drip.total
 
 
 def test_connection_refused(make_fetcher, servers):
@@ -570,13 +598,39 @@ def test_admin_client_sends_its_token_only_to_its_own_server(ls, other):
 def test_cache_hit_needs_no_request(ls, make_fetcher, tmp_path):
     fetcher = make_fetcher(label_studio_url=ls.base, label_studio_api_key=LEGACY)
     first = fetcher.fetch("/data/upload/1/a.png")
-    entry = tmp_path / "cache" / hashlib.sha256(f"{ls.base}/data/upload/1/a.png".encode()).hexdigest()
+    entry = tmp_path / "cache" / hashlib.sha256(fetcher.cache_key("/data/upload/1/a.png").encode()).hexdigest()
     assert entry.read_bytes() == png_bytes()
     again = make_fetcher(label_studio_url=ls.base, label_studio_api_key=LEGACY).fetch("/data/upload/1/a.png")
     assert again.tobytes() == first.tobytes()
     assert fetcher.fetch("/data/upload/1/a.png").tobytes() == first.tobytes()
     assert len(ls.recorder.requests) == 1
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]  # no temp files left
+
+
+def test_cached_image_is_served_only_to_the_same_credentials(ls, make_fetcher):
+    # One fetcher, so one cache, for every project, as in the service. What one project's /setup
+    # token fetched is not served to a project without it: the host is asked, and refuses.
+    fetcher = make_fetcher(**allow(ls))
+    url = f"{ls.base}/data/upload/1/a.png"
+    for _ in range(2):  # the second from the cache
+        assert fetcher.fetch(url, hostname=ls.base, access_token=LEGACY).size == PNG_SIZE
+    assert ls.recorder.auths() == [f"Token {LEGACY}"]
+    assert fetch_error(fetcher, url).kind == "unauthorized"
+    assert fetch_error(fetcher, url, hostname=ls.base, access_token="other-token").kind == "unauthorized"
+    assert ls.recorder.auths() == [f"Token {LEGACY}", None, "Token other-token"]
+    assert LEGACY not in fetcher.cache_key(url, hostname=ls.base, access_token=LEGACY)
+
+
+def test_training_image_cache_is_served_only_to_the_same_credentials(ls, make_fetcher, tmp_path):
+    fetcher = make_fetcher(**allow(ls))
+    cache = training_image_cache(tmp_path / "train256", 10 ** 6)
+    url = f"{ls.base}/data/upload/1/a.png"
+    path = cached_training_image(fetcher, url, cache, ls.base, LEGACY, size=16)
+    assert cached_training_image(fetcher, url, cache, ls.base, LEGACY, size=16) == path
+    with pytest.raises(ImageFetchError) as info:
+        cached_training_image(fetcher, url, cache, None, None, size=16)
+    assert info.value.kind == "unauthorized"
+    assert ls.recorder.auths() == [f"Token {LEGACY}", None]
 
 
 def test_failures_are_not_cached(ls, make_fetcher, tmp_path):

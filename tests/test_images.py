@@ -3,15 +3,22 @@ mode we meet becomes 8-bit RGB with the values one would expect."""
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from model.errors import ImageError
-from model.images import DEFAULT_MAX_PIXELS, open_image
+from backend.core.settings import Settings
+from model.errors import ImageError, ImageTooLarge
+from model.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, TILE_PIXELS, open_image
+
+DECODE_BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "image_decode.py"
 
 COLOUR_TOL = 6     # JPEG round trips of flat colours
 
@@ -38,11 +45,12 @@ def close(pixel, expected, tol=COLOUR_TOL) -> bool:
     return all(abs(int(p) - e) <= tol for p, e in zip(pixel, expected))
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG signature and IHDR chunk (valid CRC) claiming width x height, 8-bit RGB, no data."""
+def png_header_only(width: int, height: int, bit_depth: int = 8, colour_type: int = 2) -> bytes:
+    """A PNG signature and IHDR chunk (valid CRC) claiming width x height (8-bit RGB unless told
+    otherwise: colour type 0 is grey), no data."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
@@ -109,6 +117,48 @@ def test_png_header_claiming_huge_dimensions(tmp_path):
     with pytest.raises(ImageError, match="limit") as info:
         open_image(path, max_pixels=1_000_000)
     assert str(path) in str(info.value)
+
+
+def test_decode_over_the_memory_bound_is_refused_before_decoding(tmp_path):
+    # 4000 x 4000 16-bit grey: 2 bytes a pixel as decoded + 4 for the RGB copy = 96,000,000
+    # bytes, in a file of a few dozen bytes. Refused from the header: there are no pixels to decode.
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_header_only(4000, 4000, bit_depth=16, colour_type=0))
+    with pytest.raises(ImageTooLarge) as info:
+        open_image(path, max_decode_bytes=50_000_000)
+    message = str(info.value)
+    assert str(path) in message and "4000x4000" in message
+    assert "96000000 bytes" in message and "limit of 50000000 bytes" in message
+
+
+def test_decode_within_the_memory_bound_is_decoded(tmp_path):
+    values = np.full((100, 200), 65535, dtype=np.uint16)
+    path = save(Image.fromarray(values), tmp_path / "deep.png", "PNG")
+    with pytest.raises(ImageTooLarge, match="120000 bytes"):
+        open_image(path, max_decode_bytes=119_999)
+    assert open_image(path, max_decode_bytes=120_000).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_decode_bound_setting_defaults_to_the_model_default():
+    assert Settings().max_image_decode_bytes == DEFAULT_MAX_DECODE_BYTES
+    # the default refuses nothing the default pixel limit lets through (4 + 4 bytes a pixel at most)
+    assert DEFAULT_MAX_DECODE_BYTES >= 8 * DEFAULT_MAX_PIXELS
+
+
+def test_16_bit_decode_peak_memory_stays_near_its_rgb_size(tmp_path):
+    # Measured in a fresh process (PIL's buffers are invisible to tracemalloc): the growth of the
+    # resident memory over the decode. Bound: the 16-bit pixels (2 bytes each) and the RGB copy
+    # (4, PIL pads RGB) with tile temporaries, within 2.5 times the 3-byte RGB size; float copies
+    # of the whole image would take 8 bytes a pixel each.
+    rows = np.linspace(0, 65535, 4000).astype(np.uint16)
+    path = save(Image.fromarray(np.ascontiguousarray(np.broadcast_to(rows[:, None], (4000, 4000)))),
+                tmp_path / "deep.png", "PNG", compress_level=1)
+    run = subprocess.run([sys.executable, str(DECODE_BENCHMARK), "--child", str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(run.stdout)
+    assert figures["mode"] == "I;16" and figures["rgb"] == 4000 * 4000 * 3
+    assert figures["rss_growth"] <= 2.5 * figures["rgb"], figures
 
 
 # --- modes -----------------------------------------------------------------------------------
@@ -189,6 +239,22 @@ def test_16_bit_grayscale_png_is_rescaled_not_clipped(tmp_path):
     assert grey[2] in (127, 128)
     assert grey[3] == 255
     assert grey[4] == 4                       # 1000 / 257 = 3.9, not 255
+
+
+@pytest.mark.parametrize("height,width", [(300, 1024), (2, 300_000)])  # tiles of rows; of columns too
+def test_conversions_are_the_same_across_tiles(tmp_path, height, width):
+    assert height * width > TILE_PIXELS
+    rng = np.random.default_rng(3)
+    deep = rng.integers(0, 65536, (height, width), dtype=np.uint16)
+    grey = assert_rgb8(open_image(save(Image.fromarray(deep), tmp_path / "deep.png", "PNG")), (width, height))
+    assert np.array_equal(grey[..., 0], np.round(deep / 257).astype(np.uint8))
+    assert np.array_equal(grey[..., 0], grey[..., 2])
+    rgba = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    composited = assert_rgb8(open_image(save(Image.fromarray(rgba, "RGBA"), tmp_path / "rgba.png", "PNG")),
+                             (width, height))
+    alpha = rgba[..., 3:] / 255
+    on_white = np.round(rgba[..., :3] * alpha + 255 * (1 - alpha))
+    assert np.abs(composited - on_white).max() <= 1
 
 
 def test_exif_rotated_jpeg(tmp_path):

@@ -1,5 +1,5 @@
-"""L = La + lambda * Le (method.md, "Training"), checked against numbers worked out by hand with
-math.exp / math.log rather than with torch."""
+"""L = La + lambda * Le (docs/developers/method.md, "Training"), checked against numbers worked
+out by hand with math.exp / math.log rather than with torch."""
 from __future__ import annotations
 
 import math

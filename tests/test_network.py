@@ -1,4 +1,4 @@
-"""The cross-branch network (method.md, "The network" and "Known weak point").
+"""The cross-branch network (docs/developers/method.md, "The network" and "Known weak point").
 
 VGG16 structure checks run on the meta device: shapes, layer counts and FLOPs come out exactly
 as on the CPU, without building 2 x 138M parameters (several seconds per model on 2 cores).

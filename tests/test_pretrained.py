@@ -1,5 +1,6 @@
-"""ImageNet initialisation (method.md, "Training": every layer but each branch's last FC layer and
-the cross-branch layers comes from ImageNet VGG16): from a local file, or downloaded.
+"""ImageNet initialisation (docs/developers/method.md, "Training": every layer but each
+branch's last FC layer and the cross-branch layers comes from ImageNet VGG16): from a local file,
+or downloaded.
 
 The "ImageNet" files here are fakes: torchvision's state dicts filled with seeded random numbers,
 in torchvision's cache layout under a temporary TORCH_HOME, or served by a loopback HTTP server

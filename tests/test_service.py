@@ -32,6 +32,7 @@ from werkzeug.test import Client
 
 from canary import Canary  # tests/ is on sys.path (rootdir-relative, no package)
 from images_server import ImageServer
+from json_server import JsonHandler, LoopbackServer
 
 from ls_examples import EXAMPLES, example  # noqa: E402
 
@@ -719,6 +720,35 @@ def test_resync_checks_the_address_it_connected_to(app, base_settings, db, monke
         assert_client_error(client.post("/projects/1/resync"), 409, "AESEMO_ALLOWED_IMAGE_HOSTS")
         canary.settle()
         assert canary.received == b""
+
+
+class _StudioWithoutProjects(JsonHandler):
+    """Label Studio's project API as it answers for a project it does not have (404), or, for
+    project 98, as it answers when it fails (500)."""
+
+    def do_GET(self):
+        self.server.paths.append(self.path)
+        if self.path.startswith("/api/projects/98"):
+            self.answer(500, {"detail": "A server error occurred."})
+        else:
+            self.answer(404, {"detail": "Not found."})
+
+
+@pytest.fixture
+def studio_without_projects():
+    studio = LoopbackServer(_StudioWithoutProjects)
+    studio.server.paths = []
+    yield studio
+    studio.close()
+
+
+def test_resync_of_a_project_label_studio_does_not_know_is_404(app, base_settings, db, studio_without_projects):
+    client = app_with(app, base_settings, label_studio_url=studio_without_projects.url,
+                      label_studio_api_key=KEY).test_client()
+    assert_client_error(client.post("/projects/99/resync"), 404, "unknown project 99")
+    assert studio_without_projects.server.paths == ["/api/projects/99/"]   # Label Studio was asked
+    # Label Studio failing is still its failure, not an unknown project
+    assert_client_error(client.post("/projects/98/resync"), 502, "project 98")
 
 
 @pytest.mark.parametrize("hostname", [

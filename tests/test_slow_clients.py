@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import socket
 import threading
@@ -172,6 +173,73 @@ def read_response(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return data
+
+
+def test_a_whole_body_over_the_limit_still_gets_its_413(served):
+    """A client that sends all of an over-limit body before it reads: the server answers at the
+    headers, then reads and drops the rest instead of closing on unread bytes (a reset, which
+    would destroy the 413 before the client reads it)."""
+    body = memoryview(b"x" * (MAX_BODY_BYTES + 1024 * 1024))
+    with socket.create_connection(("127.0.0.1", served.port), timeout=60) as sock:
+        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n%s\r\n" % (len(body), AUTH_HEADER))
+        sock.sendall(body)
+        head, _, rest = read_response(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), head
+    assert json.loads(rest) == {"error": f"body over {MAX_BODY_BYTES} bytes"}
+    assert health_answers(served.url)
+
+
+def status_lines(answer: bytes) -> list[bytes]:
+    """The status lines in what came back (a JSON body ends with a bare LF, right before the next one)."""
+    return re.findall(rb"HTTP/1\.[01] \d{3} ", answer)
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+    b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 60\r\n",
+    (b"POST /webhook HTTP/1.0\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n"
+     b"Content-Length: 5\r\n"),
+])
+def test_ambiguous_framing_is_400_and_the_request_hidden_after_it_never_runs(served, head):
+    """RFC 9112 6.1: Content-Length beside Transfer-Encoding (or Transfer-Encoding in HTTP/1.0)
+    is how a request is smuggled past a proxy that frames the body the other way. The hidden
+    request here would be answered too; only the refusal comes, then the end of the connection."""
+    smuggled = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + AUTH_HEADER + b"Connection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
+        sock.sendall(head + AUTH_HEADER + b"\r\n0\r\n\r\n" + smuggled)
+        answer = read_response(sock)  # up to the server's end of the connection
+    assert len(status_lines(answer)) == 1, answer[:2000]
+    response_head, _, body = answer.partition(b"\r\n\r\n")
+    assert re.match(rb"HTTP/1\.[01] 400 ", response_head), response_head
+    assert b"\r\nX-Content-Type-Options: nosniff" in response_head
+    assert "Transfer-Encoding" in json.loads(body)["error"]
+
+
+def test_a_path_cannot_write_a_line_of_its_own_into_the_access_log(served):
+    forged = '127.0.0.1 "GET /admin-forged" 200 0 1ms'
+    path = "/x%0a" + forged.replace(" ", "%20").replace('"', "%22") + "%0d%1b%e2%80%a8%ff%5Cn"
+    assert requests.get(f"{served.url}{path}", auth=AUTH, timeout=30).status_code == 404
+
+    def logged():
+        lines = served.log.read_text(errors="replace").splitlines()
+        return [line for line in lines if "admin-forged" in line and " 404 " in line]
+    mine = wait_for(logged, 30, what="the access log line of the forged path")
+    assert len(mine) == 1, mine
+    escaped = '/x\\n127.0.0.1 \\"GET /admin-forged\\" 200 0 1ms\\r\\x1b\\u2028\\xff\\\\n'
+    assert mine[0].startswith(f'127.0.0.1 "GET {escaped}" 404 '), mine[0]
+    assert not [line for line in served.log.read_text(errors="replace").splitlines()
+                if line.startswith('127.0.0.1 "GET /admin-forged"')]
+
+
+def test_an_authorization_header_of_any_bytes_is_401_json(served):
+    for value in (b"Basic \xff\xfe\xe9", b"Basic YWRtaW46\xc3\xa9", b"\xe9\xe9", b"Basic =", b"Basic"):
+        with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: %s\r\nConnection: close\r\n\r\n"
+                         % value)
+            head, _, body = read_response(sock).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401 "), (value, head)
+        assert "Basic credentials" in json.loads(body)["error"]
 
 
 def test_auth_access_log_and_metrics(served):

@@ -79,7 +79,7 @@ def test_one_stack_per_data_directory(tmp_path):
 
 def test_the_label_config_ships_in_the_package():
     """The stack reads the label config from the package (it works installed, without the
-    repository); label_config/ is where the README sends people, and links to that one copy."""
+    repository); label_config/ is where the docs send people, and links to that one copy."""
     assert LABEL_CONFIG.read_text() == (ROOT / "label_config" / "aesthetic_emotion.xml").read_text()
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert LABEL_CONFIG.name in package_data["backend.labelstudio"]

@@ -1,4 +1,4 @@
-"""Training and inference transforms (method.md, "Training" and "Inference")."""
+"""Training and inference transforms (docs/developers/method.md, "Training" and "Inference")."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,8 +1,9 @@
 """Votes from Label Studio webhooks, end to end through the Flask app and a real Redis.
 
-Every body is built from the recorded Label Studio 1.23.2 webhooks (protocol doc §6, §9):
-only ids, authors, tasks, choices and timestamps are changed. Redis is the session's
-embedded redis-server (conftest), or for the persistence tests a server of the test's own.
+Every body is built from the recorded Label Studio 1.23.2 webhooks
+(docs/developers/label-studio-protocol.md §6, §9): only ids, authors, tasks, choices and
+timestamps are changed. Redis is the session's embedded redis-server (conftest), or for the
+persistence tests a server of the test's own.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Every setting of the service, declared once: each field of `Settings` names its environment
 variable, how its text is parsed, its default, its one-line documentation and its range.
 
-`load_settings` reads them all; the README's "Settings" table is `python -m backend.core.settings
---markdown` (a test keeps the two equal, and checks docker/.env.example against the same fields).
+`load_settings` reads them all; the table of docs/operators/settings.md is `python -m
+backend.core.settings --markdown` (a test keeps the two equal, and checks docker/.env.example
+against the same fields).
 """
 from __future__ import annotations
 
@@ -96,6 +97,7 @@ def _base_model(name: str, value: Path | None) -> None:
 
 _FRACTION = Limit(float, 0, 1)
 _CACHE_BYTES = Limit(int, 0, 2 ** 62)
+_DECODE_BYTES = Limit(int, 10 ** 6, 2 ** 40)
 _COUNT = Limit(int, 0, 10 ** 6)
 _REFRESH_BATCH = Limit(int, 1, 1000)
 _TTL = Limit(int, 60, 365 * 86400)
@@ -103,7 +105,7 @@ _TTL = Limit(int, 60, 365 * 86400)
 
 def setting(env: str, default: Any, doc: str, *, parse: Parser = _text, check: Check | None = None,
             shown: str | None = None, secret: bool = False) -> Any:
-    """A field of `Settings` read from `env`; `shown` is the README's default when the value is not it."""
+    """A field of `Settings` read from `env`; `shown` is the Settings table's default when the value is not it."""
     return field(default=default, repr=not secret,
                  metadata={"env": env, "parse": parse, "check": check, "doc": doc, "shown": shown})
 
@@ -150,6 +152,12 @@ class Settings:
         "BASIC_AUTH_USER", None, "HTTP Basic user the service requires (none: no authentication)")
     basic_auth_pass: str | None = setting(
         "BASIC_AUTH_PASS", None, "HTTP Basic password the service requires", secret=True)
+    allowed_hosts: tuple[str, ...] = setting(
+        "AESEMO_ALLOWED_HOSTS", (),
+        "comma-separated host names (a port is ignored; `*`: any) that the admin page and the admin's "
+        "endpoints answer under besides loopback ones (`localhost`, 127.0.0.0/8, `::1`); any other `Host` "
+        "is refused (403), against DNS rebinding. Label Studio's endpoints answer every host",
+        parse=_comma_list, shown="– (loopback only)")
     aesthetic_control: str = setting(
         "AESEMO_AESTHETIC_CONTROL", "aesthetic", "name of the aesthetic `Choices` control in the label config")
     emotion_control: str = setting(
@@ -159,6 +167,11 @@ class Settings:
     max_image_pixels: int = setting(
         "AESEMO_MAX_IMAGE_PIXELS", 50_000_000,
         "largest image (width x height); larger ones are refused as decompression bombs", parse=_integer)
+    max_image_decode_bytes: int = setting(
+        "AESEMO_MAX_IMAGE_DECODE_BYTES", 400_000_000,
+        "most memory one image's decode may hold, in bytes: width x height x (1 for grey or palette, 2 for "
+        "16-bit grey, 4 for other modes, plus 4 for the RGB copy); larger images are refused from their "
+        "header, before decoding; the default fits any image within the default pixel limit (10^6..2^40)", parse=_integer, check=_within(lambda: _DECODE_BYTES))
     download_cache_bytes: int = setting(
         "AESEMO_DOWNLOAD_CACHE_BYTES", 2 * 1024 ** 3,
         "bytes the cache of downloaded task images (`<data dir>/cache/downloads`) may hold; least "
@@ -380,7 +393,7 @@ def _readme_default(f: Field) -> str:
 
 
 def markdown_table() -> str:
-    """The README's "Settings" table."""
+    """The table of docs/operators/settings.md."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     rows += [f"| `{f.metadata['env']}` | {_readme_default(f)} | {f.metadata['doc']} |" for f in setting_fields()]
     return "\n".join(rows) + "\n"
@@ -389,7 +402,7 @@ def markdown_table() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m backend.core.settings",
                                      description="Print the settings' declaration.")
-    parser.add_argument("--markdown", action="store_true", help="the README's Settings table")
+    parser.add_argument("--markdown", action="store_true", help="the Settings table of docs/operators/settings.md")
     parser.parse_args(argv)
     print(markdown_table(), end="")
 

@@ -22,6 +22,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from backend.core.settings import Settings
+from backend.fetch.deadline import Deadline
 from backend.fetch.errors import ImageFetchError, failure_reason, public_url
 from backend.fetch import tokens as ls_auth
 
@@ -113,12 +114,15 @@ def _forbidden(url: str, origin: Origin, address: str) -> ImageFetchError:
         f"AESEMO_ALLOWED_IMAGE_HOSTS (or, for Label Studio itself, set LABEL_STUDIO_URL to it)")
 
 
-def _guarded_pool_classes(guard: Callable[[str, str, int, str], None]) -> dict:
+def _guarded_pool_classes(guard: Callable[[str, str, int, str], None], deadline: Deadline | None) -> dict:
     """urllib3 pool classes whose new connections call `guard` with the peer address before any
-    byte is sent: the check that still holds if DNS answered differently from our own lookup."""
+    byte is sent: the check that still holds if DNS answered differently from our own lookup.
+    With a `deadline`, each connection is shut down when it passes."""
 
     def guarded(connection_cls: type, scheme: str) -> type:
         class GuardedConnection(connection_cls):
+            _deadline_handle: int | None = None
+
             def _new_conn(self):
                 sock = super()._new_conn()
                 try:
@@ -126,7 +130,15 @@ def _guarded_pool_classes(guard: Callable[[str, str, int, str], None]) -> dict:
                 except BaseException:
                     sock.close()
                     raise
+                if deadline is not None:
+                    self._deadline_handle = deadline.watch(sock)
                 return sock
+
+            def close(self):
+                super().close()
+                if self._deadline_handle is not None:
+                    deadline.forget(self._deadline_handle)
+                    self._deadline_handle = None
         return GuardedConnection
 
     return {
@@ -165,10 +177,14 @@ def guarded_httpx_client(guard: AddressGuard, url: str, timeout_s: float) -> htt
 
 
 class GuardedAdapter(HTTPAdapter):
-    def __init__(self, guard: Callable[[str, str, int, str], None]):
+    """requests' adapter with the peer check of `_guarded_pool_classes`, and every connection
+    under `deadline` when one is given."""
+
+    def __init__(self, guard: Callable[[str, str, int, str], None], deadline: Deadline | None = None):
         self._guard = guard  # before super().__init__, which builds the pool manager
+        self._deadline = deadline
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _guarded_pool_classes(self._guard)
+        self.poolmanager.pool_classes_by_scheme = _guarded_pool_classes(self._guard, self._deadline)

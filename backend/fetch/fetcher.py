@@ -1,6 +1,6 @@
 """Downloading task images from Label Studio (or wherever the task points), safely.
 
-What Label Studio 1.23 puts in ``task.data.image`` (docs/label-studio-protocol.md, section 8):
+What Label Studio 1.23 puts in ``task.data.image`` (docs/developers/label-studio-protocol.md, section 8):
 absolute http(s) URLs, and relative ``/data/upload/...`` or ``/data/local-files/?d=...`` paths
 that must be fetched from Label Studio with a token. Cloud storage gives ``s3://``-style URIs
 only when presigning/proxying is off; we cannot read those.
@@ -19,19 +19,20 @@ Rules this module keeps:
   checked again before anything is sent, so a DNS answer that changes between the two
   (rebinding) is caught too. A refused address is refused before connecting, so the answer is
   the same whether anything listens there or not.
-* One deadline per fetch (connect, redirects, token refresh and body together), a byte limit
-  while streaming, a pixel limit on decode.
+* One deadline per fetch (connect, response heads, redirects, token refresh and body together),
+  held however slowly the server sends (backend/fetch/deadline.py shuts the sockets down when it
+  passes); a byte limit while streaming; a pixel limit and a decode memory limit, checked from
+  the image's header before its pixels are decoded (model/images.py).
 
 The address rules are backend/fetch/address_guard.py's, the errors backend/fetch/errors.py's and
 the bounded download cache backend/fetch/disk_cache.py's; this module is the download flow.
 """
 from __future__ import annotations
 
-import io
+import hashlib
+import json
 import logging
 import os
-import time
-import warnings
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -41,10 +42,11 @@ from PIL import Image
 
 from backend.core.settings import Settings
 from backend.fetch.address_guard import AddressGuard, GuardedAdapter, allowed_host_entries
+from backend.fetch.deadline import Deadline
 from backend.fetch.disk_cache import DiskCache
 from backend.fetch.errors import ImageFetchError, network_error, public_url
 from backend.fetch import tokens as ls_auth
-from model.errors import ImageError
+from model.errors import ImageError, ImageTooLarge
 from model.images import open_image
 
 log = logging.getLogger(__name__)
@@ -84,17 +86,24 @@ class ImageFetcher:
               access_token: str | None = None) -> Image.Image:
         """The image at `url` as 8-bit RGB. Raises ImageFetchError."""
         resolved = self.resolve_url(url, hostname=hostname)
-        data = self._cache_read(resolved)
+        studios = self._label_studios(hostname, access_token)
+        key = _cache_key(resolved, studios)
+        data = self._cache_read(key, resolved)
         if data is not None:
             try:
                 return self._decode(data, resolved)
             except ImageFetchError:
-                self._cache_drop(resolved)  # a bad entry must not fail every later fetch
+                self._cache.drop(key)  # a bad entry must not fail every later fetch
                 raise
-        data = self._download(resolved, hostname, access_token)
+        data = self._download(resolved, studios)
         image = self._decode(data, resolved)
-        self._cache_write(resolved, data)  # only after it decoded: failures are never cached
+        self._cache_write(key, data)  # only after it decoded: failures are never cached
         return image
+
+    def cache_key(self, url: str, *, hostname: str | None = None, access_token: str | None = None) -> str:
+        """What `fetch` caches the image under for these credentials: a cache of anything made
+        from the image keys by it too, so that it is never served to a fetch without them."""
+        return _cache_key(self.resolve_url(url, hostname=hostname), self._label_studios(hostname, access_token))
 
     def resolve_url(self, url: str, *, hostname: str | None = None) -> str:
         """The absolute http(s) URL a task's image value stands for. Raises ImageFetchError."""
@@ -154,22 +163,20 @@ class ImageFetcher:
 
     # ----- HTTP -----------------------------------------------------------------------------
 
-    def _session(self, guard: AddressGuard) -> requests.Session:
+    def _session(self, guard: AddressGuard, deadline: Deadline) -> requests.Session:
         session = requests.Session()
         # No proxies or ~/.netrc from the environment: a proxy would hide the real address from
         # the SSRF checks, and netrc would add credentials for hosts we do not trust.
         session.trust_env = False
         session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        adapter = GuardedAdapter(guard.check_peer)
+        adapter = GuardedAdapter(guard.check_peer, deadline)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
 
-    def _download(self, url: str, hostname: str | None, access_token: str | None) -> bytes:
-        deadline = time.monotonic() + self._settings.image_timeout_s
-        studios = self._label_studios(hostname, access_token)
+    def _download(self, url: str, studios: dict[Origin, ls_auth.Studio]) -> bytes:
         guard = AddressGuard(self._allowed_hosts, studios)
-        with self._session(guard) as session:
+        with Deadline(self._settings.image_timeout_s) as deadline, self._session(guard, deadline) as session:
             for _ in range(MAX_REDIRECTS + 1):
                 with self._request(session, url, studios, guard, deadline) as response:
                     if response.status_code not in _REDIRECT_CODES:
@@ -179,7 +186,7 @@ class ImageFetcher:
         raise ImageFetchError("http_error", url, f"more than {MAX_REDIRECTS} redirects")
 
     def _request(self, session: requests.Session, url: str, studios: dict[Origin, ls_auth.Studio],
-                 guard: AddressGuard, deadline: float) -> requests.Response:
+                 guard: AddressGuard, deadline: Deadline) -> requests.Response:
         """One hop: checks, the token if `url` is Label Studio's, and one retry with a fresh access
         token when Label Studio refuses a cached one (it may have expired early, or been revoked)."""
         self._check_url(url)
@@ -195,21 +202,22 @@ class ImageFetcher:
         return response
 
     def _send(self, session: requests.Session, url: str, authorization: str | None,
-              deadline: float) -> requests.Response:
+              deadline: Deadline) -> requests.Response:
         headers = dict(_REQUEST_HEADERS)
         if authorization:
             headers["Authorization"] = authorization
         try:
-            return session.get(url, headers=headers, stream=True, allow_redirects=False,
-                               timeout=self._remaining(deadline, url))
+            response = session.get(url, headers=headers, stream=True, allow_redirects=False,
+                                   timeout=self._remaining(deadline, url))
         except requests.RequestException as exc:
-            raise network_error(exc, url) from None
+            raise _failure(exc, url, deadline) from None
+        return _in_time(response, url, deadline)
 
     @staticmethod
-    def _remaining(deadline: float, url: str) -> float:
-        remaining = deadline - time.monotonic()
+    def _remaining(deadline: Deadline, url: str) -> float:
+        remaining = deadline.remaining()
         if remaining <= 0:
-            raise ImageFetchError("timeout", url, "the download took longer than AESEMO_IMAGE_TIMEOUT")
+            raise _timeout(url)
         return remaining
 
     @staticmethod
@@ -241,34 +249,29 @@ class ImageFetcher:
             raise ImageFetchError("unauthorized", url, f"HTTP {code}: {hint}")
         raise ImageFetchError("http_error", url, f"the server answered HTTP {code}")
 
-    def _read_body(self, response: requests.Response, url: str, deadline: float) -> bytes:
+    def _read_body(self, response: requests.Response, url: str, deadline: Deadline) -> bytes:
         limit = self._settings.max_image_bytes
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
             raise ImageFetchError("too_large", url, f"{int(declared)} bytes is over the limit of {limit} bytes")
-        # read1 returns whatever one socket read gives, so the deadline is checked between reads
-        # even when a server drips a byte at a time (urllib3 1.x has only read).
+        # read1 returns whatever one socket read gives, so the byte limit is checked as the bytes
+        # come (urllib3 1.x has only read).
         read = getattr(response.raw, "read1", response.raw.read)
         body = bytearray()
         while True:
-            self._limit_socket_wait(response, deadline, url)
+            self._remaining(deadline, url)
             try:
                 chunk = read(_CHUNK_BYTES, decode_content=True)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise network_error(exc, url) from None
+                raise _failure(exc, url, deadline) from None
             if not chunk:
+                # the deadline's shutdown looks like the end of a body without Content-Length
+                if deadline.expired():
+                    raise _timeout(url)
                 return bytes(body)
             body += chunk
             if len(body) > limit:
                 raise ImageFetchError("too_large", url, f"more than the limit of {limit} bytes")
-
-    def _limit_socket_wait(self, response: requests.Response, deadline: float, url: str) -> None:
-        """Let no single socket read wait past the deadline (best effort: urllib3 2 exposes the
-        connection; otherwise each read may wait up to the time left when the request started)."""
-        remaining = self._remaining(deadline, url)
-        sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-        if sock is not None:
-            sock.settimeout(remaining)
 
     # ----- tokens ---------------------------------------------------------------------------
 
@@ -277,7 +280,7 @@ class ImageFetcher:
         return studio.base.rstrip("/") + ls_auth.REFRESH_PATH
 
     def _authorization(self, session: requests.Session, url: str, studios: dict[Origin, ls_auth.Studio],
-                       deadline: float) -> tuple[str | None, bool]:
+                       deadline: Deadline) -> tuple[str | None, bool]:
         """(Authorization value or None, whether it came from the access-token cache)."""
         studio = studios.get(ls_auth.origin_of(url))
         if studio is None or not studio.token:
@@ -289,14 +292,14 @@ class ImageFetcher:
             refresh_url, studio.token, lambda: self._swap_pat(session, refresh_url, studio.token, deadline))
         return f"Bearer {access}", not minted
 
-    def _swap_pat(self, session: requests.Session, refresh_url: str, pat: str, deadline: float) -> str:
+    def _swap_pat(self, session: requests.Session, refresh_url: str, pat: str, deadline: Deadline) -> str:
         """POST the PAT to /api/token/refresh/ and return the access JWT it buys."""
         try:
             response = session.post(refresh_url, json={"refresh": pat}, headers={"Accept": "application/json"},
                                     allow_redirects=False, timeout=self._remaining(deadline, refresh_url))
         except requests.RequestException as exc:
-            raise network_error(exc, refresh_url) from None
-        with response:
+            raise _failure(exc, refresh_url, deadline) from None
+        with _in_time(response, refresh_url, deadline):
             if response.status_code in (400, 401, 403):
                 raise ImageFetchError(
                     "unauthorized", refresh_url, f"Label Studio refused the Personal Access Token "
@@ -315,15 +318,11 @@ class ImageFetcher:
     # ----- decoding ---------------------------------------------------------------------------
 
     def _decode(self, data: bytes, url: str) -> Image.Image:
-        limit = self._settings.max_image_pixels
         try:
-            pixels = _header_pixels(data)
-        except Image.DecompressionBombError as exc:
-            raise ImageFetchError("too_large", url, str(exc)) from None
-        if pixels is not None and pixels > limit:
-            raise ImageFetchError("too_large", url, f"{pixels} pixels is over the limit of {limit} pixels")
-        try:
-            return open_image(data, max_pixels=limit, name="content")
+            return open_image(data, max_pixels=self._settings.max_image_pixels,
+                              max_decode_bytes=self._settings.max_image_decode_bytes, name="content")
+        except ImageTooLarge as exc:
+            raise ImageFetchError("too_large", url, str(exc).removeprefix("content: ")) from None
         except ImageError as exc:
             raise ImageFetchError("not_image", url, str(exc).removeprefix("content: ")) from None
         except Exception as exc:  # untrusted bytes can trip any decoder error; none may escape raw
@@ -331,36 +330,46 @@ class ImageFetcher:
 
     # ----- cache ------------------------------------------------------------------------------
 
-    def _cache_read(self, url: str) -> bytes | None:
+    def _cache_read(self, key: str, url: str) -> bytes | None:
         # an entry stored under a larger limit than today's is a miss
-        data = self._cache.read_bytes(url, max_size=self._settings.max_image_bytes)
+        data = self._cache.read_bytes(key, max_size=self._settings.max_image_bytes)
         if data is not None:
             log.debug("image cache hit for %s", public_url(url))
         return data
 
-    def _cache_write(self, url: str, data: bytes) -> None:
+    def _cache_write(self, key: str, data: bytes) -> None:
         """A full disk costs the cache, not the fetch."""
         try:
-            self._cache.write(url, lambda temp: Path(temp).write_bytes(data))
+            self._cache.write(key, lambda temp: Path(temp).write_bytes(data))
             self._cache.evict_over_bound()
         except OSError as exc:
             log.warning("cannot write image cache in %s (%s)", self._cache.folder, exc.strerror)
 
-    def _cache_drop(self, url: str) -> None:
-        self._cache.drop(url)
+
+def _cache_key(url: str, studios: dict[Origin, ls_auth.Studio]) -> str:
+    """`url` with a fingerprint of every token a fetch of it may send (redirects included): what
+    one set of credentials downloaded is served from the cache only to fetches that would send
+    the same ones; any other asks the host, which may refuse. A public image is downloaded once
+    per set of credentials. Only a hash of the tokens is in the key, and the cache names its
+    files by a hash of the key."""
+    tokens = sorted([list(origin), studio.token] for origin, studio in studios.items() if studio.token)
+    fingerprint = hashlib.sha256(json.dumps(tokens).encode()).hexdigest() if tokens else "none"
+    return f"{url}#credentials={fingerprint}"
 
 
-def _header_pixels(data: bytes) -> int | None:
-    """Width x height from the image header alone (no pixel decoding), or None if unreadable.
-    This lets a pixel-limit refusal be told apart from bytes that are not an image. PIL's own
-    DecompressionBombError (sizes over twice PIL's limit, refused at open) is left to the caller."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-    except Image.DecompressionBombError:
-        raise
-    except Exception:  # not an image, or a broken header: open_image will say which
-        return None
-    return width * height
+def _timeout(url: str) -> ImageFetchError:
+    return ImageFetchError("timeout", url, "the download took longer than AESEMO_IMAGE_TIMEOUT")
+
+
+def _failure(exc: BaseException, url: str, deadline: Deadline) -> ImageFetchError:
+    """A network error, or the timeout when the deadline's shutdown is what broke the read."""
+    return _timeout(url) if deadline.expired() else network_error(exc, url)
+
+
+def _in_time(response: requests.Response, url: str, deadline: Deadline) -> requests.Response:
+    """`response`, unless the deadline passed while it was read: the deadline's shutdown ends the
+    head like the end of the data, and http.client answers with the lines it had."""
+    if deadline.expired():
+        response.close()
+        raise _timeout(url)
+    return response

@@ -1,6 +1,6 @@
 """Which Authorization header a Label Studio token needs, and a shared cache of access JWTs.
 
-Label Studio 1.23 knows two kinds of API token (docs/label-studio-protocol.md, section 3):
+Label Studio 1.23 knows two kinds of API token (docs/developers/label-studio-protocol.md, section 3):
 
 * a legacy token, sent as ``Authorization: Token X`` (off by default in new organisations);
 * a Personal Access Token (PAT): a long-lived JWT *refresh* token. Sending it as ``Bearer`` or

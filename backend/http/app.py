@@ -1,5 +1,6 @@
 """The Flask app factory: the request policy's hooks and error handlers, the two blueprints
-(Label Studio's endpoints, the admin's), and the /webhook fast path around them."""
+(Label Studio's endpoints, the admin's), the /webhook fast path around them, and the headers
+every answer carries."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import redis
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
-from werkzeug.routing import BaseConverter
+from werkzeug.routing import BaseConverter, Map, RequestRedirect
 
 from backend.core.errors import DomainError
 from backend.core.redis_connection import connect
@@ -27,19 +28,42 @@ from backend.services.process import Services
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
+# the admin page and the admin's JSON API: only under this backend's own host names
+ADMIN_BLUEPRINTS = (admin.name, versions.name, consensus.name, jobs.name)
+
+
+class _ExactPaths(Map):
+    """werkzeug's URL map, without its merge_slashes: a path with `//` in it (or `%2F` next to a
+    slash) is answered as it is, a 404 JSON where no route has it, instead of a 308 with an
+    HTML body to the path with the slashes merged."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, merge_slashes=False, **kwargs)
+
+
+class _App(Flask):
+    url_map_class = _ExactPaths  # for the static route too, which Flask adds as it starts
+
+    def handle_http_exception(self, e: HTTPException):
+        # the one redirect left, from a sub-path's bare prefix (/aesemo) to its page (/aesemo/):
+        # Flask hands routing redirects past the error handlers, with werkzeug's HTML body
+        if isinstance(e, RequestRedirect):
+            return json_error(e, f"moved to {e.new_url}")
+        return super().handle_http_exception(e)
+
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     settings = settings or load_settings()
     services = services or Services(settings, connect(settings))
     policy = RequestPolicy(settings)
-    app = Flask(__name__)
+    app = _App(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["aesemo"] = services
     app.url_map.converters["project"] = ProjectConverter
     _apply_policy(app, policy)
     for blueprint in (labelstudio, admin, versions, consensus, jobs):
         app.register_blueprint(blueprint)
-    app.wsgi_app = FastWebhook(app.wsgi_app, services.labelstudio, policy, app.json)
+    app.wsgi_app = FastWebhook(SecurityHeaders(app.wsgi_app), services.labelstudio, policy, app.json)
     services.swap.start()  # here, not on first use: a request never starts threads
     return app
 
@@ -49,6 +73,8 @@ def _apply_policy(app: Flask, policy: RequestPolicy) -> None:
     def start():
         g.started = time.perf_counter()
         refusal = policy.refusal(request.environ)
+        if not refusal and request.blueprint in ADMIN_BLUEPRINTS:
+            refusal = policy.admin_refusal(request.environ)
         if refusal:
             return Response(json.dumps(refusal.body), status=refusal.status, mimetype="application/json",
                             headers=refusal.headers)
@@ -127,9 +153,28 @@ class FastWebhook:
         # as jsonify: the app's JSON settings, compact, one newline
         body = (self.json.dumps(reply, separators=(",", ":")) + "\n").encode()
         start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN').upper()}",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                        *SecurityHeaders.HEADERS])
         observe_request(self.PATH, "POST", status, started)
         return [body]
+
+
+class SecurityHeaders:
+    """WSGI middleware: headers on every answer of Flask's (FastWebhook adds them to its own, and
+    waitress's error answers in backend/http/worker.py too). `nosniff`: a browser never runs a
+    JSON answer or a report file as a script or a page; DENY: no page elsewhere frames the admin
+    page (or any answer) to trick clicks out of the admin. The admin page adds its own
+    Content-Security-Policy (backend/http/admin_routes.py)."""
+
+    HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"))
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        def start(status, headers, exc_info=None):
+            return start_response(status, [*headers, *self.HEADERS], exc_info)
+        return self.wsgi_app(environ, start)
 
 
 def json_error(exc: HTTPException, message: str) -> Response:

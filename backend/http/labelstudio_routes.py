@@ -21,6 +21,12 @@ def health():
     return jsonify(ml_backend().health())
 
 
+@labelstudio.get("/versions")
+def versions():
+    # Label Studio lists the model versions with it (its ML backend API's `versions`)
+    return jsonify(ml_backend().versions())
+
+
 @labelstudio.post("/setup")
 def setup():
     return jsonify(ml_backend().setup(json_body()))

@@ -1,6 +1,7 @@
 """One request policy for both ways in: the Flask app and its /webhook fast path (FastWebhook in
-backend/http/app.py). Who may call (Basic auth), from where (no cross-site browser requests), how
-much body, and which JSON error answers what went wrong."""
+backend/http/app.py). Who may call (Basic auth), from where (no cross-site browser requests; the
+admin's endpoints only under this backend's own host names), how much body, and which JSON error
+answers what went wrong."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from gunicorn.http.errors import ParseException
 from werkzeug.wsgi import get_host
 
 from backend.core.errors import DomainError, InvalidInput, TooLarge
-from backend.http.auth import basic_auth_ok, cross_site_refusal
+from backend.http.auth import basic_auth_ok, cross_site_refusal, host_refusal
 from backend.http.errors import error_body, status_of
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class RequestPolicy:
     def __init__(self, settings):
         self.user = settings.basic_auth_user
         self.password = settings.basic_auth_pass or ""
+        self.allowed_hosts = settings.allowed_hosts
 
     def refusal(self, environ) -> Refusal | None:
         """Why the request is refused before any handler runs, or None to let it through."""
@@ -55,6 +57,13 @@ class RequestPolicy:
                 return Refusal(403, {"error": why})
         return None
 
+    def admin_refusal(self, environ) -> Refusal | None:
+        """Why a request to the admin page or the admin's endpoints is refused for the host it
+        names (after `refusal`), or None. Label Studio's endpoints take any host: Label Studio
+        reaches the backend under whatever name its network gives it."""
+        why = host_refusal(environ.get("HTTP_HOST"), self.allowed_hosts)
+        return Refusal(403, {"error": why}) if why else None
+
     @staticmethod
     def declared_length(environ) -> int | None:
         """The Content-Length when there is one within the body limit; None otherwise."""
@@ -69,10 +78,10 @@ class RequestPolicy:
         if isinstance(exc, DomainError):
             return status_of(exc), error_body(exc)
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            log.warning("%s %s: Redis is unreachable (%s)", method, path, exc)
+            log.warning("%s %s: Redis is unreachable (%s)", method, loggable(path), exc)
             return 503, {"error": REDIS_DOWN}
         # logged whole here; the client learns nothing of the internals
-        log.error("Exception on %s %s", method, path, exc_info=exc)
+        log.error("Exception on %s %s", method, loggable(path), exc_info=exc)
         return 500, {"error": INTERNAL_ERROR}
 
 
@@ -116,3 +125,20 @@ def parse_json(raw: bytes):
         raise InvalidInput("body is not valid JSON for this server: it holds a number too long to read (over 4300 digits)") from None
     except RecursionError:  # e.g. "[[[[..." thousands deep: the client's mistake, not a 500
         raise InvalidInput("body is not valid JSON (nested too deeply)") from None
+
+
+def loggable(path: str) -> str:
+    """A request path as a log shows it. A decoded path may hold CR and LF (%0d%0a) or other
+    characters that are not printable, which would start a forged line: they and the backslash
+    become Python's backslash escapes (\\n, \\x1b, \\u2028, \\\\), so each request stays one
+    line whatever it sent. A byte that was no UTF-8, kept by the "surrogateescape" error handler,
+    shows as that byte (\\xff). (gunicorn's access log escapes the quote itself.)"""
+    if path.isprintable() and "\\" not in path:
+        return path
+    return "".join(c if c.isprintable() and c != "\\" else _escaped(c) for c in path)
+
+
+def _escaped(c: str) -> str:
+    if "\udc80" <= c <= "\udcff":
+        return f"\\x{ord(c) - 0xdc00:02x}"
+    return c.encode("unicode_escape").decode("ascii")  # "\\" for the backslash

@@ -16,11 +16,6 @@ def version_service() -> VersionService:
     return services().versions
 
 
-@versions.get("/versions")
-def all_versions():
-    return jsonify(version_service().versions())
-
-
 @versions.get(f"{PROJECT}/versions")
 def project_versions(project):
     return jsonify(version_service().project_versions(project))

@@ -10,8 +10,9 @@ or idle client costs a socket and a buffer, never a thread.
 gunicorn stays the process manager: `--workers` processes, the heartbeat (the loop below calls
 `notify`), graceful and quick shutdown on its signals, the access log in its format, the
 `child_exit` hook for the metrics files and the control socket. Per connection this worker adds
-what waitress lacks: a deadline for a whole request to arrive, and an idle timeout between
-requests (gunicorn's `keepalive`).
+what waitress lacks: a deadline for a whole request to arrive, an idle timeout between requests
+(gunicorn's `keepalive`), the refusal of requests framed two ways at once (request smuggling), and
+a lingering close after an error answer, so that a client still sending its body reads the answer.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import time
 from datetime import timedelta
 
@@ -30,11 +32,16 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
-from backend.http.app import MAX_BODY_BYTES
+from backend.http.app import MAX_BODY_BYTES, SecurityHeaders
+from backend.http.policy import loggable
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_CONNECTIONS = 1000  # per worker process; also kept well under its open-file limit
 _LOOP_WAIT_S = 0.5  # how late the loop may notice a stop signal or a deadline
+# after an error answer, what the client still sends is read and dropped (see _Channel), up to this
+LINGER_MAX_BYTES = 2 * MAX_BODY_BYTES
+LINGER_MIN_S = 2.0  # a lingering close waits at least this long, even past the read timeout
+_LINGER_RECV_BYTES = 256 * 1024
 
 
 class BufferedWorker(base.Worker):
@@ -128,6 +135,17 @@ class _Parser(HTTPRequestParser):
         # client's mistake, and says so (a request line without a version is HTTP/0.9's form)
         if self.version not in ("1.0", "1.1"):
             raise ParsingError(f"HTTP version {self.version or '0.9'} is not supported; use HTTP/1.1")
+        self._refuse_ambiguous_framing()
+
+    def _refuse_ambiguous_framing(self):
+        """RFC 9112 6.1: a request with both Transfer-Encoding and Content-Length, or an HTTP/1.0
+        one with Transfer-Encoding, has framing that a proxy in front may read otherwise than this
+        server, which lets a request hidden in the body run as the next one (request smuggling).
+        Refused (400), and the connection closed after the answer (_JsonErrorTask)."""
+        if self.chunked and "CONTENT_LENGTH" in self.headers:
+            raise ParsingError("Content-Length and Transfer-Encoding: chunked together are refused; send one")
+        if self.version == "1.0" and "TRANSFER_ENCODING" in self.headers:
+            raise ParsingError("Transfer-Encoding is not allowed in HTTP/1.0; use HTTP/1.1 or Content-Length")
 
 
 class _JsonErrorTask(ErrorTask):
@@ -140,15 +158,60 @@ class _JsonErrorTask(ErrorTask):
                                                                             f"{error.reason}: {error.body}")
         body = (json.dumps({"error": message}) + "\n").encode()
         self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", "application/json"))
+        self.response_headers += [("Content-Type", "application/json"), *SecurityHeaders.HEADERS]
+        self.channel.linger_until = self.request.started + self.channel.server.read_timeout_s
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
 
 
 class _Channel(HTTPChannel):
+    """Waitress's channel, with a lingering close after an error answer. Waitress answers a
+    refusal (413, 431, 400) as soon as it knows, while the client may still be sending the body;
+    closing then, with its bytes unread, makes the kernel reset the connection, which destroys the
+    answer before the client reads it. So the channel half-closes (the client reads the answer and
+    an end), then reads and drops what still arrives until the client closes, LINGER_MAX_BYTES have
+    come, or the read timeout counted from the request's first byte (at least LINGER_MIN_S) is
+    over (RFC 9112 9.6). Nothing of it is parsed: no request after a refused one runs."""
+
     parser_class = _Parser
     error_task_class = _JsonErrorTask
+    linger_until = None  # set by an error answer: a close then lingers, until this time.time()
+    lingering = False
+    lingered_bytes = 0
+
+    def handle_close(self):
+        if self.linger_until is None or self.lingering or not self._half_close():
+            super().handle_close()
+            return
+        self.lingering = True
+        self.linger_until = max(self.linger_until, time.time() + LINGER_MIN_S)
+        self.will_close = self.close_when_flushed = False
+        with self.requests_lock:
+            self.request = None
+
+    def _half_close(self) -> bool:
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+            return True
+        except (OSError, AttributeError):  # the client is gone already, or the socket closed
+            return False
+
+    def readable(self):
+        return self.lingering or super().readable()
+
+    def handle_read(self):
+        if not self.lingering:
+            super().handle_read()
+            return
+        try:
+            data = self.recv(_LINGER_RECV_BYTES)  # b"" at the client's end: recv closes the channel
+        except OSError:
+            data = b""
+            super().handle_close()
+        self.lingered_bytes += len(data)
+        if data and self.lingered_bytes >= LINGER_MAX_BYTES:
+            super().handle_close()
 
 
 class _Server(TcpWSGIServer):
@@ -159,10 +222,12 @@ class _Server(TcpWSGIServer):
         """Close (waitress runs this every cleanup_interval) a connection whose request has not
         arrived whole within read_timeout_s since its first byte, whatever its pace, and one idle
         for channel_timeout between requests. A request being answered is left alone."""
-        for channel in self.active_channels.values():
+        for channel in list(self.active_channels.values()):
             if channel.requests:
                 continue
-            if channel.request is not None:
+            if channel.lingering:
+                expired = now > channel.linger_until
+            elif channel.request is not None:
                 expired = now - channel.request.started > self.read_timeout_s
             elif channel.total_outbufs_len:  # an answer the client is slow to read
                 expired = now - channel.last_activity > self.read_timeout_s
@@ -193,11 +258,22 @@ def _access_logged(app, log):
             return start_response(status, headers, exc_info)
 
         def done():
-            log.access(answer, (), environ, timedelta(seconds=time.perf_counter() - started))
+            log.access(answer, (), _logged_environ(environ), timedelta(seconds=time.perf_counter() - started))
 
         return _Body(app(environ, start), answer, done)
 
     return logged
+
+
+def _logged_environ(environ: dict) -> dict:
+    """The environ as the access log reads it: the path as the app decodes it (UTF-8; WSGI holds
+    its bytes as latin-1 text), escaped so that a %0a in it cannot start a forged line."""
+    path = environ.get("PATH_INFO", "")
+    try:
+        path = path.encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # not WSGI's latin-1 text after all: escaped as it is
+        pass
+    return {**environ, "PATH_INFO": loggable(path)}
 
 
 class _Body:

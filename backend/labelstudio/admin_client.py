@@ -2,7 +2,8 @@
 an administrator makes (projects, file import, users through the signup form, ML backends,
 predictions). Used by `aesemo stack` and by the end-to-end harness (tests/e2e/ls_server.py).
 
-The settings and calls are the ones of docs/label-studio-protocol.md (sections 2, 3, 9, 11).
+The settings and calls are the ones of docs/developers/label-studio-protocol.md
+(sections 2, 3, 9, 11).
 Every call sends `Authorization: Token <legacy token>`, so the server must run with legacy
 tokens enabled (`LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true` before its first start).
 """
@@ -62,7 +63,7 @@ def ensure_ls_venv(venv: Path) -> Path:
 
 def label_studio_environment(venv: Path, data_dir: Path, files_dir: Path, username: str, password: str,
                              token: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a headless server (protocol section 2) that talks to nothing outside
+    """The environment of a headless server (Label Studio protocol notes, section 2) that talks to nothing outside
     127.0.0.1: no PyPI version check at start, no Sentry, no analytics."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in SCRUB_ENV}
     env["PATH"] = f"{Path(venv) / 'bin'}{os.pathsep}{env.get('PATH', '')}"

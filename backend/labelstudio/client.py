@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from label_studio_sdk import LabelStudio
 
-from backend.core.errors import Conflict, UpstreamError
+from backend.core.errors import Conflict, NotFound, UpstreamError
 from backend.core.ids import shown
 from backend.core.settings import Settings
 from backend.fetch import tokens as ls_auth
@@ -58,8 +58,13 @@ def sdk_failure(exc: Exception, what: str) -> UpstreamError:
 
 
 def fetch_label_config(settings: Settings, studio: ls_auth.Studio, project: str) -> str:
+    """The label config of a project this backend has never heard of. Label Studio's 404 means
+    it does not know the project either: that is the client's unknown project (404), not
+    Label Studio failing (502, which other errors stay: its word on the project is missing)."""
     client = sdk_client(settings, studio, 30)
     try:
         return client.projects.get(int(project)).label_config
     except Exception as exc:  # the SDK's ApiError or a transport error
+        if getattr(exc, "status_code", None) == 404:
+            raise NotFound(f"unknown project {project}: neither this backend nor its Label Studio knows it") from None
         raise sdk_failure(exc, f"Label Studio has no readable project {project}") from None

@@ -1,7 +1,8 @@
 """Read a project's labelling config: which Image to classify and which two Choices are the heads.
 
-Label Studio does not validate predictions against the config (protocol doc §5.3), so a mismatch
-would be stored silently; we refuse a config we cannot serve with a message naming the problem.
+Label Studio does not validate predictions against the config (Label Studio protocol notes §5.3,
+docs/developers/label-studio-protocol.md), so a mismatch would be stored silently; we refuse a
+config we cannot serve with a message naming the problem.
 """
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ def prediction_result(
     model_version: str,
     score: float | None = None,
 ) -> dict:
-    """One Label Studio prediction (protocol doc §5.3): the top class of each head. `score` is
+    """One Label Studio prediction (Label Studio protocol notes §5.3): the top class of each head. `score` is
     the task's certainty (model/uncertainty.py); None: the lower top probability."""
     result = []
     for control, classes, probs in (
@@ -151,7 +152,7 @@ def prediction_result(
         (labels.emotion_control, labels.emotion_classes, emotion_probs),
     ):
         # float(): numpy/torch scalars are not JSON numbers, and a non-numeric score makes
-        # the user's GET /api/tasks/{id} fail with 400 (protocol doc §0.8).
+        # the user's GET /api/tasks/{id} fail with 400 (Label Studio protocol notes §0.8).
         probs = [float(p) for p in probs]
         if len(probs) != len(classes):
             raise ValueError(f"{control!r}: {len(probs)} probabilities for {len(classes)} classes {list(classes)}")

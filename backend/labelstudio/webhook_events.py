@@ -29,7 +29,7 @@ end
 
 _RECORD = RECORD_EVENT_LUA + "return record_event(KEYS[1], ARGV[1])"
 
-# action -> the body keys it must carry (protocol document, section 6)
+# action -> the body keys it must carry (docs/developers/label-studio-protocol.md, section 6)
 ACTIONS: dict[str, tuple[str, ...]] = {
     "ANNOTATION_CREATED": ("annotation", "task", "project"),
     "ANNOTATION_UPDATED": ("annotation", "task", "project"),

@@ -26,7 +26,7 @@ from backend.serving.models import ServedModel
 from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.serving.prediction_store import VersionPredictions, stored_then_predicted, task_id
 from backend.serving.refresh_queue import try_submit_refresh
-from backend.serving.registry import base_for, is_trained_version, resolve_current
+from backend.serving.registry import all_versions, base_for, describe_base, is_trained_version, resolve_current
 from backend.serving.suggestions import WITHHELD_FIELD, WithheldLog, withheld_reason
 from backend.services.projects import Projects
 from backend.services.training import TrainingService, training_refused
@@ -58,6 +58,11 @@ class LabelStudioBackend:
         if reachable(self.redis):
             return {"status": "UP", "model_class": MODEL_CLASS, "redis": "up"}
         return {"status": "UP", "model_class": MODEL_CLASS, "redis": "down", "degraded": REDIS_DOWN_EFFECT}
+
+    def versions(self) -> dict:
+        """Every version folder this backend has (Label Studio's `GET /versions`)."""
+        names, skipped = all_versions(self.settings)
+        return {"versions": names, "skipped": skipped, "base_model": describe_base(self.redis, self.settings)}
 
     def _withheld(self, project: str | None, version: str, trained: bool) -> dict:
         """`{"no_suggestions": why}` when this version's suggestions are not sent, else {}."""

@@ -8,18 +8,13 @@ from backend.core.errors import InvalidInput
 from backend.core.settings import Settings
 from backend.labelstudio.follow import VersionFollower
 from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh, try_submit_refresh
-from backend.serving.registry import (all_versions, describe_base, project_versions, promote_version,
-                                      roll_back_to_base)
+from backend.serving.registry import describe_base, project_versions, promote_version, roll_back_to_base
 from backend.services.projects import Projects
 
 
 class VersionService:
     def __init__(self, settings: Settings, client: redis.Redis, projects: Projects, follower: VersionFollower):
         self.settings, self.redis, self.projects, self.follower = settings, client, projects, follower
-
-    def versions(self) -> dict:
-        names, skipped = all_versions(self.settings)
-        return {"versions": names, "skipped": skipped, "base_model": describe_base(self.redis, self.settings)}
 
     def project_versions(self, project: str) -> dict:
         current = self.projects.version_ref(project, self.projects.project_labels(project)).name

@@ -54,7 +54,7 @@ LABEL_CONFIG = resources.files("backend.labelstudio") / "aesthetic_emotion.xml"
 DEMO_BACKBONE = "resnet18"
 # real photographs inside scikit-image's wheel (skimage/data), read from the installed package
 # Label Studio Community settings that keep each vote independent, as far as Community allows
-# (README, "The stack"): the labelling stream ("Label All Tasks") shows an annotator only their own
+# (docs/operators/demo-stack.md): the labelling stream ("Label All Tasks") shows an annotator only their own
 # annotation, never their earlier versions; no empty annotation counts as a vote; the instructions,
 # shown before the first task, ask them to label from the stream rather than open the task list,
 # where Community shows everyone's labels to every member.
@@ -529,7 +529,7 @@ def import_missing_photos(client: LabelStudioClient, project_id: int, photos: li
     missing = [photo for photo in photos if photo.name not in present]
     if missing:
         client.import_files(project_id, missing)
-        # tasks get the project's overlap when it is set after they exist (protocol section 9)
+        # tasks get the project's overlap when it is set after they exist (Label Studio protocol notes, section 9)
         client.update_project(project_id, maximum_annotations=ANNOTATORS, overlap_cohort_percentage=100)
         say(f"imported {len(missing)} sample photographs")
 

@@ -18,10 +18,12 @@ def training_image_cache(cache_dir: Path, max_bytes: int) -> DiskCache:
 
 def cached_training_image(fetcher: ImageFetcher, url: str, cache: DiskCache, hostname: str | None,
                           access_token: str | None, size: int = TRAIN_SIZE) -> Path:
-    """The cached copy's path; downloads and resizes on a miss. Raises ImageFetchError."""
-    path = cache.hit(url)
+    """The cached copy's path; downloads and resizes on a miss. Raises ImageFetchError. Keyed
+    like the fetcher's own cache: a copy is only served to a job with the same credentials."""
+    key = fetcher.cache_key(url, hostname=hostname, access_token=access_token)
+    path = cache.hit(key)
     if path is not None:
         return path
     image = fetcher.fetch(url, hostname=hostname, access_token=access_token)
     resized = image.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-    return cache.write(url, lambda temp: resized.save(temp, format="PNG", compress_level=1))
+    return cache.write(key, lambda temp: resized.save(temp, format="PNG", compress_level=1))

@@ -1,4 +1,4 @@
-"""The promotion rule of a training job (the README's "Promotion"): never a version that may
+"""The promotion rule of a training job (docs/admins/versions.md, "Promotion"): never a version that may
 not serve; with `metric`, a like-for-like comparison: the candidate and the current version
 scored on the same held-out tasks, decided on the paired difference of their mean macro-F1 and
 its bootstrap interval. Evidence too thin to decide says so, and then the setting

@@ -7,7 +7,8 @@ or a low share (ties become `agreed` with a soft label only with tie_break="soft
 ground-truth annotation decides its task. Dawid-Skene (1979) instead estimates each
 annotator's confusion matrix by EM over the whole project and labels tasks by the posterior.
 
-Written here rather than taken from crowd-kit: see the README (import cost, dependencies).
+Written here rather than taken from crowd-kit, which pulls in heavy dependencies
+(docs/admins/consensus.md).
 """
 from __future__ import annotations
 

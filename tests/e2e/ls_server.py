@@ -11,7 +11,7 @@ Plain Python (no pytest). Typical use::
 Label Studio lives in its own virtualenv, ``<repo>/.venv-ls`` (made by ``ensure_ls_venv``
 on first use, about a minute). The server binds to 127.0.0.1 on a free port, keeps its sqlite
 database, uploads and log (``label-studio.log``) under ``data_dir``, and is started with the
-settings from docs/label-studio-protocol.md section 2: legacy ``Token`` auth on, local ML
+settings from docs/developers/label-studio-protocol.md section 2: legacy ``Token`` auth on, local ML
 backends and webhooks allowed, local-files serving rooted at ``files_dir``. The PyPI version
 check and Sentry reporting are switched off, so the server talks to nothing outside 127.0.0.1
 (beyond what a test asks of it).

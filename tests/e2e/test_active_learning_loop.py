@@ -1,4 +1,4 @@
-"""Issue 15's loop in one test, against a real Label Studio 1.23.2: an annotator labels tasks in
+"""The active-learning loop in one test, against a real Label Studio 1.23.2: an annotator labels tasks in
 the browser (headless Chromium, the config's hotkeys only, Ctrl+Enter), another the rest through
 the API (each task in the UI costs seconds on a loaded 2-core machine); Label Studio's Start Training
 queues a job; a burst worker trains resnet18 (small images, one epoch), the version is promoted,

@@ -1,4 +1,4 @@
-"""Least-certain-first in Label Studio 1.23.2's Data Manager with the live backend (issue 15).
+"""Least-certain-first in Label Studio 1.23.2's Data Manager with the live backend.
 
 With Label Studio's default flags a task's `predictions_score` averages only predictions whose
 model_version is the project's, which for a live backend is the ML backend's title
