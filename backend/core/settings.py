@@ -99,7 +99,7 @@ def _base_model(name: str, value: Path | None) -> None:
     from backend.serving.registry import base_problem
     why = base_problem(value, thorough=False)
     if why:
-        raise ValueError(f"setting {name}: {why}")
+        raise ValueError(f"setting {name}={value}: {why}")
 
 
 _FRACTION = Limit(float, 0, 1)
