@@ -396,6 +396,9 @@ def test_latest_vote_of_an_annotator_is_the_latest_instant(client, db):
 @pytest.mark.parametrize("field, value", [
     ("updated_at", "yesterday"), ("updated_at", "2026-13-01T00:00:00Z"), ("updated_at", 1795782039),
     ("updated_at", ["2026-11-27T12:00:00Z"]), ("created_at", "27/11/2026 12:00"),
+    # what Python's fromisoformat takes but is no date and time as Label Studio writes one
+    ("updated_at", "2026-11-27T12:00:00\u0000Z"), ("updated_at", "2026-11-27T12:00:00Z\n"),
+    ("updated_at", "2026-11-27T12:00:00\x7fZ"), ("created_at", "2026-W48-5"), ("updated_at", "20261127T120000"),
 ])
 def test_bad_time_is_400_naming_the_field(client, db, field, value, step_by_step):
     set_up_project(client)

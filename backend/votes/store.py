@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -103,11 +104,20 @@ end
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+# What instant_us takes: a date, and optionally a time with seconds, a fraction and `Z` or an
+# offset. datetime.fromisoformat alone is too lenient: Python 3.11's skips a NUL before the zone
+# and takes week dates and basic formats, text that is then stored and shown as it came.
+_ISO_8601 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                       r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,9})?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)?)?")
+
+
 def instant_us(text) -> int:
     """Microseconds since the epoch of an ISO 8601 time, with or without a fraction, `Z` or an
     offset (none: UTC, as Label Studio's are). ValueError when it is not one."""
     if not isinstance(text, str):
         raise ValueError(f"expected an ISO 8601 text, got {type(text).__name__}")
+    if not _ISO_8601.fullmatch(text):
+        raise ValueError(f"not an ISO 8601 date and time: {text[:40]!r}")
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
