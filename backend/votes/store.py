@@ -228,8 +228,8 @@ def vote_from_annotation(annotation: dict, task_id, labels: ProjectLabels) -> Vo
         raise InvalidInput(f"{where} has no \"result\" list")
     cancelled = bool(annotation.get("was_cancelled"))
     chosen, problems = ({d: None for d in DIMENSIONS}, []) if cancelled else _choices(annotation["result"], labels)
-    for problem in problems:
-        log.warning("%s on task %s: %s", where, task, problem)
+    if problems:  # one line per annotation, however many regions it has
+        log.warning("%s on task %s: %s", where, task, "; ".join(problems))
     updated_at, updated_us = _updated(annotation, where)
     return Vote(annotation=annotation["id"], task=task, annotator=author, updated_at=updated_at,
                 updated_us=updated_us, labels=chosen, ground_truth=bool(annotation.get("ground_truth")),
@@ -249,10 +249,16 @@ def _updated(annotation: dict, where: str) -> tuple[str, int]:
     return "", 0
 
 
+PROBLEMS_KEPT = 3  # a vote names its first few problems and counts the rest
+
+
 def _choices(result: list, labels: ProjectLabels) -> tuple[dict, list[str]]:
+    """The class chosen per dimension, and what was wrong: at most PROBLEMS_KEPT problems, each
+    value cut short (`shown`), then how many more; a record and its log line stay small however
+    many regions, and however long a value, an annotation holds."""
     controls = {labels.aesthetic_control: ("aesthetic", labels.aesthetic_classes),
                 labels.emotion_control: ("emotion", labels.emotion_classes)}
-    chosen, problems = {d: None for d in DIMENSIONS}, []
+    chosen, problems, more = {d: None for d in DIMENSIONS}, [], 0
     for region in result:
         # a list/dict from_name is unhashable: `in controls` would raise TypeError (a 500)
         if not isinstance(region, dict) or not isinstance(region.get("from_name"), str) \
@@ -261,12 +267,16 @@ def _choices(result: list, labels: ProjectLabels) -> tuple[dict, list[str]]:
         dimension, classes = controls[region["from_name"]]
         value = region.get("value")
         values = (value.get("choices") if isinstance(value, dict) else None) or []
-        if not isinstance(values, list) or len(values) != 1:  # "x", 5, {...}: no .get / len / [0]
-            problems.append(f"{region['from_name']}: expected one choice, got {values!r}")
-        elif values[0] not in classes:
-            problems.append(f"{region['from_name']}: choice {values[0]!r} is not in the label config")
-        else:
+        if isinstance(values, list) and len(values) == 1 and values[0] in classes:
             chosen[dimension] = values[0]
+        elif len(problems) == PROBLEMS_KEPT:
+            more += 1
+        elif not isinstance(values, list) or len(values) != 1:  # "x", 5, {...}: no .get / len / [0]
+            problems.append(f"{region['from_name']}: expected one choice, got {shown(values)}")
+        else:
+            problems.append(f"{region['from_name']}: choice {shown(values[0])} is not in the label config")
+    if more:
+        problems.append(f"{more} more region(s) without one known choice")
     return chosen, problems
 
 
