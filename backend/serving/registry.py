@@ -110,7 +110,7 @@ def register_base(client: redis.Redis, folder: Path | None) -> dict:
     folder = Path(folder).resolve()
     why = base_problem(folder)
     if why:
-        raise Conflict(f"not registered as the base model: {why}")
+        raise Conflict(f"{folder} not registered as the base model: {why}")  # the operator's own path
     client.set(keys.BASE_MODEL, str(folder))
     return {"base_model": str(folder), "name": REGISTERED_PREFIX + folder.name}
 
