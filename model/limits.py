@@ -24,10 +24,13 @@ class Limit:
     high_open: bool = False
 
     def describe(self) -> str:
+        return f"{'an integer' if self.kind is int else 'a finite number'} in {self.span()}"
+
+    def span(self) -> str:
+        """`1..1000` for integers, `(0, 1]` for numbers."""
         if self.kind is int:
-            return f"an integer in {self.low}..{self.high}"
-        return (f"a finite number in {'(' if self.low_open else '['}{self.low:g}, "
-                f"{self.high:g}{')' if self.high_open else ']'}")
+            return f"{self.low}..{self.high}"
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
     def check(self, name: str, value):
         """`value` (an int as a float for a float field) when allowed; LimitError otherwise."""

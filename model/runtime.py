@@ -32,7 +32,7 @@ from .heldout import HELDOUT_SPLIT
 from .network import CrossBranchNet
 from .predictor import Predictor, PredictorBase
 from .transforms import normalize
-from .version import RUNTIME_FILE, checked_file, load_version, read_meta
+from .version import RUNTIME_FILE, checked_file, load_version, read_meta, read_version_json, shown_path
 
 log = logging.getLogger(__name__)
 
@@ -303,13 +303,10 @@ def read_runtime(folder: str | Path) -> dict | None:
     path = folder / RUNTIME_FILE
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VersionError(f"{path} cannot be read: {exc}") from None
+    record = read_version_json(path)
     problem = runtime_problem(record)
     if problem:
-        raise VersionError(f"{path}: {problem}")
+        raise VersionError(f"{shown_path(path)}: {problem}")
     if record["weights_sha256"] != read_meta(folder)["weights_sha256"]:
         return None  # made for other weights: made again
     return record

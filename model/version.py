@@ -41,14 +41,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def shown_path(path: Path) -> str:
+    """A version's file as error messages name it: `v0003/model.json`. They reach HTTP clients
+    (promotion, the version listings), who have no business knowing the server's folders."""
+    return f"{path.parent.name}/{path.name}"
+
+
 def checked_file(path: Path, expected: str | None = None) -> str:
     """The file's sha256; VersionError when it is missing or differs from `expected`, so a
     half-copied or tampered file is never loaded."""
     if not path.is_file():
-        raise VersionError(f"{path} is missing")
+        raise VersionError(f"{shown_path(path)} is missing")
     actual = sha256_file(path)
     if expected is not None and actual != expected:
-        raise VersionError(f"{path}: sha256 {actual[:12]}… does not match the recorded "
+        raise VersionError(f"{shown_path(path)}: sha256 {actual[:12]}… does not match the recorded "
                            f"{str(expected)[:12]}…; refusing to load")
     return actual
 
@@ -78,20 +84,31 @@ def save_version(folder: str | Path, model: CrossBranchNet, meta: dict) -> dict:
 def read_meta(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
-        raise VersionError(f"version folder {folder} not found")
+        raise VersionError(f"version folder {folder.name} not found")
     path = folder / META_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise VersionError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VersionError(f"{path} cannot be read: {exc}") from None
+    meta = read_version_json(path)
     if not isinstance(meta, dict):
-        raise VersionError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+        raise VersionError(f"{shown_path(path)} must hold a JSON object, got {type(meta).__name__}")
     problem = meta_problem(meta)
     if problem:
-        raise VersionError(f"{path}: {problem}")
+        raise VersionError(f"{shown_path(path)}: {problem}")
     return meta
+
+
+def read_version_json(path: Path):
+    """A version's JSON file, parsed; VersionError naming the file for anything json.loads
+    refuses: bad syntax, an integer over Python's 4,300 digits (ValueError), nesting deeper
+    than the interpreter's recursion limit (RecursionError)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VersionError(f"{shown_path(path)} is missing") from None
+    except OSError as exc:  # its text names the absolute path: the reason alone
+        raise VersionError(f"{shown_path(path)} cannot be read: {exc.strerror or type(exc).__name__}") from None
+    except RecursionError:
+        raise VersionError(f"{shown_path(path)} cannot be read: JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and the digit limit among them
+        raise VersionError(f"{shown_path(path)} cannot be read: {exc}") from None
 
 
 _REQUIRED = ("architecture", "weights_sha256", "pixel_mean", "classes")
@@ -268,7 +285,7 @@ def load_version(folder: str | Path) -> tuple[CrossBranchNet, dict]:
     try:
         config = NetConfig.from_dict(meta["architecture"])
     except (TypeError, ValueError) as exc:
-        raise VersionError(f"{folder / META_FILE}: bad architecture: {exc}") from None
+        raise VersionError(f"{shown_path(folder / META_FILE)}: bad architecture: {exc}") from None
     # built on the meta device, so no time goes into random weights that the file replaces
     # (15 of 16 s for vgg16 on a 2-core CPU); `assign` then adopts the loaded tensors
     with torch.device("meta"):
@@ -276,9 +293,11 @@ def load_version(folder: str | Path) -> tuple[CrossBranchNet, dict]:
     try:
         state = load_file(weights)
         model.load_state_dict(state, strict=True, assign=True)
-    except (SafetensorError, RuntimeError, OSError) as exc:
-        raise VersionError(f"{weights} does not fit the architecture in model.json: {exc}") from None
+    except OSError as exc:  # its text names the absolute path: the reason alone
+        raise VersionError(f"{shown_path(weights)} cannot be read: {exc.strerror or type(exc).__name__}") from None
+    except (SafetensorError, RuntimeError) as exc:
+        raise VersionError(f"{shown_path(weights)} does not fit the architecture in model.json: {exc}") from None
     bad = first_non_finite(state)
     if bad is not None:
-        raise VersionError(f"{weights}: tensor {bad} holds NaN or infinite values; refusing to load")
+        raise VersionError(f"{shown_path(weights)}: tensor {bad} holds NaN or infinite values; refusing to load")
     return model, meta

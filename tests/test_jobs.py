@@ -9,6 +9,7 @@ small (resnet18 at 40/35 pixels, one epoch unless a test needs a longer one).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -274,6 +275,28 @@ def test_a_loss_gone_nan_fails_the_job_and_promotes_nothing(lab, trained, monkey
     assert job["progress"]["state"] == "failed"
     assert lab.current() == served and lab.version_dirs() == folders
     assert lab.raw.get(keys.running_job(PROJECT)) is None
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["model.version.save_file", "backend.training.job.write_report"],
+                         ids=["weights", "report"])
+def test_a_full_disk_fails_the_job_and_leaves_no_staging_folder(lab, monkeypatch, where):
+    """The job runs in an RQ SimpleWorker in this process, so that its writing can fail."""
+    from backend.training.worker import run_worker
+    monkeypatch.setattr(where, disk_full)
+    served, folders = lab.current(), lab.version_dirs()
+    answer = lab.client.post(f"/projects/{PROJECT}/train", json={"epochs": 1})
+    assert answer.status_code == 202, answer.get_json()
+    with environment(lab.env):
+        run_worker(burst=True)
+    job = lab.job(answer.get_json()["job_id"])
+    assert job["status"] == "failed" and "No space left on device" in job["error"], job
+    assert not [name for name in lab.version_dirs() if name.endswith(".partial")], lab.version_dirs()
+    assert lab.version_dirs() == folders
+    assert lab.current() == served
 
 
 # ----- one pending job at most; cancelling --------------------------------------------------------

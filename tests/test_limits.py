@@ -8,7 +8,7 @@ import math
 import pytest
 
 from backend.cli import main as cli_main
-from backend.core.settings import Settings, load_settings
+from backend.core.settings import Settings, is_numeric, load_settings, markdown_table, setting_fields, setting_limit
 from model.limits import TRAINING_LIMITS, LimitError, check_training_value
 from model.train import TrainConfig
 
@@ -75,6 +75,18 @@ def test_train_config_refuses_what_the_table_refuses(fields, word):
     ("AESEMO_CONSENSUS_MIN_ANNOTATORS", "1" + "0" * 30, ["AESEMO_CONSENSUS_MIN_ANNOTATORS", "1..100"]),
     ("AESEMO_CONSENSUS_MIN_AGREEMENT", "inf", ["AESEMO_CONSENSUS_MIN_AGREEMENT", "finite"]),
     ("AESEMO_MAX_FAILED_IMAGES", "2", ["AESEMO_MAX_FAILED_IMAGES", "[0, 1]"]),
+    # each of these once started without a word: a 500 on every /predict, a core spent polling...
+    ("AESEMO_PREDICT_CHUNK", "0", ["AESEMO_PREDICT_CHUNK", "1..1024"]),
+    ("AESEMO_SWAP_POLL", "0", ["AESEMO_SWAP_POLL", "[0.1, 3600]"]),
+    ("AESEMO_IMAGE_TIMEOUT", "0", ["AESEMO_IMAGE_TIMEOUT", "(0, 3600]"]),
+    ("AESEMO_IMAGE_TIMEOUT", "-1", ["AESEMO_IMAGE_TIMEOUT", "(0, 3600]"]),
+    ("AESEMO_MAX_TASKS", "-1", ["AESEMO_MAX_TASKS", "1..1000000"]),
+    ("AESEMO_MAX_IMAGE_BYTES", "-1", ["AESEMO_MAX_IMAGE_BYTES", "1..1073741824"]),
+    ("AESEMO_MAX_IMAGE_PIXELS", "0", ["AESEMO_MAX_IMAGE_PIXELS", "1..1000000000"]),
+    ("AESEMO_JOB_HEARTBEAT", "0", ["AESEMO_JOB_HEARTBEAT", "[0.5, 3600]"]),
+    ("AESEMO_JOB_TIMEOUT", "-1", ["AESEMO_JOB_TIMEOUT", "60..2592000"]),
+    ("AESEMO_MIN_TRAINING_LABELS", "-3", ["AESEMO_MIN_TRAINING_LABELS", "1..1000000"]),
+    ("AESEMO_AUTO_TRAIN_THRESHOLD", "-1", ["AESEMO_AUTO_TRAIN_THRESHOLD", "0..1000000"]),
 ])
 def test_settings_out_of_range_are_refused_at_startup(variable, raw, words):
     with environment({variable: raw}):
@@ -82,6 +94,37 @@ def test_settings_out_of_range_are_refused_at_startup(variable, raw, words):
             load_settings()
     for word in words:
         assert word in str(info.value), str(info.value)
+
+
+NUMERIC_SETTINGS = [f for f in setting_fields() if is_numeric(f)]
+
+
+def just_outside(limit) -> list[str]:
+    """The texts of the values just below and just above the range."""
+    if limit.kind is int:
+        return [str(limit.low - 1), str(limit.high + 1)]
+    below = limit.low if limit.low_open else math.nextafter(limit.low, -math.inf)
+    above = limit.high if limit.high_open else math.nextafter(limit.high, math.inf)
+    return [repr(float(below)), repr(float(above))]
+
+
+def test_every_numeric_setting_declares_a_range_shown_in_the_settings_table():
+    assert {f.name for f in NUMERIC_SETTINGS} == {f.name for f in setting_fields() if f.type in ("int", "float")}
+    table = {line.split(" | ")[0].strip("| `"): line for line in markdown_table().splitlines()}
+    for f in NUMERIC_SETTINGS:
+        limit = setting_limit(f)
+        assert limit is not None, f"{f.metadata['env']} has no range"
+        assert f" | {limit.span()} | " in table[f.metadata["env"]], table[f.metadata["env"]]
+
+
+@pytest.mark.parametrize("field", NUMERIC_SETTINGS, ids=[f.metadata["env"] for f in NUMERIC_SETTINGS])
+def test_every_numeric_setting_refuses_values_just_outside_its_range(field):
+    variable, limit = field.metadata["env"], setting_limit(field)
+    for raw in just_outside(limit):
+        with environment({variable: raw}):
+            with pytest.raises(ValueError) as info:
+                load_settings()
+        assert variable in str(info.value) and limit.span() in str(info.value), (raw, str(info.value))
 
 
 def test_default_settings_pass():

@@ -114,6 +114,8 @@ def test_promote_by_hand_refuses_a_version_that_answers_nan(settings, redis_clie
     answer = client.post(f"/projects/{PROJECT}/versions/{name}/promote")
     assert answer.status_code == 409, answer.get_json()
     assert name in answer.get_json()["error"] and words in answer.get_json()["error"]
+    # the version and its file, never where the server keeps them
+    assert str(settings.data_dir) not in answer.get_json()["error"], answer.get_json()
     assert redis_client.get(keys.current_version(PROJECT)) == "v0001-good"
 
 

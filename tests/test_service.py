@@ -24,6 +24,8 @@ from backend.serving import registry
 from backend.http.app import create_app
 from backend.labelstudio.label_config import parse_label_config
 from backend.labelstudio.projects import ProjectStore
+from backend.labelstudio.webhook_events import (EVENT_BYTES_MAX, EVENTS_KEPT, IDS_KEPT, STREAM_MEMORY_MAX, event_json,
+                                                record_event)
 from backend.core.settings import Settings
 from backend.training.queue import project_jobs
 from model.network import NetConfig
@@ -659,6 +661,63 @@ def test_every_webhook_is_recorded(client, db):
         body["annotation"]["id"] = 1000 + i
         assert post(client, "/webhook", body).status_code == 200
     assert db.xlen(keys.EVENTS) == 50
+
+
+def forty_megabyte_annotation() -> dict:
+    """An annotation event whose result also holds a 40 MB text region (not a vote's)."""
+    body = copy.deepcopy(example("webhook_ANNOTATION_CREATED.json"))
+    body["annotation"]["result"].append({"from_name": "notes", "to_name": "image", "type": "textarea",
+                                         "value": {"text": ["x" * 40_000_000]}})
+    return body
+
+
+def many_deleted_annotations() -> dict:
+    body = copy.deepcopy(example("webhook_ANNOTATIONS_DELETED.json"))
+    body["annotations"] = [{"id": 2 ** 63 - 1 - n} for n in range(5_000)]
+    return body
+
+
+@pytest.mark.parametrize("make", [forty_megabyte_annotation, many_deleted_annotations])
+def test_a_huge_event_adds_a_bounded_entry_to_the_audit_stream(client, db, make):
+    body = make()
+    assert post(client, "/webhook", example("webhook_PROJECT_UPDATED.json")).status_code == 200  # the stream exists
+    before = db.memory_usage(keys.EVENTS, samples=0)
+    response = post(client, "/webhook", body)
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    grown = db.memory_usage(keys.EVENTS, samples=0) - before
+    print(f"{make.__name__}: the stream grew by {grown} bytes")
+    assert grown <= EVENT_BYTES_MAX + 1024, grown  # the entry, and Redis's own overhead for it
+    _, fields = db.xrange(keys.EVENTS)[-1]
+    assert len(fields["event"]) <= EVENT_BYTES_MAX
+    # what an audit reads is still there: the action, the project, the ids, and why the rest is not
+    event = json.loads(fields["event"])
+    assert (event["action"], event["project"]) == (body["action"], "1")
+    assert "over the 4096 an audit entry keeps" in event["cut"]
+    if "annotation" in body:
+        assert event["annotation"] == {"id": 1, "task": 1, "completed_by": 2} and event["task"] == {"id": 1}
+        assert response.get_json()["votes"] == ["added"]  # the vote itself is unaffected
+    else:
+        assert event["annotations"] == [a["id"] for a in body["annotations"][:IDS_KEPT]]
+        assert event["annotations_count"] == 5_000
+
+
+def test_the_audit_stream_holds_at_most_its_memory_bound(db):
+    """Full of the largest entries kept, and more: the oldest go, and the stream's Redis memory
+    stays under STREAM_MEMORY_MAX."""
+    event = {"action": "ANNOTATION_CREATED", "project": "1", "received_at": 1795782039.123456,
+             "annotation": {"id": 2 ** 63 - 1, "result": [{"value": {"text": [""]}}]}}
+    event["annotation"]["result"][0]["value"]["text"][0] = "x" * (EVENT_BYTES_MAX - len(event_json(event)))
+    assert len(event_json(event)) == EVENT_BYTES_MAX
+    pipe = db.pipeline(transaction=False)
+    for n in range(EVENTS_KEPT + 500):
+        record_event(pipe, event)
+        if n % 1000 == 999:
+            pipe.execute()
+    pipe.execute()
+    used = db.memory_usage(keys.EVENTS, samples=0)
+    print(f"{db.xlen(keys.EVENTS)} entries of {EVENT_BYTES_MAX} bytes: {used} bytes of Redis memory")
+    assert db.xlen(keys.EVENTS) <= EVENTS_KEPT + 100  # trimmed by whole nodes (`MAXLEN ~`)
+    assert used <= STREAM_MEMORY_MAX, used
 
 
 # ----- whose token goes where; what /setup may store ---------------------------------------------

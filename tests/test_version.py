@@ -32,6 +32,12 @@ def saved(tmp_path_factory):
     return model, folder, meta
 
 
+def assert_names_only_the_version_file(message: str, path) -> None:
+    """The message names the file inside its version folder (it reaches HTTP clients), never
+    the server's folders."""
+    assert f"{path.parent.name}/{path.name}" in message and str(path.parent.parent) not in message, message
+
+
 def copy_version(src, dst):
     dst.mkdir()
     for name in (WEIGHTS_FILE, META_FILE):
@@ -83,7 +89,7 @@ def test_flipped_byte_is_refused(saved, tmp_path):
     (bad / WEIGHTS_FILE).write_bytes(bytes(data))
     with pytest.raises(VersionError, match="sha256") as info:
         load_version(bad)
-    assert str(bad / WEIGHTS_FILE) in str(info.value)
+    assert_names_only_the_version_file(str(info.value), bad / WEIGHTS_FILE)
 
 
 def test_predictor_refuses_a_bad_hash(saved, tmp_path):
@@ -111,7 +117,7 @@ def test_missing_model_json(saved, tmp_path):
     (bad / META_FILE).unlink()
     with pytest.raises(VersionError, match="missing") as info:
         load_version(bad)
-    assert str(bad / META_FILE) in str(info.value)
+    assert_names_only_the_version_file(str(info.value), bad / META_FILE)
 
 
 def test_corrupt_model_json(saved, tmp_path):
@@ -121,7 +127,22 @@ def test_corrupt_model_json(saved, tmp_path):
     (bad / META_FILE).write_text(text[: len(text) // 2])
     with pytest.raises(VersionError, match="cannot be read") as info:
         load_version(bad)
-    assert str(bad / META_FILE) in str(info.value)
+    assert_names_only_the_version_file(str(info.value), bad / META_FILE)
+
+
+@pytest.mark.parametrize("tail, words", [
+    (', "parameters": 1' + "0" * 4300 + "}", "4300 digits"),        # ValueError, not JSONDecodeError
+    (', "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),   # RecursionError
+])
+def test_model_json_that_json_loads_refuses_otherwise(saved, tmp_path, tail, words):
+    _, folder, _ = saved
+    bad = copy_version(folder, tmp_path / "bad")
+    (bad / META_FILE).write_text((bad / META_FILE).read_text().rstrip()[:-1] + tail)
+    for read in (read_meta, load_version):
+        with pytest.raises(VersionError, match="cannot be read") as info:
+            read(bad)
+        assert words in str(info.value)
+        assert_names_only_the_version_file(str(info.value), bad / META_FILE)
 
 
 @pytest.mark.parametrize("key", ["architecture", "weights_sha256", "pixel_mean"])
@@ -139,7 +160,7 @@ def test_model_json_without_required_key(saved, tmp_path, key):
 def test_missing_folder(tmp_path):
     with pytest.raises(VersionError, match="not found") as info:
         load_version(tmp_path / "nope")
-    assert "nope" in str(info.value)
+    assert "nope" in str(info.value) and str(tmp_path) not in str(info.value)
 
 
 def test_weights_that_do_not_fit_the_architecture(saved, tmp_path):
@@ -161,4 +182,4 @@ def test_model_json_that_is_not_an_object(saved, tmp_path, text):
     (bad / META_FILE).write_text(text)
     with pytest.raises(VersionError) as info:
         load_version(bad)
-    assert str(bad / META_FILE) in str(info.value)
+    assert_names_only_the_version_file(str(info.value), bad / META_FILE)

@@ -51,7 +51,25 @@ BAD = {
                                     "training.crossval.seconds"),
     "v0014-precision-number": (lambda meta: {**meta, "training": {"precision": 16}}, "training.precision"),
     "v0015-crossval-list": (lambda meta: {**meta, "training": {"crossval": []}}, "training.crossval"),
+    # text json.loads refuses with ValueError or RecursionError, not JSONDecodeError
+    "v0016-huge-integer": (lambda meta: json.dumps(meta)[:-1] + ', "parameters": 1' + "0" * 4300 + "}",
+                           "4300 digits"),
+    "v0017-deep-nesting": (lambda meta: json.dumps(meta)[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                           "nested too deeply"),
+    "v0018-not-utf8": (lambda meta: json.dumps(meta).encode("utf-16"), "cannot be read"),
 }
+
+
+def spoiled_text(spoil, meta) -> str | bytes:
+    """model.json's new content: what `spoil` made, JSON-encoded unless it is text already."""
+    spoiled = spoil(meta)
+    return spoiled if isinstance(spoiled, (str, bytes)) else json.dumps(spoiled)
+
+
+def assert_no_server_path(text: str, settings) -> None:
+    """Messages that reach HTTP clients name a version's file inside its folder, never where the
+    data directory is."""
+    assert str(settings.data_dir) not in text and str(settings.data_dir.resolve()) not in text, text
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +80,8 @@ def listed_settings(tmp_path_factory, redis_url):
     write_small_version(folder / GOOD, seed=1, created_at="2026-01-01T00:00:00Z")
     for name, (spoil, _) in BAD.items():
         shutil.copytree(folder / GOOD, folder / name)
-        (folder / name / META_FILE).write_text(json.dumps(spoil(meta_of(folder / name))))
+        text = spoiled_text(spoil, meta_of(folder / name))
+        (folder / name / META_FILE).write_bytes(text if isinstance(text, bytes) else text.encode())
     return settings
 
 
@@ -74,7 +93,7 @@ def listed(listed_settings, redis_client):
 
 
 def test_project_versions_skip_and_name_each_bad_one(listed, caplog, monkeypatch):
-    client, _ = listed
+    client, settings = listed
     monkeypatch.setattr(registry, "_LOGGED", set())  # as in a fresh process
     with caplog.at_level(logging.WARNING, logger="backend.serving.registry"):
         answer = client.get(f"/projects/{PROJECT}/versions")
@@ -86,6 +105,7 @@ def test_project_versions_skip_and_name_each_bad_one(listed, caplog, monkeypatch
     assert set(reasons) == set(BAD)
     for name, (_, word) in BAD.items():
         assert word in reasons[name], (name, reasons[name])
+    assert_no_server_path(answer.get_data(as_text=True), settings)
     assert again.get_json() == body
     # one log line per bad version, however often it is listed
     for name in BAD:
@@ -93,9 +113,10 @@ def test_project_versions_skip_and_name_each_bad_one(listed, caplog, monkeypatch
 
 
 def test_all_versions_and_the_admin_page_skip_them_too(listed):
-    client, _ = listed
+    client, settings = listed
     answer = client.get("/versions")
     assert answer.status_code == 200, answer.get_data(as_text=True)[:500]
+    assert_no_server_path(json.dumps(answer.get_json()["skipped"]), settings)
     assert GOOD in answer.get_json()["versions"] and not set(BAD) & set(answer.get_json()["versions"])
     assert {s["version"] for s in answer.get_json()["skipped"]} == set(BAD)
 
@@ -110,10 +131,12 @@ def test_all_versions_and_the_admin_page_skip_them_too(listed):
 
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_promotion_refuses_a_bad_version(listed, redis_client, name):
-    client, _ = listed
+    client, settings = listed
     answer = client.post(f"/projects/{PROJECT}/versions/{name}/promote")
     assert answer.status_code == 409, answer.get_json()
     assert name in answer.get_json()["error"] and BAD[name][1] in answer.get_json()["error"]
+    assert f"{name}/{META_FILE}" in answer.get_json()["error"]
+    assert_no_server_path(answer.get_json()["error"], settings)
     assert redis_client.get(keys.current_version(PROJECT)) is None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import random
 import signal
@@ -22,7 +23,7 @@ from backend.core import keys
 from backend.http.app import create_app
 from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_redis
 from backend.training.queue import training_queue
-from backend.votes.store import Vote, VoteStore
+from backend.votes.store import PROBLEMS_KEPT, Vote, VoteStore
 
 from ls_examples import example  # noqa: E402
 from net import wait_for
@@ -397,6 +398,9 @@ def test_latest_vote_of_an_annotator_is_the_latest_instant(client, db):
 @pytest.mark.parametrize("field, value", [
     ("updated_at", "yesterday"), ("updated_at", "2026-13-01T00:00:00Z"), ("updated_at", 1795782039),
     ("updated_at", ["2026-11-27T12:00:00Z"]), ("created_at", "27/11/2026 12:00"),
+    # what Python's fromisoformat takes but is no date and time as Label Studio writes one
+    ("updated_at", "2026-11-27T12:00:00\u0000Z"), ("updated_at", "2026-11-27T12:00:00Z\n"),
+    ("updated_at", "2026-11-27T12:00:00\x7fZ"), ("created_at", "2026-W48-5"), ("updated_at", "20261127T120000"),
 ])
 def test_bad_time_is_400_naming_the_field(client, db, field, value, step_by_step):
     set_up_project(client)
@@ -552,6 +556,26 @@ def test_choice_not_in_config_keeps_the_valid_dimension(client, db):
     assert vote.labels == {"aesthetic": "high", "emotion": None}
     assert "'boredom'" in vote.problems[0]
     assert task_state(client, 1, "emotion")["votes"] == {"2": "awe"}
+
+
+@pytest.mark.parametrize("step_by_step", [False, True], ids=["one-round-trip", "step-by-step"])
+def test_unknown_choices_are_cut_and_counted_in_a_small_record_and_one_log_line(client, db, caplog, step_by_step):
+    set_up_project(client)
+    body = annotation_event(811, 1, 2, "high", None)
+    region = body["annotation"]["result"][0]
+    huge = "x" * 1_000_000
+    body["annotation"]["result"] = [{**region, "value": {"choices": [huge]}}] + [
+        {**region, "value": {"choices": [f"unknown-{n}"]}} for n in range(10_000)]
+    body["annotation"]["result"].append({**region, "value": {"choices": ["low"]}})
+    with caplog.at_level(logging.WARNING, logger="backend.votes.store"):
+        assert send(client, without_label_config(body) if step_by_step else body)["votes"] == ["added"]
+    vote = votes_by_annotation(db)[811]
+    assert vote.labels == {"aesthetic": "low", "emotion": None}
+    assert len(vote.record()) < 1024, len(vote.record())
+    assert len(vote.problems) == PROBLEMS_KEPT + 1 and "'xxxx" in vote.problems[0] and "'unknown-1'" in vote.problems[2]
+    assert vote.problems[-1] == f"{10_001 - PROBLEMS_KEPT} more region(s) without one known choice"
+    lines = [r.getMessage() for r in caplog.records if "annotation 811" in r.getMessage()]
+    assert len(lines) == 1 and len(lines[0]) < 1024, (len(lines), len(lines[0]) if lines else 0)
 
 
 def test_events_for_deleted_tasks(client, db):

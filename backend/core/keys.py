@@ -33,7 +33,7 @@ Per project p, under `aesemo:project:{p}:` (what the project is and serves):
 
 Global:
     aesemo:projects         set     ids of the projects the backend knows
-    aesemo:events           stream  recent webhook events (audit; capped)
+    aesemo:events           stream  recent webhook events (audit; capped in entries and bytes)
     aesemo:job:{id}:cancel  string  set (for a day) when a running job is asked to stop
     aesemo:versions         channel a project's new current version, for every serving process
 

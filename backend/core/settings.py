@@ -1,5 +1,6 @@
 """Every setting of the service, declared once: each field of `Settings` names its environment
-variable, how its text is parsed, its default, its one-line documentation and its range.
+variable, how its text is parsed, its default, its one-line documentation and, for a number,
+its range (`limit=`, a `Limit` of model/limits.py; every numeric setting has one, a test checks).
 
 `load_settings` reads them all; the table of docs/operators/settings.md is `python -m
 backend.core.settings --markdown` (a test keeps the two equal, and checks docker/.env.example
@@ -35,18 +36,14 @@ def _integer(name: str, raw: str) -> int:
         raise ValueError(f"setting {name} must be an integer, got {raw!r}") from None
 
 
-def _number(above: float | None = None) -> Parser:
-    def parse(name: str, raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
-        if not math.isfinite(value):  # float() takes "nan", "inf" and "1e400"
-            raise ValueError(f"setting {name} must be a finite number, got {raw!r}")
-        if above is not None and not value > above:
-            raise ValueError(f"setting {name} must be above {above:g}, got {raw!r}")
-        return value
-    return parse
+def _number(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):  # float() takes "nan", "inf" and "1e400"
+        raise ValueError(f"setting {name} must be a finite number, got {raw!r}")
+    return value
 
 
 def _flag(name: str, raw: str) -> bool:
@@ -59,13 +56,6 @@ def _comma_list(name: str, raw: str) -> tuple[str, ...]:
 
 def _path(name: str, raw: str) -> Path:
     return Path(raw)
-
-
-def _within(limit: Callable[[], Limit]) -> Check:
-    """The range of `limit()`, looked up when checked."""
-    def check(name: str, value: Any) -> None:
-        limit().check(f"setting {name}", value)
-    return check
 
 
 def _one_of(choices: Callable[[], tuple[str, ...]]) -> Check:
@@ -99,15 +89,26 @@ _FRACTION = Limit(float, 0, 1)
 _CACHE_BYTES = Limit(int, 0, 2 ** 62)
 _DECODE_BYTES = Limit(int, 10 ** 6, 2 ** 40)
 _COUNT = Limit(int, 0, 10 ** 6)
-_REFRESH_BATCH = Limit(int, 1, 1000)
-_TTL = Limit(int, 60, 365 * 86400)
+_SECONDS = Limit(float, 0, 3600, low_open=True)  # a deadline or a wait: 0 fails everything, or spins
 
 
 def setting(env: str, default: Any, doc: str, *, parse: Parser = _text, check: Check | None = None,
-            shown: str | None = None, secret: bool = False) -> Any:
-    """A field of `Settings` read from `env`; `shown` is the Settings table's default when the value is not it."""
+            limit: Limit | Callable[[], Limit] | None = None, shown: str | None = None,
+            secret: bool = False) -> Any:
+    """A field of `Settings` read from `env`; `limit` its range (a number's), `check` any other
+    rule; `shown` is the Settings table's default when the value is not it."""
     return field(default=default, repr=not secret,
-                 metadata={"env": env, "parse": parse, "check": check, "doc": doc, "shown": shown})
+                 metadata={"env": env, "parse": parse, "check": check, "limit": limit, "doc": doc, "shown": shown})
+
+
+def setting_limit(f: Field) -> Limit | None:
+    """The field's range; None for a setting that is not a number."""
+    limit = f.metadata["limit"]
+    return limit() if callable(limit) else limit
+
+
+def is_numeric(f: Field) -> bool:
+    return f.metadata["parse"] in (_integer, _number)
 
 
 @dataclass(frozen=True)
@@ -163,42 +164,45 @@ class Settings:
     emotion_control: str = setting(
         "AESEMO_EMOTION_CONTROL", "emotion", "name of the emotion `Choices` control in the label config")
     max_image_bytes: int = setting(
-        "AESEMO_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "largest image download, in bytes", parse=_integer)
+        "AESEMO_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "largest image download, in bytes", parse=_integer,
+        limit=Limit(int, 1, 2 ** 30))
     max_image_pixels: int = setting(
         "AESEMO_MAX_IMAGE_PIXELS", 50_000_000,
-        "largest image (width x height); larger ones are refused as decompression bombs", parse=_integer)
+        "largest image (width x height); larger ones are refused as decompression bombs", parse=_integer,
+        limit=Limit(int, 1, 10 ** 9))
     max_image_decode_bytes: int = setting(
         "AESEMO_MAX_IMAGE_DECODE_BYTES", 400_000_000,
         "most memory one image's decode may hold, in bytes: width x height x (1 for grey or palette, 2 for "
         "16-bit grey, 4 for other modes, plus 4 for the RGB copy); larger images are refused from their "
-        "header, before decoding; the default fits any image within the default pixel limit (10^6..2^40)", parse=_integer, check=_within(lambda: _DECODE_BYTES))
+        "header, before decoding; the default fits any image within the default pixel limit",
+        parse=_integer, limit=_DECODE_BYTES)
     download_cache_bytes: int = setting(
         "AESEMO_DOWNLOAD_CACHE_BYTES", 2 * 1024 ** 3,
         "bytes the cache of downloaded task images (`<data dir>/cache/downloads`) may hold; least "
-        "recently used files are evicted past it", parse=_integer, check=_within(lambda: _CACHE_BYTES))
+        "recently used files are evicted past it", parse=_integer, limit=_CACHE_BYTES)
     train_cache_bytes: int = setting(
         "AESEMO_TRAIN_CACHE_BYTES", 2 * 1024 ** 3,
         "bytes the cache of training images (`<data dir>/cache/train256`) may hold; least recently used "
-        "files are evicted past it (never a running job's own)", parse=_integer,
-        check=_within(lambda: _CACHE_BYTES))
+        "files are evicted past it (never a running job's own)", parse=_integer, limit=_CACHE_BYTES)
     image_timeout_s: float = setting(
-        "AESEMO_IMAGE_TIMEOUT", 10.0, "seconds for one image download, all in", parse=_number())
+        "AESEMO_IMAGE_TIMEOUT", 10.0, "seconds for one image download, all in", parse=_number, limit=_SECONDS)
     predict_budget_s: float = setting(
         "AESEMO_PREDICT_BUDGET", 60.0,
         "seconds one `/predict` may spend on its tasks (fetches and forward passes); tasks not done by "
         "then get `[]` and an error of kind `budget`. Keep it below Label Studio's `ML_TIMEOUT_PREDICT` "
-        "(100 s)", parse=_number(above=0))
+        "(100 s)", parse=_number, limit=_SECONDS)
     read_timeout_s: float = setting(
         "AESEMO_READ_TIMEOUT", 30.0,
         "seconds a client has to send a whole request (headers and body) from its first byte; slower "
-        "connections are closed", parse=_number(above=0))
+        "connections are closed", parse=_number, limit=_SECONDS)
     allowed_image_hosts: tuple[str, ...] = setting(
         "AESEMO_ALLOWED_IMAGE_HOSTS", (),
         "comma-separated hosts (`name` or `name:port`) allowed although they resolve to private or "
         "loopback addresses: image hosts, and a Label Studio that `/setup` names when "
         "`LABEL_STUDIO_URL` is not it", parse=_comma_list)
     predict_chunk_size: int = setting(
-        "AESEMO_PREDICT_CHUNK", 16, "tasks per batched forward pass", parse=_integer)
+        "AESEMO_PREDICT_CHUNK", 16, "tasks per batched forward pass", parse=_integer,
+        limit=Limit(int, 1, 1024))
     uncertainty: str = setting(
         "AESEMO_UNCERTAINTY", "least_confidence",
         "a prediction's `score`, the certainty Label Studio's Data Manager sorts by (ascending: least "
@@ -208,10 +212,10 @@ class Settings:
         "AESEMO_LS_RECHECK", 60.0,
         "seconds between checks, on Label Studio's `/setup` calls, that its project sorts by the served "
         "version's scores (ML backend titled with the version) and has the \"Least certain first\" tab; "
-        "0 leaves Label Studio's project as it is (0..86400)",
-        parse=_number(), check=_within(lambda: Limit(float, 0, 86_400)))
+        "0 leaves Label Studio's project as it is", parse=_number, limit=Limit(float, 0, 86_400))
     max_tasks_per_request: int = setting(
-        "AESEMO_MAX_TASKS", 10_000, "most tasks accepted in one `/predict` body", parse=_integer)
+        "AESEMO_MAX_TASKS", 10_000, "most tasks accepted in one `/predict` body", parse=_integer,
+        limit=Limit(int, 1, 10 ** 6))
     suggest_untrained: bool = setting(
         "AESEMO_SUGGEST_UNTRAINED", False,
         "pre-annotate with a model version that was never trained on labels (its suggestions are "
@@ -220,53 +224,54 @@ class Settings:
         "AESEMO_CONSENSUS_METHOD", Policy.method, "default consensus method (`majority` or `dawid_skene`)",
         check=_one_of(_consensus_methods))
     consensus_min_annotators: int = setting(
-        "AESEMO_CONSENSUS_MIN_ANNOTATORS", Policy.min_annotators, "votes a task needs before it can be agreed (1..100)",
-        parse=_integer, check=_within(_consensus_limit("min_annotators")))
+        "AESEMO_CONSENSUS_MIN_ANNOTATORS", Policy.min_annotators, "votes a task needs before it can be agreed",
+        parse=_integer, limit=_consensus_limit("min_annotators"))
     consensus_min_agreement: float = setting(
-        "AESEMO_CONSENSUS_MIN_AGREEMENT", Policy.min_agreement, "least share of the top class for agreement ([0, 1])",
-        parse=_number(), check=_within(_consensus_limit("min_agreement")))
+        "AESEMO_CONSENSUS_MIN_AGREEMENT", Policy.min_agreement, "least share of the top class for agreement",
+        parse=_number, limit=_consensus_limit("min_agreement"))
     auto_train_threshold: int = setting(
         "AESEMO_AUTO_TRAIN_THRESHOLD", 0, "ask for training each time this many new labels are agreed",
-        parse=_integer, shown="0 (off)")
+        parse=_integer, limit=Limit(int, 0, 10 ** 6), shown="0 (off)")
     resync_before_snapshot: bool = setting(
         "AESEMO_RESYNC_BEFORE_SNAPSHOT", True, "resync from Label Studio before each snapshot", parse=_flag)
     training_queue: str = setting("AESEMO_QUEUE", "training", "RQ queue of training jobs")
     job_timeout_s: int = setting(
-        "AESEMO_JOB_TIMEOUT", 6 * 3600, "seconds a training job may run", parse=_integer)
+        "AESEMO_JOB_TIMEOUT", 6 * 3600, "seconds a training job may run", parse=_integer,
+        limit=Limit(int, 60, 30 * 86400))
     job_heartbeat_s: float = setting(
         "AESEMO_JOB_HEARTBEAT", 10.0,
         "seconds between a training worker's heartbeats; a job whose worker missed them for 3x this "
-        "(+5 s) is reported failed", parse=_number())
+        "(+5 s) is reported failed", parse=_number, limit=Limit(float, 0.5, 3600))
     min_training_labels: int = setting(
         "AESEMO_MIN_TRAINING_LABELS", 10, "consensus-labelled tasks a project needs before training",
-        parse=_integer)
+        parse=_integer, limit=Limit(int, 1, 10 ** 6))
     max_failed_image_fraction: float = setting(
-        "AESEMO_MAX_FAILED_IMAGES", 0.2, "largest share of training images that may fail to download ([0, 1])",
-        parse=_number(), check=_within(lambda: _FRACTION))
+        "AESEMO_MAX_FAILED_IMAGES", 0.2, "largest share of training images that may fail to download",
+        parse=_number, limit=_FRACTION)
     train_epochs: int = setting(
-        "AESEMO_TRAIN_EPOCHS", TRAINING_DEFAULTS["epochs"], "training epochs (a request's parameters win; range in \"Training jobs\")",
-        parse=_integer, check=_within(lambda: TRAINING_LIMITS["epochs"]))
+        "AESEMO_TRAIN_EPOCHS", TRAINING_DEFAULTS["epochs"], "training epochs (a request's parameters win)",
+        parse=_integer, limit=TRAINING_LIMITS["epochs"])
     train_patience: int = setting(
         "AESEMO_TRAIN_PATIENCE", TRAINING_DEFAULTS["patience"],
-        "early stopping: epochs without a better held-out score before a job stops; 0 switches it off "
-        "(0..1000)", parse=_integer, check=_within(lambda: TRAINING_LIMITS["patience"]))
+        "early stopping: epochs without a better held-out score before a job stops; 0 switches it off",
+        parse=_integer, limit=TRAINING_LIMITS["patience"])
     train_batch_size: int = setting(
         "AESEMO_TRAIN_BATCH_SIZE", TRAINING_DEFAULTS["batch_size"],
-        "training batch size (a request's parameters win; range in \"Training jobs\")",
-        parse=_integer, check=_within(lambda: TRAINING_LIMITS["batch_size"]))
+        "training batch size (a request's parameters win)",
+        parse=_integer, limit=TRAINING_LIMITS["batch_size"])
     train_lr: float = setting(
-        "AESEMO_TRAIN_LR", TRAINING_DEFAULTS["lr"], "training learning rate (a request's parameters win; range in \"Training jobs\")",
-        parse=_number(), check=_within(lambda: TRAINING_LIMITS["lr"]))
+        "AESEMO_TRAIN_LR", TRAINING_DEFAULTS["lr"], "training learning rate (a request's parameters win)",
+        parse=_number, limit=TRAINING_LIMITS["lr"])
     train_device: str | None = setting(
         "AESEMO_TRAIN_DEVICE", None, "device of the training worker (`aesemo worker --device` sets it)",
         shown="CUDA when present")
     train_image_size: int = setting(
-        "AESEMO_TRAIN_IMAGE_SIZE", TRAINING_DEFAULTS["train_size"], "training resize size in pixels (the patent's; 16..1024)",
-        parse=_integer, check=_within(lambda: TRAINING_LIMITS["train_size"]))
+        "AESEMO_TRAIN_IMAGE_SIZE", TRAINING_DEFAULTS["train_size"], "training resize size in pixels (the patent's)",
+        parse=_integer, limit=TRAINING_LIMITS["train_size"])
     train_crop_size: int = setting(
         "AESEMO_TRAIN_CROP_SIZE", TRAINING_DEFAULTS["crop_size"],
-        "training random-crop size in pixels (the patent's; 16..1024, not above the resize size)",
-        parse=_integer, check=_within(lambda: TRAINING_LIMITS["crop_size"]))
+        "training random-crop size in pixels (the patent's; not above the resize size)",
+        parse=_integer, limit=TRAINING_LIMITS["crop_size"])
     train_precision: str = setting(
         "AESEMO_TRAIN_PRECISION", TRAINING_DEFAULTS["precision"],
         "what training computes in. `auto`: bf16 autocast on CUDA where supported and on a CPU with native bf16 "
@@ -285,14 +290,14 @@ class Settings:
         "with AESEMO_FINETUNE=auto: training images from which every layer trains; "
         "below it the backbone's deepest groups unfreeze one per doubling of the set, the smallest sets "
         "train the heads only on cached features (a random start always trains every layer)",
-        parse=_integer, check=_within(lambda: TRAINING_LIMITS["full_finetune_labels"]))
+        parse=_integer, limit=TRAINING_LIMITS["full_finetune_labels"])
     promotion: str = setting(
         "AESEMO_PROMOTION", "metric", "promotion rule of a new version: `metric` or `always`",
         check=_one_of(lambda: ("metric", "always")))
     promotion_margin: float = setting(
         "AESEMO_PROMOTION_MARGIN", 0.02,
-        "how much worse (mean held-out macro-F1) a new version may be and still be promoted ([0, 1])",
-        parse=_number(), check=_within(lambda: _FRACTION))
+        "how much worse (mean held-out macro-F1) a new version may be and still be promoted",
+        parse=_number, limit=_FRACTION)
     promotion_inconclusive: str = setting(
         "AESEMO_PROMOTION_INCONCLUSIVE", "more-labels",
         "when the held-out evidence cannot decide (too few tasks, or the interval of the difference spans 0): "
@@ -301,19 +306,18 @@ class Settings:
     heldout_fraction: float = setting(
         "AESEMO_HELDOUT_FRACTION", 0.2,
         "share of a project's tasks held out (by a hash of the project and task id: a task never moves out "
-        "of it; raising it only adds tasks) ([0, 1])", parse=_number(), check=_within(lambda: _FRACTION))
+        "of it; raising it only adds tasks)", parse=_number, limit=_FRACTION)
     min_heldout: int = setting(
         "AESEMO_MIN_HELDOUT", 30,
         "labelled held-out tasks per task type below which a job picks its epochs by cross-validation on "
-        "the training rows and promotion calls the evidence inconclusive", parse=_integer,
-        check=_within(lambda: _COUNT))
+        "the training rows and promotion calls the evidence inconclusive", parse=_integer, limit=_COUNT)
     predict_queue: str = setting(
         "AESEMO_PREDICT_QUEUE", "predict",
         "RQ queue of prediction-refresh jobs (`aesemo worker` serves it beside the training queue)")
     refresh_batch: int = setting(
         "AESEMO_REFRESH_BATCH", 64,
-        "tasks a refresh job predicts and writes into Label Studio per step (1..1000)", parse=_integer,
-        check=_within(lambda: _REFRESH_BATCH))
+        "tasks a refresh job predicts and writes into Label Studio per step", parse=_integer,
+        limit=Limit(int, 1, 1000))
     refresh_keep_old: bool = setting(
         "AESEMO_REFRESH_KEEP_OLD", False,
         "keep a refreshed task's earlier predictions in Label Studio; off: the refresh job deletes "
@@ -321,7 +325,7 @@ class Settings:
     prediction_ttl_s: int = setting(
         "AESEMO_PREDICTION_TTL", 7 * 86400,
         "seconds a project version's stored predictions (Redis) live after their last write",
-        parse=_integer, check=_within(lambda: _TTL))
+        parse=_integer, limit=Limit(int, 60, 365 * 86400))
     inference_path: str = setting(
         "AESEMO_INFERENCE_PATH", "auto",
         "`auto`: serve a version from its exported OpenVINO runtime (int8, else float32) once one passed "
@@ -337,10 +341,10 @@ class Settings:
     runtime_min_agreement: float = setting(
         "AESEMO_RUNTIME_MIN_AGREEMENT", 0.99,
         "least top-1 agreement, per task, of an exported runtime with the float32 PyTorch outputs for it "
-        "to serve ([0, 1])", parse=_number(), check=_within(lambda: _FRACTION))
+        "to serve", parse=_number, limit=_FRACTION)
     swap_poll_s: float = setting(
         "AESEMO_SWAP_POLL", 5.0, "seconds between a serving process's checks of the version pointers",
-        parse=_number())
+        parse=_number, limit=Limit(float, 0.1, 3600))
 
 
 def setting_fields() -> tuple[Field, ...]:
@@ -351,6 +355,9 @@ def _check_ranges(settings: Settings) -> None:
     """ValueError naming the variable and its range for a setting outside it; the training
     ones share the ranges of the HTTP API and the command line (model/limits.py)."""
     for f in setting_fields():
+        limit = setting_limit(f)
+        if limit is not None:
+            limit.check(f"setting {f.metadata['env']}", getattr(settings, f.name))
         if f.metadata["check"] is not None:
             f.metadata["check"](f.metadata["env"], getattr(settings, f.name))
     if settings.train_crop_size > settings.train_image_size:
@@ -392,10 +399,16 @@ def _readme_default(f: Field) -> str:
     return f"`{text}`" if isinstance(f.default, (str, Path)) else text
 
 
+def _readme_range(f: Field) -> str:
+    limit = setting_limit(f)
+    return limit.span() if limit is not None else "–"
+
+
 def markdown_table() -> str:
     """The table of docs/operators/settings.md."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{f.metadata['env']}` | {_readme_default(f)} | {f.metadata['doc']} |" for f in setting_fields()]
+    rows = ["| variable | default | range | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{f.metadata['env']}` | {_readme_default(f)} | {_readme_range(f)} | {f.metadata['doc']} |"
+             for f in setting_fields()]
     return "\n".join(rows) + "\n"
 
 

@@ -1,8 +1,11 @@
 """`/webhook`: check a Label Studio event and record it for the workers; never train inline.
 
 Label Studio waits 1 s for the answer, never retries, and blocks the annotator's save
-meanwhile, so this does one Redis write. What is recorded leaves out the project object (it
-carries the project token) and keeps what later steps need: ids, annotation results, authors.
+meanwhile, so this does one Redis write. The audit stream (`aesemo:events`) is read by people
+and tests, never by the backend itself: the votes already hold what counts, and Label Studio's
+export is the full record. So an entry keeps what an audit needs (the action, the project, ids,
+authors, times, annotation results) and never the project object (it carries the project token)
+or task data, and is bounded in size: see EVENT_BYTES_MAX and EVENTS_KEPT.
 """
 from __future__ import annotations
 
@@ -16,11 +19,18 @@ from backend.core.errors import DomainError, InvalidInput
 from backend.core.ids import require_id
 from backend.labelstudio.projects import project_id
 
-EVENTS_KEPT = 100_000  # about 100 MB of Redis memory at most
+# The stream's bound: EVENTS_KEPT entries of at most EVENT_BYTES_MAX bytes of event text, and
+# Redis's overhead per entry (about 310 bytes measured, Redis 6.2): STREAM_MEMORY_MAX at most,
+# 42 MiB measured. A larger event is kept as its ids and a note saying how large it was
+# (`cut_event`): IDS_KEPT of each list of ids, then their count.
+EVENTS_KEPT = 10_000
+EVENT_BYTES_MAX = 4096
+IDS_KEPT = 20
+STREAM_MEMORY_MAX = EVENTS_KEPT * (EVENT_BYTES_MAX + 512)  # 44 MiB
 
 # The audit stream's one rule, shared by record_event and the webhook's one-round-trip script
-# (backend/votes/ingest.py): one "event" field, the stream capped (approximately) at EVENTS_KEPT,
-# since the votes already hold what counts and Label Studio's export is the full record.
+# (backend/votes/ingest.py): one "event" field, the stream capped (approximately: whole
+# listpack nodes, which hold one such entry each at Redis's default 4 KB a node) at EVENTS_KEPT.
 RECORD_EVENT_LUA = f"""
 local function record_event(stream, event)
   return redis.call('XADD', stream, 'MAXLEN', '~', {EVENTS_KEPT}, '*', 'event', event)
@@ -81,13 +91,18 @@ def _annotation(action: str, annotation) -> dict:
         _id(action, value.get("id") if isinstance(value, dict) else value, f"annotation.{key}", optional=True)
     if not isinstance(annotation.get("result", []), list):
         raise InvalidInput(f"{action}: annotation {annotation['id']} has a result that is not a list")
-    return {key: annotation.get(key) for key in _ANNOTATION_KEYS if key in annotation}
+    kept = {key: annotation[key] for key in _ANNOTATION_KEYS if key in annotation}
+    for key in ("task", "completed_by"):  # exports nest the user (name, email): its id is enough
+        if isinstance(kept.get(key), dict):
+            kept[key] = kept[key].get("id")
+    return kept
 
 
 def _task(action: str, task, field: str = "task") -> dict:
+    """The task's id: its data (the image URL) goes into the votes, not the audit stream."""
     if not isinstance(task, dict):
         raise InvalidInput(f"{action}: \"{field}\" must be an object with an integer id")
-    return {"id": _id(action, task.get("id"), f"{field}.id"), "data": task.get("data")}
+    return {"id": _id(action, task.get("id"), f"{field}.id")}
 
 
 def _ids(action: str, key: str, items) -> list[int]:
@@ -112,8 +127,37 @@ def _tasks(action: str, tasks) -> list[dict]:
 
 
 def event_json(event: dict) -> str:
-    """The text of the audit stream entry's "event" field."""
-    return json.dumps(event, separators=(",", ":"))
+    """The text of the audit stream entry's "event" field: at most EVENT_BYTES_MAX bytes (ASCII,
+    json.dumps escapes the rest), the event cut down to its ids when it is larger."""
+    text = json.dumps(event, separators=(",", ":"))
+    if len(text) <= EVENT_BYTES_MAX:
+        return text
+    return json.dumps(cut_event(event, len(text)), separators=(",", ":"))
+
+
+def cut_event(event: dict, size: int) -> dict:
+    """A too large event as the stream keeps it: its action, project, time and ids (IDS_KEPT of
+    each list, then the list's length), and why the rest is not there. Ids are integers below
+    2**63 (parse_event checked them), so this stays far below EVENT_BYTES_MAX."""
+    cut = {key: event[key] for key in ("action", "project", "received_at")}
+    cut["cut"] = (f"the event's {size} bytes are over the {EVENT_BYTES_MAX} an audit entry keeps: "
+                  f"only its ids are kept (Label Studio's export has the rest)")
+    annotation = event.get("annotation")
+    if isinstance(annotation, list):
+        cut["annotation"] = [_annotation_ids(a) for a in annotation[:IDS_KEPT]]
+        cut["annotation_count"] = len(annotation)
+    elif annotation is not None:
+        cut["annotation"] = _annotation_ids(annotation)
+    if "task" in event:
+        cut["task"] = event["task"]  # {"id": ...}
+    for key in ("annotations", "tasks"):
+        if key in event:
+            cut[key], cut[f"{key}_count"] = event[key][:IDS_KEPT], len(event[key])
+    return cut
+
+
+def _annotation_ids(annotation: dict) -> dict:
+    return {key: annotation[key] for key in ("id", "task", "completed_by") if key in annotation}
 
 
 def record_event(client: redis.Redis, event: dict) -> str:

@@ -110,7 +110,7 @@ def register_base(client: redis.Redis, folder: Path | None) -> dict:
     folder = Path(folder).resolve()
     why = base_problem(folder)
     if why:
-        raise Conflict(f"not registered as the base model: {why}")
+        raise Conflict(f"{folder} not registered as the base model: {why}")  # the operator's own path
     client.set(keys.BASE_MODEL, str(folder))
     return {"base_model": str(folder), "name": REGISTERED_PREFIX + folder.name}
 
@@ -173,7 +173,7 @@ def prepare_start(settings) -> None:
     (the base version then starts random)."""
     why = base_problem(settings.base_model, thorough=False) if settings.base_model else None
     if why:
-        raise ValueError(f"setting AESEMO_BASE_MODEL: {why}")
+        raise ValueError(f"setting AESEMO_BASE_MODEL={settings.base_model}: {why}")
     check_pretrained_setting(settings.pretrained_path)
     resolve_pretrained(settings.backbone, settings.pretrained_path, settings.offline)
 

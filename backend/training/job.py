@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -139,8 +140,9 @@ def _train(settings: Settings, project: str, params: dict, progress: Progress, j
     manifest = manifest_step(run, images)
     parent, parent_meta = parent_step(run)
     staging, folder = naming_step(run)
-    meta = training_step(run, manifest, staging, parent, snapshot, images)
-    publish_step(staging, folder, meta)
+    with removed_on_failure(staging):
+        meta = training_step(run, manifest, staging, parent, snapshot, images)
+        publish_step(staging, folder, meta)
     promoted, why = promotion_step(run, parent, parent_meta, meta, folder, manifest)
     progress.state("finished", version=folder.name, promoted=promoted)
     return _result(folder.name, promoted, why, parent.name, meta, snapshot, images, resynced)
@@ -219,6 +221,17 @@ def naming_step(run: _Run) -> tuple[Path, Path]:
     staging = versions / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     return staging, versions / name
+
+
+@contextmanager
+def removed_on_failure(staging: Path):
+    """The staging folder removed when its block fails (a full disk, a diverged loss, a cancel):
+    a half-written version holds up to a model's size of disk, and nothing else removes it."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _train_config(settings: Settings, params: dict, finetune: str = "full") -> TrainConfig:

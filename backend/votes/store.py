@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -103,11 +104,20 @@ end
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+# What instant_us takes: a date, and optionally a time with seconds, a fraction and `Z` or an
+# offset. datetime.fromisoformat alone is too lenient: Python 3.11's skips a NUL before the zone
+# and takes week dates and basic formats, text that is then stored and shown as it came.
+_ISO_8601 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+                       r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,9})?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)?)?")
+
+
 def instant_us(text) -> int:
     """Microseconds since the epoch of an ISO 8601 time, with or without a fraction, `Z` or an
     offset (none: UTC, as Label Studio's are). ValueError when it is not one."""
     if not isinstance(text, str):
         raise ValueError(f"expected an ISO 8601 text, got {type(text).__name__}")
+    if not _ISO_8601.fullmatch(text):
+        raise ValueError(f"not an ISO 8601 date and time: {text[:40]!r}")
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
@@ -218,8 +228,8 @@ def vote_from_annotation(annotation: dict, task_id, labels: ProjectLabels) -> Vo
         raise InvalidInput(f"{where} has no \"result\" list")
     cancelled = bool(annotation.get("was_cancelled"))
     chosen, problems = ({d: None for d in DIMENSIONS}, []) if cancelled else _choices(annotation["result"], labels)
-    for problem in problems:
-        log.warning("%s on task %s: %s", where, task, problem)
+    if problems:  # one line per annotation, however many regions it has
+        log.warning("%s on task %s: %s", where, task, "; ".join(problems))
     updated_at, updated_us = _updated(annotation, where)
     return Vote(annotation=annotation["id"], task=task, annotator=author, updated_at=updated_at,
                 updated_us=updated_us, labels=chosen, ground_truth=bool(annotation.get("ground_truth")),
@@ -239,10 +249,16 @@ def _updated(annotation: dict, where: str) -> tuple[str, int]:
     return "", 0
 
 
+PROBLEMS_KEPT = 3  # a vote names its first few problems and counts the rest
+
+
 def _choices(result: list, labels: ProjectLabels) -> tuple[dict, list[str]]:
+    """The class chosen per dimension, and what was wrong: at most PROBLEMS_KEPT problems, each
+    value cut short (`shown`), then how many more; a record and its log line stay small however
+    many regions, and however long a value, an annotation holds."""
     controls = {labels.aesthetic_control: ("aesthetic", labels.aesthetic_classes),
                 labels.emotion_control: ("emotion", labels.emotion_classes)}
-    chosen, problems = {d: None for d in DIMENSIONS}, []
+    chosen, problems, more = {d: None for d in DIMENSIONS}, [], 0
     for region in result:
         # a list/dict from_name is unhashable: `in controls` would raise TypeError (a 500)
         if not isinstance(region, dict) or not isinstance(region.get("from_name"), str) \
@@ -251,12 +267,16 @@ def _choices(result: list, labels: ProjectLabels) -> tuple[dict, list[str]]:
         dimension, classes = controls[region["from_name"]]
         value = region.get("value")
         values = (value.get("choices") if isinstance(value, dict) else None) or []
-        if not isinstance(values, list) or len(values) != 1:  # "x", 5, {...}: no .get / len / [0]
-            problems.append(f"{region['from_name']}: expected one choice, got {values!r}")
-        elif values[0] not in classes:
-            problems.append(f"{region['from_name']}: choice {values[0]!r} is not in the label config")
-        else:
+        if isinstance(values, list) and len(values) == 1 and values[0] in classes:
             chosen[dimension] = values[0]
+        elif len(problems) == PROBLEMS_KEPT:
+            more += 1
+        elif not isinstance(values, list) or len(values) != 1:  # "x", 5, {...}: no .get / len / [0]
+            problems.append(f"{region['from_name']}: expected one choice, got {shown(values)}")
+        else:
+            problems.append(f"{region['from_name']}: choice {shown(values[0])} is not in the label config")
+    if more:
+        problems.append(f"{more} more region(s) without one known choice")
     return chosen, problems
 
 
