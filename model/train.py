@@ -265,7 +265,7 @@ def _stop_if_diverged(model, config: TrainConfig, epoch: int, losses: dict) -> N
 
 def _resident(data: TrainingData, device: torch.device) -> TrainingData:
     """The data moved onto the GPU when it takes under a quarter of the free memory: crops,
-    flips and normalisation then run there, and the host no longer starves the GPU."""
+    flips and normalisation then run there, so the host does not starve the GPU."""
     if device.type != "cuda":
         return data
     free, _ = torch.cuda.mem_get_info(device)

@@ -414,29 +414,6 @@ def test_bad_time_is_400_naming_the_field(client, db, field, value, step_by_step
     assert records(db) == []
 
 
-@pytest.mark.parametrize("step_by_step", [False, True], ids=["one-round-trip", "step-by-step"])
-def test_votes_stored_with_text_times_by_an_older_version(client, db, step_by_step):
-    """Records and vote times that an older version wrote (ISO text, no instant) keep their
-    order: the stored times are rewritten as instants on the project's next vote."""
-    set_up_project(client)
-    for ann, user, at in ((1, 2, "2026-11-27T12:00:05Z"), (2, 3, "2026-11-27T12:00:07Z")):
-        old = json.loads(Vote(annotation=ann, task=1, annotator=user, updated_at=at,
-                              labels={"aesthetic": "high", "emotion": None}).record())
-        del old["updated_us"]
-        db.hset(keys.votes(PROJECT), ann, json.dumps(old, sort_keys=True, separators=(",", ":")))
-        db.hset(keys.vote_times(PROJECT), ann, at)
-        db.sadd(keys.task_votes(PROJECT, 1), ann)
-    older = timed_event(1, 2, "low", "2026-11-27T12:00:04.900000Z", "ANNOTATION_UPDATED", step_by_step)
-    assert send(client, older)["votes"] == ["stale"]
-    newer = timed_event(1, 2, "low", "2026-11-27T12:00:05.200000Z", "ANNOTATION_UPDATED", step_by_step)
-    assert send(client, newer)["votes"] == ["changed"]
-    times = db.hgetall(keys.vote_times(PROJECT))
-    assert times == {"1": "1795780805200000", "2": "1795780807000000"}
-    votes = votes_by_annotation(db)
-    assert votes[2].updated_us == 1795780807000000          # read from the older record's text
-    assert [votes[1].labels["aesthetic"], votes[2].labels["aesthetic"]] == ["low", "high"]
-
-
 # ----- what counts as a vote ---------------------------------------------------------------------
 
 def test_same_annotator_twice_counts_once_their_latest(client, db):

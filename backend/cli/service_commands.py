@@ -11,6 +11,7 @@ from model.backbones import SPECS
 from model.errors import AesemoError
 
 from backend.cli.arguments import limited
+from backend.votes.consensus import STATES
 
 log = logging.getLogger("aesemo")
 
@@ -129,7 +130,7 @@ def add_service_commands(sub) -> None:
 
     p = sub.add_parser("consensus", help="a project's consensus summary (or its tasks in one state)")
     p.add_argument("project", type=int)
-    p.add_argument("--state", choices=["no_votes", "waiting", "agreed", "disputed"], default=None)
+    p.add_argument("--state", choices=STATES, default=None)
     p.set_defaults(func=cmd_consensus)
 
     p = sub.add_parser("resync", help="rebuild a project's votes from Label Studio's export")

@@ -460,7 +460,7 @@ def ensure_project(client: LabelStudioClient, options: StackOptions, state: dict
     project_id = state.get("project_id")
     if project_id is not None:
         try:
-            client.update_project(project_id, **INDEPENDENT_VOTES)  # a project made by an older stack too
+            client.update_project(project_id, **INDEPENDENT_VOTES)
             say(f"reusing project {project_id}")
             return project_id
         except LabelStudioError as exc:

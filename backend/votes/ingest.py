@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError
 from backend.core import keys
 from backend.labelstudio.projects import REMEMBER_LABEL_CONFIG_LUA
 from backend.labelstudio.webhook_events import RECORD_EVENT_LUA, event_json
-from backend.votes.store import APPLY_VOTE_LUA, Vote, VoteStore, vote_args, vote_keys
+from backend.votes.store import APPLY_VOTE_LUA, Vote, vote_args, vote_keys
 
 # KEYS: events stream, project setup hash, projects set, the five of `vote_keys`, then task:{t}
 #       of each vote
@@ -43,7 +43,6 @@ class Ingest:
         self._client = client
         self._script = client.register_script(_INGEST)
         self._held = threading.local()
-        self._votes = VoteStore(client)
 
     def __call__(self, event: dict, label_config: str, votes: list[tuple[Vote, str | None]]) -> list[str]:
         """Records `event`, remembers `label_config` ('' for none), applies the votes (each with its task's
@@ -59,10 +58,7 @@ class Ingest:
         except NoScriptError:  # a restarted (or flushed) Redis forgot the script
             self._script.sha = self._client.script_load(self._script.script)
             outcomes = self._evalsha(len(names), *names, *args)[1:]
-        # a vote whose stored time an older version wrote as text: VoteStore.apply upgrades
-        # the project's times and applies it again, by the same rule
-        return [self._votes.apply(project, vote, image) if outcome == "legacy" else outcome
-                for outcome, (vote, image) in zip(outcomes, votes)]
+        return outcomes
 
     def _evalsha(self, *args):
         """EVALSHA on a connection this thread holds for good, not through the client: its
