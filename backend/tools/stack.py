@@ -31,8 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
 
+import httpx
 import redis
-import requests
 from rq import Worker
 
 from model.errors import AesemoError
@@ -147,7 +147,7 @@ def run_stack(options: StackOptions) -> int:
             watch(processes)
         except _StopRequested as stop:
             say(f"{stop} received: stopping everything")
-        except (LabelStudioError, requests.RequestException) as exc:
+        except LabelStudioError as exc:
             raise StackError(str(exc)) from exc
         finally:
             stop_signals.ignore()  # a second Ctrl-C must not interrupt the clean-up
@@ -397,7 +397,8 @@ def start_label_studio(options: StackOptions, state: dict, venv: Path, processes
 def label_studio_ready(options: StackOptions, label_studio: Child) -> bool:
     if port_moved(label_studio.log_path, label_studio.log_offset, options.ls_port):
         raise StackError(f"Label Studio found port {options.ls_port} in use; choose another with --ls-port")
-    return is_up(local_session(), options.ls_url)
+    with local_session() as session:
+        return is_up(session, options.ls_url)
 
 
 def backend_environment(options: StackOptions, state: dict, redis_url: str) -> dict:
@@ -427,9 +428,10 @@ def start_backend(options: StackOptions, env: dict, processes: Processes) -> Chi
 
 def backend_up(url: str) -> bool:
     try:
-        r = local_session().get(f"{url}/health", timeout=2)
+        with local_session(timeout=2) as session:
+            r = session.get(f"{url}/health")
         return r.status_code == 200 and r.json().get("status") == "UP"
-    except (requests.RequestException, ValueError):
+    except (httpx.HTTPError, ValueError):
         return False
 
 
@@ -495,10 +497,10 @@ def ensure_backend_connected(client: LabelStudioClient, project_id: int, url: st
     if any(b["url"].rstrip("/") == url for b in backends):
         return
     for stale in backends:
-        client.api("DELETE", f"/api/ml/{stale['id']}")
+        client.disconnect_ml_backend(stale["id"])
         for hook in client.webhooks(project_id):
             if hook["url"] == f"{stale['url'].rstrip('/')}/webhook":
-                client.api("DELETE", f"/api/webhooks/{hook['id']}")
+                client.delete_webhook(hook["id"])
     settings = load_settings()
     basic_auth = (settings.basic_auth_user, settings.basic_auth_pass or "") if settings.basic_auth_user else None
     client.connect_ml_backend(project_id, url, basic_auth=basic_auth)
