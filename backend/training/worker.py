@@ -71,7 +71,6 @@ def run_worker(queue: str | None = None, device: str | None = None, burst: bool 
     settings = load_settings()
     settings = replace(settings, train_device=device or settings.train_device,
                        training_queue=queue or settings.training_queue)
-    use_settings(settings)  # the jobs this process runs read these
     prepare_start(settings)  # a bad AESEMO_PRETRAINED stops the worker now, not its first job
     import torch
     chosen = settings.train_device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,4 +84,8 @@ def run_worker(queue: str | None = None, device: str | None = None, burst: bool 
     worker = TrainingWorker([predict_queue(settings, connection), training_queue(settings, connection)],
                             connection=connection,
                             heartbeat_s=settings.job_heartbeat_s)
-    return worker.work(burst=burst, with_scheduler=False)
+    use_settings(settings)  # the jobs this process runs read these
+    try:
+        return worker.work(burst=burst, with_scheduler=False)
+    finally:
+        use_settings(None)  # a burst worker run inside another program leaves no settings behind
