@@ -1,6 +1,5 @@
 """The endpoints Label Studio calls (its ML backend protocol), answered by
-backend/services/ml_backend.py. POST /webhook usually takes the fast path around Flask
-(FastWebhook in backend/http/app.py); the route here answers the rest."""
+backend/services/ml_backend.py."""
 from __future__ import annotations
 
 from flask import Blueprint, jsonify

@@ -30,8 +30,7 @@ from backend.serving.registry import all_versions, base_for, describe_base, is_t
 from backend.serving.suggestions import WITHHELD_FIELD, WithheldLog, withheld_reason
 from backend.services.projects import Projects
 from backend.services.training import TrainingService, training_refused
-from backend.votes.ingest import Ingest
-from backend.votes.project_consensus import ProjectConsensus, vote_and_image
+from backend.votes.project_consensus import ProjectConsensus
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,6 @@ class LabelStudioBackend:
         self.swap, self.consensus, self.training = swap, consensus, training
         self.follower = follower
         self.fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
-        self.ingest = Ingest(client)
         self.withheld = WithheldLog()
 
     def health(self) -> dict:
@@ -184,40 +182,13 @@ class LabelStudioBackend:
         return served
 
     def webhook(self, body) -> dict:
+        """Every event goes into the audit stream; annotation events become votes, START_TRAINING
+        a training request. One Redis script per vote keeps votes in order (backend/votes/store.py)."""
         event = parse_event(body)
-        label_config = self._one_round_trip_config(event, body)
-        if label_config is not None:
-            answer = {"votes": self._ingest_votes(event, body, label_config)}
-        else:
-            record_event(self.redis, event)
-            answer = self._act_on(event, body)
+        record_event(self.redis, event)
+        answer = self._act_on(event, body)
         WEBHOOK_EVENTS.labels(event["action"]).inc()
         return {"status": "ok", "action": event["action"], **answer}
-
-    def _one_round_trip_config(self, event: dict, body: dict) -> str | None:
-        """The label config a vote event's body carries when the event takes one Redis round
-        trip (backend/votes/ingest.py); None for every other event, and with auto-training on
-        (each vote is then judged before and after, step by step)."""
-        if event["action"] not in _VOTE_ACTIONS or self.consensus.tracks_agreement():
-            return None
-        project_object = body["project"]
-        sent = project_object.get("label_config") if isinstance(project_object, dict) else None
-        return sent if sent and isinstance(sent, str) else None
-
-    def _ingest_votes(self, event: dict, body: dict, label_config: str) -> list[str]:
-        """The votes' outcomes. A refusal stores what the step-by-step path stores before it
-        refuses (the event, a readable label config, the votes before the bad one), and is
-        answered with the same error."""
-        votes, usable_config = [], ""
-        try:
-            labels = self.projects.labels(label_config)
-            usable_config = label_config
-            for annotation in _annotations(body):
-                votes.append(vote_and_image(labels, annotation, body.get("task")))
-        except DomainError:
-            self.ingest(event, usable_config, votes)
-            raise
-        return self.ingest(event, label_config, votes)
 
     def _act_on(self, event: dict, body: dict) -> dict:
         """Votes from annotation events; a training request from START_TRAINING."""
@@ -230,7 +201,8 @@ class LabelStudioBackend:
                 return {"training": training_refused(exc)}  # no `job`: Label Studio records none
             return {"training": queued, "job": queued["job_id"]}  # Label Studio records `job`
         if action == "TASKS_CREATED":
-            return {"tasks_noted": self._note_tasks(project, body.get("tasks"), self.projects.known_labels(project, body.get("project")))}
+            labels = self.projects.known_labels(project, body.get("project"))
+            return {"tasks_noted": self._note_tasks(project, body.get("tasks"), labels)}
         if action == "TASKS_DELETED":
             return {"votes_removed": self.consensus.votes.delete_tasks(project, [t["id"] for t in event["tasks"]])}
         if action not in _VOTE_ACTIONS + ("ANNOTATIONS_DELETED", "PROJECT_UPDATED"):

@@ -27,30 +27,25 @@ log = logging.getLogger(__name__)
 
 DIMENSIONS = ("aesthetic", "emotion")
 
-# One vote: keys as `vote_keys` lists them, then task:{t}; arguments as `vote_args` lists them.
-# Shared by _APPLY and by the webhook's one-round-trip script (backend/votes/ingest.py), so both
-# keep the same ordering rules. Times are microseconds since the epoch (instant_us).
-APPLY_VOTE_LUA = """
-local function apply_vote(votes, times, tombstones, deleted_tasks, images, task_key, id, updated_at, record, task, image)
-  if redis.call('SISMEMBER', deleted_tasks, task) == 1 then return 'task_deleted' end
-  -- the task exists whatever becomes of this annotation: a delete that overtook its create
-  -- must leave the same tasks known as the ordered stream does
-  if image ~= '' then redis.call('HSET', images, task, image) end
-  if redis.call('SISMEMBER', tombstones, id) == 1 then return 'deleted' end
-  local current = redis.call('HGET', times, id)
-  if current and tonumber(current) > tonumber(updated_at) then return 'stale' end
-  local old = redis.call('HGET', votes, id)
-  if old == record then return 'same' end
-  redis.call('HSET', votes, id, record)
-  redis.call('HSET', times, id, updated_at)
-  redis.call('SADD', task_key, id)
-  if old then return 'changed' end
-  return 'added'
-end
-"""
-
-_APPLY = APPLY_VOTE_LUA + """
-return apply_vote(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+# One vote, atomically, in order: KEYS as `vote_keys` lists them, then task:{t}; ARGV as
+# `vote_args` lists them. Times are microseconds since the epoch (instant_us).
+_APPLY = """
+local votes, times, tombstones, deleted_tasks, images, task_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, updated_at, record, task, image = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('SISMEMBER', deleted_tasks, task) == 1 then return 'task_deleted' end
+-- the task exists whatever becomes of this annotation: a delete that overtook its create
+-- must leave the same tasks known as the ordered stream does
+if image ~= '' then redis.call('HSET', images, task, image) end
+if redis.call('SISMEMBER', tombstones, id) == 1 then return 'deleted' end
+local current = redis.call('HGET', times, id)
+if current and tonumber(current) > tonumber(updated_at) then return 'stale' end
+local old = redis.call('HGET', votes, id)
+if old == record then return 'same' end
+redis.call('HSET', votes, id, record)
+redis.call('HSET', times, id, updated_at)
+redis.call('SADD', task_key, id)
+if old then return 'changed' end
+return 'added'
 """
 
 
