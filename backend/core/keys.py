@@ -7,6 +7,8 @@ Per project p, under `aesemo:p:{p}:` (what the votes and jobs hold):
     tombstones       set     deleted annotation ids (a late create must not revive them)
     deleted_tasks    set     deleted task ids (their votes are gone, late events ignored)
     images           hash    task id -> image URL (for the training snapshot)
+    shown            hash    task id -> what the task's annotators are shown as the model's suggestion
+                             (JSON: version, a class per task type, how); backend/votes/shown.py
     policy           string  the consensus policy (JSON), when the admin changed it
     new_labels       string  labels agreed since the last snapshot (the auto-training counter)
     job:pending      string  id of the queued training job (a new request merges into it)
@@ -80,6 +82,10 @@ def deleted_tasks(project: str) -> str:
 
 def images(project: str) -> str:
     return _DATA.format(project) + "images"
+
+
+def shown_suggestions(project: str) -> str:
+    return _DATA.format(project) + "shown"
 
 
 def policy(project: str) -> str:

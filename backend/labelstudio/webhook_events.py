@@ -44,7 +44,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
 }
 
 _ANNOTATION_KEYS = ("id", "result", "completed_by", "was_cancelled", "ground_truth", "task",
-                    "created_at", "updated_at", "lead_time")
+                    "created_at", "updated_at", "lead_time", "parent_prediction")
 
 
 def parse_event(body) -> dict:

@@ -16,6 +16,7 @@ from model.files import write_text_atomically
 from backend.votes.consensus import STATES, Policy, TaskConsensus, compute, summary
 from backend.core.errors import InvalidInput
 from backend.labelstudio.label_config import ProjectLabels
+from backend.votes.shown import shown_for, shown_for_tasks, shown_of_vote
 from backend.votes.store import DIMENSIONS, Vote, VoteStore, vote_from_annotation
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class ProjectConsensus:
     # -- events
     def apply_annotation(self, project: str, labels: ProjectLabels, annotation: dict, task: dict | None) -> str:
         vote, image = vote_and_image(labels, annotation, task)
+        vote = replace(vote, shown=shown_of_vote(vote.parent_prediction, shown_for(self.redis, project, vote.task)))
         # newly agreed labels are counted only for auto-training: with it off, the webhook
         # skips judging the task before and after (most of its Redis round trips and CPU)
         track = self.tracks_agreement()
@@ -65,6 +67,22 @@ class ProjectConsensus:
         if track and outcome in ("added", "changed"):
             self._count_agreed(project, labels, vote.task, before)
         return outcome
+
+    def with_what_was_shown(self, project: str, votes: list[Vote], settled: set[int]) -> list[Vote]:
+        """Votes of Label Studio's export, each with what its annotator was shown: a vote whose
+        export held its pre-fill (its annotation id in `settled`) keeps that; else what was
+        recorded when the vote arrived, if it did; else what the task shows now
+        (backend/votes/shown.py)."""
+        open_votes = [v for v in votes if v.annotation not in settled]
+        if not open_votes:
+            return votes
+        stored = self.redis.hmget(keys.votes(project), [v.annotation for v in open_votes])
+        recorded = {v.annotation: Vote.from_record(r).shown for v, r in zip(open_votes, stored) if r}
+        remembered = shown_for_tasks(self.redis, project, {v.task for v in open_votes if v.annotation not in recorded})
+        return [v if v.annotation in settled else
+                replace(v, shown=recorded[v.annotation] if v.annotation in recorded
+                        else shown_of_vote(v.parent_prediction, remembered.get(v.task)))
+                for v in votes]
 
     def tracks_agreement(self) -> bool:
         """Whether each vote is judged before and after (to count labels for auto-training)."""

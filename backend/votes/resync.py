@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 from label_studio_sdk import LabelStudio
 
@@ -15,6 +16,7 @@ from backend.labelstudio.label_config import ProjectLabels
 from backend.votes.project_consensus import ProjectConsensus
 from backend.labelstudio.client import sdk_client, sdk_failure
 from backend.core.settings import Settings
+from backend.votes.shown import NOT_EXPORTED, exported_parent, shown_of_vote
 from backend.votes.store import Vote, vote_from_annotation
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,11 @@ def export_tasks(client: LabelStudio, project: str) -> list[dict]:
     return json.loads(b"".join(chunks))
 
 
-def votes_from_export(tasks: list[dict], labels: ProjectLabels) -> tuple[list[Vote], dict[int, str], list[str]]:
-    votes, images, problems = [], {}, []
+def votes_from_export(tasks: list[dict],
+                      labels: ProjectLabels) -> tuple[list[Vote], dict[int, str], list[str], set[int]]:
+    """The votes, image URLs and problems of an export, and the annotation ids whose suggestion
+    the export itself settles (it holds the prediction the annotation was pre-filled from)."""
+    votes, images, problems, settled = [], {}, [], set()
     for task in tasks:
         if not isinstance(task, dict) or as_id(task.get("id")) is None:
             problems.append(f"a task without a valid id ({type(task).__name__})")
@@ -38,10 +43,25 @@ def votes_from_export(tasks: list[dict], labels: ProjectLabels) -> tuple[list[Vo
             images[task["id"]] = image
         for annotation in task.get("annotations") or []:
             try:
-                votes.append(vote_from_annotation(annotation, task["id"], labels))
+                vote = vote_from_annotation(annotation, task["id"], labels)
             except DomainError as exc:
                 problems.append(f"task {task.get('id')}: {exc}")
-    return votes, images, problems
+                continue
+            exported = exported_parent(task, vote.parent_prediction, labels)
+            if exported is not NOT_EXPORTED:
+                vote = replace(vote, shown=shown_of_vote(vote.parent_prediction, None, exported))
+                settled.add(vote.annotation)
+            votes.append(vote)
+    return votes, images, problems, settled
+
+
+def apply_export(consensus: ProjectConsensus, project: str, tasks: list[dict], labels: ProjectLabels) -> dict:
+    """The stored votes made exactly the export's, each with what its annotator was shown."""
+    votes, images, problems, settled = votes_from_export(tasks, labels)
+    votes = consensus.with_what_was_shown(project, votes, settled)
+    counts = consensus.votes.replace_all(project, votes, images)
+    log.info("resync of project %s: %s", project, counts)
+    return {**counts, "tasks": len(tasks), "votes": len(votes), "problems": problems}
 
 
 def resync(consensus: ProjectConsensus, project: str, labels: ProjectLabels, settings: Settings,
@@ -55,7 +75,4 @@ def resync(consensus: ProjectConsensus, project: str, labels: ProjectLabels, set
         tasks = export_tasks(client, project)
     except Exception as exc:  # the SDK raises its own ApiError, httpx errors, JSON errors
         raise sdk_failure(exc, f"Label Studio export of project {project} failed") from None
-    votes, images, problems = votes_from_export(tasks, labels)
-    counts = consensus.votes.replace_all(project, votes, images)
-    log.info("resync of project %s: %s", project, counts)
-    return {**counts, "tasks": len(tasks), "votes": len(votes), "problems": problems}
+    return apply_export(consensus, project, tasks, labels)

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import redis
@@ -130,16 +130,24 @@ class Vote:
     cancelled: bool = False
     problems: tuple = ()    # choices that are not in the label config, kept for the admin
     updated_us: int = None  # updated_at in microseconds since the epoch: what orders votes
+    # what the annotator was shown and how long they took, to measure what suggestions do to votes
+    parent_prediction: int | None = None  # the prediction Label Studio pre-filled the annotation from
+    lead_time: float | None = None        # seconds on the task, as Label Studio counted them (None: not sent)
+    shown: dict | None = None             # the model's suggestion the annotator saw (backend/votes/shown.py)
+    equal: dict = field(init=False)       # task type -> whether the vote chose the class shown (types shown)
 
     def __post_init__(self):
         if self.updated_us is None:  # a vote built by hand: its instant from its time
             object.__setattr__(self, "updated_us", instant_us(self.updated_at))
+        object.__setattr__(self, "equal", equal_to_shown(self.labels, self.shown))
 
     def record(self) -> str:
         return json.dumps({"annotation": self.annotation, "task": self.task, "annotator": self.annotator,
                            "updated_at": self.updated_at, "updated_us": self.updated_us, "labels": self.labels,
                            "ground_truth": self.ground_truth, "cancelled": self.cancelled,
-                           "problems": list(self.problems)}, sort_keys=True, separators=(",", ":"))
+                           "problems": list(self.problems), "parent_prediction": self.parent_prediction,
+                           "lead_time": self.lead_time, "shown": self.shown, "equal": self.equal},
+                          sort_keys=True, separators=(",", ":"))
 
     @staticmethod
     def from_record(text: str) -> "Vote":
@@ -156,10 +164,24 @@ class Vote:
             vote.__dict__.update(data)
             return vote
         data["problems"] = tuple(data.get("problems", ()))
+        data.pop("equal", None)  # derived from labels and shown
         return Vote(**data)
 
     def is_vote(self) -> bool:
         return not self.cancelled and any(v is not None for v in self.labels.values())
+
+    def fast_agreement(self, dimension: str, seconds: float) -> bool:
+        """Whether the vote chose the class it was shown for `dimension` in less than `seconds`:
+        no evidence the annotator judged the image. A ground-truth vote is never one."""
+        return (self.equal.get(dimension, False) and self.lead_time is not None and self.lead_time < seconds
+                and not self.ground_truth)
+
+
+def equal_to_shown(labels: dict, shown: dict | None) -> dict[str, bool]:
+    """Task type -> whether `labels` chose the class `shown` suggested, for the types it suggested."""
+    if not shown:
+        return {}
+    return {d: labels.get(d) == shown[d] for d in DIMENSIONS if shown.get(d) is not None}
 
 
 _VOTE_FIELDS = frozenset(Vote.__dataclass_fields__)
@@ -190,7 +212,32 @@ def vote_from_annotation(annotation: dict, task_id, labels: ProjectLabels) -> Vo
     updated_at, updated_us = _updated(annotation, where)
     return Vote(annotation=annotation["id"], task=task, annotator=author, updated_at=updated_at,
                 updated_us=updated_us, labels=chosen, ground_truth=bool(annotation.get("ground_truth")),
-                cancelled=cancelled, problems=tuple(problems))
+                cancelled=cancelled, problems=tuple(problems),
+                parent_prediction=_parent_prediction(annotation, where), lead_time=_lead_time(annotation, where))
+
+
+MAX_LEAD_TIME_S = 10 ** 7  # about four months: a bound on what is stored, no judgement of the annotator
+
+
+def _parent_prediction(annotation: dict, where: str) -> int | None:
+    """The prediction the annotation was pre-filled from (Label Studio's `parent_prediction`)."""
+    value = annotation.get("parent_prediction")
+    if value is None:
+        return None
+    if as_id(value) is None:
+        raise InvalidInput(f"{where}: \"parent_prediction\" must be a prediction id or null, got {shown(value)}")
+    return int(value)
+
+
+def _lead_time(annotation: dict, where: str) -> float | None:
+    """Seconds the annotator spent on the task (Label Studio's `lead_time`); None when not sent."""
+    value = annotation.get("lead_time")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_LEAD_TIME_S:
+        raise InvalidInput(f"{where}: \"lead_time\" must be a number of seconds in [0, {MAX_LEAD_TIME_S}] "
+                           f"or null, got {shown(value)}")
+    return float(value)
 
 
 def _updated(annotation: dict, where: str) -> tuple[str, int]:
@@ -204,6 +251,11 @@ def _updated(annotation: dict, where: str) -> tuple[str, int]:
         except ValueError:
             raise InvalidInput(f"{where}: \"{field}\" is not an ISO 8601 time: {repr(value)[:80]}") from None
     return "", 0
+
+
+def chosen_classes(result, labels: ProjectLabels) -> dict[str, str | None]:
+    """Task type -> the class a Label Studio result (an annotation's or a prediction's) chose."""
+    return _choices(result if isinstance(result, list) else [], labels)[0]
 
 
 PROBLEMS_KEPT = 3  # a vote names its first few problems and counts the rest
@@ -266,6 +318,7 @@ class VoteStore:
                 pipe.hdel(keys.vote_times(project), *annotations)
             pipe.delete(keys.task_votes(project, task))
             pipe.hdel(keys.images(project), task)
+            pipe.hdel(keys.shown_suggestions(project), task)
             pipe.execute()
             removed += len(annotations)
         return removed

@@ -353,7 +353,7 @@ def test_resync_after_backend_was_down(label_studio: LabelStudioServer, image_se
     assert {t: (top(row["aesthetic"]), top(row["emotion"])) for t, row in expected.items()} == designed, expected
     # and the same through the backend's own code path (compute + votes_from_export)
     labels = parse_label_config(LABEL_CONFIG)
-    votes, images, problems = votes_from_export(export, labels)
+    votes, images, problems, _ = votes_from_export(export, labels)
     assert problems == []
     by_backend = compute(votes, {"aesthetic": labels.aesthetic_classes, "emotion": labels.emotion_classes}, Policy())
     agreed_by_backend = {t for d in by_backend for t, c in by_backend[d].items() if c.state == "agreed"}
