@@ -1,11 +1,18 @@
 """What suggestions do to votes: each vote records what its annotator was shown (from the webhook
-and from the resync's export), how long they took and whether they kept the suggestion.
+and from the resync's export), how long they took and whether they kept the suggestion; the
+consensus sets aside votes that only confirmed the suggestion in a hurry (unless the policy
+counts them) and the snapshot says how many rows that left out; and control tasks are a stable
+share of the tasks.
 
 Bodies are the recorded Label Studio 1.23.2 webhook with ids, authors, choices, parent_prediction
 and lead_time changed; Redis is the session's real one (conftest)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from ls_examples import example
@@ -13,9 +20,12 @@ from ls_examples import example
 from backend.core import keys
 from backend.http.app import create_app
 from backend.labelstudio.label_config import parse_label_config
+from backend.votes.consensus import Policy, compute
+from backend.votes.control import is_control_task
 from backend.votes.project_consensus import ProjectConsensus
 from backend.votes.resync import apply_export
 from backend.votes.shown import remember_shown, shown_for
+from backend.votes.store import Vote
 
 PROJECT = "1"    # the recorded bodies' project id
 AESTHETIC = ("high", "low")
@@ -175,3 +185,106 @@ def test_a_resynced_prefill_that_chose_nothing_shows_nothing(settings, redis_cli
     apply_export(consensus, PROJECT, [exported_task(1, [exported_annotation(1, 1, 2, "low", parent_prediction=9)],
                                                     [empty])], labels)
     assert stored(redis_client, 1)["shown"] is None
+
+
+# ----- the consensus policy ---------------------------------------------------------------------------
+
+_ids = iter(range(1, 10 ** 9))
+
+
+def vote(task: int, annotator: int, aesthetic: str, shown: str | None = None, seconds: float | None = 10.0,
+         ground_truth: bool = False) -> Vote:
+    return Vote(annotation=next(_ids), task=task, annotator=annotator, updated_at="2026-11-27T12:00:00Z",
+                labels={"aesthetic": aesthetic, "emotion": None}, lead_time=seconds, ground_truth=ground_truth,
+                shown=suggestion(shown) if shown is not None else None)
+
+
+def decide(votes, task=1, **policy):
+    return compute(votes, CLASSES, Policy(**policy), tasks=[task])["aesthetic"][task]
+
+
+def test_fast_votes_equal_to_the_suggestion_do_not_count_by_default():
+    stamps = [vote(1, 1, "high", shown="high", seconds=1.0), vote(1, 2, "high", shown="high", seconds=2.9)]
+    honest = vote(1, 3, "low", shown="high", seconds=1.0)    # fast, but against the suggestion: counted
+    result = decide(stamps + [honest])
+    assert result.state == "waiting" and result.votes == {3: "low"}
+    assert result.set_aside == {1: "high", 2: "high"}
+    # only rubber stamps agree: the task stays open for more votes
+    assert decide(stamps + [vote(1, 3, "high", shown="high", seconds=0.5)]).state == "waiting"
+    # with the option, or slower than the threshold, they count
+    counted = decide(stamps + [honest], count_fast_agreement=True)
+    assert counted.state == "agreed" and counted.label == "high" and counted.set_aside == {}
+    assert decide(stamps + [honest], rubber_stamp_seconds=0.5).label == "high"
+    # what was not shown, no time sent, or a ground truth: counted as before
+    for other in (vote(1, 1, "high"), vote(1, 1, "high", shown="high", seconds=None),
+                  vote(1, 1, "high", shown="high", seconds=1.0, ground_truth=True)):
+        assert decide([other]).votes == {1: "high"}
+
+
+def test_set_aside_votes_leave_dawid_skene_and_the_summary_counts_them():
+    votes = [vote(t, 1, "high", shown="high", seconds=1.0) for t in range(1, 5)]
+    votes += [vote(t, a, "low") for t in range(1, 5) for a in (2, 3, 4)]
+    result = compute(votes, CLASSES, Policy(method="dawid_skene"))["aesthetic"]
+    assert all(c.state == "agreed" and c.label == "low" and 1 not in c.votes for c in result.values())
+    from backend.votes.consensus import summary
+    assert summary({"aesthetic": result, "emotion": {}}, CLASSES)["aesthetic"]["set_aside_votes"] == 4
+
+
+def test_the_policy_option_through_the_endpoint(settings, redis_client):
+    client = create_app(settings).test_client()
+    remember_shown(redis_client, PROJECT, 1, suggestion("high"))
+    for ann, user in ((1, 2), (2, 3), (3, 4)):
+        send(client, annotation_event(ann, 1, user, "high", parent_prediction=10, lead_time=1.0))
+
+    def aesthetic():
+        return client.get(f"/projects/{PROJECT}/consensus").get_json()["aesthetic"]
+
+    assert aesthetic()["tasks"]["waiting"] == 1 and aesthetic()["set_aside_votes"] == 3
+    response = client.put(f"/projects/{PROJECT}/consensus/policy", json={"count_fast_agreement": True})
+    assert response.status_code == 200 and response.get_json()["policy"]["count_fast_agreement"] is True
+    assert aesthetic()["tasks"]["agreed"] == 1 and aesthetic()["set_aside_votes"] == 0
+    response = client.put(f"/projects/{PROJECT}/consensus/policy", json={"count_fast_agreement": "no"})
+    assert response.status_code == 400 and "count_fast_agreement" in response.get_json()["error"]
+
+
+def test_the_snapshot_says_how_many_rows_it_left_out_and_why(settings, redis_client, labels):
+    consensus = ProjectConsensus(redis_client, settings)
+    votes = ([vote(1, a, "high") for a in (1, 2, 3)]                                    # agreed: a row
+             + [vote(2, a, "low", shown="low", seconds=1.0) for a in (1, 2)] + [vote(2, 3, "low")]  # rubber stamps
+             + [vote(3, a, "high", shown="high", seconds=1.0) for a in (1, 2, 3)]       # rubber stamps only
+             + [vote(4, a, "low") for a in (1, 2, 3)])                                   # agreed, no image
+    for v in votes:
+        consensus.votes.apply(PROJECT, v, image_url(v.task) if v.task != 4 else None)
+    snap = consensus.snapshot(PROJECT, labels)
+    assert snap["rows"] == 1 and snap["left_out"] == {"no_image": 1, "fast_agreement": 2}
+    header = json.loads(Path(snap["path"]).read_text().splitlines()[0])
+    assert header["left_out"] == snap["left_out"] and header["set_aside_votes"] == {"aesthetic": 5, "emotion": 0}
+    assert "rubber_stamp_seconds" in header["left_out_why"]["fast_agreement"]
+    assert "image" in header["left_out_why"]["no_image"]
+    consensus.set_policy(PROJECT, {"count_fast_agreement": True})
+    assert consensus.snapshot(PROJECT, labels)["left_out"] == {"no_image": 1, "fast_agreement": 0}
+
+
+# ----- control tasks ------------------------------------------------------------------------------------
+
+def test_control_tasks_are_the_hash_of_the_task_id_below_the_fraction():
+    for task in (1, 2, 17, 123456789, 2 ** 62):
+        digest = hashlib.sha256(str(task).encode()).digest()
+        assert is_control_task(task, 0.1) == (int.from_bytes(digest[:8], "big") / 2 ** 64 < 0.1)
+    ids = range(1, 20_001)
+    for fraction in (0.05, 0.1, 0.5):
+        share = sum(is_control_task(t, fraction) for t in ids) / len(ids)
+        assert abs(share - fraction) < 0.01, (fraction, share)
+    assert not any(is_control_task(t, 0) for t in ids)
+    # a larger fraction keeps every control task of a smaller one
+    assert all(is_control_task(t, 0.2) for t in ids if is_control_task(t, 0.1))
+
+
+def test_control_tasks_are_the_same_in_another_process():
+    here = [t for t in range(1, 2001) if is_control_task(t, 0.1)]
+    code = ("from backend.votes.control import is_control_task; "
+            "print([t for t in range(1, 2001) if is_control_task(t, 0.1)])")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                         env={"PYTHONPATH": str(root), "PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert json.loads(out.stdout) == here

@@ -156,6 +156,10 @@ def test_ground_truth_decides():
     ({"min_annotators": 101}, "min_annotators must be an integer in 1..100"),
     ({"min_agreement": float("inf")}, r"min_agreement must be a finite number in \[0, 1\]"),
     ({"min_agreement": 10 ** 400}, r"min_agreement must be a finite number in \[0, 1\]"),
+    ({"count_fast_agreement": "false"}, "count_fast_agreement must be true or false"),
+    ({"count_fast_agreement": 1}, "count_fast_agreement must be true or false"),
+    ({"rubber_stamp_seconds": -1}, r"rubber_stamp_seconds must be a finite number in \[0, 3600\]"),
+    ({"rubber_stamp_seconds": "3"}, "rubber_stamp_seconds"),
 ])
 def test_policy_validation(fields, word):
     with pytest.raises(ValueError, match=word):
@@ -166,7 +170,8 @@ def test_policy_defaults_and_round_trip():
     policy = Policy(method="dawid_skene", min_annotators=2, min_agreement=0.6, tie_break="soft")
     assert Policy(**policy.to_dict()) == policy
     assert Policy().to_dict() == {"method": "majority", "min_annotators": 3, "min_agreement": 0.5,
-                                  "tie_break": "unresolved"}
+                                  "tie_break": "unresolved", "count_fast_agreement": False,
+                                  "rubber_stamp_seconds": 3.0}
 
 
 # ----- per-project policy through the endpoint -----------------------------------------------------
@@ -204,7 +209,8 @@ def test_policy_per_project_via_endpoint(settings, redis_client):
     response = _put(client, 1, {"min_annotators": 2, "tie_break": "soft"})
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json()["policy"] == {"method": "majority", "min_annotators": 2, "min_agreement": 0.5,
-                                             "tie_break": "soft"}
+                                             "tie_break": "soft", "count_fast_agreement": False,
+                                             "rubber_stamp_seconds": settings.rubber_stamp_seconds}
     assert state()["agreed"] == 1
     assert client.get("/projects/1/consensus").get_json()["policy"]["min_annotators"] == 2
     assert client.get("/projects/2/consensus").get_json()["policy"]["min_annotators"] == 3   # per project
@@ -221,7 +227,8 @@ def test_policy_per_project_via_endpoint(settings, redis_client):
     response = client.get("/projects/1/consensus")
     assert response.status_code == 200
     assert response.get_json()["policy"] == {"method": "majority", "min_annotators": 2, "min_agreement": 0.75,
-                                             "tie_break": "soft"}
+                                             "tie_break": "soft", "count_fast_agreement": False,
+                                             "rubber_stamp_seconds": settings.rubber_stamp_seconds}
     assert _post(client, _annotation(3, 2, 4, "low")).status_code == 200
 
 

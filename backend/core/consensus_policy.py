@@ -1,6 +1,7 @@
 """A project's consensus policy: the method, how many annotators and how much agreement make a
-label agreed, and what a tie is. Declared here, below both the settings (the deployment's default
-policy) and backend/votes/consensus.py (which applies it), so each default and bound is written once.
+label agreed, what a tie is, and whether a vote that only confirmed the suggestion in a hurry
+counts. Declared here, below both the settings (the deployment's default policy) and
+backend/votes/consensus.py (which applies it), so each default and bound is written once.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ METHODS = ("majority", "dawid_skene")
 TIE_BREAKS = ("unresolved", "soft")
 
 
-POLICY_LIMITS = {"min_annotators": Limit(int, 1, 100), "min_agreement": Limit(float, 0, 1)}
+POLICY_LIMITS = {"min_annotators": Limit(int, 1, 100), "min_agreement": Limit(float, 0, 1),
+                 "rubber_stamp_seconds": Limit(float, 0, 3600)}
+POLICY_FLAGS = ("count_fast_agreement",)
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,13 @@ class Policy:
     min_annotators: int = 3
     min_agreement: float = 0.5
     tie_break: str = "unresolved"        # or "soft": a tie is agreed, trained on the split
+    # A vote that equals the suggestion its annotator was shown and took less than
+    # rubber_stamp_seconds is no independent evidence: unless count_fast_agreement, it is set
+    # aside (docs/admins/consensus.md, "Suggestions and independent votes")
+    count_fast_agreement: bool = False
+    # Choosing an aesthetic class and one of eight emotions for an image takes a person who
+    # looks at it several seconds; accepting a pre-filled answer is one click, about a second
+    rubber_stamp_seconds: float = 3.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -31,6 +41,9 @@ class Policy:
             limit.check(name, getattr(self, name))
         if self.tie_break not in TIE_BREAKS:
             raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {self.tie_break!r}")
+        for name in POLICY_FLAGS:  # "false" is a true value in Python: only JSON's true and false
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

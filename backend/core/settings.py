@@ -229,6 +229,16 @@ class Settings:
     consensus_min_agreement: float = setting(
         "AESEMO_CONSENSUS_MIN_AGREEMENT", Policy.min_agreement, "least share of the top class for agreement",
         parse=_number, limit=_consensus_limit("min_agreement"))
+    rubber_stamp_seconds: float = setting(
+        "AESEMO_RUBBER_STAMP_SECONDS", Policy.rubber_stamp_seconds,
+        "default of the consensus policy's `rubber_stamp_seconds`: a vote that equals the suggestion its "
+        "annotator was shown, made in less time, is set aside unless the policy's `count_fast_agreement`",
+        parse=_number, limit=_consensus_limit("rubber_stamp_seconds"))
+    control_fraction: float = setting(
+        "AESEMO_CONTROL_FRACTION", 0.1,
+        "share of each project's tasks (chosen by a hash of the task id) that never get a suggestion: "
+        "the control tasks the admin page measures the suggestions' pull on", parse=_number,
+        limit=Limit(float, 0, 0.5))
     auto_train_threshold: int = setting(
         "AESEMO_AUTO_TRAIN_THRESHOLD", 0, "ask for training each time this many new labels are agreed",
         parse=_integer, limit=Limit(int, 0, 10 ** 6), shown="0 (off)")

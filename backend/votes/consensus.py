@@ -29,6 +29,9 @@ class TaskConsensus:
     soft: dict[str, float] = field(default_factory=dict)
     agreement: float = 0.0             # share of the votes that chose `label`
     votes: dict[int, str] = field(default_factory=dict)   # annotator -> class
+    # annotator -> class of the votes that only confirmed the suggestion in a hurry, not counted
+    # (the policy's count_fast_agreement)
+    set_aside: dict[int, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,12 +82,33 @@ def _compute(votes, classes, policy, tasks) -> dict[str, dict[int, TaskConsensus
         names = tuple(classes[dimension])
         position = {name: i for i, name in enumerate(names)}
         label = np.array([position.get(c.get(dimension), -1) for c in chosen], dtype=np.int64)
-        valid = label >= 0
+        fast = _fast_agreement(latest, dimension, policy)
+        valid, aside = (label >= 0) & ~fast, (label >= 0) & fast
         votes_here = _Votes(rows[valid], annotators[valid], label[valid], ground_truth[valid])
         posteriors = _dawid_skene(votes_here, len(all_tasks), len(names)) \
             if policy.method == "dawid_skene" else None
+        set_aside = _Votes(rows[aside], annotators[aside], label[aside], ground_truth[aside])
         result[dimension] = _decide_all(all_tasks, dimension, votes_here, names, policy, posteriors)
+        _note_set_aside(result[dimension], all_tasks, set_aside, names)
     return result
+
+
+def _fast_agreement(latest: list[Vote], dimension: str, policy: Policy) -> np.ndarray:
+    """Which votes the policy sets aside on `dimension`: those that chose the class shown them in
+    less than rubber_stamp_seconds (none when it counts them)."""
+    if policy.count_fast_agreement:
+        return np.zeros(len(latest), dtype=bool)
+    seconds = policy.rubber_stamp_seconds
+    return np.array([bool(v.equal) and v.fast_agreement(dimension, seconds) for v in latest], dtype=bool)
+
+
+def _note_set_aside(decided: dict[int, "TaskConsensus"], all_tasks: list[int], aside: _Votes, names) -> None:
+    """The set-aside votes beside each task's decision; a task that has only those waits for more."""
+    for row, annotator, label in zip(aside.row.tolist(), aside.annotator.tolist(), aside.label.tolist()):
+        task = decided[all_tasks[row]]
+        task.set_aside[annotator] = names[label]
+        if task.state == "no_votes":
+            task.state = "waiting"
 
 
 class _Votes:
@@ -290,8 +314,10 @@ def summary(consensus: dict[str, dict[int, TaskConsensus]], classes: dict) -> di
         states = {s: 0 for s in STATES}
         labels = {n: 0 for n in classes[dimension]}
         agree: dict[int, list[int]] = {}
+        set_aside = 0
         for c in tasks.values():
             states[c.state] += 1
+            set_aside += len(c.set_aside)
             if c.state == "agreed":
                 labels[c.label] += 1
                 for annotator, label in c.votes.items():
@@ -302,5 +328,6 @@ def summary(consensus: dict[str, dict[int, TaskConsensus]], classes: dict) -> di
             "annotators": {str(a): {"votes_on_agreed_tasks": len(v), "agreement": sum(v) / len(v)}
                            for a, v in sorted(agree.items())},
             "krippendorff_alpha": krippendorff_alpha([list(c.votes.values()) for c in tasks.values()]),
+            "set_aside_votes": set_aside,
         }
     return out

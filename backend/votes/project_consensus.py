@@ -35,7 +35,8 @@ class ProjectConsensus:
         stored = self.redis.get(keys.policy(project))
         base = {"min_annotators": self.settings.consensus_min_annotators,
                 "min_agreement": self.settings.consensus_min_agreement,
-                "method": self.settings.consensus_method}
+                "method": self.settings.consensus_method,
+                "rubber_stamp_seconds": self.settings.rubber_stamp_seconds}
         try:
             return Policy(**{**base, **(json.loads(stored) if stored else {})})
         except (TypeError, ValueError) as exc:  # stored before its bounds existed: every read would fail
@@ -115,8 +116,10 @@ class ProjectConsensus:
             self.on_auto_train(project)
 
     # -- reading
-    def consensus(self, project: str, labels: ProjectLabels) -> dict[str, dict[int, TaskConsensus]]:
-        votes = self.votes.all_votes(project)
+    def consensus(self, project: str, labels: ProjectLabels,
+                  votes: list[Vote] | None = None) -> dict[str, dict[int, TaskConsensus]]:
+        """`votes`: the project's, read already (all_votes)."""
+        votes = votes if votes is not None else self.votes.all_votes(project)
         return compute(votes, _classes(labels), self.policy(project), tasks=list(self.votes.image_urls(project)))
 
     def summary(self, project: str, labels: ProjectLabels, result: dict | None = None) -> dict:
@@ -138,19 +141,16 @@ class ProjectConsensus:
 
     # -- the training set
     def snapshot(self, project: str, labels: ProjectLabels) -> dict:
-        """Writes the agreed labels as an immutable manifest; returns its id, hash and path.
-        Image entries are the tasks' URLs (the training job downloads them into its cache)."""
+        """Writes the agreed labels as an immutable manifest; returns its id, hash, path, row
+        count and the rows left out (how many, and why: the header says so too). Image entries
+        are the tasks' URLs (the training job downloads them into its cache)."""
         result = self.consensus(project, labels)
         images = self.votes.image_urls(project)
-        rows = []
-        for task in sorted({t for d in DIMENSIONS for t, c in result[d].items() if c.state == "agreed"}):
-            row = {"task": task, "image": images.get(task)}
-            for d in DIMENSIONS:
-                c = result[d].get(task)
-                row[d] = c.soft if c is not None and c.state == "agreed" else None
-            if row["image"]:
-                rows.append(row)
-        header = {"classes": _classes(labels), "project": project, "policy": self.policy(project).to_dict()}
+        rows = _manifest_rows(result, images)
+        left_out = {"no_image": len(_agreed_tasks(result)) - len(rows),
+                    "fast_agreement": self._rows_set_aside(project, labels, result, images, rows)}
+        header = {"classes": _classes(labels), "project": project, "policy": self.policy(project).to_dict(),
+                  "left_out": left_out, "left_out_why": LEFT_OUT_WHY, "set_aside_votes": _set_aside_votes(result)}
         text = "\n".join(json.dumps(r, sort_keys=True) for r in [header] + rows) + "\n"
         digest = hashlib.sha256(text.encode()).hexdigest()
         folder = Path(self.settings.data_dir) / "projects" / project / "snapshots"
@@ -159,7 +159,44 @@ class ProjectConsensus:
         if not path.exists():
             write_text_atomically(path, text)
         self.redis.delete(keys.new_labels(project))
-        return {"id": digest[:16], "sha256": digest, "path": str(path), "rows": len(rows)}
+        return {"id": digest[:16], "sha256": digest, "path": str(path), "rows": len(rows), "left_out": left_out}
+
+    def _rows_set_aside(self, project: str, labels: ProjectLabels, result: dict, images: dict,
+                        rows: list[dict]) -> int:
+        """How many tasks the manifest would hold as rows if the set-aside votes counted, and does not."""
+        if not any(c.set_aside for d in DIMENSIONS for c in result[d].values()):
+            return 0
+        counting = replace(self.policy(project), count_fast_agreement=True)
+        everything = compute(self.votes.all_votes(project), _classes(labels), counting)
+        return len({r["task"] for r in _manifest_rows(everything, images)} - {r["task"] for r in rows})
+
+
+LEFT_OUT_WHY = {
+    "no_image": "agreed, but Label Studio never sent the task's image URL",
+    "fast_agreement": "agreed only if the votes that equal the suggestion their annotator was shown, made "
+                      "faster than the policy's rubber_stamp_seconds, counted (its count_fast_agreement)",
+}
+
+
+def _agreed_tasks(result: dict) -> list[int]:
+    return sorted({t for d in DIMENSIONS for t, c in result[d].items() if c.state == "agreed"})
+
+
+def _manifest_rows(result: dict, images: dict) -> list[dict]:
+    """One row per agreed task with an image: its URL and each agreed dimension's soft label."""
+    rows = []
+    for task in _agreed_tasks(result):
+        row = {"task": task, "image": images.get(task)}
+        for d in DIMENSIONS:
+            c = result[d].get(task)
+            row[d] = c.soft if c is not None and c.state == "agreed" else None
+        if row["image"]:
+            rows.append(row)
+    return rows
+
+
+def _set_aside_votes(result: dict) -> dict[str, int]:
+    return {d: sum(len(c.set_aside) for c in result[d].values()) for d in DIMENSIONS}
 
 
 def vote_and_image(labels: ProjectLabels, annotation: dict, task: dict | None) -> tuple[Vote, str | None]:
