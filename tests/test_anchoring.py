@@ -1,8 +1,8 @@
 """What suggestions do to votes: each vote records what its annotator was shown (from the webhook
 and from the resync's export), how long they took and whether they kept the suggestion; the
 consensus sets aside votes that only confirmed the suggestion in a hurry (unless the policy
-counts them) and the snapshot says how many rows that left out; and control tasks are a stable
-share of the tasks.
+counts them) and the snapshot says how many rows that left out; control tasks are a stable share
+of the tasks; and the admin page's anchoring figures single out an annotator who rubber-stamps.
 
 Bodies are the recorded Label Studio 1.23.2 webhook with ids, authors, choices, parent_prediction
 and lead_time changed; Redis is the session's real one (conftest)."""
@@ -12,6 +12,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from ls_examples import example
 from backend.core import keys
 from backend.http.app import create_app
 from backend.labelstudio.label_config import parse_label_config
+from backend.serving.prediction_store import store_predictions
+from backend.serving.registry import set_current_version
 from backend.votes.consensus import Policy, compute
 from backend.votes.control import is_control_task
 from backend.votes.project_consensus import ProjectConsensus
@@ -288,3 +291,75 @@ def test_control_tasks_are_the_same_in_another_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
                          env={"PYTHONPATH": str(root), "PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}, timeout=60)
     assert json.loads(out.stdout) == here
+
+
+# ----- the measured anchoring on the admin page ---------------------------------------------------------
+
+HONEST, ALSO_HONEST, STAMPER = 2, 3, 4
+VERSION = "v0001-20261101000000"
+
+
+def constructed_project(client, db, settings) -> None:
+    """80 tasks, half of them control tasks; the model's suggestion is right on 3 tasks in 5. Two
+    annotators judge every image (9 in 10 right, 8 s a task); the third keeps every suggestion in
+    a second and judges only the control tasks (8 in 10 right)."""
+    truth = {t: AESTHETIC[t % 2] for t in range(1, 81)}
+    other = {"high": "low", "low": "high"}
+    model = {t: truth[t] if t % 5 not in (0, 2) else other[truth[t]] for t in truth}
+    control = {t for t in truth if is_control_task(t, settings.control_fraction)}
+    ann = iter(range(1, 10 ** 6))
+    for t, right in truth.items():
+        shown = None if t in control else suggestion(model[t])
+        remember_shown(db, PROJECT, t, shown)
+        parent = None if t in control else 1000 + t
+        for user, wrong in ((HONEST, t % 10 == 3), (ALSO_HONEST, t % 10 == 7)):
+            send(client, annotation_event(next(ann), t, user, other[right] if wrong else right,
+                                          parent_prediction=parent, lead_time=8.0))
+        if t in control:
+            send(client, annotation_event(next(ann), t, STAMPER, other[right] if t % 10 in (1, 6) else right,
+                                          lead_time=2.5))
+        else:
+            send(client, annotation_event(next(ann), t, STAMPER, model[t], parent_prediction=parent, lead_time=1.0))
+    # what the served version would have suggested on the control tasks, kept as /predict keeps it
+    set_current_version(db, PROJECT, VERSION)
+    template = example("webhook_ANNOTATION_CREATED.json")["annotation"]["result"][0]
+    store_predictions(db, PROJECT, VERSION, {t: (image_url(t), {"model_version": VERSION, "score": 0.6, "result": [
+        {**template, "value": {"choices": [model[t]]}}]}) for t in control}, 3600)
+
+
+def test_the_anchoring_figures_single_out_the_rubber_stamper(settings, redis_client):
+    settings = replace(settings, control_fraction=0.5)
+    client = create_app(settings).test_client()
+    send(client, annotation_event(10 ** 6, 10 ** 6, 9, "high"))     # the project known, its label config stored
+    assert client.put(f"/projects/{PROJECT}/consensus/policy", json={"min_annotators": 2}).status_code == 200
+    constructed_project(client, redis_client, settings)
+
+    anchoring = client.get(f"/projects/{PROJECT}/consensus").get_json()["anchoring"]["aesthetic"]
+    people = anchoring["annotators"]
+    assert people[str(STAMPER)]["rubber_stamping"] is True
+    assert people[str(HONEST)]["rubber_stamping"] is False and people[str(ALSO_HONEST)]["rubber_stamping"] is False
+    stamper = people[str(STAMPER)]
+    assert stamper["accepted"]["share"] == 1.0 and stamper["fast_accepted"]["share"] == 1.0
+    assert stamper["median_seconds"] < 3 < people[str(HONEST)]["median_seconds"]
+    assert stamper["excess_acceptance"] > 0.3 > abs(people[str(HONEST)]["excess_acceptance"])
+    assert stamper["name"] == "user 4"
+    project = anchoring["project"]
+    # the rubber stamps were set aside: the consensus follows the suggestion no more than the model is right
+    assert project["consensus_equals_suggestion"]["share"] < 0.75
+    assert project["model_right_on_control"]["n"] > 20
+    assert abs(project["consensus_equals_suggestion"]["share"] - project["model_right_on_control"]["share"]) < 0.2
+
+    page = client.get(f"/?project={PROJECT}").get_data(as_text=True)
+    rows = {int(user): row for user, row in _anchoring_rows(page, "aesthetic")}
+    assert "rubber-stamping" in rows[STAMPER] and "accepts far more" in rows[STAMPER]
+    assert "rubber-stamping" not in rows[HONEST] and "rubber-stamping" not in rows[ALSO_HONEST]
+    assert "the suggestions' pull" in page and "is set aside" in page
+
+
+def _anchoring_rows(page: str, dimension: str) -> list[tuple[str, str]]:
+    table = page.split(f'id="anchoring-{dimension}"', 1)[1].split("</table>", 1)[0]
+    rows = []
+    for chunk in table.split("<tr")[2:]:
+        user = chunk.split('data-annotator="', 1)[1].split('"', 1)[0]
+        rows.append((user, chunk))
+    return rows

@@ -124,7 +124,8 @@ def consensus_section(services, project: str) -> dict:
     summary, disputed = services.consensus.overview(project, "disputed")
     dimensions = {d: v for d, v in summary.items() if isinstance(v, dict) and "tasks" in v}
     return {"policy": summary.get("policy"), "dimensions": dimensions, "disputed": disputed[:DISPUTED_SHOWN],
-            "disputed_total": len(disputed)}
+            "disputed_total": len(disputed), "anchoring": summary.get("anchoring") or {},
+            "control_fraction": services.settings.control_fraction}
 
 
 def refresh_section(services, project: str) -> dict:

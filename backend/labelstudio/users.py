@@ -101,17 +101,26 @@ class AnnotatorNames:
         return names
 
 
+def _annotator_tables(summary: dict):
+    """Each {user id: numbers} table of a consensus summary: per task type, and per task type of
+    its anchoring figures."""
+    dimensions = [d for d in summary.values() if isinstance(d, dict)]
+    anchoring = summary.get("anchoring")
+    if isinstance(anchoring, dict):
+        dimensions += [d for d in anchoring.values() if isinstance(d, dict)]
+    return [d.get("annotators") or {} for d in dimensions]
+
+
 def annotator_ids(summary: dict) -> set[int]:
     """The user ids a consensus summary names (its per-dimension `annotators`)."""
-    return {int(a) for d in summary.values() if isinstance(d, dict) for a in d.get("annotators") or {}}
+    return {int(a) for table in _annotator_tables(summary) for a in table}
 
 
 def name_summary(summary: dict, names: dict[int, str]) -> dict:
     """The summary with a `name` beside each annotator's numbers (the id stays the key)."""
-    for dimension in summary.values():
-        if isinstance(dimension, dict):
-            for user, numbers in (dimension.get("annotators") or {}).items():
-                numbers["name"] = names.get(int(user), fallback_name(int(user)))
+    for table in _annotator_tables(summary):
+        for user, numbers in table.items():
+            numbers["name"] = names.get(int(user), fallback_name(int(user)))
     return summary
 
 

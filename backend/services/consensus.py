@@ -7,7 +7,11 @@ from backend.core.settings import Settings
 from backend.labelstudio.client import fetch_label_config, project_studio
 from backend.labelstudio.users import AnnotatorNames, annotator_ids, name_summary, name_tasks, task_voters
 from backend.services.projects import Projects
+from backend.labelstudio.label_config import ProjectLabels
+from backend.serving.prediction_store import stored_predictions
+from backend.votes.control import is_control_task
 from backend.votes.project_consensus import ProjectConsensus
+from backend.votes.store import chosen_classes
 from backend.votes.resync import resync
 
 
@@ -18,7 +22,8 @@ class ConsensusService:
         self.annotator_names = annotator_names
 
     def summary(self, project: str) -> dict:
-        summary = self.consensus.summary(project, self.projects.project_labels(project))
+        """The consensus summary with its anchoring figures and the annotators' names."""
+        summary, _ = self._summary(project, self.projects.project_labels(project))
         return name_summary(summary, self._names(project, annotator_ids(summary)))
 
     def tasks(self, project: str, state: str) -> dict:
@@ -30,11 +35,32 @@ class ConsensusService:
         """The summary and the tasks in `state`, from one computation of the consensus, with the
         annotators' names (one lookup for both)."""
         labels = self.projects.project_labels(project)
-        result = self.consensus.consensus(project, labels)
-        summary = self.consensus.summary(project, labels, result)
+        summary, result = self._summary(project, labels)
         tasks = self.consensus.tasks_in_state(project, labels, state, result)
         names = self._names(project, annotator_ids(summary).union(*map(task_voters, tasks)))
         return name_summary(summary, names), name_tasks(tasks, names)
+
+    def _summary(self, project: str, labels: ProjectLabels) -> tuple[dict, dict]:
+        """The summary with its anchoring figures, and the consensus it rests on (one computation)."""
+        votes = self.consensus.votes.all_votes(project)
+        result = self.consensus.consensus(project, labels, votes)
+        summary = self.consensus.summary(project, labels, result)
+        model = self._model_on_control(project, labels, {v.task for v in votes})
+        summary["anchoring"] = self.consensus.anchoring(project, labels, votes, result, model)
+        return summary, result
+
+    def _model_on_control(self, project: str, labels: ProjectLabels, tasks: set[int]) -> dict[int, dict]:
+        """Control task -> task type -> the class the current version would have suggested: its
+        prediction kept in Redis (backend/serving/prediction_store.py), where it still is."""
+        control = [t for t in tasks if is_control_task(t, self.settings.control_fraction)]
+        if not control:
+            return {}
+        images = self.consensus.votes.image_urls(project)
+        version = self.projects.version_ref(project, labels).name
+        stored = stored_predictions(self.consensus.redis, project, version,
+                                    {t: images[t] for t in control if t in images})
+        return {t: chosen_classes(prediction.get("result") if isinstance(prediction, dict) else None, labels)
+                for t, prediction in stored.items()}
 
     def _names(self, project: str, users: set[int]) -> dict[int, str]:
         """Label Studio's name for each user id (Redis cache), "user N" when it cannot say."""

@@ -13,6 +13,7 @@ import redis
 from backend.core import keys
 from model.files import write_text_atomically
 
+from backend.votes.anchoring import anchoring
 from backend.votes.consensus import STATES, Policy, TaskConsensus, compute, summary
 from backend.core.errors import InvalidInput
 from backend.labelstudio.label_config import ProjectLabels
@@ -121,6 +122,12 @@ class ProjectConsensus:
         """`votes`: the project's, read already (all_votes)."""
         votes = votes if votes is not None else self.votes.all_votes(project)
         return compute(votes, _classes(labels), self.policy(project), tasks=list(self.votes.image_urls(project)))
+
+    def anchoring(self, project: str, labels: ProjectLabels, votes: list[Vote], result: dict,
+                  model_on_control: dict[int, dict]) -> dict:
+        """The suggestions' measured pull (backend/votes/anchoring.py), from the votes and their consensus."""
+        return anchoring(votes, result, _classes(labels), self.settings.control_fraction, model_on_control,
+                         self.policy(project).rubber_stamp_seconds)
 
     def summary(self, project: str, labels: ProjectLabels, result: dict | None = None) -> dict:
         """`result`: a consensus computed already (the admin page shows it twice over)."""
