@@ -305,7 +305,7 @@ def _result(name: str, promoted: bool, why: str, parent: str, meta: dict, snapsh
     return {"version": name, "promoted": promoted, "promotion": why, "parent": parent,
             "metrics": {t: None if m is None else {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
                         for t, m in meta["metrics"].items()},
-            "snapshot": {k: snapshot[k] for k in ("id", "sha256", "rows")},
+            "snapshot": {k: snapshot[k] for k in ("id", "sha256", "rows", "left_out")},
             "images": {"used": len(images.rows), "failed": len(images.failed), "failures": images.failed[:20],
                        "seconds": round(images.seconds, 3)},
             "training_seconds": round(training_seconds(meta), 3), "device": meta["training"]["device"],
