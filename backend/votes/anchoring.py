@@ -28,56 +28,56 @@ def anchoring(votes: list[Vote], result: dict[str, dict[int, TaskConsensus]], cl
     """Task type -> {"project": ..., "annotators": {user id (text): ...}}. `model_on_control`:
     control task -> task type -> the class the model would have suggested (where known)."""
     latest = _latest(votes)
-    control = {v.task for v in latest if is_control_task(v.task, control_fraction)}
+    control = {t for t in {v.task for v in latest} if is_control_task(t, control_fraction)}
     seconds = _median_seconds(latest)
     out = {}
     for dimension in DIMENSIONS:
         decided = {t: c.label for t, c in result[dimension].items() if c.state == "agreed"}
-        project = _project_figures(latest, dimension, decided, control, model_on_control)
+        by_annotator, suggestion = _split(latest, dimension, control)
+        project = _project_figures(suggestion, decided, control, model_on_control, dimension)
         k = len(classes[dimension])
         annotators = {}
-        for annotator, mine in sorted(_by_annotator(latest, dimension).items()):
-            figures = _annotator_figures(mine, dimension, decided, control, rubber_stamp_seconds)
+        for annotator, (on_control, suggested) in sorted(by_annotator.items()):
+            figures = _annotator_figures(on_control, suggested, dimension, decided, rubber_stamp_seconds)
             annotators[str(annotator)] = {**figures, **_independence(figures, project, k),
                                           "median_seconds": seconds.get(annotator)}
         out[dimension] = {"project": project, "annotators": annotators}
     return out
 
 
-def _by_annotator(latest: list[Vote], dimension: str) -> dict[int, list[Vote]]:
-    """Each annotator's votes that chose a class for `dimension`."""
-    grouped: dict[int, list[Vote]] = {}
+def _split(latest: list[Vote], dimension: str, control: set) -> tuple[dict, dict[int, str]]:
+    """Annotator -> (their votes on control tasks, their votes shown a suggestion), among those that
+    chose a class for `dimension`; and task -> the class suggested for it."""
+    by_annotator: dict[int, tuple[list[Vote], list[Vote]]] = {}
+    suggestion: dict[int, str] = {}
     for vote in latest:
-        if vote.labels.get(dimension) is not None:
-            grouped.setdefault(vote.annotator, []).append(vote)
-    return grouped
-
-
-def _shown_class(vote: Vote, dimension: str) -> str | None:
-    return (vote.shown or {}).get(dimension)
+        if vote.labels.get(dimension) is None:
+            continue
+        lists = by_annotator.setdefault(vote.annotator, ([], []))
+        shown = vote.shown.get(dimension) if vote.shown else None
+        if shown is not None:
+            suggestion[vote.task] = shown
+            lists[1].append(vote)
+        elif vote.task in control:
+            lists[0].append(vote)
+    return by_annotator, suggestion
 
 
 def _share(hits: list[bool]) -> dict:
     return {"n": len(hits), "share": sum(hits) / len(hits) if hits else None}
 
 
-def _project_figures(latest: list[Vote], dimension: str, decided: dict, control: set, model_on_control: dict) -> dict:
-    suggestion: dict[int, str] = {}
-    for vote in latest:
-        shown = _shown_class(vote, dimension)
-        if shown is not None:
-            suggestion[vote.task] = shown
+def _project_figures(suggestion: dict[int, str], decided: dict, control: set, model_on_control: dict,
+                     dimension: str) -> dict:
     model = {t: (model_on_control.get(t) or {}).get(dimension) for t in control}
-    return {"consensus_equals_suggestion": _share([decided[t] == s for t, s in sorted(suggestion.items())
-                                                   if t in decided]),
-            "model_right_on_control": _share([decided[t] == m for t, m in sorted(model.items())
+    return {"consensus_equals_suggestion": _share([decided[t] == s for t, s in suggestion.items() if t in decided]),
+            "model_right_on_control": _share([decided[t] == m for t, m in model.items()
                                               if m is not None and t in decided]),
             "control_tasks": len(control), "suggested_tasks": len(suggestion)}
 
 
-def _annotator_figures(mine: list[Vote], dimension: str, decided: dict, control: set, seconds: float) -> dict:
-    on_control = [v for v in mine if v.task in control and _shown_class(v, dimension) is None]
-    suggested = [v for v in mine if _shown_class(v, dimension) is not None]
+def _annotator_figures(on_control: list[Vote], suggested: list[Vote], dimension: str, decided: dict,
+                       seconds: float) -> dict:
     return {
         "control_agreement": _share([v.labels[dimension] == decided[v.task] for v in on_control if v.task in decided]),
         "suggested_agreement": _share([v.labels[dimension] == decided[v.task] for v in suggested
