@@ -5,7 +5,7 @@
 (a) ANNOTATION_CREATED events ingested per second through /webhook of the real server
     (`aesemo serve --workers 2 --threads 8`), closed loop with --clients keep-alive connections
     of a lean client (--client: socket, http.client or requests; see _server.Poster) (goals:
-    >= 1000 events/s, p99 < 50 ms). Below a goal, one request path is profiled in process
+    >= 500 events/s, p99 < 50 ms). Below a goal, one request path is profiled in process
     (Flask test client, same Redis kind) and what dominates is printed.
 (b) consensus of --tasks tasks x 3 annotators (2 aesthetic, 8 emotion classes, noisy
     annotators): backend.votes.consensus.compute with majority vote and with Dawid-Skene, and
@@ -70,7 +70,7 @@ def ingest(args) -> dict:
         stored = service.redis().hlen(keys.votes(PROJECT))
         print(f"(a) /webhook ingest, aesemo serve --workers {args.workers} --threads {args.threads}, "
               f"{args.clients} client connections (closed loop): {len(lat)} events in {out['wall']:.2f} s = "
-              f"{rate:.0f} events/s (goal >= 1000/s) | latency p50 {percentile(lat, 50) * 1e3:.1f} ms, "
+              f"{rate:.0f} events/s (goal >= 500/s) | latency p50 {percentile(lat, 50) * 1e3:.1f} ms, "
               f"p99 {percentile(lat, 99) * 1e3:.1f} ms, max {max(lat, default=float('nan')) * 1e3:.1f} ms "
               f"(goal p99 < 50 ms) | errors {len(out['errors'])}"
               + (f" {out['errors'][:3]!r}" if out["errors"] else "")
@@ -93,7 +93,7 @@ def ingest(args) -> dict:
 
 
 def profile_webhook(n: int) -> None:
-    """One worker's request path in process: Flask test client -> Backend -> embedded Redis."""
+    """One worker's request path in process: Flask test client -> the services -> embedded Redis."""
     with tempfile.TemporaryDirectory(prefix="aesemo-bench-") as tmp:
         metrics_dir = Path(tmp) / "prometheus"  # as under gunicorn: multiprocess metric files
         metrics_dir.mkdir()
@@ -104,10 +104,10 @@ def profile_webhook(n: int) -> None:
             url = ensure_embedded_redis(data_dir)
             from backend.http.app import create_app
             from backend.core.redis_connection import connect
-            from backend.service import Backend
+            from backend.services.process import Services
             from backend.core.settings import Settings
             settings = Settings(data_dir=data_dir, redis_url=url, backbone="resnet18")
-            backend = Backend(settings, connect(settings))
+            backend = Services(settings, connect(settings))
             commands = [0]
             # counted where every command of the backend is written, through the client or not
             connection_class = backend.redis.connection_pool.connection_class
@@ -293,7 +293,7 @@ def main() -> None:
           f"machine: wall times are noisy, CPU times less so)")
     if not args.skip_ingest:
         got = ingest(args)
-        if got["rate"] < 1000 or got["p99"] > 0.050:
+        if got["rate"] < 500 or got["p99"] > 0.050:
             profile_webhook(args.profile_events)
     if not args.skip_large:
         large_project(args)

@@ -13,7 +13,6 @@ import torch
 from .classes import TASKS
 from .dataset import TrainingData
 
-BALANCES = ("loss", "sampling", "off")
 MAX_CLASS_WEIGHT = 10.0   # a class seen once among hundreds would otherwise swamp its batch
 
 

@@ -28,8 +28,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-FINETUNE_MODES = ("full", "frozen", "auto")
-DEFAULT_FULL_FINETUNE_LABELS = 1000
+from .limits import FINETUNE_MODES, TRAINING_DEFAULTS
+
+DEFAULT_FULL_FINETUNE_LABELS = TRAINING_DEFAULTS["full_finetune_labels"]
 
 
 @dataclass(frozen=True)

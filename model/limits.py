@@ -1,6 +1,6 @@
-"""The allowed range of every training number, in one table. The HTTP API, the command line,
-the settings and `TrainConfig` all check against it, so a value refused in one place is refused
-in all. No torch here: the settings import it.
+"""The allowed range and the default of every training number, and every training choice list,
+each declared once. The HTTP API, the command line, the settings and `TrainConfig` all read them,
+so a value refused in one place is refused in all. No torch here: the settings import it.
 
 JSON and the command line both let through NaN, infinity and integers of any size (`1e400` is
 infinity to Python's float); a range check that compares without converting refuses them all.
@@ -77,3 +77,30 @@ TRAINING_LIMITS: dict[str, Limit] = {
 
 def check_training_value(name: str, value):
     return TRAINING_LIMITS[name].check(name, value)
+
+
+SCHEDULES = ("cosine", "step", "constant")
+BALANCES = ("loss", "sampling", "off")           # skewed labels: class weights, balanced batches, neither
+FINETUNE_MODES = ("full", "frozen", "auto")      # model/finetune.py
+PRECISIONS = ("auto", "fp32", "bf16")            # model/precision.py
+
+TRAINING_DEFAULTS: dict[str, object] = {
+    "epochs": 10,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+    "val_fraction": 0.2,
+    "patience": 3,              # epochs without a better held-out score before stopping; 0: never
+    "seed": 0,
+    "lam": 0.25,                # the emotion loss's weight (the patent's lambda)
+    "train_size": 256,          # the patent's resize, then random crops of crop_size
+    "crop_size": 224,
+    "precision": "auto",
+    "class_balance": "loss",
+    "finetune": "full",
+    "full_finetune_labels": 1000,
+    "cache_views": 4,
+    "feature_cache_bytes": 2 * 1024 ** 3,
+}

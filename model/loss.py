@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-DEFAULT_LAMBDA = 0.25
+from .limits import TRAINING_DEFAULTS
+
+DEFAULT_LAMBDA = TRAINING_DEFAULTS["lam"]
 
 
 @dataclass

@@ -67,8 +67,6 @@ class NetConfig:
         for key in ("aesthetic_classes", "emotion_classes"):
             if key in known:
                 known[key] = tuple(known[key])
-        # versions written before the head was a choice all had the three FC layers
-        known.setdefault("head", "fc3")
         return cls(**known)
 
 

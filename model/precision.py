@@ -24,10 +24,10 @@ from typing import Callable
 import torch
 
 from .files import write_text_atomically
+from .limits import PRECISIONS
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 # the timed batch and passes per dtype: small, since the check runs when a model loads or a
 # training run starts (vgg16 in fp32 takes ~2 s per forward pass of 2 images on two cores)

@@ -14,25 +14,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .balance import BALANCES, class_weights, sample_weights
+from .balance import class_weights, sample_weights
 from .classes import TASKS
 from .dataset import TrainingData
 from .errors import TrainingDiverged
 from .heldout import named_split
 from .feature_cache import CacheRequest, FeatureCache, build_feature_cache
-from .finetune import DEFAULT_FULL_FINETUNE_LABELS, FINETUNE_MODES, FreezePlan, freeze
-from .limits import TRAINING_LIMITS, check_training_value
-from .loss import DEFAULT_LAMBDA, two_task_loss
+from .finetune import FreezePlan, freeze
+from .limits import BALANCES, FINETUNE_MODES, PRECISIONS, SCHEDULES, TRAINING_DEFAULTS, TRAINING_LIMITS, check_training_value
+from .loss import two_task_loss
 from .metrics import selection_score, task_metrics
 from .network import CrossBranchNet
-from .precision import PRECISIONS, TIMING_BATCH, PrecisionChoice, choose_precision, measured_once, time_training_dtypes
-from .transforms import CROP_SIZE, IMAGENET_STD, TRAIN_SIZE, normalize, pixel_mean, random_crop_flip
+from .precision import TIMING_BATCH, PrecisionChoice, choose_precision, measured_once, time_training_dtypes
+from .transforms import IMAGENET_STD, normalize, pixel_mean, random_crop_flip
 from .version import first_non_finite
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict], None]
-SCHEDULES = ("cosine", "step", "constant")
+_DEFAULT = TRAINING_DEFAULTS
 # NHWC spares cuDNN and oneDNN layout conversions between convolutions: vgg16 on an H200 in bf16
 # 1198 vs 880 images/s; a resnet18 training step on 2 EPYC cores 1.13x faster in fp32, 1.16x in
 # bf16 (benchmarks/train_step.py)
@@ -41,28 +41,28 @@ MEMORY_FORMAT = torch.channels_last
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    val_fraction: float = 0.2
-    patience: int = 3                 # epochs without a better held-out score before stopping; 0: never
-    seed: int = 0
-    lam: float = DEFAULT_LAMBDA
-    train_size: int = TRAIN_SIZE      # images are resized to this square before random crops
-    crop_size: int = CROP_SIZE
+    epochs: int = _DEFAULT["epochs"]
+    batch_size: int = _DEFAULT["batch_size"]
+    lr: float = _DEFAULT["lr"]
+    momentum: float = _DEFAULT["momentum"]
+    weight_decay: float = _DEFAULT["weight_decay"]
+    schedule: str = _DEFAULT["schedule"]
+    val_fraction: float = _DEFAULT["val_fraction"]
+    patience: int = _DEFAULT["patience"]             # 0: never stop early
+    seed: int = _DEFAULT["seed"]
+    lam: float = _DEFAULT["lam"]
+    train_size: int = _DEFAULT["train_size"]         # images are resized to this square before random crops
+    crop_size: int = _DEFAULT["crop_size"]
     center_crop_eval: bool = False    # held-out images: resize to crop_size (the patent) or centre crop
     device: str | None = None         # None: CUDA when present, else CPU
-    precision: str = "auto"           # "fp32", "bf16" (autocast) or "auto" (model/precision.py: measured)
+    precision: str = _DEFAULT["precision"]           # "fp32", "bf16" (autocast) or "auto" (model/precision.py: measured)
     heldout_split: str | None = None  # rows of this manifest split are the held-out set (else a random one)
     keep_best: bool = True            # False: the last epoch's weights (epochs chosen by cross-validation)
-    class_balance: str = "loss"       # skewed labels: "loss" (class weights), "sampling" or "off"
-    finetune: str = "full"            # "full", "frozen" or "auto" (model/finetune.py)
-    full_finetune_labels: int = DEFAULT_FULL_FINETUNE_LABELS   # "auto": every layer trains from this many images
-    cache_views: int = 4              # augmented views per image in the frozen-feature cache
-    feature_cache_bytes: int = 2 * 1024 ** 3   # larger caches are skipped (training runs uncached)
+    class_balance: str = _DEFAULT["class_balance"]   # skewed labels: "loss" (class weights), "sampling" or "off"
+    finetune: str = _DEFAULT["finetune"]             # "full", "frozen" or "auto" (model/finetune.py)
+    full_finetune_labels: int = _DEFAULT["full_finetune_labels"]   # "auto": every layer trains from this many images
+    cache_views: int = _DEFAULT["cache_views"]       # augmented views per image in the frozen-feature cache
+    feature_cache_bytes: int = _DEFAULT["feature_cache_bytes"]     # larger caches are skipped (training runs uncached)
 
     def __post_init__(self):
         for name in TRAINING_LIMITS:  # LimitError (a ValueError) naming the field and its range
@@ -154,15 +154,7 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
     generator = torch.Generator().manual_seed(config.seed)
     features = _feature_cache(model, plan, train_set, val_set, config, mean, device, use_bf16, generator)
 
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        # no weight decay on biases and normalisation scales, as usual for SGD fine-tuning
-        (no_decay if param.ndim <= 1 else decay).append(param)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=config.lr, momentum=config.momentum)
+    optimizer = _optimizer(model, config)
     steps_per_epoch = _steps_per_epoch(len(train_set), config.batch_size)
     scheduler = make_schedule(optimizer, config, steps_per_epoch * config.epochs)
 
@@ -216,6 +208,18 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
                        precision=precision.describe())
 
 
+def _optimizer(model: CrossBranchNet, config: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum over the parameters that train; no weight decay on biases and
+    normalisation scales, as usual for SGD fine-tuning."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=config.lr, momentum=config.momentum)
+
+
 def training_precision(model: CrossBranchNet, config: TrainConfig, device: torch.device,
                        plan: FreezePlan) -> PrecisionChoice:
     """fp32 or bf16 autocast: the configured precision, "auto" as model/precision.py chooses, timing
@@ -261,7 +265,7 @@ def _stop_if_diverged(model, config: TrainConfig, epoch: int, losses: dict) -> N
 
 def _resident(data: TrainingData, device: torch.device) -> TrainingData:
     """The data moved onto the GPU when it takes under a quarter of the free memory: crops,
-    flips and normalisation then run there, and the host no longer starves the GPU."""
+    flips and normalisation then run there, so the host does not starve the GPU."""
     if device.type != "cuda":
         return data
     free, _ = torch.cuda.mem_get_info(device)

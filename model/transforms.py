@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-TRAIN_SIZE = 256
-CROP_SIZE = 224
+from .limits import TRAINING_DEFAULTS
+
+TRAIN_SIZE = TRAINING_DEFAULTS["train_size"]
+CROP_SIZE = TRAINING_DEFAULTS["crop_size"]
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 

@@ -120,7 +120,7 @@ _SHARE = Limit(float, 0, 1)
 def meta_problem(meta: dict) -> str | None:
     """What is wrong with a model.json's shape, None when nothing: every field that a listing,
     the admin page, promotion or a loader reads is checked once, here, so none of them meets a
-    surprise type (a `"metrics": "x"` used to answer 500)."""
+    surprise type (a `"metrics": "x"` would otherwise be a 500)."""
     for check in (_required_problem, _plain_problem, _classes_problem, _metrics_problem, _training_problem):
         problem = check(meta)
         if problem:

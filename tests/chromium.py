@@ -1,6 +1,6 @@
 """Headless Chromium (Debian's, driven by Playwright): the one launch the browser tests share.
-Importing it skips the importing test module when Chromium or Playwright is missing (fails it
-under CI)."""
+Importing it skips the importing test module when Debian's Chromium is missing (fails it under CI:
+scripts/setup.sh installs it as root); Playwright is a test dependency, so its absence is an error."""
 from __future__ import annotations
 
 import os
@@ -17,7 +17,7 @@ if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} is missing (Debian package chromium; scripts/setup.sh installs it as root)",
                 allow_module_level=True)
 
-sync_api = pytest.importorskip("playwright.sync_api")
+from playwright import sync_api  # noqa: E402  (after the module-level skip above)
 
 
 def artifacts_dir(tmp_path: Path) -> Path:

@@ -124,7 +124,8 @@ def test_roll_back_then_train_with_live_progress(running, browser_page):
     dialogs = []
     page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
     page.locator(f'tr[data-version="{OLD}"] button.promote').click()
-    page.wait_for_function(f"document.getElementById('current-version')?.textContent === '{OLD}'", timeout=30_000)
+    # locator waits, not wait_for_function: the page's CSP refuses the eval that one needs
+    sync_api.expect(page.locator("#current-version")).to_have_text(OLD, timeout=30_000)
     assert current_version(running) == OLD
     assert page.locator(f'tr[data-version="{OLD}"] .badge').inner_text() == "current"
     assert dialogs and OLD in dialogs[0]
@@ -140,7 +141,7 @@ def test_roll_back_then_train_with_live_progress(running, browser_page):
     page.wait_for_selector(".job", timeout=30_000)
     write_progress(running, {"state": "training", "stage": "training", "epoch": 1, "epochs": 1,
                              "step": 1, "steps": 2, "loss": 0.5, "eta_s": 30})
-    page.wait_for_function("document.querySelector('.job .epoch')?.textContent === 'epoch 1/1'", timeout=30_000)
+    sync_api.expect(page.locator(".job .epoch").first).to_have_text("epoch 1/1", timeout=30_000)
     detail = page.locator(".job").first.inner_text()
     assert "ETA" in detail and "loss 0.500" in detail, detail
     assert float(page.locator(".job progress").first.get_attribute("value")) == 0.5

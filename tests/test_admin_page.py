@@ -226,11 +226,11 @@ def test_the_page_and_its_files_need_basic_auth_when_it_is_on(admin):
 
 def test_a_section_that_fails_shows_why_and_the_rest_still_renders(admin, monkeypatch):
     from backend.core.errors import InvalidInput
-    from backend.service import Backend
+    from backend.services.consensus import ConsensusService
 
     def broken(self, project, state):
         raise InvalidInput("consensus is broken for this test")
-    monkeypatch.setattr(Backend, "consensus_overview", broken)
+    monkeypatch.setattr(ConsensusService, "overview", broken)
     text = page_text(admin)
     assert "consensus is broken for this test" in text
     assert f'<strong id="current-version">{NEW}</strong>' in text
@@ -296,7 +296,7 @@ def test_cross_site_posts_are_refused_and_same_site_ones_pass(admin):
 
 
 def test_cross_site_webhook_is_refused_too(admin):
-    """/webhook takes a path around Flask (backend.http.app.FastWebhook): the Origin check holds there."""
+    """The Origin check holds on Label Studio's /webhook too."""
     body = copy.deepcopy(example("webhook_ANNOTATION_CREATED.json"))
     body["project"]["id"] = PROJECT
     body["annotation"].update(id=5000, completed_by=9, task=60, project=PROJECT)
@@ -374,7 +374,7 @@ def test_label_studio_endpoints_answer_any_host(admin):
     body = copy.deepcopy(example("webhook_ANNOTATION_CREATED.json"))
     body["project"]["id"] = PROJECT
     body["annotation"].update(id=5100, completed_by=9, task=61, project=PROJECT)
-    assert client.post("/webhook", json=body, headers={"Host": host}).status_code == 200      # the fast path
+    assert client.post("/webhook", json=body, headers={"Host": host}).status_code == 200
     chunked = client.post("/webhook", data=json.dumps(body), content_type="application/json",
                           headers={"Host": host, "Transfer-Encoding": "chunked"},
                           environ_overrides={"wsgi.input_terminated": True})

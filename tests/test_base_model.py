@@ -13,7 +13,7 @@ from backend.cli import main
 from backend.core import keys
 from backend.core.errors import Conflict
 from backend.core.settings import Settings
-from backend.serving.registry import (REGISTERED_PREFIX, base_ref, describe_base, register_base, resolve_current,
+from backend.serving.registry import (REGISTERED_PREFIX, prepare_start, base_ref, describe_base, register_base, resolve_current,
                                       set_current_version)
 from backend.training.job import _parent
 from model.classes import DEFAULT_CLASSES
@@ -86,9 +86,12 @@ def test_the_setting_wins_over_the_command(redis_client, settings, trained, tmp_
     assert describe_base(redis_client, from_setting)["registered_by"] == "setting"
 
 
-def test_a_bad_setting_stops_at_start_up(tmp_path):
+def test_a_bad_setting_stops_at_start_up(tmp_path, settings):
     with pytest.raises(ValueError, match="AESEMO_BASE_MODEL.*not found"):
         Settings(base_model=tmp_path / "missing")
+    untrained = replace(settings, base_model=write_version(tmp_path / "untrained", trained=False))
+    with pytest.raises(ValueError, match="AESEMO_BASE_MODEL.*untrained version"):
+        prepare_start(untrained)
 
 
 def test_base_command(redis_url, tmp_path, trained, monkeypatch, capsys):

@@ -121,12 +121,15 @@ def test_env_example_values_are_the_defaults(monkeypatch):
 def test_settings_compose_sets_are_commented_out_in_env_example(compose):
     """environment: wins over env_file, so a value for them in .env would be silently ignored."""
     aesemo = _env_example()["aesemo"]
+    checked, clashes = 0, []
     for service in ("backend", "worker"):
         for name, value in _env(compose["services"][service]).items():
-            if name in aesemo and aesemo[name][1]:
-                # only a pass-through of .env's own value (or of a fallback) may stay active
-                assert value is not None and f"${{{name}" in value, \
-                    f"{name}: compose sets {value!r}, .env.example sets it too"
+            checked += name in aesemo
+            # only a pass-through of .env's own value (or of a fallback) may stay active
+            if name in aesemo and aesemo[name][1] and (value is None or f"${{{name}" not in value):
+                clashes.append(f"{service}: {name}: compose sets {value!r}, .env.example sets it too")
+    assert checked, "compose sets no aesemo setting: this test would check nothing"
+    assert not clashes, "\n".join(clashes)
 
 
 def test_label_studio_variables_are_used_by_compose():

@@ -144,7 +144,7 @@ def test_a_malformed_basic_header_is_401_json(settings, redis_client, header):
     client = create_app(replace(settings, basic_auth_user="admin", basic_auth_pass="s3cret")).test_client()
     given = {"Authorization": header}
     for response in (client.get("/health", headers=given), client.get(f"/projects/{PROJECT}/jobs", headers=given),
-                     client.post("/webhook", json=annotation_event(9), headers=given)):   # FastWebhook
+                     client.post("/webhook", json=annotation_event(9), headers=given)):
         assert_json_error(response, 401, "Basic credentials")
         assert response.headers["WWW-Authenticate"].startswith("Basic ")
 
@@ -212,10 +212,10 @@ def test_endpoints_that_need_redis_answer_503_while_it_is_down(lost_redis):
     assert client.post("/webhook", json=annotation_event(1)).status_code == 200
     stop_embedded_redis(folder)
 
-    assert_json_error(client.post("/webhook", json=annotation_event(2)), 503, "Redis is unreachable")  # FastWebhook
-    step_by_step = {**annotation_event(3), "project": {"id": 1}}                  # no label config in the body
-    assert_json_error(client.post("/webhook", json=step_by_step), 503, "Redis is unreachable")
-    chunked = chunked_post(client, "/webhook", json.dumps(annotation_event(4)).encode())  # the Flask route
+    assert_json_error(client.post("/webhook", json=annotation_event(2)), 503, "Redis is unreachable")
+    stored_config = {**annotation_event(3), "project": {"id": 1}}                  # no label config in the body
+    assert_json_error(client.post("/webhook", json=stored_config), 503, "Redis is unreachable")
+    chunked = chunked_post(client, "/webhook", json.dumps(annotation_event(4)).encode())
     assert_json_error(chunked, 503, "Redis is unreachable")
     for path in ("/projects/1/consensus", "/projects/1/consensus/tasks?state=agreed", "/projects/1/jobs",
                  "/projects/1/versions"):
@@ -277,7 +277,7 @@ def test_setup_and_predict_go_on_from_memory_while_redis_is_down(lost_redis):
     ({}, False),                                                      # Label Studio, curl
 ])
 def test_sec_fetch_site_refuses_other_sites(client, headers, refused):
-    for path in (f"/projects/{PROJECT}/versions/v1/promote", "/webhook"):   # Flask, and FastWebhook's path
+    for path in (f"/projects/{PROJECT}/versions/v1/promote", "/webhook"):
         response = client.post(path, data=json.dumps(annotation_event(9)), content_type="application/json",
                                headers=headers)
         if refused:

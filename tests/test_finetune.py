@@ -144,9 +144,3 @@ def test_frozen_parameters_and_statistics_do_not_change(small_data, mode, labels
 def test_the_job_freezes_only_starts_whose_filters_mean_something(parent_meta, configured, mode):
     from backend.training.job import finetune_mode
     assert finetune_mode(parent_meta, configured) == mode
-
-
-def test_the_setting_offers_exactly_the_modes_training_knows():
-    from backend.core.settings import FINETUNE_CHOICES
-    from model.finetune import FINETUNE_MODES
-    assert set(FINETUNE_CHOICES) == set(FINETUNE_MODES)

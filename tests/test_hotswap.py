@@ -21,7 +21,7 @@ import requests
 from backend.http.app import create_app
 from backend.core.redis_connection import connect, ensure_embedded_redis, stop_embedded_redis
 from backend.serving.registry import project_versions_dir, set_current_version
-from backend.service import Backend
+from backend.services.process import Services
 
 from training_project import (aesemo_command, flip_a_byte, log_tail, predict_body, service_env, settings_for,
                               start_process, stop_process, write_small_version)
@@ -204,7 +204,7 @@ def test_corrupted_version_published_behind_promotes_back_is_refused(served):
 
 
 def test_predict_answers_from_memory_while_redis_is_down(tmp_path, images):
-    """A Backend on its own embedded redis-server, which is stopped between two requests."""
+    """The services on their own embedded redis-server, which is stopped between two requests."""
     redis_dir = tmp_path / "own-redis"
     url = ensure_embedded_redis(redis_dir)
     try:
@@ -212,7 +212,7 @@ def test_predict_answers_from_memory_while_redis_is_down(tmp_path, images):
         client = redis.Redis.from_url(url, decode_responses=True)
         write_small_version(project_versions_dir(settings, "8") / "v0001-memory", seed=8)
         set_current_version(client, "8", "v0001-memory")
-        app = create_app(settings, Backend(settings, connect(settings)))
+        app = create_app(settings, Services(settings, connect(settings)))
         http = app.test_client()
         body = predict_body(8, [images.url("/img/5.png"), images.url("/img/6.png")])
         assert body["label_config"]

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from backend.fetch import address_guard
-from backend.labelstudio import tokens as ls_auth
+from backend.fetch import tokens as ls_auth
 from backend.fetch.address_guard import is_forbidden_address
 from backend.fetch.errors import ERROR_KINDS, ImageFetchError, public_url
 from backend.fetch.fetcher import ImageFetcher

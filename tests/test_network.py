@@ -328,19 +328,13 @@ def test_linear_head_is_one_layer_after_the_pool_and_round_trips_through_the_con
     logits_a, logits_e = model(torch.randn(2, 3, 64, 64))
     assert logits_a.shape == (2, 2) and logits_e.shape == (2, 8)
     assert NetConfig.from_dict(config.to_dict()) == config
-    older = {k: v for k, v in config.to_dict().items() if k != "head"}   # a model.json from before heads
-    assert NetConfig.from_dict(older).head == "fc3"
     with pytest.raises(ValueError, match="head"):
         NetConfig(head="mlp")
 
 
-def test_head_follows_the_backbone_and_old_configs_keep_three_fc_layers():
+def test_head_follows_the_backbone():
     assert NetConfig(backbone="vgg16").head == "fc3"          # the patent's, with ImageNet's fc1/fc2
     assert NetConfig(backbone="resnet18").head == "linear"    # benchmarks/ablation.py
     assert NetConfig(backbone="mobilenet_v3_small").head == "linear"
     assert NetConfig(backbone="resnet18", head="fc3").head == "fc3"
-    # a model.json written before the head was a choice describes three FC layers
-    old = NetConfig(backbone="resnet18").to_dict()
-    del old["head"]
-    assert NetConfig.from_dict(old).head == "fc3"
     assert NetConfig.from_dict(NetConfig(backbone="resnet18").to_dict()).head == "linear"

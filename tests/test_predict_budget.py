@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import redis
 
 from backend.http.app import create_app
 from backend.serving.predict import FETCH_THREADS
@@ -38,6 +39,7 @@ def base_app(tmp_path_factory, redis_url, images):
     settings = replace(Settings(), data_dir=Path(tmp_path_factory.mktemp("budget")) / "data", redis_url=redis_url,
                        backbone="resnet18", allowed_image_hosts=("127.0.0.1",), suggest_untrained=True,
                        inference_path="pytorch")  # tests/test_runtime.py runs the budget on the runtime path
+    redis.Redis.from_url(redis_url).flushdb()  # no other module's current versions for project 5
     app = create_app(settings)
     warm = post(app.test_client(), predict_body(PROJECT, [images.url("/img/1.png")]))
     assert warm.status_code == 200, warm.get_data(as_text=True)  # the model is loaded from here on

@@ -394,8 +394,3 @@ def test_a_bf16_weights_file_that_is_not_the_versions_is_never_served(version, r
     assert rewritten.keys() == original.keys()
     assert all(torch.equal(rewritten[k], v.to(torch.bfloat16) if v.is_floating_point() else v)
                for k, v in original.items())
-
-
-def test_the_setting_offers_exactly_the_precisions_the_predictor_knows():
-    from backend.core.settings import PRECISION_CHOICES
-    assert set(PRECISION_CHOICES) == set(predictor_module.PRECISIONS)

@@ -11,19 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("openvino")
-pytest.importorskip("nncf")
+import openvino  # noqa: F401  (a hard dependency: a broken install fails here)
 
-from backend.core.settings import Settings  # noqa: E402
-from backend.http.app import create_app  # noqa: E402
-from backend.serving.models import ModelCache  # noqa: E402
-from backend.serving.registry import VersionRef, project_versions_dir, set_current_version  # noqa: E402
-from model import runtime  # noqa: E402
-from model.predictor import Predictor  # noqa: E402
-from model.version import RUNTIME_FILE  # noqa: E402
+from backend.core.settings import Settings
+from backend.http.app import create_app
+from backend.serving.models import ModelCache
+from backend.serving.registry import VersionRef, project_versions_dir, set_current_version
+from model import runtime
+from model.predictor import Predictor
+from model.version import RUNTIME_FILE
 
-from hanging_server import HangingServer  # noqa: E402
-from training_project import flip_a_byte, predict_body, setup_project, write_small_version  # noqa: E402
+from hanging_server import HangingServer
+from training_project import flip_a_byte, predict_body, setup_project, write_small_version
 
 PROJECT = 7
 FIRST, SECOND = "v0001-20261101000000", "v0002-20261102000000"

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from backend.tools.stack import (LABEL_CONFIG, SAMPLE_PHOTOS, StackError, StackOptions, _only_stack_of,
-                                  check_ports_free, default_ls_venv, load_or_create_state, pre_annotate,
-                                  sample_photos, uploaded_name)
+from backend.tools.demo_project import (LABEL_CONFIG, SAMPLE_PHOTOS, load_or_create_state, pre_annotate,
+                                         sample_photos, uploaded_name)
+from backend.tools.processes import StackError
+from backend.tools.stack import StackOptions, _only_stack_of, check_ports_free, default_ls_venv
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 
 from backend.core.settings import load_settings
 from backend.labelstudio.label_config import ProjectLabels
-from backend.serving.uncertainty import MEASURES, certainty, entropy, least_confidence, margin
+from model.uncertainty import MEASURES, certainty, entropy, least_confidence, margin
 
 LABELS = ProjectLabels("img", "photo", "aesthetic", "emotion", ("high", "low"), ("joy", "calm", "fear"))
 

@@ -241,8 +241,7 @@ def stored_state(db, project: str = PROJECT) -> dict:
 
 
 def without_label_config(event: dict) -> dict:
-    """The same event naming only the project: the webhook then reads the stored label config
-    and goes step by step (record, read, apply) instead of its one-round-trip script."""
+    """The same event naming only the project: the webhook then reads the stored label config."""
     return {**event, "project": {"id": event["project"]["id"]}}
 
 
@@ -255,7 +254,7 @@ def replay_state(client, db, events) -> dict:
     return stored_state(db)
 
 
-def test_one_round_trip_and_step_by_step_store_the_same(client, db):
+def test_a_label_config_in_the_body_or_stored_gives_the_same_votes(client, db):
     rng = random.Random(11)
     for attempt in range(6):
         events = stream() + stream()[:5]
@@ -278,56 +277,17 @@ def refused_bodies() -> dict[str, dict]:
     return {"no author": no_author, "a bad one of several": several, "bad label config": bad_config}
 
 
-def test_refused_votes_store_the_same_on_both_paths(client, settings, db):
-    """With auto-training on, a vote event goes step by step; off, in one round trip: a refusal
-    answers the same and leaves the same behind (the event, a readable label config, the votes
-    before the bad one)."""
-    step_by_step = create_app(replace(settings, auto_train_threshold=1000)).test_client()
+def test_a_refused_vote_event_leaves_the_event_and_the_votes_before_the_bad_one(client, db):
     for name, body in refused_bodies().items():
-        outcomes = []
-        for webhook in (client, step_by_step):
-            db.flushdb()
-            response = post(webhook, "/webhook", body)
-            outcomes.append((response.status_code, response.get_json(), stored_state(db)))
-        assert outcomes[0] == outcomes[1], name
-        status, _, stored = outcomes[0]
-        assert status in (400, 422) and len(stored["events"]) == 1, name
+        db.flushdb()
+        response = post(client, "/webhook", body)
+        stored = stored_state(db)
+        assert response.status_code in (400, 422) and len(stored["events"]) == 1, name
         assert [json.loads(r)["annotation"] for r in stored["votes"]] == ([3] if name.endswith("several") else [])
 
 
-def redis_calls(client, db, body) -> tuple[dict, list[str]]:
-    """The reply to one webhook and the commands Redis received for it (MONITOR, less those a
-    Lua script ran), i.e. the backend's round trips."""
-    with db.monitor() as monitor:
-        db.echo("webhook-starts")  # (after this connection's own handshake, if it needed one)
-        reply = send(client, body)
-        db.echo("webhook-answered")
-        while "webhook-starts" not in monitor.next_command()["command"]:
-            pass
-        sent = []
-        while "webhook-answered" not in (command := monitor.next_command())["command"]:
-            if command["client_type"] != "lua":
-                sent.append(command["command"].split()[0].upper())
-        return reply, sent
-
-
-def test_annotation_event_is_one_round_trip(client, db):
-    send(client, annotation_event(1, 1, 2, "high", "awe", at=1))  # loads the script
-    reply, sent = redis_calls(client, db, annotation_event(2, 1, 3, "low", "fear", at=2))
-    assert reply["votes"] == ["added"] and sent == ["EVALSHA"]
-    # and the one script did all of it: the event is in the audit stream, the vote is stored
-    assert [json.loads(f["event"])["annotation"]["id"] for _, f in db.xrange(keys.EVENTS)] == [1, 2]
-    assert votes_by_annotation(db)[2].labels == {"aesthetic": "low", "emotion": "fear"}
-    several = example("webhook_ANNOTATION_CREATED.json")
-    several["action"] = "ANNOTATIONS_CREATED"
-    several["annotation"] = [annotation_event(i, 5, i, at=i)["annotation"] for i in (3, 4)]
-    reply, sent = redis_calls(client, db, several)
-    assert reply["votes"] == ["added", "added"] and sent == ["EVALSHA"]
-    assert {3, 4} <= set(votes_by_annotation(db))
-
-
 def test_annotation_events_after_a_redis_restart(settings, own_redis):
-    """The webhook's held connections reconnect, and the script is loaded again."""
+    """The webhook reconnects, and its scripts are loaded again."""
     url = ensure_embedded_redis(own_redis)
     client = create_app(replace(settings, redis_url=url)).test_client()
     assert send(client, annotation_event(1, 1, 2, at=1))["votes"] == ["added"]
@@ -356,10 +316,10 @@ def test_label_config_sent_with_an_event_replaces_the_stored_one(client, db):
 # ----- times are instants, not text --------------------------------------------------------------
 
 def timed_event(ann: int, user: int, aesthetic: str, updated_at, action: str = "ANNOTATION_CREATED",
-                step_by_step: bool = False) -> dict:
+                config_stored: bool = False) -> dict:
     body = annotation_event(ann, 1, user, aesthetic, None, action=action)
     body["annotation"]["updated_at"] = updated_at
-    return without_label_config(body) if step_by_step else body
+    return without_label_config(body) if config_stored else body
 
 
 def set_up_project(client) -> None:
@@ -368,19 +328,19 @@ def set_up_project(client) -> None:
     assert post(client, "/setup", {"project": PROJECT, "label_config": config}).status_code == 200
 
 
-@pytest.mark.parametrize("step_by_step", [False, True], ids=["one-round-trip", "step-by-step"])
+@pytest.mark.parametrize("config_stored", [False, True], ids=["config-in-body", "config-stored"])
 @pytest.mark.parametrize("older, newer", [
     ("2026-11-27T12:00:05Z", "2026-11-27T12:00:05.300000Z"),       # as text, "Z" sorts after "."
     ("2026-11-27T12:00:05.3Z", "2026-11-27T12:00:05.300001Z"),
     ("2026-11-27T12:30:00+01:00", "2026-11-27T12:00:00Z"),          # 11:30 UTC, then 12:00 UTC
     ("2026-11-27T12:00:00Z", "2026-11-27T07:30:00-05:00"),          # 12:00 UTC, then 12:30 UTC
 ])
-def test_updates_are_ordered_by_instant_not_text(client, db, older, newer, step_by_step):
+def test_updates_are_ordered_by_instant_not_text(client, db, older, newer, config_stored):
     set_up_project(client)
-    assert send(client, timed_event(1, 2, "high", older, step_by_step=step_by_step))["votes"] == ["added"]
-    update = timed_event(1, 2, "low", newer, "ANNOTATION_UPDATED", step_by_step)
+    assert send(client, timed_event(1, 2, "high", older, config_stored=config_stored))["votes"] == ["added"]
+    update = timed_event(1, 2, "low", newer, "ANNOTATION_UPDATED", config_stored)
     assert send(client, update)["votes"] == ["changed"]
-    assert send(client, timed_event(1, 2, "high", older, step_by_step=step_by_step))["votes"] == ["stale"]
+    assert send(client, timed_event(1, 2, "high", older, config_stored=config_stored))["votes"] == ["stale"]
     assert votes_by_annotation(db)[1].labels["aesthetic"] == "low"
 
 
@@ -394,7 +354,7 @@ def test_latest_vote_of_an_annotator_is_the_latest_instant(client, db):
     assert task_state(client, 1)["votes"] == {"2": "low", "3": "low"}
 
 
-@pytest.mark.parametrize("step_by_step", [False, True], ids=["one-round-trip", "step-by-step"])
+@pytest.mark.parametrize("config_stored", [False, True], ids=["config-in-body", "config-stored"])
 @pytest.mark.parametrize("field, value", [
     ("updated_at", "yesterday"), ("updated_at", "2026-13-01T00:00:00Z"), ("updated_at", 1795782039),
     ("updated_at", ["2026-11-27T12:00:00Z"]), ("created_at", "27/11/2026 12:00"),
@@ -402,9 +362,9 @@ def test_latest_vote_of_an_annotator_is_the_latest_instant(client, db):
     ("updated_at", "2026-11-27T12:00:00\u0000Z"), ("updated_at", "2026-11-27T12:00:00Z\n"),
     ("updated_at", "2026-11-27T12:00:00\x7fZ"), ("created_at", "2026-W48-5"), ("updated_at", "20261127T120000"),
 ])
-def test_bad_time_is_400_naming_the_field(client, db, field, value, step_by_step):
+def test_bad_time_is_400_naming_the_field(client, db, field, value, config_stored):
     set_up_project(client)
-    body = timed_event(1, 2, "high", "2026-11-27T12:00:00Z", step_by_step=step_by_step)
+    body = timed_event(1, 2, "high", "2026-11-27T12:00:00Z", config_stored=config_stored)
     if field == "created_at":
         del body["annotation"]["updated_at"]
     body["annotation"][field] = value
@@ -412,29 +372,6 @@ def test_bad_time_is_400_naming_the_field(client, db, field, value, step_by_step
     assert response.status_code == 400, response.get_data(as_text=True)
     assert f'"{field}"' in response.get_json()["error"] and "ISO 8601" in response.get_json()["error"]
     assert records(db) == []
-
-
-@pytest.mark.parametrize("step_by_step", [False, True], ids=["one-round-trip", "step-by-step"])
-def test_votes_stored_with_text_times_by_an_older_version(client, db, step_by_step):
-    """Records and vote times that an older version wrote (ISO text, no instant) keep their
-    order: the stored times are rewritten as instants on the project's next vote."""
-    set_up_project(client)
-    for ann, user, at in ((1, 2, "2026-11-27T12:00:05Z"), (2, 3, "2026-11-27T12:00:07Z")):
-        old = json.loads(Vote(annotation=ann, task=1, annotator=user, updated_at=at,
-                              labels={"aesthetic": "high", "emotion": None}).record())
-        del old["updated_us"]
-        db.hset(keys.votes(PROJECT), ann, json.dumps(old, sort_keys=True, separators=(",", ":")))
-        db.hset(keys.vote_times(PROJECT), ann, at)
-        db.sadd(keys.task_votes(PROJECT, 1), ann)
-    older = timed_event(1, 2, "low", "2026-11-27T12:00:04.900000Z", "ANNOTATION_UPDATED", step_by_step)
-    assert send(client, older)["votes"] == ["stale"]
-    newer = timed_event(1, 2, "low", "2026-11-27T12:00:05.200000Z", "ANNOTATION_UPDATED", step_by_step)
-    assert send(client, newer)["votes"] == ["changed"]
-    times = db.hgetall(keys.vote_times(PROJECT))
-    assert times == {"1": "1795780805200000", "2": "1795780807000000"}
-    votes = votes_by_annotation(db)
-    assert votes[2].updated_us == 1795780807000000          # read from the older record's text
-    assert [votes[1].labels["aesthetic"], votes[2].labels["aesthetic"]] == ["low", "high"]
 
 
 # ----- what counts as a vote ---------------------------------------------------------------------
@@ -558,8 +495,8 @@ def test_choice_not_in_config_keeps_the_valid_dimension(client, db):
     assert task_state(client, 1, "emotion")["votes"] == {"2": "awe"}
 
 
-@pytest.mark.parametrize("step_by_step", [False, True], ids=["one-round-trip", "step-by-step"])
-def test_unknown_choices_are_cut_and_counted_in_a_small_record_and_one_log_line(client, db, caplog, step_by_step):
+@pytest.mark.parametrize("config_stored", [False, True], ids=["config-in-body", "config-stored"])
+def test_unknown_choices_are_cut_and_counted_in_a_small_record_and_one_log_line(client, db, caplog, config_stored):
     set_up_project(client)
     body = annotation_event(811, 1, 2, "high", None)
     region = body["annotation"]["result"][0]
@@ -568,7 +505,7 @@ def test_unknown_choices_are_cut_and_counted_in_a_small_record_and_one_log_line(
         {**region, "value": {"choices": [f"unknown-{n}"]}} for n in range(10_000)]
     body["annotation"]["result"].append({**region, "value": {"choices": ["low"]}})
     with caplog.at_level(logging.WARNING, logger="backend.votes.store"):
-        assert send(client, without_label_config(body) if step_by_step else body)["votes"] == ["added"]
+        assert send(client, without_label_config(body) if config_stored else body)["votes"] == ["added"]
     vote = votes_by_annotation(db)[811]
     assert vote.labels == {"aesthetic": "low", "emotion": None}
     assert len(vote.record()) < 1024, len(vote.record())
@@ -763,10 +700,9 @@ def test_record_round_trip_and_older_records():
         Vote.from_record(json.dumps({**older, "surprise": 1}))
 
 
-def test_record_without_an_instant_takes_it_from_its_text():
+def test_a_vote_built_without_its_instant_takes_it_from_its_text():
     vote = Vote(annotation=5, task=2, annotator=3, updated_at="2026-11-27T13:00:00.25+01:00", labels={})
     assert vote.updated_us == 1795780800250000
-    older = json.loads(vote.record())
-    del older["updated_us"]
-    assert Vote.from_record(json.dumps(older)) == vote
-    assert Vote(annotation=5, task=2, annotator=3, updated_at="", labels={}).updated_us == 0
+    assert Vote.from_record(vote.record()) == vote
+    with pytest.raises(ValueError, match="ISO 8601"):
+        Vote(annotation=5, task=2, annotator=3, updated_at="", labels={})

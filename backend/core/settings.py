@@ -15,12 +15,11 @@ from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from model.limits import TRAINING_LIMITS, Limit
+from model.limits import FINETUNE_MODES, PRECISIONS, TRAINING_DEFAULTS, TRAINING_LIMITS, Limit
+from model.uncertainty import MEASURES
 
-# model/finetune.py's FINETUNE_MODES and model/precision.py's PRECISIONS, spelled out: settings
-# load without torch (tests check they agree)
-FINETUNE_CHOICES = ("full", "auto", "frozen")
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
+from backend.core.consensus_policy import METHODS, POLICY_LIMITS, Policy
+
 
 Parser = Callable[[str, str], Any]
 Check = Callable[[str, Any], None]
@@ -67,31 +66,23 @@ def _one_of(choices: Callable[[], tuple[str, ...]]) -> Check:
 
 
 def _uncertainty_measures() -> tuple[str, ...]:
-    from backend.serving.uncertainty import MEASURES
     return tuple(MEASURES)
 
 
 def _consensus_limit(key: str) -> Callable[[], Limit]:
-    """The consensus policy's range, looked up when used: backend.votes.consensus imports numpy."""
-    def limit() -> Limit:
-        from backend.votes.consensus import POLICY_LIMITS
-        return POLICY_LIMITS[key]
-    return limit
+    return lambda: POLICY_LIMITS[key]
 
 
 def _consensus_methods() -> tuple[str, ...]:
-    from backend.votes.consensus import METHODS
-    return tuple(METHODS)
+    return METHODS
 
 
 def _base_model(name: str, value: Path | None) -> None:
-    """Cheap (model.json only, no weights read): the hash is checked when the model loads."""
-    if value is None:
-        return
-    from backend.serving.registry import base_problem
-    why = base_problem(value, thorough=False)
-    if why:
-        raise ValueError(f"setting {name}={value}: {why}")
+    """Only that it looks like a version folder: `aesemo serve` and `aesemo worker` check at start
+    that it holds a trained version (backend/serving/registry.py's prepare_start), and its weights'
+    hash is checked when it loads."""
+    if value is not None and not (value / "model.json").is_file():
+        raise ValueError(f"setting {name}: version folder {value} not found (no model.json)")
 
 
 _FRACTION = Limit(float, 0, 1)
@@ -230,13 +221,13 @@ class Settings:
         "pre-annotate with a model version that was never trained on labels (its suggestions are "
         "random); off: `/predict` answers `[]` per task until the project has a trained version", parse=_flag)
     consensus_method: str = setting(
-        "AESEMO_CONSENSUS_METHOD", "majority", "default consensus method (`majority` or `dawid_skene`)",
+        "AESEMO_CONSENSUS_METHOD", Policy.method, "default consensus method (`majority` or `dawid_skene`)",
         check=_one_of(_consensus_methods))
     consensus_min_annotators: int = setting(
-        "AESEMO_CONSENSUS_MIN_ANNOTATORS", 3, "votes a task needs before it can be agreed",
+        "AESEMO_CONSENSUS_MIN_ANNOTATORS", Policy.min_annotators, "votes a task needs before it can be agreed",
         parse=_integer, limit=_consensus_limit("min_annotators"))
     consensus_min_agreement: float = setting(
-        "AESEMO_CONSENSUS_MIN_AGREEMENT", 0.5, "least share of the top class for agreement",
+        "AESEMO_CONSENSUS_MIN_AGREEMENT", Policy.min_agreement, "least share of the top class for agreement",
         parse=_number, limit=_consensus_limit("min_agreement"))
     auto_train_threshold: int = setting(
         "AESEMO_AUTO_TRAIN_THRESHOLD", 0, "ask for training each time this many new labels are agreed",
@@ -258,44 +249,44 @@ class Settings:
         "AESEMO_MAX_FAILED_IMAGES", 0.2, "largest share of training images that may fail to download",
         parse=_number, limit=_FRACTION)
     train_epochs: int = setting(
-        "AESEMO_TRAIN_EPOCHS", 10, "training epochs (a request's parameters win)",
+        "AESEMO_TRAIN_EPOCHS", TRAINING_DEFAULTS["epochs"], "training epochs (a request's parameters win)",
         parse=_integer, limit=TRAINING_LIMITS["epochs"])
     train_patience: int = setting(
-        "AESEMO_TRAIN_PATIENCE", 3,
+        "AESEMO_TRAIN_PATIENCE", TRAINING_DEFAULTS["patience"],
         "early stopping: epochs without a better held-out score before a job stops; 0 switches it off",
         parse=_integer, limit=TRAINING_LIMITS["patience"])
     train_batch_size: int = setting(
-        "AESEMO_TRAIN_BATCH_SIZE", 16,
+        "AESEMO_TRAIN_BATCH_SIZE", TRAINING_DEFAULTS["batch_size"],
         "training batch size (a request's parameters win)",
         parse=_integer, limit=TRAINING_LIMITS["batch_size"])
     train_lr: float = setting(
-        "AESEMO_TRAIN_LR", 1e-3, "training learning rate (a request's parameters win)",
+        "AESEMO_TRAIN_LR", TRAINING_DEFAULTS["lr"], "training learning rate (a request's parameters win)",
         parse=_number, limit=TRAINING_LIMITS["lr"])
     train_device: str | None = setting(
         "AESEMO_TRAIN_DEVICE", None, "device of the training worker (`aesemo worker --device` sets it)",
         shown="CUDA when present")
     train_image_size: int = setting(
-        "AESEMO_TRAIN_IMAGE_SIZE", 256, "training resize size in pixels (the patent's)",
+        "AESEMO_TRAIN_IMAGE_SIZE", TRAINING_DEFAULTS["train_size"], "training resize size in pixels (the patent's)",
         parse=_integer, limit=TRAINING_LIMITS["train_size"])
     train_crop_size: int = setting(
-        "AESEMO_TRAIN_CROP_SIZE", 224,
+        "AESEMO_TRAIN_CROP_SIZE", TRAINING_DEFAULTS["crop_size"],
         "training random-crop size in pixels (the patent's; not above the resize size)",
         parse=_integer, limit=TRAINING_LIMITS["crop_size"])
     train_precision: str = setting(
-        "AESEMO_TRAIN_PRECISION", "auto",
+        "AESEMO_TRAIN_PRECISION", TRAINING_DEFAULTS["precision"],
         "what training computes in. `auto`: bf16 autocast on CUDA where supported and on a CPU with native bf16 "
         "(AVX-512-BF16, AMX) when a timed training step is at least 10 % faster (resnet18 1.8x, vgg16 2x, "
         "mobilenet_v3_small slower here), else fp32; `fp32` or `bf16` (autocast over fp32 weights): that, untimed",
-        check=_one_of(lambda: PRECISION_CHOICES))
+        check=_one_of(lambda: PRECISIONS))
     finetune: str = setting(
-        "AESEMO_FINETUNE", "full",
+        "AESEMO_FINETUNE", TRAINING_DEFAULTS["finetune"],
         "which layers a job started from pretrained or base weights trains: `full`, every layer (the patent's; "
         "benchmarks/learning.py measured it best from 24 and 96 labels); `auto`, the backbone frozen for small sets "
         "and its deeper groups unfrozen as the set grows (AESEMO_FULL_FINETUNE_LABELS): seconds instead of minutes, "
         "less accurate; `frozen`, every convolution group frozen (a random start always trains every layer)",
-        check=_one_of(lambda: FINETUNE_CHOICES))
+        check=_one_of(lambda: FINETUNE_MODES))
     full_finetune_labels: int = setting(
-        "AESEMO_FULL_FINETUNE_LABELS", 1000,
+        "AESEMO_FULL_FINETUNE_LABELS", TRAINING_DEFAULTS["full_finetune_labels"],
         "with AESEMO_FINETUNE=auto: training images from which every layer trains; "
         "below it the backbone's deepest groups unfreeze one per doubling of the set, the smallest sets "
         "train the heads only on cached features (a random start always trains every layer)",
@@ -346,7 +337,7 @@ class Settings:
         "what the PyTorch predictor computes in. `auto`: on a CPU with native bf16 the faster of fp32 and bf16, "
         "timed on a small batch when a model loads (once per backbone, input size and threads in a process), "
         "fp32 on other CPUs, bf16 on CUDA where supported; `fp32` or `bf16`: that, untimed",
-        check=_one_of(lambda: PRECISION_CHOICES))
+        check=_one_of(lambda: PRECISIONS))
     runtime_min_agreement: float = setting(
         "AESEMO_RUNTIME_MIN_AGREEMENT", 0.99,
         "least top-1 agreement, per task, of an exported runtime with the float32 PyTorch outputs for it "

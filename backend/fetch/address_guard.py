@@ -24,7 +24,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from backend.core.settings import Settings
 from backend.fetch.deadline import Deadline
 from backend.fetch.errors import ImageFetchError, failure_reason, public_url
-from backend.labelstudio import tokens as ls_auth
+from backend.fetch import tokens as ls_auth
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Rules this module keeps:
 
 * A token goes only to the Label Studio origin it belongs to (scheme, host and port), never to
   any other host, including redirect targets: LABEL_STUDIO_API_KEY only to LABEL_STUDIO_URL,
-  /setup's access_token only to /setup's hostname (backend/labelstudio/tokens.py decides).
+  /setup's access_token only to /setup's hostname (backend/fetch/tokens.py decides).
 * Relative URLs are Label Studio's: LABEL_STUDIO_URL when set, else /setup's hostname.
 * No request reaches a loopback, private, link-local, multicast, reserved or otherwise
   non-global address (SSRF), unless the host is LABEL_STUDIO_URL's or listed in
@@ -45,7 +45,7 @@ from backend.fetch.address_guard import AddressGuard, GuardedAdapter, allowed_ho
 from backend.fetch.deadline import Deadline
 from backend.fetch.disk_cache import DiskCache
 from backend.fetch.errors import ImageFetchError, network_error, public_url
-from backend.labelstudio import tokens as ls_auth
+from backend.fetch import tokens as ls_auth
 from model.errors import ImageError, ImageTooLarge
 from model.images import open_image
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import redis
 
-from backend.labelstudio import tokens as ls_auth
+from backend.fetch import tokens as ls_auth
 from backend.core.errors import DomainError, NotFound
-from backend.serving.refresh_queue import refresh_jobs
 from backend.serving.registry import base_ref, is_trained_version, project_versions_dir, version_folder
 from backend.serving.suggestions import withheld_reason
+from backend.services.process import Services
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +22,10 @@ ACTIVE_JOB_STATES = ("queued", "started", "deferred", "scheduled")
 DISPUTED_SHOWN = 50  # the rest is one click away, in the JSON list
 
 
-def admin_view(backend, selected: str | None) -> dict:
+def admin_view(services: Services, selected: str | None) -> dict:
     """Every known project, and the panel of the selected one (default: the first)."""
     try:
-        projects, invalid = backend.projects.known_and_invalid()
+        projects, invalid = services.projects.store.known_and_invalid()
     except redis.RedisError as exc:
         log.warning("admin page: Redis error: %s", exc)
         return {"projects": [], "project": None, "unknown_project": False,
@@ -34,64 +34,64 @@ def admin_view(backend, selected: str | None) -> dict:
     view = {"projects": projects, "project": project, "unknown_project": selected not in (None, *projects),
             "invalid_projects": invalid}
     if project is not None:
-        view.update(project_panel(backend, project))
+        view.update(project_panel(services, project))
     return view
 
 
-def project_panel(backend, project: str) -> dict:
+def project_panel(services, project: str) -> dict:
     return {
-        "label_studio": label_studio_url(backend, project),
-        "versions": _section(lambda: versions_section(backend, project)),
-        "jobs": _section(lambda: jobs_section(backend, project)),
-        "consensus": _section(lambda: consensus_section(backend, project)),
-        "refresh": _section(lambda: refresh_section(backend, project)),
+        "label_studio": label_studio_url(services, project),
+        "versions": _section(lambda: versions_section(services, project)),
+        "jobs": _section(lambda: jobs_section(services, project)),
+        "consensus": _section(lambda: consensus_section(services, project)),
+        "refresh": _section(lambda: refresh_section(services, project)),
     }
 
 
-def label_studio_url(backend, project: str) -> str | None:
+def label_studio_url(services, project: str) -> str | None:
     """Where the admin's browser reaches Label Studio: the host Label Studio itself announced in
     /setup (its public address), else LABEL_STUDIO_URL (which may be a container-network name).
     Only an http(s) URL becomes a link: a stored value may predate /setup's check, or have been
     written to Redis directly, and a javascript: one would run in the admin's page."""
-    context = backend.project_context(project)
-    candidates = ((context.hostname if context else None), backend.settings.label_studio_url)
+    context = services.projects.context(project)
+    candidates = ((context.hostname if context else None), services.settings.label_studio_url)
     url = next((c for c in candidates if ls_auth.is_http_url(c)), None)
     return url.rstrip("/") if url else None
 
 
-def versions_section(backend, project: str) -> dict:
-    listing = backend.project_versions(project)
-    folder = project_versions_dir(backend.settings, project)
+def versions_section(services, project: str) -> dict:
+    listing = services.versions.project_versions(project)
+    folder = project_versions_dir(services.settings, project)
     versions = [{**v, "reports": report_images(folder / v["version"])} for v in reversed(listing["versions"])]
     current = next((v for v in versions if v["current"]), None)
     return {"current_name": listing["current"], "current": current, "versions": versions,
-            "rollback_to": rollback_target(backend, project) if current else None,
+            "rollback_to": rollback_target(services, project) if current else None,
             "skipped": listing["skipped"], "base_model": listing["base_model"],
-            "untrained": untrained_banner(backend, project), "inference": inference_path(backend, project)}
+            "untrained": untrained_banner(services, project), "inference": inference_path(services, project)}
 
 
-def inference_path(backend, project: str) -> dict | None:
+def inference_path(services, project: str) -> dict | None:
     """How this process serves the project's model (OpenVINO int8/fp32 or PyTorch) and why;
     None before its first prediction loaded one."""
-    served = backend.swap.get(project)
+    served = services.swap.get(project)
     if served is None:
         return None
     return {"version": served.version, "path": served.path, "reason": served.path_reason}
 
 
-def rollback_target(backend, project: str) -> str:
+def rollback_target(services, project: str) -> str:
     """The base version a rollback serves (its name only: nothing is written or loaded)."""
-    return base_ref(backend.redis, backend.settings, backend.project_labels(project).classes()).name
+    return base_ref(services.redis, services.settings, services.projects.project_labels(project).classes()).name
 
 
-def untrained_banner(backend, project: str) -> dict | None:
+def untrained_banner(services, project: str) -> dict | None:
     """What the page says when the project serves a version never trained on labels (None when
     it serves a trained one): its suggestions are random, whether they are withheld, and the fix."""
-    served = backend.version_ref(project, backend.project_labels(project))
+    served = services.projects.version_ref(project, services.projects.project_labels(project))
     if is_trained_version(served.folder):
         return None
-    return {"version": served.name, "withheld": withheld_reason(backend.settings, served.name, False) is not None,
-            "min_labels": backend.settings.min_training_labels}
+    return {"version": served.name, "withheld": withheld_reason(services.settings, served.name, False) is not None,
+            "min_labels": services.settings.min_training_labels}
 
 
 def report_images(version_folder: Path) -> list[str]:
@@ -100,8 +100,8 @@ def report_images(version_folder: Path) -> list[str]:
     return sorted((p.name for p in report.glob("confusion_*.png")), key=lambda n: (n != "confusion_aesthetic.png", n))
 
 
-def jobs_section(backend, project: str) -> dict:
-    jobs = backend.jobs(project)["jobs"]
+def jobs_section(services, project: str) -> dict:
+    jobs = services.training.jobs(project)["jobs"]
     for job in jobs:
         job["fraction"] = progress_fraction(job)
     active = [j for j in jobs if j["status"] in ACTIVE_JOB_STATES]
@@ -120,17 +120,17 @@ def progress_fraction(job: dict) -> float | None:
     return min(1.0, ((epoch - 1) * steps + step) / (epochs * steps))
 
 
-def consensus_section(backend, project: str) -> dict:
-    summary, disputed = backend.consensus_overview(project, "disputed")
+def consensus_section(services, project: str) -> dict:
+    summary, disputed = services.consensus.overview(project, "disputed")
     dimensions = {d: v for d, v in summary.items() if isinstance(v, dict) and "tasks" in v}
     return {"policy": summary.get("policy"), "dimensions": dimensions, "disputed": disputed[:DISPUTED_SHOWN],
             "disputed_total": len(disputed)}
 
 
-def refresh_section(backend, project: str) -> dict:
+def refresh_section(services, project: str) -> dict:
     """The project's latest prediction-refresh jobs (backend/serving/refresh.py), newest first."""
-    jobs = [{**job, "shown_status": refresh_status(job)} for job in refresh_jobs(backend.settings, project)]
-    return {"queue": backend.settings.predict_queue, "jobs": jobs}
+    jobs = [{**job, "shown_status": refresh_status(job)} for job in services.versions.refresh_jobs(project)["jobs"]]
+    return {"queue": services.settings.predict_queue, "jobs": jobs}
 
 
 def refresh_status(job: dict) -> str:

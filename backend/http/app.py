@@ -1,6 +1,6 @@
-"""The Flask app factory: the request policy's hooks and error handlers, the two blueprints
-(Label Studio's endpoints, the admin's), the /webhook fast path around them, and the headers
-every answer carries."""
+"""The Flask app factory: the request policy's hooks and error handlers, a blueprint per service
+(Label Studio's endpoints, the admin page, versions, consensus, jobs), and the headers every
+answer carries."""
 from __future__ import annotations
 
 import json
@@ -9,20 +9,25 @@ import time
 import redis
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import BaseConverter, Map, RequestRedirect
 
 from backend.core.errors import DomainError
 from backend.core.redis_connection import connect
 from backend.core.settings import Settings, load_settings
 from backend.http.admin_routes import admin
+from backend.http.consensus_routes import consensus
+from backend.http.jobs_routes import jobs
 from backend.http.labelstudio_routes import labelstudio
-from backend.http.policy import MAX_BODY_BYTES, RequestPolicy, parse_json, read_body
-from backend.http.prometheus_metrics import observe_request
+from backend.http.versions_routes import versions
+from backend.http.policy import MAX_BODY_BYTES, RequestPolicy
+from backend.core.metrics import observe_request
 from backend.labelstudio.projects import project_id
-from backend.service import Backend
+from backend.services.process import Services
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
+
+# the admin page and the admin's JSON API: only under this backend's own host names
+ADMIN_BLUEPRINTS = (admin.name, versions.name, consensus.name, jobs.name)
 
 
 class _ExactPaths(Map):
@@ -45,19 +50,19 @@ class _App(Flask):
         return super().handle_http_exception(e)
 
 
-def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     settings = settings or load_settings()
-    backend = backend or Backend(settings, connect(settings))
+    services = services or Services(settings, connect(settings))
     policy = RequestPolicy(settings)
     app = _App(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.extensions["aesemo"] = backend
+    app.extensions["aesemo"] = services
     app.url_map.converters["project"] = ProjectConverter
     _apply_policy(app, policy)
-    app.register_blueprint(labelstudio)
-    app.register_blueprint(admin)
-    app.wsgi_app = FastWebhook(SecurityHeaders(app.wsgi_app), backend, policy, app.json)
-    backend.swap.start()  # here, not on first use: a request never starts threads
+    for blueprint in (labelstudio, admin, versions, consensus, jobs):
+        app.register_blueprint(blueprint)
+    app.wsgi_app = SecurityHeaders(app.wsgi_app)
+    services.swap.start()  # here, not on first use: a request never starts threads
     return app
 
 
@@ -66,7 +71,7 @@ def _apply_policy(app: Flask, policy: RequestPolicy) -> None:
     def start():
         g.started = time.perf_counter()
         refusal = policy.refusal(request.environ)
-        if not refusal and request.blueprint == "admin":
+        if not refusal and request.blueprint in ADMIN_BLUEPRINTS:
             refusal = policy.admin_refusal(request.environ)
         if refusal:
             return Response(json.dumps(refusal.body), status=refusal.status, mimetype="application/json",
@@ -116,45 +121,9 @@ class ProjectConverter(BaseConverter):
     regex = r"[0-9]+"
 
 
-class FastWebhook:
-    """WSGI middleware: POST /webhook straight to `Backend.webhook`, without Flask's request
-    machinery, which cost about as much CPU as the whole annotation event. It takes only a
-    request the policy lets through whose Content-Length is within the limit, before reading any
-    of it, and answers as the Flask route does: the same JSON, error bodies and metrics. Anything
-    else (other paths, a refused request, a chunked or oversized body) goes to Flask untouched,
-    which answers the refusal."""
-
-    PATH = "/webhook"
-
-    def __init__(self, flask_wsgi, backend: Backend, policy: RequestPolicy, json_provider):
-        self.flask_wsgi = flask_wsgi
-        self.backend = backend
-        self.policy = policy
-        self.json = json_provider
-
-    def __call__(self, environ, start_response):
-        if environ.get("PATH_INFO") != self.PATH or environ.get("REQUEST_METHOD") != "POST":
-            return self.flask_wsgi(environ, start_response)
-        length = self.policy.declared_length(environ)
-        if length is None or self.policy.refusal(environ):
-            return self.flask_wsgi(environ, start_response)
-        started = time.perf_counter()
-        try:
-            status, reply = 200, self.backend.webhook(parse_json(read_body(environ["wsgi.input"].read, length)))
-        except Exception as exc:  # as the Flask app's handler
-            status, reply = self.policy.failure(exc, "POST", self.PATH)
-        # as jsonify: the app's JSON settings, compact, one newline
-        body = (self.json.dumps(reply, separators=(",", ":")) + "\n").encode()
-        start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN').upper()}",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                        *SecurityHeaders.HEADERS])
-        observe_request(self.PATH, "POST", status, started)
-        return [body]
-
-
 class SecurityHeaders:
-    """WSGI middleware: headers on every answer of Flask's (FastWebhook adds them to its own, and
-    waitress's error answers in backend/http/worker.py too). `nosniff`: a browser never runs a
+    """WSGI middleware: headers on every answer of Flask's (and on waitress's error answers, in
+    backend/http/worker.py). `nosniff`: a browser never runs a
     JSON answer or a report file as a script or a page; DENY: no page elsewhere frames the admin
     page (or any answer) to trick clicks out of the admin. The admin page adds its own
     Content-Security-Policy (backend/http/admin_routes.py)."""

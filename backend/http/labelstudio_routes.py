@@ -1,46 +1,47 @@
-"""The endpoints Label Studio calls (its ML backend protocol). POST /webhook usually takes the
-fast path around Flask (FastWebhook in backend/http/app.py); the route here answers the rest."""
+"""The endpoints Label Studio calls (its ML backend protocol), answered by
+backend/services/ml_backend.py."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
+from backend.http.current import services
 from backend.http.policy import json_body
-from backend.service import Backend
+from backend.services.ml_backend import LabelStudioBackend
 
 labelstudio = Blueprint("labelstudio", __name__)
 
 
-def backend() -> Backend:
-    return current_app.extensions["aesemo"]
+def ml_backend() -> LabelStudioBackend:
+    return services().labelstudio
 
 
 @labelstudio.get("/health")
 def health():
-    return jsonify(backend().health())
+    return jsonify(ml_backend().health())
 
 
 @labelstudio.get("/versions")
 def versions():
     # Label Studio lists the model versions with it (its ML backend API's `versions`)
-    return jsonify(backend().versions())
+    return jsonify(ml_backend().versions())
 
 
 @labelstudio.post("/setup")
 def setup():
-    return jsonify(backend().setup(json_body()))
+    return jsonify(ml_backend().setup(json_body()))
 
 
 @labelstudio.post("/predict")
 def predict():
-    return jsonify(backend().predict(json_body()))
+    return jsonify(ml_backend().predict(json_body()))
 
 
 @labelstudio.post("/webhook")
 def webhook():
-    return jsonify(backend().webhook(json_body()))
+    return jsonify(ml_backend().webhook(json_body()))
 
 
 @labelstudio.post("/train")
 def legacy_train():
-    answer = backend().legacy_train(json_body())
+    answer = ml_backend().train(json_body())
     return jsonify(answer), 202 if answer.get("job") else 200  # a refusal is no error to Label Studio

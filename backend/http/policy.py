@@ -1,5 +1,4 @@
-"""One request policy for both ways in: the Flask app and its /webhook fast path (FastWebhook in
-backend/http/app.py). Who may call (Basic auth), from where (no cross-site browser requests; the
+"""The request policy of the Flask app (backend/http/app.py). Who may call (Basic auth), from where (no cross-site browser requests; the
 admin's endpoints only under this backend's own host names), how much body, and which JSON error
 answers what went wrong."""
 from __future__ import annotations
@@ -65,14 +64,6 @@ class RequestPolicy:
         return Refusal(403, {"error": why}) if why else None
 
     @staticmethod
-    def declared_length(environ) -> int | None:
-        """The Content-Length when there is one within the body limit; None otherwise."""
-        length = environ.get("CONTENT_LENGTH") or ""
-        if length.isascii() and length.isdigit() and int(length) <= MAX_BODY_BYTES:
-            return int(length)
-        return None
-
-    @staticmethod
     def failure(exc: Exception, method: str, path: str) -> tuple[int, dict]:
         """The status and JSON body for what a handler raised."""
         if isinstance(exc, DomainError):
@@ -87,6 +78,12 @@ class RequestPolicy:
 
 def json_body():
     return parse_json(request_body())
+
+
+def json_body_or_empty():
+    """The JSON body, or {} for an empty one (a bare POST)."""
+    raw = request_body()
+    return parse_json(raw) if raw.strip() else {}
 
 
 def request_body() -> bytes:

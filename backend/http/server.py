@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
 from backend.core.redis_connection import redis_url
-from backend.core.settings import load_settings
+from backend.core.settings import Settings, load_settings
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, options: dict):
-        self.options = options
+    """gunicorn forks its workers from this process: each gets `settings` as they are here."""
+
+    def __init__(self, options: dict, settings: Settings):
+        self.options, self.settings = options, settings
         super().__init__()
 
     def load_config(self):
@@ -23,7 +26,7 @@ class _Gunicorn(BaseApplication):
 
     def load(self):
         from backend.http.app import create_app
-        return create_app()
+        return create_app(self.settings)
 
 
 def _child_exit(server, worker):
@@ -40,10 +43,10 @@ def _worker_exit(server, worker):
 
 
 def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120) -> None:
-    from backend.serving.registry import prepare_pretrained  # imports torch: only here, not for the app's imports
+    from backend.serving.registry import prepare_start  # imports torch: only here, not for the app's imports
     settings = load_settings()
     # before gunicorn: a bad AESEMO_PRETRAINED stops the start with one line, not every /predict
-    prepare_pretrained(settings)
+    prepare_start(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     # Every worker writes its metrics here so /metrics adds them up; it must be set before
     # any worker imports prometheus_client, and emptied so old runs' numbers do not linger.
@@ -52,7 +55,7 @@ def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     # start the embedded Redis once here rather than racing in every worker
-    os.environ["REDIS_URL"] = redis_url(settings)
+    settings = replace(settings, redis_url=redis_url(settings))
     _Gunicorn({
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -71,4 +74,4 @@ def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120
         "worker_exit": _worker_exit,
         # one control socket per data directory, so two backends on one host never share one
         "control_socket": str(Path(settings.data_dir).resolve() / "gunicorn.ctl"),
-    }).run()
+    }, settings).run()

@@ -34,7 +34,6 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from backend.http.app import MAX_BODY_BYTES, SecurityHeaders
 from backend.http.policy import loggable
-from backend.core.settings import load_settings
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_CONNECTIONS = 1000  # per worker process; also kept well under its open-file limit
@@ -55,7 +54,7 @@ class BufferedWorker(base.Worker):
         app, adj = _access_logged(self.wsgi, self.log), self._adjustments()
         servers = [_Server(app, map=socket_map, _sock=listener.sock, dispatcher=dispatcher, adj=adj,
                            bind_socket=False, sockinfo=_sockinfo(listener.sock)) for listener in self.sockets]
-        read_timeout_s = load_settings().read_timeout_s
+        read_timeout_s = self.app.settings.read_timeout_s
         for server in servers:
             server.read_timeout_s = read_timeout_s
         try:

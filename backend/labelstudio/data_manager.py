@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 VIEW_TITLE = "Least certain first"
 SCORE_COLUMN = "tasks:predictions_score"
-# filters none, ordering by score ascending: low score = least certain (backend/serving/uncertainty.py)
+# filters none, ordering by score ascending: low score = least certain (model/uncertainty.py)
 LEAST_CERTAIN_VIEW = {"title": VIEW_TITLE, "ordering": [SCORE_COLUMN],
                       "filters": {"conjunction": "and", "items": []}}
 

@@ -19,7 +19,7 @@ from backend.core import keys
 from backend.core.settings import Settings
 from backend.labelstudio.data_manager import Api, ensure_least_certain_view, follow_served_version
 from backend.labelstudio.projects import ProjectContext
-from backend.votes.resync import project_studio, sdk_client
+from backend.labelstudio.client import project_studio, sdk_client
 
 log = logging.getLogger(__name__)
 

@@ -145,7 +145,7 @@ def prediction_result(
     score: float | None = None,
 ) -> dict:
     """One Label Studio prediction (Label Studio protocol notes §5.3): the top class of each head. `score` is
-    the task's certainty (backend/serving/uncertainty.py); None: the lower top probability."""
+    the task's certainty (model/uncertainty.py); None: the lower top probability."""
     result = []
     for control, classes, probs in (
         (labels.aesthetic_control, labels.aesthetic_classes, aesthetic_probs),

@@ -13,19 +13,15 @@ from backend.core.ids import as_id, id_from_text, shown
 
 log = logging.getLogger(__name__)
 
-# A label config from a webhook body or from Label Studio's API, shared by ProjectStore and the
-# webhook's one-round-trip script (backend/votes/ingest.py): written only when it differs, and
-# the project is then known. /setup's hostname and token are written by `remember_setup` only.
-REMEMBER_LABEL_CONFIG_LUA = """
-local function remember_label_config(setup, projects, project, label_config)
-  if redis.call('HGET', setup, 'label_config') ~= label_config then
-    redis.call('HSET', setup, 'label_config', label_config)
-    redis.call('SADD', projects, project)
-  end
+# A label config from a webhook body or from Label Studio's API: written only when it differs,
+# and the project is then known. /setup's hostname and token are written by `remember_setup` only.
+# KEYS: the project's setup hash, the set of projects; ARGV: project id, label config
+_REMEMBER_LABEL_CONFIG = """
+if redis.call('HGET', KEYS[1], 'label_config') ~= ARGV[2] then
+  redis.call('HSET', KEYS[1], 'label_config', ARGV[2])
+  redis.call('SADD', KEYS[2], ARGV[1])
 end
 """
-
-_REMEMBER_LABEL_CONFIG = REMEMBER_LABEL_CONFIG_LUA + "remember_label_config(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
 
 
 def project_id(value) -> str:
@@ -58,7 +54,7 @@ class ProjectStore:
         self._remember_label_config = client.register_script(_REMEMBER_LABEL_CONFIG)
 
     def remember_label_config(self, project: str, label_config: str) -> None:
-        """See REMEMBER_LABEL_CONFIG_LUA."""
+        """Stores `label_config` when it differs from the stored one (see _REMEMBER_LABEL_CONFIG)."""
         self._remember_label_config(keys=[keys.setup(project), keys.PROJECTS], args=[project, label_config])
 
     def remember_setup(self, project: str, label_config: str, hostname: str | None,

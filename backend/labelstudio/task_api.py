@@ -1,5 +1,5 @@
 """The few Label Studio 1.23.2 API calls the prediction refresh makes, through the SDK's client
-(backend/votes/resync.py's `sdk_client`: its token rule and address guard):
+(backend/labelstudio/client.py's `sdk_client`: its token rule and address guard):
 
 - the project's tasks, page by page (`GET /api/tasks?project=P`, the Data Manager's list), all
   listed before anything is written, so that writes cannot move tasks between pages;

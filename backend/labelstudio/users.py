@@ -3,7 +3,7 @@
 Votes carry only Label Studio's user id (`completed_by`); people know each other by name or email.
 The names are fetched from `GET /api/users/` (every member of the organisation, one request,
 unpaginated in Label Studio 1.23) with the token and address rules of every other Label Studio
-call (backend/labelstudio/tokens.py, the address guard for a /setup hostname), and kept per
+call (backend/fetch/tokens.py, the address guard for a /setup hostname), and kept per
 project for NAMES_TTL_S, so the admin page and the consensus JSON cost no Label Studio call on
 most reads. When Label Studio cannot be reached (or refuses), the page still renders: the
 annotator is "user N", and Label Studio is not asked again for RETRY_AFTER_S, so a down Label
@@ -19,7 +19,7 @@ from backend.core import keys
 from backend.core.errors import DomainError
 from backend.core.ids import as_id
 from backend.labelstudio.projects import ProjectContext
-from backend.votes.resync import project_studio, sdk_client
+from backend.labelstudio.client import project_studio, sdk_client
 
 log = logging.getLogger(__name__)
 

@@ -28,17 +28,6 @@ EVENT_BYTES_MAX = 4096
 IDS_KEPT = 20
 STREAM_MEMORY_MAX = EVENTS_KEPT * (EVENT_BYTES_MAX + 512)  # 44 MiB
 
-# The audit stream's one rule, shared by record_event and the webhook's one-round-trip script
-# (backend/votes/ingest.py): one "event" field, the stream capped (approximately: whole
-# listpack nodes, which hold one such entry each at Redis's default 4 KB a node) at EVENTS_KEPT.
-RECORD_EVENT_LUA = f"""
-local function record_event(stream, event)
-  return redis.call('XADD', stream, 'MAXLEN', '~', {EVENTS_KEPT}, '*', 'event', event)
-end
-"""
-
-_RECORD = RECORD_EVENT_LUA + "return record_event(KEYS[1], ARGV[1])"
-
 # action -> the body keys it must carry (docs/developers/label-studio-protocol.md, section 6)
 ACTIONS: dict[str, tuple[str, ...]] = {
     "ANNOTATION_CREATED": ("annotation", "task", "project"),
@@ -161,5 +150,7 @@ def _annotation_ids(annotation: dict) -> dict:
 
 
 def record_event(client: redis.Redis, event: dict) -> str:
-    """Append to the audit stream of recent events; returns the entry id."""
-    return client.register_script(_RECORD)(keys=[keys.EVENTS], args=[event_json(event)])
+    """Append to the audit stream of recent events, capped at EVENTS_KEPT (approximately: whole
+    listpack nodes, which hold one such entry each at Redis's default 4 KB a node); returns the
+    entry id."""
+    return client.xadd(keys.EVENTS, {"event": event_json(event)}, maxlen=EVENTS_KEPT, approximate=True)

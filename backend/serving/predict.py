@@ -22,7 +22,7 @@ from model.predictor import Predictor
 from backend.core.errors import Conflict
 from backend.fetch.fetcher import ImageFetchError
 from backend.labelstudio.label_config import ProjectLabels, prediction_result
-from backend.serving.uncertainty import certainty
+from model.uncertainty import certainty
 
 log = logging.getLogger(__name__)
 

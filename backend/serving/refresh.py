@@ -18,7 +18,7 @@ from rq import get_current_job
 from backend.core import keys
 from backend.core.errors import Conflict
 from backend.core.redis_connection import redis_url
-from backend.core.settings import Settings, load_settings
+from backend.core.settings import Settings
 from backend.fetch.fetcher import ImageFetcher
 from backend.labelstudio import task_api
 from backend.labelstudio.follow import VersionFollower
@@ -30,9 +30,10 @@ from backend.serving.prediction_store import (VersionPredictions, mark_refreshed
                                               stored_then_predicted)
 from backend.serving.registry import current_version_name, resolve_current
 from backend.serving.suggestions import withheld_reason
-from backend.training.job import _Progress
-from backend.training.queue import _DELETE_IF_EQUAL
-from backend.votes.resync import project_studio, sdk_client
+from backend.jobs.connection import delete_if_equal
+from backend.jobs.context import job_settings
+from backend.jobs.progress import Progress
+from backend.labelstudio.client import project_studio, sdk_client
 from backend.votes.store import VoteStore
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,17 @@ class _Refresh:
     labels: ProjectLabels
     served: ServedModel
     pointer: str | None      # the project's version pointer when the job started (None: a base version)
-    progress: _Progress
+    progress: Progress
 
 
 def refresh_project(project: str) -> dict:
-    settings = load_settings()
+    settings = job_settings()
     job = get_current_job()
     client = redis.Redis.from_url(redis_url(settings), decode_responses=True)
     if job is not None:
-        client.eval(_DELETE_IF_EQUAL, 1, keys.refresh_pending(project), job.id)
+        delete_if_equal(client, keys.refresh_pending(project), job.id)
     wanted = job.meta.get("task_ids") if job is not None else None
-    run = _open(settings, project, client, _Progress(job, job.connection if job else client, None))
+    run = _open(settings, project, client, Progress(job, job.connection if job else client, None))
     why_not = withheld_reason(settings, run.served.version, run.served.trained)
     if why_not:
         run.progress.state("finished", skipped=why_not)
@@ -70,7 +71,7 @@ def refresh_project(project: str) -> dict:
     return _refresh(run, wanted)
 
 
-def _open(settings: Settings, project: str, client: redis.Redis, progress: _Progress) -> _Refresh:
+def _open(settings: Settings, project: str, client: redis.Redis, progress: Progress) -> _Refresh:
     context = ProjectStore(client).get(project)
     if not context.label_config:
         raise Conflict(f"project {project} has no label config (connect the backend to it first)")

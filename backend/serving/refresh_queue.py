@@ -16,7 +16,8 @@ from rq.job import JobStatus
 
 from backend.core import keys
 from backend.core.settings import Settings
-from backend.training.queue import _DELETE_IF_EQUAL, _fetch, _get, cancel_job, describe_job, raw_connection
+from backend.jobs.connection import raw_connection, text_value
+from backend.jobs.records import cancel_job, describe_job, fetch_job
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def submit_refresh(settings: Settings, project: str, reason: str, task_ids: list
     connection = raw_connection(settings)
     wanted = None if task_ids is None else sorted({str(t) for t in task_ids})
     with connection.lock(keys.refresh_submit_lock(project), timeout=10, blocking_timeout=10):
-        job = _fetch(connection, _get(connection, keys.refresh_pending(project)) or "")
+        job = fetch_job(connection, text_value(connection, keys.refresh_pending(project)) or "")
         if job is not None and job.get_status(refresh=True) == JobStatus.QUEUED:
             _merge(job, reason, wanted)
             return {"job_id": job.id, "state": "queued", "merged": True}
@@ -73,7 +74,7 @@ def try_submit_refresh(settings: Settings, project: str, reason: str, task_ids: 
 def refresh_jobs(settings: Settings, project: str, limit: int = 5) -> list[dict]:
     connection = raw_connection(settings)
     ids = [i.decode() for i in connection.lrange(keys.refresh_jobs(project), 0, limit - 1)]
-    jobs = [_fetch(connection, i) for i in ids]
+    jobs = [fetch_job(connection, i) for i in ids]
     return [{**describe_job(j), "reasons": j.meta.get("reasons"), "task_ids": _count(j.meta.get("task_ids"))}
             for j in jobs if j is not None]
 
@@ -84,6 +85,4 @@ def _count(task_ids: list | None) -> int | str:
 
 def cancel_refresh(settings: Settings, project: str, job_id: str) -> dict:
     """Like a training job: a queued one is cancelled at once, a running one at its next step."""
-    answer = cancel_job(settings, project, job_id)
-    raw_connection(settings).eval(_DELETE_IF_EQUAL, 1, keys.refresh_pending(project), job_id)
-    return answer
+    return cancel_job(predict_queue(settings), project, job_id, keys.refresh_pending(project))

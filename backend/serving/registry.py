@@ -166,10 +166,14 @@ def is_trained_version(folder: Path) -> bool:
     return meta is not None and is_trained(meta)
 
 
-def prepare_pretrained(settings) -> None:
-    """`serve` and `worker` at start: a named file must exist and a named URL is fetched now, so
-    either stops the start with one line; the default is fetched too (into torchvision's cache),
-    and its failed download only logs (the base version then starts random)."""
+def prepare_start(settings) -> None:
+    """`serve` and `worker` at start: AESEMO_BASE_MODEL must hold a trained version, and a named
+    pretrained file must exist and a named URL is fetched now, so each stops the start with one
+    line; the default is fetched too (into torchvision's cache), and its failed download only logs
+    (the base version then starts random)."""
+    why = base_problem(settings.base_model, thorough=False) if settings.base_model else None
+    if why:
+        raise ValueError(f"setting AESEMO_BASE_MODEL={settings.base_model}: {why}")
     check_pretrained_setting(settings.pretrained_path)
     resolve_pretrained(settings.backbone, settings.pretrained_path, settings.offline)
 

@@ -30,7 +30,11 @@ from model.version import is_trained, read_meta, training_seconds
 from backend.core import keys
 from backend.core.errors import DomainError, InvalidInput
 from backend.core.redis_connection import redis_url
-from backend.core.settings import Settings, load_settings
+from backend.jobs.connection import delete_if_equal, raw_connection, text_value
+from backend.jobs.context import job_settings
+from backend.jobs.progress import Progress
+from backend.jobs.records import fetch_job, reap_abandoned
+from backend.core.settings import Settings
 from backend.fetch.fetcher import ImageFetchError, ImageFetcher
 from backend.labelstudio.label_config import ProjectLabels, parse_label_config
 from backend.labelstudio.projects import ProjectContext, ProjectStore
@@ -38,52 +42,20 @@ from backend.serving.registry import (base_for, project_versions_dir, resolve_cu
                                       set_current_version)
 from backend.serving.refresh_queue import try_submit_refresh
 from backend.training.image_cache import cached_training_image, training_image_cache
-from backend.training.queue import _DELETE_IF_EQUAL, _fetch, _get, _reap_abandoned, raw_connection
+from backend.training.queue import training_queue
 from backend.training.promotion import heldout_tasks, like_for_like, promotion
 from backend.training.report import write_report
 from backend.votes.project_consensus import ProjectConsensus
-from backend.votes.resync import project_studio, resync
+from backend.labelstudio.client import project_studio
+from backend.votes.resync import resync
 
 log = logging.getLogger(__name__)
-
-
-class JobCancelled(Exception):
-    pass
-
-
-class _Progress:
-    """Writes progress into the job's meta (at most once a second) and notices cancellation."""
-
-    def __init__(self, job: Job | None, connection: redis.Redis, lock):
-        self.job, self.connection, self.lock = job, connection, lock
-        self.last = 0.0
-
-    def __call__(self, event: dict, force: bool = False) -> None:
-        if self.job is None:
-            return
-        now = time.monotonic()
-        # steps are throttled to one write a second, but an epoch's last step always lands, so
-        # a fast epoch still leaves its step counts in the meta
-        last_step = event.get("step") == event.get("steps")
-        if not force and event.get("stage") == "training" and not last_step and now - self.last < 1.0:
-            return
-        self.last = now
-        self.job.meta["progress"] = {**self.job.meta.get("progress", {}), **event, "updated_at": time.time()}
-        self.job.save_meta()
-        if self.lock is not None:
-            self.lock.reacquire()
-        # too late to cancel once the version is written and promoted
-        if event.get("state") != "finished" and self.connection.exists(keys.job_cancel(self.job.id)):
-            raise JobCancelled(f"job {self.job.id} cancelled by request")
-
-    def state(self, state: str, **extra) -> None:
-        self({"state": state, **extra}, force=True)
 
 
 def train_project(project: str) -> dict:
     """Resync, snapshot, fetch images into the cache, fine-tune, evaluate, write a version and
     apply the promotion rule. Runs inside an RQ worker."""
-    settings = load_settings()
+    settings = job_settings()
     job = get_current_job()
     connection = job.connection if job else raw_connection(settings)
     params = dict(job.meta.get("params", {})) if job else {}
@@ -94,10 +66,10 @@ def train_project(project: str) -> dict:
     _acquire_training_lock(settings, connection, lock, project, job.id if job else f"local-{os.getpid()}")
     try:
         if job:
-            if _get(connection, keys.pending_job(project)) == job.id:
+            if text_value(connection, keys.pending_job(project)) == job.id:
                 connection.delete(keys.pending_job(project))
             connection.set(keys.running_job(project), job.id)
-        progress = _Progress(job, connection, lock)
+        progress = Progress(job, connection, lock)
         try:
             return _train(settings, project, params, progress, job.id if job else "local")
         except Exception as exc:
@@ -105,7 +77,7 @@ def train_project(project: str) -> dict:
                 _record_failure(job, exc)
             raise
     finally:
-        if job and _get(connection, keys.running_job(project)) == job.id:
+        if job and text_value(connection, keys.running_job(project)) == job.id:
             connection.delete(keys.running_job(project))
         try:
             lock.release()
@@ -122,12 +94,12 @@ def _record_failure(job: Job, exc: Exception) -> None:
 def _acquire_training_lock(settings: Settings, connection: redis.Redis, lock, project: str, token: str) -> None:
     deadline = time.monotonic() + settings.job_timeout_s
     while not lock.acquire(blocking=False, token=token):
-        holder = _get(connection, keys.training_lock(project))
+        holder = text_value(connection, keys.training_lock(project))
         if holder and holder.startswith("train-"):
-            _reap_abandoned(settings, connection)
-            held = _fetch(connection, holder)
+            reap_abandoned(training_queue(settings, connection))
+            held = fetch_job(connection, holder)
             if (held is None or held.get_status(refresh=True) != JobStatus.STARTED) and \
-                    connection.eval(_DELETE_IF_EQUAL, 1, keys.training_lock(project), holder):
+                    delete_if_equal(connection, keys.training_lock(project), holder):
                 log.warning("released project %s's training lock: its holder %s is no longer running", project, holder)
                 continue
         if time.monotonic() > deadline:
@@ -141,7 +113,7 @@ class _Run:
     settings: Settings
     project: str
     params: dict
-    progress: _Progress
+    progress: Progress
     job_id: str
     client: redis.Redis
     context: ProjectContext
@@ -160,7 +132,7 @@ class _Images:
     seconds: float
 
 
-def _train(settings: Settings, project: str, params: dict, progress: _Progress, job_id: str) -> dict:
+def _train(settings: Settings, project: str, params: dict, progress: Progress, job_id: str) -> dict:
     run = _open_run(settings, project, params, progress, job_id)
     resynced = resync_step(run)
     snapshot = snapshot_step(run)
@@ -176,7 +148,7 @@ def _train(settings: Settings, project: str, params: dict, progress: _Progress, 
     return _result(folder.name, promoted, why, parent.name, meta, snapshot, images, resynced)
 
 
-def _open_run(settings: Settings, project: str, params: dict, progress: _Progress, job_id: str) -> _Run:
+def _open_run(settings: Settings, project: str, params: dict, progress: Progress, job_id: str) -> _Run:
     client = redis.Redis.from_url(redis_url(settings), decode_responses=True)
     context = ProjectStore(client).get(project)
     if not context.label_config:
@@ -213,7 +185,7 @@ def images_step(run: _Run, snapshot: dict) -> _Images:
     settings = run.settings
     run.progress.state("images", total=snapshot["rows"])
     started = time.monotonic()
-    # the fetcher picks each image's token itself (backend/labelstudio/tokens.py): what goes in
+    # the fetcher picks each image's token itself (backend/fetch/tokens.py): what goes in
     # is /setup's pair as stored, never the operator's key
     rows, failed = _cache_images(settings, snapshot["path"], run.context.hostname, run.context.access_token)
     images = _Images(rows, failed, time.monotonic() - started)

@@ -13,15 +13,16 @@ import time
 
 import redis
 from rq import Queue
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
 from model.limits import check_training_value, shown
 
 from backend.core import keys
-from backend.core.errors import Conflict, InvalidInput, NotFound
-from backend.core.redis_connection import redis_url
+from backend.core.errors import InvalidInput
 from backend.core.settings import Settings
+from backend.jobs.connection import delete_if_equal, raw_connection, text_value
+from backend.jobs.records import (cancel_job as cancel_any_job, describe_job, fetch_job, in_display_order,
+                                  project_job, reap_abandoned, worker_alive)
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +30,8 @@ TRAIN_PARAMS = ("epochs", "batch_size", "lr", "backbone")
 TRAIN_FUNCTION = "backend.training.job.train_project"
 
 
-def raw_connection(settings: Settings) -> redis.Redis:
-    """RQ stores pickled data: it needs a connection that does not decode responses."""
-    return redis.Redis.from_url(redis_url(settings))
-
-
 def training_queue(settings: Settings, connection: redis.Redis | None = None) -> Queue:
     return Queue(settings.training_queue, connection=connection or raw_connection(settings))
-
-
-
 
 
 def check_params(params) -> dict:
@@ -71,9 +64,9 @@ def submit_training(settings: Settings, project: str, reason: str, params: dict 
     connection = raw_connection(settings)
     request = {"reason": reason, "params": params, "at": time.time()}
     with connection.lock(keys.submit_lock(project), timeout=10, blocking_timeout=10):
-        pending = _get(connection, keys.pending_job(project))
+        pending = text_value(connection, keys.pending_job(project))
         if pending:
-            job = _fetch(connection, pending)
+            job = fetch_job(connection, pending)
             if job is not None and job.get_status(refresh=True) == JobStatus.QUEUED:
                 job.meta["requests"].append(request)
                 job.meta["params"].update(params)  # the latest request's parameters win
@@ -96,120 +89,30 @@ def submit_training(settings: Settings, project: str, reason: str, params: dict 
 def _running_job(settings: Settings, connection: redis.Redis, project: str) -> str | None:
     """The project's running job, when it really runs: RQ says started and its worker's key
     lives. The running key of a job whose worker was killed (no `finally` ran) is cleared."""
-    job_id = _get(connection, keys.running_job(project))
+    job_id = text_value(connection, keys.running_job(project))
     if not job_id:
         return None
-    _reap_abandoned(settings, connection)
-    job = _fetch(connection, job_id)
-    if job is not None and job.get_status(refresh=True) == JobStatus.STARTED and _worker_alive(connection, job):
+    reap_abandoned(training_queue(settings, connection))
+    job = fetch_job(connection, job_id)
+    if job is not None and job.get_status(refresh=True) == JobStatus.STARTED and worker_alive(connection, job):
         return job_id
-    if connection.eval(_DELETE_IF_EQUAL, 1, keys.running_job(project), job_id):
+    if delete_if_equal(connection, keys.running_job(project), job_id):
         log.info("cleared project %s's running job %s: it no longer runs", project, job_id)
     return None
 
 
-def _worker_alive(connection: redis.Redis, job: Job) -> bool:
-    from rq.worker import Worker
-    # a worker's key expires soon after its heartbeats stop
-    return not job.worker_name or bool(connection.exists(Worker.redis_worker_namespace_prefix + job.worker_name))
-
-
-def _get(connection: redis.Redis, key: str) -> str | None:
-    value = connection.get(key)
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _fetch(connection: redis.Redis, job_id: str) -> Job | None:
-    try:
-        return Job.fetch(job_id, connection=connection)
-    except NoSuchJobError:
-        return None
-    except ValueError:  # not an id RQ could have made ("a b", "%00"): no such job either
-        return None
-
-
-CANCELLED = "cancelled"
 REFUSED = "refused"
 REFUSALS_KEPT = 20  # a project's refused requests kept for the jobs list, newest first
-
-
-def describe_job(job: Job) -> dict:
-    status = job.get_status(refresh=True)
-    shown_status = CANCELLED if _was_cancelled(job, status) else str(status.value if status else None)
-    info = {"job_id": job.id, "project": job.meta.get("project"), "status": shown_status,
-            "enqueued_at": _iso(job.enqueued_at), "started_at": _iso(job.started_at),
-            "ended_at": _iso(job.ended_at), "params": job.meta.get("params"),
-            "requests": len(job.meta.get("requests", [])), "progress": job.meta.get("progress")}
-    if status == JobStatus.FINISHED:
-        info["result"] = job.return_value()
-    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-        failure = _failure_text(job)
-        info["error"] = job.meta.get("error") or _abandoned(failure, job) or _last_line(failure) or str(status.value)
-    return info
-
-
-def _was_cancelled(job: Job, status) -> bool:
-    """Cancelled before it started (RQ's `canceled`), or stopped at a step by a cancel request
-    (RQ says `failed`: the job raised JobCancelled, backend/training/job.py)."""
-    return status == JobStatus.CANCELED or (
-        status == JobStatus.FAILED and str(job.meta.get("error") or "").startswith("JobCancelled"))
-
-
-def _failure_text(job: Job) -> str | None:
-    """The traceback (or RQ's note) of the job's failed run; `job.exc_info` is deprecated in RQ 2+."""
-    from rq.results import Result
-    result = job.latest_result()
-    if result is not None and result.type == Result.Type.FAILED:
-        return result.exc_string
-    return getattr(job, "_exc_info", None)
-
-
-def _abandoned(failure: str | None, job: Job) -> str | None:
-    """RQ's note on a job whose worker died under it, said plainly."""
-    if "AbandonedJobError" not in (failure or ""):
-        return None
-    state = (job.meta.get("progress") or {}).get("state")
-    return (f"the worker running this job died (killed or crashed) while it was in state {state!r}; "
-            f"RQ marked it abandoned (AbandonedJobError)")
-
-
-def _reap_abandoned(settings: Settings, connection: redis.Redis) -> None:
-    """Let RQ move jobs whose worker stopped heartbeating to the failed registry now, rather
-    than at the next worker's maintenance (every 10 minutes)."""
-    try:
-        training_queue(settings, connection).started_job_registry.cleanup()
-    except redis.RedisError as exc:
-        log.warning("could not clean the started-job registry: %s", exc)
-
-
-def _iso(moment) -> str | None:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
-
-
-def _last_line(text: str | None) -> str | None:
-    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else None
 
 
 def project_jobs(settings: Settings, project: str, limit: int = 20) -> list[dict]:
     """The project's last jobs and refused requests: running, then queued, then the ended ones
     (refusals among them), newest first within each."""
     connection = raw_connection(settings)
-    _reap_abandoned(settings, connection)
+    reap_abandoned(training_queue(settings, connection))
     ids = [i.decode() for i in connection.lrange(keys.job_history(project), 0, limit - 1)]
-    jobs = [describe_job(j) for j in (_fetch(connection, i) for i in ids) if j is not None]
+    jobs = [describe_job(j) for j in (fetch_job(connection, i) for i in ids) if j is not None]
     return in_display_order(jobs + refusals(connection, project))
-
-
-_ACTIVE_RANK = {JobStatus.STARTED.value: 0, JobStatus.QUEUED.value: 1, JobStatus.DEFERRED.value: 1,
-                JobStatus.SCHEDULED.value: 1}
-
-
-def in_display_order(jobs: list[dict]) -> list[dict]:
-    def newest(job: dict) -> str:
-        return job.get("ended_at") or job.get("started_at") or job.get("enqueued_at") or ""
-    by_time = sorted(jobs, key=newest, reverse=True)  # stable: ties keep the history's order
-    return sorted(by_time, key=lambda job: _ACTIVE_RANK.get(job["status"], 2))
 
 
 def record_refusal(settings: Settings, project: str, requested_by: str, reason: str) -> dict:
@@ -245,36 +148,10 @@ def _describe_refusal(project: str, entry: dict) -> dict:
             "error": entry["reason"]}
 
 
-def _project_job(settings: Settings, project: str, job_id: str) -> tuple[redis.Redis, Job]:
-    """The job, after abandoned jobs are marked failed; 404 unless it belongs to `project`."""
-    connection = raw_connection(settings)
-    _reap_abandoned(settings, connection)
-    job = _fetch(connection, job_id)
-    if job is None or job.meta.get("project") != project:
-        raise NotFound(f"project {project} has no job {job_id[:100]!r}")
-    return connection, job
-
-
 def get_job(settings: Settings, project: str, job_id: str) -> dict:
-    return describe_job(_project_job(settings, project, job_id)[1])
+    return describe_job(project_job(training_queue(settings), project, job_id))
 
 
 def cancel_job(settings: Settings, project: str, job_id: str) -> dict:
     """A queued job is cancelled at once; a running one stops at its next training step."""
-    connection, job = _project_job(settings, project, job_id)
-    status = job.get_status(refresh=True)
-    if status == JobStatus.QUEUED:
-        job.cancel()
-        job.meta["error"] = "cancelled before it started"
-        job.save_meta()
-        if _get(connection, keys.pending_job(project)) == job.id:
-            connection.delete(keys.pending_job(project))
-    elif status == JobStatus.STARTED:
-        connection.set(keys.job_cancel(job.id), 1, ex=86400)
-    else:
-        raise Conflict(f"job {job_id} is {status.value}; only queued or running jobs can be cancelled")
-    return describe_job(job)
-
-
-
-_DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+    return cancel_any_job(training_queue(settings), project, job_id, keys.pending_job(project))

@@ -16,15 +16,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import replace
 
 import redis
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
-from backend.training.queue import raw_connection, training_queue
+from backend.jobs.connection import raw_connection
+from backend.jobs.context import use_settings
+from backend.training.queue import training_queue
 from backend.serving.refresh_queue import predict_queue
 from backend.core.settings import load_settings
-from backend.serving.registry import prepare_pretrained
+from backend.serving.registry import prepare_start
 # the job's code (torch included) loads before the first job, not once RQ has marked it started
 import backend.training.job  # noqa: F401
 import backend.serving.refresh  # noqa: F401
@@ -65,12 +68,10 @@ class TrainingWorker(SimpleWorker):
 
 
 def run_worker(queue: str | None = None, device: str | None = None, burst: bool = False) -> bool:
-    if device:
-        os.environ["AESEMO_TRAIN_DEVICE"] = device  # the job reads its settings afresh
     settings = load_settings()
-    if queue:
-        settings = settings.__class__(**{**settings.__dict__, "training_queue": queue})
-    prepare_pretrained(settings)  # a bad AESEMO_PRETRAINED stops the worker now, not its first job
+    settings = replace(settings, train_device=device or settings.train_device,
+                       training_queue=queue or settings.training_queue)
+    prepare_start(settings)  # a bad AESEMO_PRETRAINED stops the worker now, not its first job
     import torch
     chosen = settings.train_device or ("cuda" if torch.cuda.is_available() else "cpu")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -83,4 +84,8 @@ def run_worker(queue: str | None = None, device: str | None = None, burst: bool 
     worker = TrainingWorker([predict_queue(settings, connection), training_queue(settings, connection)],
                             connection=connection,
                             heartbeat_s=settings.job_heartbeat_s)
-    return worker.work(burst=burst, with_scheduler=False)
+    use_settings(settings)  # the jobs this process runs read these
+    try:
+        return worker.work(burst=burst, with_scheduler=False)
+    finally:
+        use_settings(None)  # a burst worker run inside another program leaves no settings behind

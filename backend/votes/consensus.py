@@ -16,38 +16,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from model.limits import Limit
-
+from backend.core.consensus_policy import Policy
 from backend.votes.store import DIMENSIONS, Vote, gc_paused
 
 STATES = ("no_votes", "waiting", "agreed", "disputed")
-METHODS = ("majority", "dawid_skene")
-
-
-POLICY_LIMITS = {"min_annotators": Limit(int, 1, 100), "min_agreement": Limit(float, 0, 1)}
-
-
-@dataclass(frozen=True)
-class Policy:
-    method: str = "majority"
-    min_annotators: int = 3
-    min_agreement: float = 0.5
-    tie_break: str = "unresolved"        # or "soft": a tie is agreed, trained on the split
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        # numbers, not "0.5" (it would break every later comparison), within bounds (10**30
-        # annotators overflows numpy's integers); LimitError names the field and the range
-        for name, limit in POLICY_LIMITS.items():
-            limit.check(name, getattr(self, name))
-        if self.tie_break not in ("unresolved", "soft"):
-            raise ValueError(f"tie_break must be 'unresolved' or 'soft', got {self.tie_break!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 @dataclass
 class TaskConsensus:
     task: int
@@ -190,30 +162,43 @@ def _dawid_skene(votes: _Votes, n_rows: int, k: int, iterations: int = 100,
     gather and one bincount over (class, vote) pairs."""
     if not len(votes.row):
         return None
-    present, ti = np.unique(votes.row, return_inverse=True)
-    _, ai = np.unique(votes.annotator, return_inverse=True)
-    li = votes.label
-    n_t, n_a = len(present), int(ai.max()) + 1
-    n_cells = n_a * k
-    cell = ai * k + li                                          # (annotator, observed label) of each vote
-    cols = np.arange(k)[:, None]
-    m_index = (cols * n_cells + cell).ravel()                   # (true class, cell) of each (class, vote)
-    e_index = (cols * n_t + ti).ravel()                         # (true class, task) of each (class, vote)
+    present, task_index = np.unique(votes.row, return_inverse=True)
+    model = _DawidSkeneModel(votes, task_index, len(present), k)
+    counts = np.bincount(votes.label * model.n_t + task_index, minlength=k * model.n_t).reshape(k, model.n_t)
+    posterior = _squarem(model, counts.astype(float) / counts.sum(axis=0), iterations, tolerance)
+    return present, posterior.T
 
-    def m_step(posterior):
+
+class _DawidSkeneModel:
+    """The E and M steps over flat index arrays, class-major (see _dawid_skene)."""
+
+    def __init__(self, votes: _Votes, task_index: np.ndarray, n_t: int, k: int):
+        _, annotator_index = np.unique(votes.annotator, return_inverse=True)
+        self.k, self.n_t, self.ti = k, n_t, task_index
+        self.n_a = int(annotator_index.max()) + 1
+        self.n_cells = self.n_a * k
+        self.cell = annotator_index * k + votes.label              # (annotator, observed label) of each vote
+        cols = np.arange(k)[:, None]
+        self.m_index = (cols * self.n_cells + self.cell).ravel()   # (true class, cell) of each (class, vote)
+        self.e_index = (cols * n_t + task_index).ravel()           # (true class, task) of each (class, vote)
+
+    def m_step(self, posterior: np.ndarray) -> np.ndarray:
         """Log class priors and log confusion matrices (smoothed so no zero logs), packed in
         one vector: k priors, then (true class, annotator, observed) log P(observed | true)."""
+        k = self.k
         prior = posterior.mean(axis=1) + 1e-9
-        confusion = np.bincount(m_index, weights=posterior.take(ti, axis=1).ravel(), minlength=k * n_cells)
-        confusion = confusion.reshape(k, n_a, k) + 0.01
+        confusion = np.bincount(self.m_index, weights=posterior.take(self.ti, axis=1).ravel(),
+                                minlength=k * self.n_cells)
+        confusion = confusion.reshape(k, self.n_a, k) + 0.01
         confusion /= confusion.sum(axis=2, keepdims=True)
         return np.concatenate([np.log(prior / prior.sum()), np.log(confusion).ravel()])
 
-    def e_step(theta):
+    def e_step(self, theta: np.ndarray) -> tuple[np.ndarray, float]:
         """Posteriors of each task's true class given its votes, and the objective EM raises:
         the log likelihood plus the log of the Dirichlet prior that the 0.01 smoothing is."""
-        log_cell = theta[k:].reshape(k, n_cells)
-        log_post = np.bincount(e_index, weights=log_cell.take(cell, axis=1).ravel(),
+        k, n_t = self.k, self.n_t
+        log_cell = theta[k:].reshape(k, self.n_cells)
+        log_post = np.bincount(self.e_index, weights=log_cell.take(self.cell, axis=1).ravel(),
                                minlength=k * n_t).reshape(k, n_t)
         log_post += theta[:k, None]
         top = log_post.max(axis=0)
@@ -223,22 +208,25 @@ def _dawid_skene(votes: _Votes, n_rows: int, k: int, iterations: int = 100,
         posterior /= norm
         return posterior, float(top.sum() + np.log(norm).sum() + 0.01 * log_cell.sum())
 
-    def normalized(theta):
+    def normalized(self, theta: np.ndarray) -> np.ndarray:
         """An extrapolated parameter vector made distributions again."""
+        k = self.k
         log_prior = theta[:k] - np.logaddexp.reduce(theta[:k])
-        log_cell = theta[k:].reshape(k, n_a, k)
+        log_cell = theta[k:].reshape(k, self.n_a, k)
         log_cell = log_cell - np.logaddexp.reduce(log_cell, axis=2, keepdims=True)
         return np.concatenate([log_prior, log_cell.ravel()])
 
-    counts = np.bincount(li * n_t + ti, minlength=k * n_t).reshape(k, n_t).astype(float)
-    theta = m_step(counts / counts.sum(axis=0))
-    posterior, _ = e_step(theta)
+
+def _squarem(model: _DawidSkeneModel, start: np.ndarray, iterations: int, tolerance: float) -> np.ndarray:
+    """EM from the posteriors `start`, accelerated by SQUAREM as _dawid_skene says; the posteriors."""
+    theta = model.m_step(start)
+    posterior, _ = model.e_step(theta)
     steps, step_max = 1, 1.0
     while steps < iterations:
         # a plain EM step from theta, and the convergence test on it: SQUAREM's extrapolated
         # steps only speed up the walk, so convergence is judged on the plain EM map
-        theta1 = m_step(posterior)
-        posterior1, _ = e_step(theta1)
+        theta1 = model.m_step(posterior)
+        posterior1, _ = model.e_step(theta1)
         steps += 1
         converged = np.abs(posterior1 - posterior).max() < tolerance
         if converged or steps >= iterations or steps < _SQUAREM_AFTER:
@@ -246,8 +234,8 @@ def _dawid_skene(votes: _Votes, n_rows: int, k: int, iterations: int = 100,
             if converged:
                 break
             continue
-        theta2 = m_step(posterior1)
-        posterior2, objective2 = e_step(theta2)
+        theta2 = model.m_step(posterior1)
+        posterior2, objective2 = model.e_step(theta2)
         steps += 1
         if np.abs(posterior2 - posterior1).max() < tolerance or steps >= iterations:
             posterior = posterior2
@@ -259,15 +247,15 @@ def _dawid_skene(votes: _Votes, n_rows: int, k: int, iterations: int = 100,
         if alpha <= -step_max:
             alpha = -step_max
             step_max *= 4.0
-        theta3 = normalized(theta - 2 * alpha * r + alpha * alpha * v)
-        posterior3, objective3 = e_step(theta3)
+        theta3 = model.normalized(theta - 2 * alpha * r + alpha * alpha * v)
+        posterior3, objective3 = model.e_step(theta3)
         steps += 1
         if objective3 >= objective2:            # False for NaN: then the plain step is kept
             theta, posterior = theta3, posterior3
         else:
             theta, posterior = theta2, posterior2
             step_max = max(1.0, step_max / 4.0)
-    return present, posterior.T
+    return posterior
 
 
 def krippendorff_alpha(units: list[list[str]]) -> float | None:

@@ -27,35 +27,25 @@ log = logging.getLogger(__name__)
 
 DIMENSIONS = ("aesthetic", "emotion")
 
-# One vote: keys as `vote_keys` lists them, then task:{t}; arguments as `vote_args` lists them.
-# Shared by _APPLY and by the webhook's one-round-trip script (backend/votes/ingest.py), so both
-# keep the same ordering rules. 'legacy': the stored time is ISO text from an older version, which
-# Lua cannot compare; the caller upgrades the project's times (upgrade_vote_times) and applies again.
-APPLY_VOTE_LUA = """
-local function apply_vote(votes, times, tombstones, deleted_tasks, images, task_key, id, updated_at, record, task, image)
-  if redis.call('SISMEMBER', deleted_tasks, task) == 1 then return 'task_deleted' end
-  -- the task exists whatever becomes of this annotation: a delete that overtook its create
-  -- must leave the same tasks known as the ordered stream does
-  if image ~= '' then redis.call('HSET', images, task, image) end
-  if redis.call('SISMEMBER', tombstones, id) == 1 then return 'deleted' end
-  local current = redis.call('HGET', times, id)
-  if current then
-    current = tonumber(current)
-    if not current then return 'legacy' end
-    if current > tonumber(updated_at) then return 'stale' end
-  end
-  local old = redis.call('HGET', votes, id)
-  if old == record then return 'same' end
-  redis.call('HSET', votes, id, record)
-  redis.call('HSET', times, id, updated_at)
-  redis.call('SADD', task_key, id)
-  if old then return 'changed' end
-  return 'added'
-end
-"""
-
-_APPLY = APPLY_VOTE_LUA + """
-return apply_vote(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+# One vote, atomically, in order: KEYS as `vote_keys` lists them, then task:{t}; ARGV as
+# `vote_args` lists them. Times are microseconds since the epoch (instant_us).
+_APPLY = """
+local votes, times, tombstones, deleted_tasks, images, task_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, updated_at, record, task, image = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('SISMEMBER', deleted_tasks, task) == 1 then return 'task_deleted' end
+-- the task exists whatever becomes of this annotation: a delete that overtook its create
+-- must leave the same tasks known as the ordered stream does
+if image ~= '' then redis.call('HSET', images, task, image) end
+if redis.call('SISMEMBER', tombstones, id) == 1 then return 'deleted' end
+local current = redis.call('HGET', times, id)
+if current and tonumber(current) > tonumber(updated_at) then return 'stale' end
+local old = redis.call('HGET', votes, id)
+if old == record then return 'same' end
+redis.call('HSET', votes, id, record)
+redis.call('HSET', times, id, updated_at)
+redis.call('SADD', task_key, id)
+if old then return 'changed' end
+return 'added'
 """
 
 
@@ -93,14 +83,6 @@ redis.call('SREM', ARGV[2] .. task, ARGV[1])
 return tostring(task)
 """
 
-# pairs (annotation id, ISO text it had, microseconds): rewritten only where the text is still
-# there, so a vote applied meanwhile is not undone
-_UPGRADE_TIMES = """
-for i = 1, #ARGV, 3 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2]) end
-end
-"""
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -122,31 +104,6 @@ def instant_us(text) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def stored_instant_us(text) -> int:
-    """The instant of a time stored by an older version; 0 (oldest) for none or a bad one, which
-    the webhook would have refused had it checked then."""
-    try:
-        return instant_us(text.decode() if isinstance(text, bytes) else text)
-    except ValueError:
-        return 0
-
-
-def upgrade_vote_times(client: redis.Redis, project: str) -> int:
-    """Rewrites the project's vote times stored as ISO text (by versions that compared them as
-    text) as microseconds; returns how many."""
-    times = keys.vote_times(project)
-    args = []
-    for annotation, text in client.hgetall(times).items():
-        value = text.decode() if isinstance(text, bytes) else text
-        if not value.lstrip("-").isdigit():
-            args += [annotation, text, stored_instant_us(value)]
-    for start in range(0, len(args), 3 * 1000):  # a bounded command each, however large the project
-        client.eval(_UPGRADE_TIMES, 1, times, *args[start:start + 3 * 1000])
-    if args:
-        log.info("project %s: %d vote times stored as text rewritten as instants", project, len(args) // 3)
-    return len(args) // 3
 
 
 @contextmanager
@@ -175,8 +132,8 @@ class Vote:
     updated_us: int = None  # updated_at in microseconds since the epoch: what orders votes
 
     def __post_init__(self):
-        if self.updated_us is None:  # a record of an older version, or a vote built by hand
-            object.__setattr__(self, "updated_us", stored_instant_us(self.updated_at))
+        if self.updated_us is None:  # a vote built by hand: its instant from its time
+            object.__setattr__(self, "updated_us", instant_us(self.updated_at))
 
     def record(self) -> str:
         return json.dumps({"annotation": self.annotation, "task": self.task, "annotator": self.annotator,
@@ -290,11 +247,7 @@ class VoteStore:
         """'added', 'changed', 'same', 'stale', 'deleted' (tombstoned) or 'task_deleted'."""
         names = vote_keys(project) + [keys.task_votes(project, vote.task)]
         args = vote_args(vote, image_url)
-        outcome = self._apply(keys=names, args=args)
-        if outcome == "legacy":
-            upgrade_vote_times(self.redis, project)
-            outcome = self._apply(keys=names, args=args)
-        return outcome
+        return self._apply(keys=names, args=args)
 
     def delete(self, project: str, annotation_id: int) -> int | None:
         """Removes the vote and remembers the id; returns its task, or None if never seen."""

@@ -43,12 +43,10 @@ class Annotator:
         return self.ls.create_annotation(task_id, result(aesthetic, emotion), token=self.token, lead_time=2.0)
 
     def skip(self, task_id: int) -> dict:
-        return self.ls.api_json("POST", f"/api/tasks/{task_id}/annotations", token=self.token,
-                                params={"was_cancelled": 1}, json={"result": [], "was_cancelled": True})
+        return self.ls.create_annotation(task_id, [], token=self.token, was_cancelled=True)
 
     def update(self, annotation_id: int, aesthetic: str, emotion: str) -> dict:
-        return self.ls.api_json("PATCH", f"/api/annotations/{annotation_id}", token=self.token,
-                                json={"result": result(aesthetic, emotion)})
+        return self.ls.update_annotation(annotation_id, result(aesthetic, emotion), token=self.token)
 
     def delete(self, annotation_id: int) -> None:
-        self.ls.api("DELETE", f"/api/annotations/{annotation_id}", token=self.token)
+        self.ls.delete_annotation(annotation_id, token=self.token)

@@ -55,8 +55,8 @@ class _PortTaken(Exception):
 
 
 class LabelStudioServer(LabelStudioClient):
-    """One Label Studio process on 127.0.0.1, plus the REST helpers of ``LabelStudioClient``
-    (backend/labelstudio/admin_client.py, shared with ``aesemo stack``; ``Authorization: Token``)."""
+    """One Label Studio process on 127.0.0.1, plus the API calls of ``LabelStudioClient``
+    (backend/labelstudio/admin_client.py: label-studio-sdk, shared with ``aesemo stack``)."""
 
     def __init__(
         self,
@@ -74,14 +74,13 @@ class LabelStudioServer(LabelStudioClient):
         log_level: str = "INFO",
         db_template: bool | None = None,
     ):
-        # LabelStudioClient.__init__ is not called: the URL is known only once a port is chosen
-        # (the ``url`` property below); ``token``, ``request_timeout`` and ``session`` are set here.
+        # the URL is known only once a port is chosen: the ``url`` property below
+        super().__init__("", token or secrets.token_hex(20), request_timeout)  # the admin's legacy API token
         self.data_dir = Path(data_dir).resolve()
         self.files_dir = Path(files_dir).resolve() if files_dir else self.data_dir / "files"
         self.port = port
         self.username = username
         self.password = password or secrets.token_urlsafe(16)
-        self.token = token or secrets.token_hex(20)  # legacy API token of the admin user
         self.extra_env = dict(env or {})
         self.venv = Path(venv) if venv else DEFAULT_VENV
         # A fresh database takes 25-100 s of migrations on 2 busy cores. The first fresh start
@@ -94,7 +93,6 @@ class LabelStudioServer(LabelStudioClient):
         self.template_dir = self.venv / "aesemo-db-template"
         self.used_template = False
         self.start_timeout = start_timeout
-        self.request_timeout = request_timeout
         self.log_level = log_level
         self.log_path = self.data_dir / "label-studio.log"
         self.proc: subprocess.Popen | None = None
@@ -236,6 +234,7 @@ class LabelStudioServer(LabelStudioClient):
     def stop(self, timeout: float = 15.0) -> None:
         """Terminate the server (SIGTERM, then SIGKILL after ``timeout`` s) and close the log."""
         proc, self.proc = self.proc, None
+        self.close()
         if proc is not None and proc.poll() is None:
             self._signal_group(proc, signal.SIGTERM)
             try:

@@ -112,7 +112,7 @@ def label_the_rest_through_the_api(loop: dict, done: list[int]) -> list[int]:
 def start_training(loop: dict, status: str) -> None:
     """Label Studio's Start Training; waits for a job of that status in the backend's list."""
     ls, backend, pid = loop["ls"], loop["backend"], loop["pid"]
-    ls.api("POST", f"/api/ml/{loop['ml']}/train", json={})
+    ls.start_training(loop["ml"])
     wait_for(lambda: [j for j in backend.get(f"/projects/{pid}/jobs").json()["jobs"] if j["status"] == status],
              60, what=f"a {status} training job")
 

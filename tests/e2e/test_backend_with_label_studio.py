@@ -135,7 +135,7 @@ def _predict_and_check(ls: LabelStudioServer, pid: int, ml_id: int, task_ids: li
     reply = ls.retrieve_predictions(pid, task_ids)
     elapsed = time.monotonic() - t0
     print(f"retrieve_predictions of {len(task_ids)} tasks: {elapsed:.2f} s -> {reply}")
-    version = ls.api_json("GET", f"/api/ml/{ml_id}")["model_version"]
+    version = ls.ml_backend(ml_id)["model_version"]
     assert version and version.startswith("base-resnet18-"), version
     for tid in task_ids:
         preds = ls.predictions(tid)
@@ -211,7 +211,7 @@ def test_unreadable_image_gets_no_prediction(label_studio: LabelStudioServer, ae
     assert reply is not None
     log = ls_log_since(ls, offset)
 
-    version = ls.api_json("GET", f"/api/ml/{ml['id']}")["model_version"]
+    version = ls.ml_backend(ml["id"])["model_version"]
     for tid in good:
         preds = ls.predictions(tid)
         assert len(preds) == 1, (tid, preds, log)
@@ -285,12 +285,12 @@ def test_refused_start_training_is_listed_and_leaves_the_backend_ready(label_stu
     ls = label_studio
     pid, _tasks = _project_with_uploads(ls, tmp_path, "aesemo e2e: refused training")
     ml = ls.connect_ml_backend(pid, aesemo.url, title="aesemo")
-    ls.api("POST", f"/api/ml/{ml['id']}/train", json={})  # answered once the backend has answered
+    ls.start_training(ml["id"])  # answered once the backend has answered
 
     jobs = wait_for(lambda: aesemo.get(f"/projects/{pid}/jobs").json()["jobs"], 30, interval=0.2,
                     what="the refusal in the backend's jobs list")
     assert [(j["status"], j["requested_by"]) for j in jobs] == [("refused", "START_TRAINING")], jobs
     assert "consensus-labelled tasks" in jobs[0]["reason"] and jobs[0]["refused_at"], jobs
-    state = ls.api_json("GET", f"/api/ml/{ml['id']}")
+    state = ls.ml_backend(ml["id"])
     assert state["state"] != "ER" and not state.get("error_message"), state
     assert ls.ml_backends(pid)[0]["state"] != "ER"

@@ -345,7 +345,7 @@ def test_resync_after_backend_was_down(label_studio: LabelStudioServer, image_se
     assert synced["aesthetic"]["labels"] == {"high": 2, "low": 1}, synced
 
     # the training set, independently, from Label Studio's export (admin token)
-    export = ls.api_json("GET", f"/api/projects/{pid}/export", params={"exportType": "JSON"})
+    export = ls.export(pid)
     assert sum(len(t.get("annotations") or []) for t in export) == len(stream) - 1
     expected = majority_training_set(export)
     # t1 lost c's vote and t5 has two (waiting); t6 has a skip and two missing votes

@@ -205,7 +205,7 @@ def test_full_loop(label_studio: LabelStudioServer, image_server: ImageServer, t
         t = lap("consensus", t)
 
         # ---- Label Studio's own Start Training: POST /api/ml/<id>/train -> START_TRAINING webhook
-        ls.api("POST", f"/api/ml/{ml_id}/train", json={})
+        ls.start_training(ml_id)
         jobs = wait_until(lambda: backend_json(backend, f"/projects/{pid}/jobs")["jobs"],
                           lambda js: len(js) >= 1, timeout=60)
         assert len(jobs) == 1, jobs
@@ -258,7 +258,7 @@ def test_full_loop(label_studio: LabelStudioServer, image_server: ImageServer, t
 
         # ---- the serving process: /setup answers the new version (through Label Studio), and it
         # swaps the model in memory (listener or poller), without a restart
-        ml_now = wait_until(lambda: ls.api_json("GET", f"/api/ml/{ml_id}"),
+        ml_now = wait_until(lambda: ls.ml_backend(ml_id),
                             lambda m: m["model_version"] == new_version, timeout=30, interval=1.0)
         assert ml_now["model_version"] == new_version, ml_now
         assert ml_now["state"] == "CO", ml_now

@@ -152,7 +152,7 @@ def test_upload_download_and_second_annotator(label_studio: LabelStudioServer, t
     assert sorted(a["completed_by"] for a in ls.annotations(tasks[0]["id"])) == sorted([admin["id"], annotator["id"]])
 
     with pytest.raises(LabelStudioError) as err:
-        ls.api("GET", "/api/projects/999999")
+        ls.project(999999)
     assert err.value.status == 404
 
 

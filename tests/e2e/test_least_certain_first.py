@@ -34,7 +34,7 @@ def aesemo(label_studio: LabelStudioServer, image_server, tmp_path_factory):
 
 
 def tabs(ls: LabelStudioServer, pid: int) -> list[dict]:
-    return [v for v in ls.api_json("GET", "/api/dm/views/", params={"project": pid})
+    return [v for v in ls.views(pid)
             if v["data"].get("title") == VIEW_TITLE]
 
 
@@ -46,9 +46,7 @@ def sorts_by(ls: LabelStudioServer, pid: int, version: str) -> bool:
 
 
 def tasks_in_tab(ls: LabelStudioServer, pid: int, view_id: int) -> list[dict]:
-    body = ls.api_json("GET", "/api/tasks", params={"project": pid, "view": view_id, "fields": "all",
-                                                    "page_size": 100})
-    return body["tasks"]
+    return ls.tasks(pid, view=view_id, fields="all")
 
 
 def test_least_certain_task_first_through_the_tab(label_studio: LabelStudioServer, aesemo: BackendProcess,
@@ -57,7 +55,7 @@ def test_least_certain_task_first_through_the_tab(label_studio: LabelStudioServe
     pid = ls.create_project("aesemo e2e: least certain first", LABEL_CONFIG)["id"]
     assert ls.import_files(pid, make_pngs(tmp_path / "photos", COLOURS))["task_count"] == len(COLOURS)
     ml = ls.connect_ml_backend(pid, aesemo.url, title="aesemo")
-    served = ls.api_json("GET", f"/api/ml/{ml['id']}")["model_version"]
+    served = ls.ml_backend(ml["id"])["model_version"]
     assert served.startswith("base-resnet18-"), served
     wait_for(lambda: sorts_by(ls, pid, served), 60, interval=1, what=f"project {pid} sorting by {served}")
 
@@ -80,7 +78,7 @@ def test_least_certain_task_first_through_the_tab(label_studio: LabelStudioServe
 
     # connected again (Label Studio names the new backend "aesemo" and points the project at it):
     # titled anew once AESEMO_LS_RECHECK has passed, still one tab, and the same order
-    ls.api("DELETE", f"/api/ml/{ml['id']}")
+    ls.disconnect_ml_backend(ml["id"])
     ls.connect_ml_backend(pid, aesemo.url, title="aesemo")
     wait_for(lambda: sorts_by(ls, pid, served), 60, interval=1, what=f"project {pid} sorting by {served} again")
     assert len(tabs(ls, pid)) == 1

@@ -21,7 +21,8 @@ import pytest
 
 from backend.labelstudio.admin_client import LabelStudioClient
 from backend.core.redis_connection import embedded_redis_running
-from backend.tools.stack import INDEPENDENT_VOTES, READY_LINE, SAMPLE_PHOTOS
+from backend.tools.demo_project import INDEPENDENT_VOTES, SAMPLE_PHOTOS
+from backend.tools.stack import READY_LINE
 from backend_proc import SCRUB_ENV, aesemo_executable
 from net import free_port, wait_for
 
