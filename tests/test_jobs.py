@@ -393,7 +393,7 @@ def test_worker_killed_with_sigkill_fails_the_job_and_a_new_one_trains(lab, trai
     worker = busy["worker"]  # already started (importing torch takes a while here): the one to kill
     for job_id in (busy["first"].get_json()["training"]["job_id"], busy["after_start"].get_json()["job_id"]):
         lab.client.post(f"/projects/{PROJECT}/jobs/{job_id}/cancel")  # 409 when already done
-        wait_for(lambda: lab.job(job_id)["status"] not in ("queued", "started"), 120, what=f"{job_id} to end")
+        wait_for(lambda job_id=job_id: lab.job(job_id)["status"] not in ("queued", "started"), 120, what=f"{job_id} to end")
     assert lab.queue_length() == 0 and worker.poll() is None
     served, folders = lab.current(), lab.version_dirs()
     job_k = lab.client.post(f"/projects/{PROJECT}/train", json={"epochs": 3, "batch_size": 4}).get_json()["job_id"]

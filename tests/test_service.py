@@ -35,7 +35,7 @@ from canary import Canary  # tests/ is on sys.path (rootdir-relative, no package
 from images_server import ImageServer
 from json_server import JsonHandler, LoopbackServer
 
-from ls_examples import EXAMPLES, example  # noqa: E402
+from ls_examples import EXAMPLES, example
 
 PROJECT = "1.1795782039"
 SECRET = "secret-token-XYZ"

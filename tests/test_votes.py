@@ -25,7 +25,7 @@ from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_r
 from backend.training.queue import training_queue
 from backend.votes.store import PROBLEMS_KEPT, Vote, VoteStore
 
-from ls_examples import example  # noqa: E402
+from ls_examples import example
 from net import wait_for
 
 PROJECT = "1"   # the recorded bodies' project id

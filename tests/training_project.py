@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 REPO = Path(__file__).resolve().parents[1]
-from ls_examples import example  # noqa: E402
+from ls_examples import example
 
 AESTHETIC = ("high", "low")
 EMOTION = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
@@ -202,11 +202,10 @@ def flip_a_byte(path: Path, offset: int | None = None) -> None:
 # ----- processes ----------------------------------------------------------------------------
 
 def start_process(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "ab")
-    process = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    with open(log_path, "ab") as log:  # the child holds its own descriptor
+        process = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     process.log_path = log_path  # type: ignore[attr-defined]
-    log.close()
     return process
 
 

@@ -13,7 +13,8 @@ import math
 import os
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from model.limits import FINETUNE_MODES, PRECISIONS, TRAINING_DEFAULTS, TRAINING_LIMITS, Limit
 from model.uncertainty import MEASURES

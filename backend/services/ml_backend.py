@@ -158,9 +158,9 @@ class LabelStudioBackend:
         budget_ids = (task_id(tasks[f.index]) for f in failures if f.kind == BUDGET_KIND)
         over_budget = [i for i in budget_ids if i is not None]
         queued = []
-        if project and over_budget and _reaches_label_studio(self.settings, context):
-            if try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget):
-                queued = over_budget
+        if (project and over_budget and _reaches_label_studio(self.settings, context)
+                and try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget)):
+            queued = over_budget
         return results, failures, queued
 
     def _model_for(self, project: str | None, labels: ProjectLabels) -> ServedModel:

@@ -287,8 +287,8 @@ def summary(consensus: dict[str, dict[int, TaskConsensus]], classes: dict) -> di
     """Counts by state, label distribution, per-annotator agreement, and alpha per dimension."""
     out = {}
     for dimension, tasks in consensus.items():
-        states = {s: 0 for s in STATES}
-        labels = {n: 0 for n in classes[dimension]}
+        states = dict.fromkeys(STATES, 0)
+        labels = dict.fromkeys(classes[dimension], 0)
         agree: dict[int, list[int]] = {}
         for c in tasks.values():
             states[c.state] += 1

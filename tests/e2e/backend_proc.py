@@ -79,17 +79,14 @@ class BackendProcess:
     def post(self, path: str, **kwargs) -> requests.Response:
         return self.request("POST", path, **kwargs)
 
-    def start(self, timeout: float = 180.0) -> "BackendProcess":
+    def start(self, timeout: float = 180.0) -> BackendProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [aesemo_executable(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", "1", "--threads", "4"]
-        log = open(self.log_path, "ab")
         t0 = time.monotonic()
-        try:
+        with open(self.log_path, "ab") as log:  # the child holds its own descriptor
             self.proc = subprocess.Popen(cmd, cwd=self.data_dir.parent, env=self.env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()  # the child holds its own descriptor
         deadline = t0 + timeout
         while True:
             code = self.proc.poll()
