@@ -30,7 +30,7 @@ from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import predict_tasks
 from backend.serving.prediction_store import VersionPredictions, stored_then_predicted
 from backend.serving.registry import current_version_name, resolve_current
-from backend.serving.suggestions import withheld_reason
+from backend.serving.suggestions import withheld_reason, withheld_types, without_withheld
 from backend.jobs.connection import delete_if_equal
 from backend.jobs.context import job_settings
 from backend.jobs.progress import Progress
@@ -131,7 +131,9 @@ def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict])
     version, ttl = run.served.version, run.settings.prediction_ttl_s
     store = VersionPredictions(run.client, run.project, version, ttl)
     results, _ = stored_then_predicted(store, batch, run.labels, lambda tasks: _predict(run, fetcher, tasks))
-    ready = {task["id"]: result for task, result in zip(batch, results) if result}
+    withheld = withheld_types(run.settings, run.served.predictor.meta)
+    ready = {task["id"]: without_withheld(result, run.labels, withheld)
+             for task, result in zip(batch, results) if result}
     ids = list(ready)
     if ids:
         if not run.settings.refresh_keep_old:
