@@ -221,6 +221,12 @@ class Settings:
         "AESEMO_SUGGEST_UNTRAINED", False,
         "pre-annotate with a model version that was never trained on labels (its suggestions are "
         "random); off: `/predict` answers `[]` per task until the project has a trained version", parse=_flag)
+    suggestion_gate: bool = setting(
+        "AESEMO_SUGGESTION_GATE", True,
+        "suggest a task type (aesthetic, emotion) of a trained version only when its held-out evidence beats "
+        "the trivial answer: the lower end of the 95 % (Wilson) interval of its held-out accuracy above the "
+        "share of the most common class on the same tasks; off: every trained version suggests both",
+        parse=_flag)
     consensus_method: str = setting(
         "AESEMO_CONSENSUS_METHOD", Policy.method, "default consensus method (`majority` or `dawid_skene`)",
         check=_one_of(_consensus_methods))

@@ -46,20 +46,6 @@ def store_predictions(client: redis.Redis, project: str, version: str, entries: 
     pipe.execute()
 
 
-def refreshed_task_ids(client: redis.Redis, project: str, version: str) -> set[str]:
-    return {t.decode() if isinstance(t, bytes) else t for t in client.smembers(keys.refreshed(project, version))}
-
-
-def mark_refreshed(client: redis.Redis, project: str, version: str, task_ids: list, ttl_s: int) -> None:
-    if not task_ids:
-        return
-    key = keys.refreshed(project, version)
-    pipe = client.pipeline()
-    pipe.sadd(key, *[str(t) for t in task_ids])
-    pipe.expire(key, ttl_s)
-    pipe.execute()
-
-
 def task_id(task) -> int | None:
     """A task's Label Studio id, the store's key; None for a task without one (never stored)."""
     value = task.get("id") if isinstance(task, dict) else None

@@ -130,6 +130,11 @@ class Vote:
     cancelled: bool = False
     problems: tuple = ()    # choices that are not in the label config, kept for the admin
     updated_us: int = None  # updated_at in microseconds since the epoch: what orders votes
+    # what the annotator was shown and how long they took, to measure what suggestions do to votes:
+    # the id of the prediction Label Studio pre-filled the annotation from (None: none), and the
+    # seconds Label Studio counted on the task (None when it sent none)
+    parent_prediction: int | None = None
+    lead_time: float | None = None
 
     def __post_init__(self):
         if self.updated_us is None:  # a vote built by hand: its instant from its time
@@ -139,7 +144,8 @@ class Vote:
         return json.dumps({"annotation": self.annotation, "task": self.task, "annotator": self.annotator,
                            "updated_at": self.updated_at, "updated_us": self.updated_us, "labels": self.labels,
                            "ground_truth": self.ground_truth, "cancelled": self.cancelled,
-                           "problems": list(self.problems)}, sort_keys=True, separators=(",", ":"))
+                           "problems": list(self.problems), "parent_prediction": self.parent_prediction,
+                           "lead_time": self.lead_time}, sort_keys=True, separators=(",", ":"))
 
     @staticmethod
     def from_record(text: str) -> Vote:
@@ -190,7 +196,32 @@ def vote_from_annotation(annotation: dict, task_id, labels: ProjectLabels) -> Vo
     updated_at, updated_us = _updated(annotation, where)
     return Vote(annotation=annotation["id"], task=task, annotator=author, updated_at=updated_at,
                 updated_us=updated_us, labels=chosen, ground_truth=bool(annotation.get("ground_truth")),
-                cancelled=cancelled, problems=tuple(problems))
+                cancelled=cancelled, problems=tuple(problems),
+                parent_prediction=_parent_prediction(annotation, where), lead_time=_lead_time(annotation, where))
+
+
+MAX_LEAD_TIME_S = 10 ** 7  # about four months: a bound on what is stored, not a judgement of the annotator
+
+
+def _parent_prediction(annotation: dict, where: str) -> int | None:
+    """The prediction the annotation was pre-filled from (Label Studio's `parent_prediction`)."""
+    value = annotation.get("parent_prediction")
+    if value is None:
+        return None
+    if as_id(value) is None:
+        raise InvalidInput(f"{where}: \"parent_prediction\" must be a prediction id or null, got {shown(value)}")
+    return int(value)
+
+
+def _lead_time(annotation: dict, where: str) -> float | None:
+    """Seconds the annotator spent (Label Studio's `lead_time`); None when absent."""
+    value = annotation.get("lead_time")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_LEAD_TIME_S:
+        raise InvalidInput(f"{where}: \"lead_time\" must be a number of seconds in [0, {MAX_LEAD_TIME_S}], "
+                           f"got {shown(value)}")
+    return float(value)
 
 
 def _updated(annotation: dict, where: str) -> tuple[str, int]:
