@@ -183,6 +183,7 @@ def backend_env(data_dir: Path, label_studio_url: str, image_port: int | None = 
         AESEMO_DATA_DIR=str(data_dir),
         AESEMO_BACKBONE="resnet18",
         AESEMO_SUGGEST_UNTRAINED="1",  # the tests predict with the untrained base version
+        AESEMO_CONTROL_FRACTION="0",   # every task of these tests is a suggested one
         AESEMO_OFFLINE="1",  # no test reaches the internet for ImageNet weights
         LABEL_STUDIO_URL=label_studio_url,
         PYTHONUNBUFFERED="1",
