@@ -190,7 +190,7 @@ def test_control_tasks_are_a_stable_share_chosen_by_the_task_id():
     assert 0.09 < len(chosen) / 20_000 < 0.11
     assert chosen == [t for t in range(1, 20_001) if is_control_task(t, 0.1)]   # the same every time
     assert not any(is_control_task(t, 0.0) for t in range(1, 1000))
-    assert set(t for t in range(1, 2000) if is_control_task(t, 0.05)) < set(chosen)  # a smaller share is a subset
+    assert {t for t in range(1, 2000) if is_control_task(t, 0.05)} < set(chosen)  # a smaller share is a subset
 
 
 def test_a_control_task_gets_an_empty_result_with_its_score(default_settings, small_base, images, redis_client):
