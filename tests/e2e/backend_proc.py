@@ -184,6 +184,7 @@ def backend_env(data_dir: Path, label_studio_url: str, image_port: int | None = 
         AESEMO_BACKBONE="resnet18",
         AESEMO_SUGGEST_UNTRAINED="1",  # the tests predict with the untrained base version
         AESEMO_CONTROL_FRACTION="0",   # every task of these tests is a suggested one
+        AESEMO_SUGGESTION_GATE="0",    # their 1-epoch versions on a few labels show the loop, not evidence
         AESEMO_OFFLINE="1",  # no test reaches the internet for ImageNet weights
         LABEL_STUDIO_URL=label_studio_url,
         PYTHONUNBUFFERED="1",
