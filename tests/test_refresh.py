@@ -252,3 +252,16 @@ def test_the_page_shows_a_job_that_ended_badly_by_its_status_not_its_first_progr
     assert refresh_status({"status": "finished", "progress": {"state": "finished", "skipped": "why"}}) == "skipped"
     assert refresh_status({"status": "started", "progress": {"state": "refreshing"}}) == "refreshing"
     assert refresh_status({"status": "queued", "progress": None}) == "queued"
+
+
+def test_control_tasks_are_written_without_a_suggestion(lab):
+    from backend.votes.control import is_control_task
+    env, studio, _ = lab
+    control = [t for t in (1, 3, 4, 6, 7) if is_control_task(t, 0.5)]
+    assert control and len(control) < 5        # the unlabelled tasks hold both kinds at 50 %
+    result = refresh({**env, "AESEMO_CONTROL_FRACTION": "0.5"})
+    assert result["written"] == 5
+    for task in (1, 3, 4, 6, 7):
+        [written] = studio.predictions[task]
+        assert written["model_version"] == result["version"] and 0 <= written["score"] <= 1
+        assert len(written["result"]) == (0 if task in control else 2), (task, written)

@@ -90,7 +90,8 @@ def other_private_server():
 def base_settings(tmp_path_factory, redis_url, server) -> Settings:
     data = tmp_path_factory.mktemp("service") / "data"
     return replace(Settings(), data_dir=data, redis_url=redis_url, backbone="resnet18",
-                   allowed_image_hosts=(server.netloc,), suggest_untrained=True, inference_path="pytorch")
+                   allowed_image_hosts=(server.netloc,), suggest_untrained=True, suggestion_gate=False,
+                   control_fraction=0.0, inference_path="pytorch")
 
 
 @pytest.fixture(scope="module")

@@ -180,3 +180,31 @@ def test_with_the_gate_off_both_types_are_suggested(default_settings, small_base
     answer = client.post("/predict", json=predict_body(PROJECT, urls(images))).get_json()
     assert "withheld_types" not in answer
     assert all([r["from_name"] for r in item["result"]] == ["aesthetic", "emotion"] for item in answer["results"])
+
+
+# ----- control tasks: a stable share of the tasks never gets a suggestion
+
+def test_control_tasks_are_a_stable_share_chosen_by_the_task_id():
+    from backend.votes.control import is_control_task
+    chosen = [t for t in range(1, 20_001) if is_control_task(t, 0.1)]
+    assert 0.09 < len(chosen) / 20_000 < 0.11
+    assert chosen == [t for t in range(1, 20_001) if is_control_task(t, 0.1)]   # the same every time
+    assert not any(is_control_task(t, 0.0) for t in range(1, 1000))
+    assert {t for t in range(1, 2000) if is_control_task(t, 0.05)} < set(chosen)  # a smaller share is a subset
+
+
+def test_a_control_task_gets_an_empty_result_with_its_score(default_settings, small_base, images, redis_client):
+    from backend.votes.control import is_control_task
+    settings = replace(default_settings, control_fraction=0.1)
+    client = create_app(settings).test_client()
+    setup_project(client, PROJECT)
+    write_small_version(project_versions_dir(settings, str(PROJECT)) / "v0001-trained", seed=3)
+    set_current_version(redis_client, str(PROJECT), "v0001-trained")
+    body = predict_body(PROJECT, urls(images, 10))
+    for n, task in enumerate(body["tasks"]):
+        task["id"] = 30 + n            # 39 is a control task at 10 %, its neighbours are not
+    assert [t["id"] for t in body["tasks"] if is_control_task(t["id"], 0.1)] == [39]
+    results = client.post("/predict", json=body).get_json()["results"]
+    by_task = {t["id"]: r for t, r in zip(body["tasks"], results)}
+    assert by_task[39]["result"] == [] and 0 <= by_task[39]["score"] <= 1
+    assert all(len(r["result"]) == 2 for task, r in by_task.items() if task != 39)

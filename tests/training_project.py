@@ -40,6 +40,7 @@ def service_env(data_dir: Path, redis_url: str, image_hosts: str, **extra: str) 
         "AESEMO_BACKBONE": "resnet18",
         "AESEMO_SUGGEST_UNTRAINED": "1",  # predictions with the base version before any training
         "AESEMO_SUGGESTION_GATE": "0",    # tests/test_suggestions.py tests the gate; small test versions fail it
+        "AESEMO_CONTROL_FRACTION": "0",   # tests/test_suggestions.py tests control tasks
         "AESEMO_OFFLINE": "1",  # no test reaches the internet for ImageNet weights
         "AESEMO_INFERENCE_PATH": "pytorch",  # no background runtime exports; tests/test_runtime.py tests them
         "AESEMO_ALLOWED_IMAGE_HOSTS": image_hosts,

@@ -227,6 +227,12 @@ class Settings:
         "the trivial answer: the lower end of the 95 % (Wilson) interval of its held-out accuracy above the "
         "share of the most common class on the same tasks; off: every trained version suggests both",
         parse=_flag)
+    control_fraction: float = setting(
+        "AESEMO_CONTROL_FRACTION", 0.1,
+        "share of each project's tasks that never get a suggestion (control tasks, chosen by a hash of the task "
+        "id): `/predict` and the refresh give them an empty result with its score, so the least-certain "
+        "ordering still places them, and what annotators do without a suggestion can be measured; 0: none",
+        parse=_number, limit=Limit(float, 0, 0.5))
     consensus_method: str = setting(
         "AESEMO_CONSENSUS_METHOD", Policy.method, "default consensus method (`majority` or `dawid_skene`)",
         check=_one_of(_consensus_methods))

@@ -30,7 +30,7 @@ from backend.serving.prediction_store import VersionPredictions, stored_then_pre
 from backend.serving.refresh_queue import try_submit_refresh
 from backend.serving.registry import all_versions, base_for, describe_base, resolve_current, version_meta
 from backend.serving.suggestions import (WITHHELD_FIELD, WITHHELD_TYPES_FIELD, WithheldLog, withheld_reason,
-                                         withheld_types, without_withheld)
+                                         shown_result, withheld_types)
 from backend.services.projects import Projects
 from backend.services.training import TrainingService, training_refused
 from backend.votes.project_consensus import ProjectConsensus
@@ -140,8 +140,9 @@ class LabelStudioBackend:
                                 details=[f.to_dict() for f in failures])
         PREDICTIONS.labels(version_name).inc(len(tasks) - len(failures))
         types = withheld.get(WITHHELD_TYPES_FIELD, {})
-        reply = {"results": [without_withheld(r, labels, types) for r in results], "model_version": version_name,
-                 **withheld}
+        shown = [shown_result(r, task_id(t), labels, types, self.settings.control_fraction)
+                 for r, t in zip(results, tasks)]
+        reply = {"results": shown, "model_version": version_name, **withheld}
         if failures:
             reply["errors"] = [f.to_dict() for f in failures]
         if queued:

@@ -30,7 +30,7 @@ from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import predict_tasks
 from backend.serving.prediction_store import VersionPredictions, stored_then_predicted
 from backend.serving.registry import current_version_name, resolve_current
-from backend.serving.suggestions import withheld_reason, withheld_types, without_withheld
+from backend.serving.suggestions import shown_result, withheld_reason, withheld_types
 from backend.jobs.connection import delete_if_equal
 from backend.jobs.context import job_settings
 from backend.jobs.progress import Progress
@@ -132,7 +132,7 @@ def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict])
     store = VersionPredictions(run.client, run.project, version, ttl)
     results, _ = stored_then_predicted(store, batch, run.labels, lambda tasks: _predict(run, fetcher, tasks))
     withheld = withheld_types(run.settings, run.served.predictor.meta)
-    ready = {task["id"]: without_withheld(result, run.labels, withheld)
+    ready = {task["id"]: shown_result(result, task["id"], run.labels, withheld, run.settings.control_fraction)
              for task, result in zip(batch, results) if result}
     ids = list(ready)
     if ids:

@@ -16,6 +16,8 @@ import logging
 import math
 import threading
 
+from backend.votes.control import is_control_task
+
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,14 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     centre = (share + spread / 2) / (1 + spread)
     half = z * math.sqrt(share * (1 - share) / n + spread / (4 * n)) / (1 + spread)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def shown_result(result, task, labels, withheld: dict[str, str], control_fraction: float):
+    """What Label Studio gets for a task: nothing to show for a control task (its score stays, so
+    the least-certain ordering still places it), else the result less the withheld types."""
+    if result and task is not None and is_control_task(task, control_fraction):
+        return {**result, "result": []}
+    return without_withheld(result, labels, withheld)
 
 
 def without_withheld(result: dict, labels, withheld: dict[str, str]) -> dict:

@@ -170,11 +170,11 @@ def by_metric(settings: Settings, parent_meta: dict, meta: dict) -> tuple[bool, 
     if new is None or not math.isfinite(new):
         return False, f"no valid held-out macro-F1 ({new}) to judge it by; promote it by hand if wanted"
     own = f"held-out macro-F1 {new:.4f} on its own {heldout_count(meta)} held-out tasks"
+    if not is_trained(parent_meta):  # whatever it scores, it replaces random weights
+        return True, f"first trained version ({own})"
     broken = broken_outputs(new, meta)
     if broken:
         return False, f"{own}, and the new version {broken}"
-    if not is_trained(parent_meta):
-        return True, f"first trained version ({own})"
     return inconclusive(settings, parent_meta, meta, "no stable held-out tasks yet to score both versions on, "
                         f"so scores from different splits are not compared (the new version: {own})")
 
