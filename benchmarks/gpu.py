@@ -1,7 +1,7 @@
 """GPU figures in one run: training step speed and memory in fp32 and bf16, inference speed and
 bf16/fp32 agreement, and a real `train_version` run on generated images (data path included).
 
-    python benchmarks/gpu.py [--backbones vgg16,resnet18] [--batch 32] [--quick]
+    python benchmarks/gpu.py [--backbones vgg16,resnet18] [--batch 32]
 
 Needs a CUDA device; prints one line per measurement so a run cut short still tells something.
 """
@@ -76,7 +76,7 @@ def train_steps(backbone: str, batch: int, repeats: int) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30
         print(f"train step  {backbone:<19} batch {batch:3d} {mode:<30} {seconds * 1e3:8.1f} ms/step "
               f"{batch / seconds:8.0f} images/s  peak {peak:5.2f} GiB", flush=True)
-        del model, optimizer, images
+        del step, model, optimizer, images  # step holds them too, as its default arguments
 
 
 def inference(backbone: str, batch: int, repeats: int, workdir: Path) -> None:

@@ -192,7 +192,7 @@ def with_hanging_predict(args, service: Service, measure_until) -> bool:
         try:
             local_session().post(service.url + "/predict", data=body, timeout=600,
                                  headers={"Content-Type": "application/json"})
-        except Exception:
+        except Exception:  # its outcome is not what is measured
             pass
 
     thread = threading.Thread(target=hanging_predict, daemon=True)

@@ -209,7 +209,7 @@ def _make_variant(folder: Path, name: str, converted, calibration: torch.Tensor,
         speed = ms_per_image(lambda batch: compiled(batch.numpy()), held_out)
         made_by = {"quantization": dict(QUANTIZATION[name])} if name in QUANTIZATION else {}
         return {"files": files, **made_by, **agreement(outputs, reference), "ms_per_image": speed}
-    except Exception as exc:
+    except Exception as exc:  # any exporter failure means: serve PyTorch, say why
         log.warning("runtime variant %s of %s failed: %s", name, folder, exc)
         return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 

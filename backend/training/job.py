@@ -72,7 +72,7 @@ def train_project(project: str) -> dict:
         progress = Progress(job, connection, lock)
         try:
             return _train(settings, project, params, progress, job.id if job else "local")
-        except Exception as exc:
+        except Exception as exc:  # the version is promoted either way; serving retries the export
             if job:
                 _record_failure(job, exc)
             raise
