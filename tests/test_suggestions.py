@@ -168,7 +168,7 @@ def test_predict_and_setup_leave_out_a_withheld_type_and_say_why(default_setting
     listed = client.get(f"/projects/{PROJECT}/versions").get_json()["versions"]
     assert set(next(v for v in listed if v["version"] == "v0001-thin")["withheld_types"]) == {"emotion"}
     page = client.get(f"/?project={PROJECT}").get_data(as_text=True)
-    assert "emotion" in page and "not above" in page
+    assert "emotion" in page and "does not lie above 0" in page
 
 
 def test_with_the_gate_off_both_types_are_suggested(default_settings, small_base, images, redis_client):

@@ -224,8 +224,8 @@ class Settings:
     suggestion_gate: bool = setting(
         "AESEMO_SUGGESTION_GATE", True,
         "suggest a task type (aesthetic, emotion) of a trained version only when its held-out evidence beats "
-        "the trivial answer: the lower end of the 95 % (Wilson) interval of its held-out accuracy above the "
-        "share of the most common class on the same tasks; off: every trained version suggests both",
+        "the trivial answer (the most common class, every time): the 95 % interval of the difference in "
+        "held-out accuracy, over resamples of the held-out tasks, above 0; off: every trained version suggests both",
         parse=_flag)
     control_fraction: float = setting(
         "AESEMO_CONTROL_FRACTION", 0.1,
