@@ -167,7 +167,7 @@ class Service:
         self.log_path = Path(self._tmp.name) / "serve.log"
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Service":
+    def __enter__(self) -> Service:
         try:
             self.start()
         except BaseException:

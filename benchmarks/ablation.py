@@ -18,12 +18,12 @@ from torchvision import models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.classes import TASKS  # noqa: E402
-from model.metrics import task_metrics  # noqa: E402
-from model.network import CrossBranchNet, NetConfig  # noqa: E402
-from model.synthetic import generated_training_data  # noqa: E402
-from model.train import TrainConfig, eval_view, train  # noqa: E402
-from model.transforms import IMAGENET_STD, normalize  # noqa: E402
+from model.classes import TASKS
+from model.metrics import task_metrics
+from model.network import CrossBranchNet, NetConfig
+from model.synthetic import generated_training_data
+from model.train import TrainConfig, eval_view, train
+from model.transforms import IMAGENET_STD, normalize
 
 
 class TwoResnets(nn.Module):
@@ -39,9 +39,9 @@ class TwoResnets(nn.Module):
 
 
 # the baseline's loop: no held-out split, no early stopping, constant lr, no weight decay
-PLAIN = dict(val_fraction=0.0, patience=0, schedule="constant", weight_decay=0.0)
-OLD_NET = dict(backbone="resnet18", head="fc3", cross_init="identity")
-OLD_LOOP = dict(val_fraction=0.2, patience=3, schedule="cosine", weight_decay=5e-4)
+PLAIN = {"val_fraction": 0.0, "patience": 0, "schedule": "constant", "weight_decay": 0.0}
+OLD_NET = {"backbone": "resnet18", "head": "fc3", "cross_init": "identity"}
+OLD_LOOP = {"val_fraction": 0.2, "patience": 3, "schedule": "cosine", "weight_decay": 5e-4}
 
 # name -> (network: None for the baseline, else NetConfig fields; TrainConfig fields)
 RUNS = {

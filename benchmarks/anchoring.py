@@ -34,11 +34,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.core.consensus_policy import Policy  # noqa: E402
-from backend.votes.anchoring import anchoring  # noqa: E402
-from backend.votes.consensus import compute  # noqa: E402
-from backend.votes.control import is_control_task  # noqa: E402
-from backend.votes.store import DIMENSIONS, Vote  # noqa: E402
+from backend.core.consensus_policy import Policy
+from backend.votes.anchoring import anchoring
+from backend.votes.consensus import compute
+from backend.votes.control import is_control_task
+from backend.votes.store import DIMENSIONS, Vote
 
 CLASSES = {"aesthetic": ("high", "low"),
            "emotion": ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")}
@@ -92,7 +92,7 @@ def run(crowd: Crowd, name: str, policy: Policy) -> dict:
     """Votes until no task waits for one it can get; the agreed labels' accuracy and what it cost."""
     suggest, counting = name != "none", replace_policy(policy, name)
     votes = [crowd.vote(t, crowd.order[t - 1][j], suggest) for t in crowd.tasks for j in range(policy.min_annotators)]
-    asked = {t: policy.min_annotators for t in crowd.tasks}
+    asked = dict.fromkeys(crowd.tasks, policy.min_annotators)
     while True:
         result = compute(votes, CLASSES, counting, tasks=crowd.tasks)
         waiting = {t for d in DIMENSIONS for t, c in result[d].items() if c.state == "waiting"}
@@ -161,8 +161,9 @@ def print_header(args, stampers: set[int], policy: Policy) -> None:
                            f"{ANNOTATORS[a]['emotion']:.2f}" for a in ANNOTATORS)
     print(f"{args.tasks} tasks x {args.seeds} seeds; annotators (aesthetic/emotion accuracy, * rubber-stamps): "
           f"{accuracies}; model {MODEL['aesthetic']:.2f}/{MODEL['emotion']:.2f}; control tasks "
-          f"{args.control_fraction:.0%}; rubber stampers' median time {args.stamp_seconds:g} s; policy majority, {policy.min_annotators} annotators, share >= "
-          f"{policy.min_agreement}, rubber_stamp_seconds {policy.rubber_stamp_seconds:g}\n")
+          f"{args.control_fraction:.0%}; rubber stampers' median time {args.stamp_seconds:g} s; policy majority, "
+          f"{policy.min_annotators} annotators, share >= {policy.min_agreement}, rubber_stamp_seconds "
+          f"{policy.rubber_stamp_seconds:g}\n")
 
 
 def print_runs(rows: dict) -> None:
@@ -193,7 +194,8 @@ def print_figures(figures: dict, stampers: set[int]) -> None:
     for user, f in figures["aesthetic"]["annotators"].items():
         print(f"| {user}{'*' if int(user) in stampers else ''} | {_pct(f['control_agreement']['share'])} | "
               f"{_pct(f['suggested_agreement']['share'])} | {_pct(f['accepted']['share'])} | "
-              f"{_pct(f['expected_acceptance'])} | {f['median_seconds']:.1f} s | {'yes' if f['rubber_stamping'] else 'no'} |")
+              f"{_pct(f['expected_acceptance'])} | {f['median_seconds']:.1f} s | "
+              f"{'yes' if f['rubber_stamping'] else 'no'} |")
     print()
 
 

@@ -15,11 +15,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ablation import size_arguments, test_scores  # noqa: E402
+from ablation import size_arguments, test_scores
 
-from model.network import CrossBranchNet, NetConfig  # noqa: E402
-from model.synthetic import generated_training_data  # noqa: E402
-from model.train import TrainConfig, train  # noqa: E402
+from model.network import CrossBranchNet, NetConfig
+from model.synthetic import generated_training_data
+from model.train import TrainConfig, train
 
 SKEW = [0.5] + [0.5 / 7] * 7
 
@@ -42,7 +42,7 @@ def main() -> None:
                                  crop_size=args.crop, device="cpu", class_balance=balance)
             result = train(model, train_data, config)
             scores.append(test_scores(model, test_data, result.pixel_mean, args.crop))
-        mean = lambda task, key: sum(s[task][key] for s in scores) / len(scores)  # noqa: E731
+        mean = lambda task, key, scores=scores: sum(s[task][key] for s in scores) / len(scores)
         print(f"| {balance} | {mean('aesthetic', 'accuracy'):.2f} | {mean('emotion', 'accuracy'):.2f} | "
               f"{mean('emotion', 'macro_f1'):.2f} |", flush=True)
 

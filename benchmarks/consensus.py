@@ -28,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backend.core import keys  # noqa: E402
-from _server import (CLIENTS, Service, closed_loop, cpu_seconds, local_session, percentile,  # noqa: E402
+from backend.core import keys
+from _server import (CLIENTS, Service, closed_loop, cpu_seconds, local_session, percentile,
                      recorded_body, webhook_body)
 
 AESTHETIC = ("high", "low")

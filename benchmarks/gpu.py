@@ -1,7 +1,7 @@
 """GPU figures in one run: training step speed and memory in fp32 and bf16, inference speed and
 bf16/fp32 agreement, and a real `train_version` run on generated images (data path included).
 
-    python benchmarks/gpu.py [--backbones vgg16,resnet18] [--batch 32] [--quick]
+    python benchmarks/gpu.py [--backbones vgg16,resnet18] [--batch 32]
 
 Needs a CUDA device; prints one line per measurement so a run cut short still tells something.
 """
@@ -18,15 +18,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.loss import two_task_loss  # noqa: E402
-from model.network import CrossBranchNet, NetConfig  # noqa: E402
-from model.pipeline import init_version  # noqa: E402
-from model.predictor import Predictor  # noqa: E402
-from model.synthetic import write_synthetic_set  # noqa: E402
-from model import train as train_module  # noqa: E402
-from model.dataset import load_training_data  # noqa: E402
-from model.manifest import read_manifest  # noqa: E402
-from model.train import TrainConfig  # noqa: E402
+from model.loss import two_task_loss
+from model.network import CrossBranchNet, NetConfig
+from model.pipeline import init_version
+from model.predictor import Predictor
+from model.synthetic import write_synthetic_set
+from model import train as train_module
+from model.dataset import load_training_data
+from model.manifest import read_manifest
+from model.train import TrainConfig
 
 
 def cuda_seconds(run, repeats: int, warmup: int = 3) -> float:
@@ -63,7 +63,8 @@ def train_steps(backbone: str, batch: int, repeats: int) -> None:
         mask = torch.ones(batch, device=device)
         bf16 = mode.startswith("bf16")
 
-        def step():
+        def step(model=model, images=images, optimizer=optimizer, target_a=target_a, target_e=target_e,
+                 mask=mask, bf16=bf16):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                 logits = model(images)
             loss = two_task_loss(*logits, target_a, target_e, mask, mask).total
@@ -75,7 +76,7 @@ def train_steps(backbone: str, batch: int, repeats: int) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30
         print(f"train step  {backbone:<19} batch {batch:3d} {mode:<30} {seconds * 1e3:8.1f} ms/step "
               f"{batch / seconds:8.0f} images/s  peak {peak:5.2f} GiB", flush=True)
-        del model, optimizer, images
+        del step, model, optimizer, images  # step holds them too, as its default arguments
 
 
 def inference(backbone: str, batch: int, repeats: int, workdir: Path) -> None:
@@ -87,7 +88,7 @@ def inference(backbone: str, batch: int, repeats: int, workdir: Path) -> None:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         predictor = Predictor(folder, device="cuda", precision=precision)
-        seconds = cuda_seconds(lambda: predictor.predict_tensors(images), repeats)
+        seconds = cuda_seconds(lambda predictor=predictor: predictor.predict_tensors(images), repeats)
         peak = torch.cuda.max_memory_allocated() / 2**30
         outputs[precision] = predictor.predict_tensors(images)
         print(f"inference   {backbone:<19} batch {batch:3d} {precision:<30} {seconds * 1e3:8.1f} ms/batch "
@@ -109,7 +110,7 @@ def real_training(backbone: str, images: int, epochs: int, batch: int, workdir: 
             "fp32, images resident on the GPU": (False, True)}
     for name, (bf16, resident) in runs.items():
         ends = []
-        progress = (lambda event: ends.append(time.perf_counter()) if event["stage"] == "evaluated" else None)
+        progress = (lambda event, ends=ends: ends.append(time.perf_counter()) if event["stage"] == "evaluated" else None)
         original = train_module._resident
         if not resident:
             train_module._resident = lambda data, device: data

@@ -38,7 +38,7 @@ def make_images(folder: Path, side: int) -> dict[str, Path]:
     grey = _gradient(side)
     rows = np.linspace(0, 65535, side, dtype=np.uint32).astype(np.uint16)
     grey16 = Image.fromarray(np.ascontiguousarray(np.broadcast_to(rows[:, None], (side, side))))
-    rgb = lambda: Image.merge("RGB", (grey, _gradient(side, 90), _gradient(side, 180)))  # noqa: E731
+    rgb = lambda: Image.merge("RGB", (grey, _gradient(side, 90), _gradient(side, 180)))
     makers = {  # name: (image maker, save options)
         "grey16.png": (lambda: grey16, {"compress_level": 1}),
         "rgba.png": (lambda: Image.merge("RGBA", (grey, _gradient(side, 90), _gradient(side, 180),

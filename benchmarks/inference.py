@@ -56,16 +56,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import flops_per_image, interleaved_seconds  # noqa: E402
-from model import runtime  # noqa: E402
-from model.network import CrossBranchNet, NetConfig  # noqa: E402
-from model.pipeline import init_version  # noqa: E402
-from model.precision import cpu_has_native_bf16  # noqa: E402
-from model.predictor import Predictor  # noqa: E402
-from model.runtime import ProbabilityGraph, agreement  # noqa: E402
-from model.synthetic import synthetic_image  # noqa: E402
-from model.transforms import IMAGENET_STD, normalize  # noqa: E402
-from model.version import META_FILE, WEIGHTS_FILE, load_version, save_version  # noqa: E402
+from _common import flops_per_image, interleaved_seconds
+from model import runtime
+from model.network import CrossBranchNet, NetConfig
+from model.pipeline import init_version
+from model.precision import cpu_has_native_bf16
+from model.predictor import Predictor
+from model.runtime import ProbabilityGraph, agreement
+from model.synthetic import synthetic_image
+from model.transforms import IMAGENET_STD, normalize
+from model.version import META_FILE, WEIGHTS_FILE, load_version, save_version
 
 HEAD_TRAINING_IMAGES = 64
 HEAD_TRAINING_STEPS = 300
@@ -340,7 +340,7 @@ def bench_backbone(backbone: str, batches: list[int], repeats: int, count: int, 
               f"{over_clear['median_margin']:.2f}): {_agreed(over_clear[name])}")
         for batch in batches:
             images = held_out[:batch].contiguous()
-            seconds = interleaved_seconds({name: (lambda run=run: run(images)) for name, (run, _) in paths.items()},
+            seconds = interleaved_seconds({name: (lambda run=run, batch=images: run(batch)) for name, (run, _) in paths.items()},
                                           repeats)
             baseline = next(v for k, v in seconds.items() if k.startswith("predictor"))
             for name, (_, precision) in paths.items():

@@ -39,17 +39,17 @@ from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.classes import DEFAULT_CLASSES, TASKS  # noqa: E402
-from model.dataset import TrainingData  # noqa: E402
-from model.finetune import DEFAULT_FULL_FINETUNE_LABELS, FINETUNE_MODES  # noqa: E402
-from model.manifest import Row  # noqa: E402
-from model.crossval import CrossValidation  # noqa: E402
-from model.heldout import HELDOUT_SPLIT  # noqa: E402
-from model.metrics import task_metrics  # noqa: E402
-from model.network import CrossBranchNet, NetConfig  # noqa: E402
-from model.pipeline import fit  # noqa: E402
-from model.train import TrainConfig, eval_view, split_indices, train  # noqa: E402
-from model.transforms import IMAGENET_STD, normalize  # noqa: E402
+from model.classes import DEFAULT_CLASSES, TASKS
+from model.dataset import TrainingData
+from model.finetune import DEFAULT_FULL_FINETUNE_LABELS, FINETUNE_MODES
+from model.manifest import Row
+from model.crossval import CrossValidation
+from model.heldout import HELDOUT_SPLIT
+from model.metrics import task_metrics
+from model.network import CrossBranchNet, NetConfig
+from model.pipeline import fit
+from model.train import TrainConfig, eval_view, split_indices, train
+from model.transforms import IMAGENET_STD, normalize
 
 EMOTIONS, AESTHETICS = len(DEFAULT_CLASSES["emotion"]), len(DEFAULT_CLASSES["aesthetic"])
 SOURCE_TASK = "disc hue, sharp or blurred stripes"   # part of the cached source model's key
@@ -152,7 +152,7 @@ def test_metrics(model: CrossBranchNet, test: TrainingData, mean, crop: int) -> 
     model.eval()
     images = normalize(eval_view(test.images, crop, False), mean, IMAGENET_STD)
     logits = [torch.cat(part) for part in zip(*(model(images[i:i + 64]) for i in range(0, len(images), 64)))]
-    return {t: task_metrics(torch.softmax(l, 1), test.targets[t], test.masks[t]) for t, l in zip(TASKS, logits)}
+    return {t: task_metrics(torch.softmax(out, 1), test.targets[t], test.masks[t]) for t, out in zip(TASKS, logits)}
 
 
 def one_run(name: str, labels: int, seed: int, pool: TrainingData, test: TrainingData, train_config: TrainConfig,
@@ -179,7 +179,8 @@ def curves(args, work: Path) -> None:
     pool = generated_set("target", max(sizes), args.size, seed=1)
     test = generated_set("target", args.test_images, args.size, seed=2)
     print(f"{args.backbone}, {args.size} resize, {args.crop} crop, {args.epochs} epochs (patience {args.patience}), "
-          f"lr {args.finetune_lr} (source model {args.lr}), batch {args.batch_size}; {len(test)} test images; mean ± std over seeds {args.seeds}; "
+          f"lr {args.finetune_lr} (source model {args.lr}), batch {args.batch_size}; {len(test)} test images; "
+          f"mean ± std over seeds {args.seeds}; "
           "20 % of each labelled set is the training loop's own held-out split", flush=True)
     print("\n| start, fine-tuning | labels | aesthetic acc | aesthetic F1 | emotion acc | emotion F1 | seconds |")
     print("|---|---|---|---|---|---|---|")

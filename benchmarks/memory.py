@@ -6,9 +6,9 @@
 Makes a version of the backbone with its runtime (model/runtime.py), then for each path (PyTorch,
 and each OpenVINO variant whatever its agreement on this untrained network) starts `--workers`
 processes that load it the way a gunicorn worker does (backend/serving/models.py's ModelCache,
-or model/runtime.py's RuntimePredictor for a named variant) and predict one batch of 8, and prints each process's RSS and PSS (proportional set
-size: pages shared between the processes count once in the sum), so the sum of PSS is what
-the workers really cost together.
+or model/runtime.py's RuntimePredictor for a named variant) and predict one batch of 8, and prints
+each process's RSS and PSS (proportional set size: pages shared between the processes count once
+in the sum), so the sum of PSS is what the workers really cost together.
 
 `--serve` measures the real server instead: `aesemo serve --workers N` (benchmarks/_server.py,
 a temporary data directory, embedded Redis) serving the backbone's base version, /predict sent

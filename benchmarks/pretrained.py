@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.backbones import get_spec  # noqa: E402
-from model.pretrained import cache_path, fetch_weights  # noqa: E402
+from model.backbones import get_spec
+from model.pretrained import cache_path, fetch_weights
 
 
 class _Quiet(SimpleHTTPRequestHandler):

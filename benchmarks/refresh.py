@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e")]
 
-from backend.core.redis_connection import embedded_socket_path  # noqa: E402
-from backend_proc import LABEL_CONFIG, BackendProcess, aesemo_executable, backend_env  # noqa: E402
-from images_server import ImageServer  # noqa: E402
-from ls_server import LabelStudioServer  # noqa: E402
-from net import free_port, wait_for  # noqa: E402
+from backend.core.redis_connection import embedded_socket_path
+from backend_proc import LABEL_CONFIG, BackendProcess, aesemo_executable, backend_env
+from images_server import ImageServer
+from ls_server import LabelStudioServer
+from net import free_port, wait_for
 
 
 def seconds_between(started: str, ended: str) -> float:

@@ -29,9 +29,9 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backend.core import keys  # noqa: E402
-from _common import interleaved_seconds  # noqa: E402
-from _server import (CLIENTS, ImageServer, Service, local_session, paced_open_loop, percentile,  # noqa: E402
+from backend.core import keys
+from _common import interleaved_seconds
+from _server import (CLIENTS, ImageServer, Service, local_session, paced_open_loop, percentile,
                      recorded_body, webhook_body)
 
 AESTHETIC = ["high", "low"]
@@ -208,7 +208,7 @@ def run(args, service: Service, images: ImageServer, photos: dict[str, bytes], s
               f"({out['sent']} sent), latency from due time p50 {percentile(lat, 50) * 1e3:.1f} ms, "
               f"p99 {percentile(lat, 99) * 1e3:.1f} ms, max {max(lat, default=float('nan')) * 1e3:.1f} ms "
               f"(goal p99 < 20 ms); service time alone p50 {percentile(srv, 50) * 1e3:.1f} ms, "
-              f"p99 {percentile(srv, 99) * 1e3:.1f} ms; sent late by > 5 ms: {sum(l > 0.005 for l in out['late'])}; "
+              f"p99 {percentile(srv, 99) * 1e3:.1f} ms; sent late by > 5 ms: {sum(late > 0.005 for late in out['late'])}; "
               f"errors {len(out['errors'])}{' ' + repr(out['errors'][:3]) if out['errors'] else ''}")
         server_ms = (cpu["workers"] + cpu["master"]) / max(out["sent"], 1) * 1e3
         redis_ms = cpu["redis"] / max(out["sent"], 1) * 1e3

@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import HangingServer, ImageServer, Service, local_session, percentile, recorded_body  # noqa: E402
-from serve import photo_jpeg, predict_body  # noqa: E402
+from _server import HangingServer, ImageServer, Service, local_session, percentile, recorded_body
+from serve import photo_jpeg, predict_body
 
 REQUEST_TIMEOUT_S = 5.0
 
@@ -192,7 +192,7 @@ def with_hanging_predict(args, service: Service, measure_until) -> bool:
         try:
             local_session().post(service.url + "/predict", data=body, timeout=600,
                                  headers={"Content-Type": "application/json"})
-        except Exception:  # noqa: BLE001 - its outcome is not what is measured
+        except Exception:  # its outcome is not what is measured
             pass
 
     thread = threading.Thread(target=hanging_predict, daemon=True)

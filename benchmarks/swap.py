@@ -36,7 +36,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import (SCRUB_ENV, ImageServer, Service, aesemo_executable, local_session, percentile,  # noqa: E402
+from _server import (SCRUB_ENV, ImageServer, Service, aesemo_executable, local_session, percentile,
                      recorded_body, webhook_body)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,10 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import interleaved_seconds  # noqa: E402
-from model.loss import two_task_loss  # noqa: E402
-from model.network import CrossBranchNet, NetConfig  # noqa: E402
-from model.train import pick_device  # noqa: E402
+from _common import interleaved_seconds
+from model.loss import two_task_loss
+from model.network import CrossBranchNet, NetConfig
+from model.train import pick_device
 
 MODES = ("fp32", "bf16", "fp32-cl", "bf16-cl")
 

@@ -30,12 +30,12 @@ class TrainingData:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def to(self, device: torch.device) -> "TrainingData":
+    def to(self, device: torch.device) -> TrainingData:
         return TrainingData(images=self.images.to(device), targets={t: v.to(device) for t, v in self.targets.items()},
                             masks={t: v.to(device) for t, v in self.masks.items()},
                             weights=self.weights.to(device), rows=self.rows)
 
-    def subset(self, index: torch.Tensor) -> "TrainingData":
+    def subset(self, index: torch.Tensor) -> TrainingData:
         return TrainingData(
             images=self.images[index],
             targets={t: v[index] for t, v in self.targets.items()},

@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import BinaryIO, Callable
+from typing import BinaryIO
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError

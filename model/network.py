@@ -62,7 +62,7 @@ class NetConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "NetConfig":
+    def from_dict(cls, data: dict) -> NetConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         for key in ("aesthetic_classes", "emotion_classes"):
             if key in known:
@@ -162,7 +162,7 @@ class CrossBranchNet(nn.Module):
 
     def probabilities(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self(images)
-        return {task: torch.softmax(l.float(), dim=1) for task, l in zip(TASKS, logits)}
+        return {task: torch.softmax(out.float(), dim=1) for task, out in zip(TASKS, logits)}
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from PIL import Image
@@ -153,4 +153,4 @@ class Predictor(PredictorBase):
         images = normalize(batch.to(self.device), self.pixel_mean, self.pixel_std)
         images = images.to(self.dtype).contiguous(memory_format=torch.channels_last)
         logits = self.model(images)
-        return {task: torch.softmax(l.float(), dim=1).cpu() for task, l in zip(TASKS, logits)}
+        return {task: torch.softmax(out.float(), dim=1).cpu() for task, out in zip(TASKS, logits)}

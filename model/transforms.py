@@ -8,7 +8,7 @@ inputs of the size they were trained on; the std is stored with the version too)
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

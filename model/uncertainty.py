@@ -13,7 +13,7 @@ aesthetic and emotion): one head in doubt is enough to want a human label.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 Probabilities = Sequence[float]
 

@@ -54,7 +54,7 @@ class Canary:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -81,7 +81,7 @@ class Canary:
                 with self._lock:
                     self._handled += 1
 
-    def __enter__(self) -> "Canary":
+    def __enter__(self) -> Canary:
         self._thread.start()
         return self
 

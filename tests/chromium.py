@@ -17,7 +17,7 @@ if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} is missing (Debian package chromium; scripts/setup.sh installs it as root)",
                 allow_module_level=True)
 
-from playwright import sync_api  # noqa: E402  (after the module-level skip above)
+from playwright import sync_api
 
 
 def artifacts_dir(tmp_path: Path) -> Path:

@@ -77,7 +77,7 @@ def settings(tmp_path, redis_url) -> Settings:
     predict with a base version; tests/test_suggestions.py checks the default, off). The PyTorch
     path, so no background export competes for the CPU (tests/test_runtime.py tests the runtime)."""
     return replace(Settings(), data_dir=Path(tmp_path) / "data", redis_url=redis_url, backbone="resnet18",
-                   suggest_untrained=True, inference_path="pytorch")
+                   suggest_untrained=True, suggestion_gate=False, control_fraction=0.0, inference_path="pytorch")
 
 
 @pytest.fixture(scope="module")

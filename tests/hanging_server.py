@@ -58,7 +58,7 @@ class HangingServer:
         for conn in held:
             conn.close()
 
-    def __enter__(self) -> "HangingServer":
+    def __enter__(self) -> HangingServer:
         self.thread.start()
         return self
 

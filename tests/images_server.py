@@ -133,7 +133,7 @@ class ImageServer:
         with self.lock:
             self.requests.clear()
 
-    def __enter__(self) -> "ImageServer":
+    def __enter__(self) -> ImageServer:
         self.thread.start()
         return self
 

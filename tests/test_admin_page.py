@@ -322,7 +322,7 @@ def test_behind_a_proxy_sub_path_every_link_keeps_the_prefix(admin):
     assert f'data-jobs-url="/aesemo/projects/{PROJECT}/jobs"' in text
     assert 'src="/aesemo/static/admin.js"' in text
     assert f'data-url="/aesemo/projects/{PROJECT}/train"' in text
-    local = [u for u in re.findall(r'(?:src|href|data-url)="(/[^"]*)"', text)]
+    local = list(re.findall(r'(?:src|href|data-url)="(/[^"]*)"', text))
     assert local and all(u.startswith("/aesemo/") for u in local), [u for u in local if not u.startswith("/aesemo/")]
 
 

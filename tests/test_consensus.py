@@ -25,7 +25,7 @@ AESTHETIC = ("high", "low")
 EMOTION = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
 CLASSES = {"aesthetic": AESTHETIC, "emotion": EMOTION}
 
-from ls_examples import example  # noqa: E402
+from ls_examples import example
 
 
 
@@ -435,7 +435,7 @@ def test_summary_counts_labels_and_annotator_agreement():
     expected = krippendorff_alpha([["high"] * 3, ["low", "low", "high"], ["high", "low", "high", "low"], ["low"]])
     assert aesthetic["krippendorff_alpha"] == pytest.approx(expected)
     assert out["emotion"]["tasks"] == {"no_votes": 5, "waiting": 0, "agreed": 0, "disputed": 0}
-    assert out["emotion"]["labels"] == {name: 0 for name in EMOTION}
+    assert out["emotion"]["labels"] == dict.fromkeys(EMOTION, 0)
     assert out["emotion"]["krippendorff_alpha"] is None
 
 

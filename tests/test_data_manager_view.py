@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
 
 from backend.core import keys
 from backend.labelstudio.data_manager import (SCORE_COLUMN, VIEW_TITLE, ensure_least_certain_view,
@@ -46,7 +45,7 @@ class StandIn:
             self.project.update(json)
             return dict(self.project)
         if (method, path) == ("GET", "api/projects/7/model-versions/"):
-            return {name: 1 for name in self.stored}
+            return dict.fromkeys(self.stored, 1)
         if (method, path) == ("GET", "api/dm/views/"):
             return list(self.views)
         if (method, path) == ("POST", "api/dm/views/"):

@@ -105,7 +105,7 @@ def test_files_vanishing_under_readers_and_evictors_are_misses(tmp_path):
                 cache.evict_over_bound()
                 if i % 10 == 0:
                     cache.drop(f"k{(i * 3) % 60}")
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(c, n)) for n, c in enumerate(caches)]

@@ -152,7 +152,7 @@ def test_setup_hostname_is_reachable_from_backend(compose):
     command = compose["services"]["label-studio"]["command"]
     command = command if isinstance(command, list) else shlex.split(command)
     host = command[command.index("--host") + 1]
-    assert host == "${LABEL_STUDIO_HOST:-%s}" % LS_URL
+    assert host == f"${{LABEL_STUDIO_HOST:-{LS_URL}}}"
 
 
 # -- compose.yaml ----------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def test_dockerfile_cmd_is_an_aesemo_subcommand(name, subcommand):
     for arg in argv[1:]:
         for var in re.findall(r"\$\{(\w+)\}", arg):
             assert var in env, f"{var} in CMD has no ENV default"
-            arg = arg.replace("${%s}" % var, env[var])
+            arg = arg.replace(f"${{{var}}}", env[var])
         expanded.append(arg)
     args = build_parser().parse_args(expanded)  # exits (SystemExit) on unknown flags or commands
     assert args.command == subcommand
@@ -288,7 +288,7 @@ def health_server():
     state = {"status": "UP", "auth": None}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             if state["auth"] and self.headers.get("Authorization") != state["auth"]:
                 self.send_response(401)
                 self.end_headers()

@@ -21,7 +21,7 @@ from model.train import TrainConfig
 
 from training_project import AESTHETIC, EMOTION, write_small_version
 
-SMALL = dict(train_size=40, crop_size=35)
+SMALL = {"train_size": 40, "crop_size": 35}
 TINY_NET = NetConfig(backbone="resnet18", num_groups=2, fc_width=64)
 
 

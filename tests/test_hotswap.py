@@ -163,7 +163,8 @@ def test_promotions_swap_the_model_of_a_running_server_without_failed_requests(s
             print(f"promoted {target} (the promote request took {promoted_at - asked_at:.2f} s): "
                   f"every request starting {delay:.2f} s after its answer got {target}")
             # both worker processes swapped (one log line each)
-            wait_for(lambda: served.count(f"project {PROJECT} now serves model version {target}") >= swaps_before + 2,
+            wait_for(lambda target=target, before=swaps_before:
+                     served.count(f"project {PROJECT} now serves model version {target}") >= before + 2,
                      10, what="both processes to log the swap")
             setup = requests.post(f"{served.url}/setup", timeout=60, json={
                 "project": f"{PROJECT}.1795782039", "schema": served.body["label_config"]})
@@ -194,7 +195,7 @@ def test_corrupted_version_published_behind_promotes_back_is_refused(served):
     assert records and all(r[1] == 200 for r in records), [r for r in records if r[1] != 200][:5]
     assert {r[2] for r in records} == {serving}
     assert served.count(refused) == 2, served.count(refused)
-    line = next(l for l in served.log_text().splitlines() if refused in l)
+    line = next(text for text in served.log_text().splitlines() if refused in text)
     assert "sha256" in line and f"still serving {serving}" in line, line
     print(f"{len(records)} requests after the corrupted version was published, all answered by {serving}; "
           f"log: {line.strip()[:200]}")

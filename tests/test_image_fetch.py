@@ -215,7 +215,7 @@ def other(servers, ls):
 @pytest.fixture
 def make_fetcher(tmp_path):
     def make(**overrides):
-        options = dict(image_timeout_s=5.0, max_image_bytes=4000)
+        options = {"image_timeout_s": 5.0, "max_image_bytes": 4000}
         options.update(overrides)
         return ImageFetcher(Settings(**options), tmp_path / "cache")
     return make
@@ -683,7 +683,8 @@ def test_which_token_goes_to_which_host(configured, key, hostname, token, expect
     ("javascript:alert(document.domain)//", False), ("JAVASCRIPT://x.example/%0aalert(1)", False),
     ("data:text/html,x", False), ("ftp://x.example", False), ("//x.example", False), ("http://", False),
     ("http://user:pw@x.example", False), ("http://x.example:99999", False), ("http://x.example/?q", False),
-    ("http://x.example/#f", False), ('http://x.example/"><script>', False), ("http://x.example/\n", False), ("http://x .example", False), (5, False),
+    ("http://x.example/#f", False), ('http://x.example/"><script>', False), ("http://x.example/\n", False),
+    ("http://x .example", False), (5, False),
     (None, False),
 ])
 def test_label_studio_address_check(url, ok):

@@ -177,7 +177,7 @@ def test_training_through_a_real_worker_writes_reports_and_promotes(lab, trained
     assert progress["epoch"] == 1 and progress["epochs"] == 1 and progress["loss"] > 0
     result = job["result"]
     version = result["version"]
-    assert result["promoted"] is True and result["promotion"] == "first trained version"
+    assert result["promoted"] is True and result["promotion"].startswith("first trained version (held-out macro-F1 ")
     assert result["parent"].startswith("base-resnet18-")
     assert result["device"] == "cpu" and result["training_seconds"] > 0
     assert result["snapshot"]["rows"] == len(GOOD_TASKS) + len(MISSING_TASKS)
@@ -393,7 +393,7 @@ def test_worker_killed_with_sigkill_fails_the_job_and_a_new_one_trains(lab, trai
     worker = busy["worker"]  # already started (importing torch takes a while here): the one to kill
     for job_id in (busy["first"].get_json()["training"]["job_id"], busy["after_start"].get_json()["job_id"]):
         lab.client.post(f"/projects/{PROJECT}/jobs/{job_id}/cancel")  # 409 when already done
-        wait_for(lambda: lab.job(job_id)["status"] not in ("queued", "started"), 120, what=f"{job_id} to end")
+        wait_for(lambda job_id=job_id: lab.job(job_id)["status"] not in ("queued", "started"), 120, what=f"{job_id} to end")
     assert lab.queue_length() == 0 and worker.poll() is None
     served, folders = lab.current(), lab.version_dirs()
     job_k = lab.client.post(f"/projects/{PROJECT}/train", json={"epochs": 3, "batch_size": 4}).get_json()["job_id"]

@@ -13,7 +13,7 @@ from backend.labelstudio.label_config import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-from ls_examples import EXAMPLES  # noqa: E402
+from ls_examples import EXAMPLES
 AESTHETIC = ("high", "low")
 EMOTION = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
 

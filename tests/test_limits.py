@@ -89,9 +89,8 @@ def test_train_config_refuses_what_the_table_refuses(fields, word):
     ("AESEMO_AUTO_TRAIN_THRESHOLD", "-1", ["AESEMO_AUTO_TRAIN_THRESHOLD", "0..1000000"]),
 ])
 def test_settings_out_of_range_are_refused_at_startup(variable, raw, words):
-    with environment({variable: raw}):
-        with pytest.raises(ValueError) as info:
-            load_settings()
+    with environment({variable: raw}), pytest.raises(ValueError) as info:
+        load_settings()
     for word in words:
         assert word in str(info.value), str(info.value)
 
@@ -121,9 +120,8 @@ def test_every_numeric_setting_declares_a_range_shown_in_the_settings_table():
 def test_every_numeric_setting_refuses_values_just_outside_its_range(field):
     variable, limit = field.metadata["env"], setting_limit(field)
     for raw in just_outside(limit):
-        with environment({variable: raw}):
-            with pytest.raises(ValueError) as info:
-                load_settings()
+        with environment({variable: raw}), pytest.raises(ValueError) as info:
+            load_settings()
         assert variable in str(info.value) and limit.span() in str(info.value), (raw, str(info.value))
 
 

@@ -67,7 +67,7 @@ def test_unknown_class_inside_a_distribution(tmp_path):
                          ids=["empty", "blank", "whitespace", "header-only"])
 def test_no_rows(tmp_path, lines):
     path = tmp_path / "m.jsonl"
-    path.write_text("\n".join(json.dumps(l) if isinstance(l, dict) else l for l in lines))
+    path.write_text("\n".join(json.dumps(line) if isinstance(line, dict) else line for line in lines))
     with pytest.raises(ManifestError, match="no rows") as info:
         read_manifest(path)
     assert str(path) in str(info.value)
@@ -182,7 +182,7 @@ def test_relative_paths_resolve_against_manifest_folder(tmp_path):
 @pytest.mark.parametrize("weight", ["0", "-1.5", '"2"', "true", "null", "NaN", "Infinity", "[1]"])
 def test_bad_weight(tmp_path, weight):
     # `weight` is the JSON text; Python's json accepts NaN and Infinity literals
-    raw = '{"image": "a.jpg", "aesthetic": "high", "weight": %s}' % weight
+    raw = f'{{"image": "a.jpg", "aesthetic": "high", "weight": {weight}}}'
     path = write_manifest(tmp_path, [{"image": "b.jpg", "aesthetic": "low"}, raw])
     with pytest.raises(ManifestError, match="weight must be a positive number") as info:
         read_manifest(path)

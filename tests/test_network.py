@@ -53,7 +53,7 @@ CASES = [("vgg16", n, "meta") for n in (2, 3, 4, 5)] + [("resnet18", n, "cpu") f
 
 @pytest.mark.parametrize("backbone,n,device", CASES)
 def test_cross_branch_layers_are_n_minus_1_one_by_one_convs(backbone, n, device):
-    kwargs = dict(backbone=backbone, num_groups=n, fc_width=16)
+    kwargs = {"backbone": backbone, "num_groups": n, "fc_width": 16}
     net = meta_net(**kwargs) if device == "meta" else cpu_net(**kwargs)
     assert net.num_groups == n
     assert len(net.branch_a.groups) == len(net.branch_e.groups) == n
@@ -303,17 +303,15 @@ def test_resnet18_state_dict_keys_follow_torchvision_children():
 
 def test_two_branch_vgg16_flops_at_224():
     net = meta_net(backbone="vgg16").eval()
-    with FlopCounterMode(display=False) as counter:
-        with torch.no_grad():
-            logits_a, logits_e = net(torch.zeros(1, 3, 224, 224, device="meta"))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        logits_a, logits_e = net(torch.zeros(1, 3, 224, 224, device="meta"))
     assert logits_a.shape == (1, 2) and logits_e.shape == (1, 8)
     gflop = counter.get_total_flops() / 1e9
     assert gflop == pytest.approx(VGG16_TWO_BRANCH_GFLOP, abs=GFLOP_TOLERANCE)
     # and it is the cross-branch layers that add the difference to two plain branches
     plain = meta_net(backbone="vgg16", cross_branch=False).eval()
-    with FlopCounterMode(display=False) as counter_plain:
-        with torch.no_grad():
-            plain(torch.zeros(1, 3, 224, 224, device="meta"))
+    with FlopCounterMode(display=False) as counter_plain, torch.no_grad():
+        plain(torch.zeros(1, 3, 224, 224, device="meta"))
     cross_gflop = gflop - counter_plain.get_total_flops() / 1e9
     # each cross layer: two 1x1 convs 2K -> K at HxW: 2 * 2 * 2K * K * H * W flops
     expected = sum(8 * k * k * s * s for k, s in ((64, 112), (128, 56), (256, 28), (512, 14))) / 1e9

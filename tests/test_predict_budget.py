@@ -38,6 +38,7 @@ def base_app(tmp_path_factory, redis_url, images):
     # "127.0.0.1" without a port: the image server and every hanging server are allowed
     settings = replace(Settings(), data_dir=Path(tmp_path_factory.mktemp("budget")) / "data", redis_url=redis_url,
                        backbone="resnet18", allowed_image_hosts=("127.0.0.1",), suggest_untrained=True,
+                       suggestion_gate=False, control_fraction=0.0,
                        inference_path="pytorch")  # tests/test_runtime.py runs the budget on the runtime path
     redis.Redis.from_url(redis_url).flushdb()  # no other module's current versions for project 5
     app = create_app(settings)

@@ -47,7 +47,7 @@ def reference(model: CrossBranchNet, images, center_crop=False) -> dict[str, tor
     batch = torch.stack([inference_tensor(im, CROP, center_crop, TRAIN) for im in images])
     with torch.no_grad():
         logits = model.eval()(normalize(batch, PIXEL_MEAN, PIXEL_STD))
-    return {task: torch.softmax(l, dim=1) for task, l in zip(("aesthetic", "emotion"), logits)}
+    return {task: torch.softmax(out, dim=1) for task, out in zip(("aesthetic", "emotion"), logits)}
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +65,16 @@ def version(tmp_path_factory):
                       PIXEL_MEAN, PIXEL_STD)
     with torch.no_grad():
         logits = model(batch)
-        for head, l in zip((model.branch_a.head[-1], model.branch_e.head[-1]), logits):
+        for head, out in zip((model.branch_a.head[-1], model.branch_e.head[-1]), logits):
             # only differences between a sample's logits matter: centre them per sample, then
             # give each class zero mean and std SPREAD over the images
-            centre = torch.eye(l.shape[1]) - 1.0 / l.shape[1]
+            centre = torch.eye(out.shape[1]) - 1.0 / out.shape[1]
             head.weight.copy_(centre @ head.weight)
             head.bias.copy_(centre @ head.bias)
-            l = l @ centre.T
-            scale = SPREAD / l.std(dim=0).clamp_min(1e-6)
+            out = out @ centre.T
+            scale = SPREAD / out.std(dim=0).clamp_min(1e-6)
             head.weight.mul_(scale[:, None])
-            head.bias.sub_(l.mean(dim=0)).mul_(scale)
+            head.bias.sub_(out.mean(dim=0)).mul_(scale)
     folder = tmp_path_factory.mktemp("predictor") / "v1"
     save_version(folder, model, {"init": "random", "pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD,
                                  "crop_size": CROP, "train_size": TRAIN, "center_crop_eval": False})

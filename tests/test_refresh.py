@@ -21,8 +21,9 @@ TOKEN = "fake-ls-token-0123456789"
 
 
 class FakeLabelStudio:
-    """GET /api/tasks (paged), POST /api/dm/actions?id=delete_tasks_predictions,
-    POST /api/projects/P/import/predictions: the predictions it holds, per task."""
+    """GET /api/tasks (paged; with fields=all each task lists its predictions, as Label Studio's
+    does), POST /api/dm/actions?id=delete_tasks_predictions, POST /api/projects/P/import/predictions:
+    the predictions it holds, per task."""
 
     def __init__(self, tasks: list[dict]):
         self.tasks = tasks
@@ -39,6 +40,8 @@ class FakeLabelStudio:
                 fake.calls.append(f"GET {url.path}")
                 page, size = int(query["page"]), int(query["page_size"])
                 listed = fake.tasks[(page - 1) * size:page * size]
+                if query.get("fields") == "all":
+                    listed = [{**t, "predictions": fake.predictions[t["id"]]} for t in listed]
                 self.answer(200, {"tasks": listed, "total": len(fake.tasks)})
 
             def do_POST(self):
@@ -99,11 +102,33 @@ def test_unlabelled_tasks_get_the_current_version_and_labelled_ones_keep_theirs(
 def test_a_rerun_skips_the_tasks_already_written_for_that_version(lab):
     env, studio, client = lab
     version = refresh(env)["version"]
-    client.srem(keys.refreshed("1", version), "3")  # as if the job had stopped before task 3
+    studio.predictions[3] = [{"model_version": "old"}]  # as if the job had stopped before task 3
     studio.calls.clear()
     again = refresh(env)
     assert (again["tasks"], again["written"]) == (1, 1)
     assert [p["model_version"] for p in studio.predictions[3]] == [version]
+
+
+def test_a_version_promoted_again_rewrites_what_label_studio_holds_now(lab):
+    """Label Studio says what a task holds, not the memory of an earlier run: after another
+    version's predictions replaced these, the same version written again reaches every task."""
+    env, studio, client = lab
+    version = refresh(env)["version"]
+    for task in studio.predictions:
+        if task not in (2, 5):
+            studio.predictions[task] = [{"model_version": "v0002-other"}]
+    again = refresh(env)
+    assert (again["version"], again["tasks"], again["written"]) == (version, 5, 5)
+    assert all([p["model_version"] for p in studio.predictions[t]] == [version] for t in (1, 3, 4, 6, 7))
+
+
+def test_with_old_predictions_kept_a_task_holding_this_version_is_not_written_twice(lab):
+    env, studio, _ = lab
+    keep = {**env, "AESEMO_REFRESH_KEEP_OLD": "1"}
+    version = refresh(keep)["version"]
+    again = refresh(keep)
+    assert (again["tasks"], again["written"]) == (0, 0)
+    assert [p["model_version"] for p in studio.predictions[1]] == ["old", version]
 
 
 def test_old_predictions_are_kept_when_asked(lab):
@@ -227,3 +252,16 @@ def test_the_page_shows_a_job_that_ended_badly_by_its_status_not_its_first_progr
     assert refresh_status({"status": "finished", "progress": {"state": "finished", "skipped": "why"}}) == "skipped"
     assert refresh_status({"status": "started", "progress": {"state": "refreshing"}}) == "refreshing"
     assert refresh_status({"status": "queued", "progress": None}) == "queued"
+
+
+def test_control_tasks_are_written_without_a_suggestion(lab):
+    from backend.votes.control import is_control_task
+    env, studio, _ = lab
+    control = [t for t in (1, 3, 4, 6, 7) if is_control_task(t, 0.5)]
+    assert control and len(control) < 5        # the unlabelled tasks hold both kinds at 50 %
+    result = refresh({**env, "AESEMO_CONTROL_FRACTION": "0.5"})
+    assert result["written"] == 5
+    for task in (1, 3, 4, 6, 7):
+        [written] = studio.predictions[task]
+        assert written["model_version"] == result["version"] and 0 <= written["score"] <= 1
+        assert len(written["result"]) == (0 if task in control else 2), (task, written)

@@ -209,7 +209,7 @@ def runtime_app(tmp_path_factory, redis_url, images, exported):
     """An app on the runtime path whose project serves a version with its runtime made."""
     settings = replace(Settings(), data_dir=Path(tmp_path_factory.mktemp("rt")) / "data", redis_url=redis_url,
                        backbone="resnet18", allowed_image_hosts=("127.0.0.1",), suggest_untrained=True,
-                       inference_path="auto")
+                       suggestion_gate=False, control_fraction=0.0, inference_path="auto")
     versions = project_versions_dir(settings, str(PROJECT))
     versions.mkdir(parents=True)
     copy_version(exported[0], versions / FIRST)

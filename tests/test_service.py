@@ -35,7 +35,7 @@ from canary import Canary  # tests/ is on sys.path (rootdir-relative, no package
 from images_server import ImageServer
 from json_server import JsonHandler, LoopbackServer
 
-from ls_examples import EXAMPLES, example  # noqa: E402
+from ls_examples import EXAMPLES, example
 
 PROJECT = "1.1795782039"
 SECRET = "secret-token-XYZ"
@@ -90,7 +90,8 @@ def other_private_server():
 def base_settings(tmp_path_factory, redis_url, server) -> Settings:
     data = tmp_path_factory.mktemp("service") / "data"
     return replace(Settings(), data_dir=data, redis_url=redis_url, backbone="resnet18",
-                   allowed_image_hosts=(server.netloc,), suggest_untrained=True, inference_path="pytorch")
+                   allowed_image_hosts=(server.netloc,), suggest_untrained=True, suggestion_gate=False,
+                   control_fraction=0.0, inference_path="pytorch")
 
 
 @pytest.fixture(scope="module")

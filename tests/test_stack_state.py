@@ -70,10 +70,8 @@ def test_a_busy_port_is_refused_with_the_flag_to_change(tmp_path):
 
 
 def test_one_stack_per_data_directory(tmp_path):
-    with _only_stack_of(tmp_path):
-        with pytest.raises(StackError, match="another aesemo stack"):
-            with _only_stack_of(tmp_path):
-                pass
+    with _only_stack_of(tmp_path), pytest.raises(StackError, match="another aesemo stack"), _only_stack_of(tmp_path):
+        pass
     with _only_stack_of(tmp_path):  # free again
         pass
 

@@ -122,3 +122,89 @@ def test_the_admin_page_warns_while_the_project_serves_an_untrained_version(defa
     write_small_version(project_versions_dir(default_settings, str(PROJECT)) / "v0001-trained", seed=3)
     set_current_version(redis_client, str(PROJECT), "v0001-trained")
     assert 'id="untrained-banner"' not in client.get("/").get_data(as_text=True)
+
+
+# ----- the evidence gate: a task type is suggested only when its held-out evidence beats the trivial answer
+
+STRONG = [[18, 2], [1, 19]]           # 37 of 40 right; the majority class is half
+WEAK = [[6, 0], [0, 2]]               # 8 of 8 right, but 6 of 8 are one class: no interval clears 0.75
+EIGHT = [[1 if i == j else 0 for j in range(8)] for i in range(8)]   # 8 right of 8, one per class
+
+
+def evidence(aesthetic, emotion) -> dict:
+    return {"aesthetic": {"confusion": aesthetic} if aesthetic else None,
+            "emotion": {"confusion": emotion} if emotion else None}
+
+
+def test_the_gate_withholds_a_type_whose_interval_does_not_clear_the_majority_rate(default_settings):
+    from backend.serving.suggestions import evidence_problem, withheld_types
+    gated = replace(default_settings, suggestion_gate=True)
+    assert evidence_problem({"confusion": STRONG}) is None
+    why = evidence_problem({"confusion": WEAK})
+    assert "held-out accuracy 1.00" in why and "8 tasks" in why and "0.75" in why, why
+    assert evidence_problem(None).startswith("no held-out evidence")
+    assert withheld_types(gated, {"trained": True, "metrics": evidence(STRONG, WEAK)}).keys() == {"emotion"}
+    assert withheld_types(gated, {"trained": True, "metrics": evidence(STRONG, None)}).keys() == {"emotion"}
+    assert withheld_types(gated, {"trained": True, "metrics": evidence(STRONG, EIGHT)}) == {}
+    # the setting switches the gate off; an untrained version is judged whole elsewhere
+    assert withheld_types(replace(gated, suggestion_gate=False), {"trained": True, "metrics": evidence(WEAK, WEAK)}) == {}
+    assert withheld_types(gated, {"trained": False}) == {}
+
+
+def test_predict_and_setup_leave_out_a_withheld_type_and_say_why(default_settings, small_base, images, redis_client):
+    gated = replace(default_settings, suggestion_gate=True)
+    client = create_app(gated).test_client()
+    setup_project(client, PROJECT)
+    write_small_version(project_versions_dir(gated, str(PROJECT)) / "v0001-thin", seed=3,
+                        metrics=evidence(STRONG, WEAK))
+    set_current_version(redis_client, str(PROJECT), "v0001-thin")
+    setup = client.post("/setup", json={**example("setup.json"), "project": f"{PROJECT}.1795782039"}).get_json()
+    assert set(setup["withheld_types"]) == {"emotion"} and "0.75" in setup["withheld_types"]["emotion"]
+    answer = client.post("/predict", json=predict_body(PROJECT, urls(images))).get_json()
+    assert set(answer["withheld_types"]) == {"emotion"}
+    for item in answer["results"]:
+        assert [r["from_name"] for r in item["result"]] == ["aesthetic"]
+        assert 0 <= item["score"] <= 1   # the task keeps its place in the least-certain ordering
+    listed = client.get(f"/projects/{PROJECT}/versions").get_json()["versions"]
+    assert set(next(v for v in listed if v["version"] == "v0001-thin")["withheld_types"]) == {"emotion"}
+    page = client.get(f"/?project={PROJECT}").get_data(as_text=True)
+    assert "emotion" in page and "does not lie above 0" in page
+
+
+def test_with_the_gate_off_both_types_are_suggested(default_settings, small_base, images, redis_client):
+    client = create_app(replace(default_settings, suggestion_gate=False)).test_client()
+    setup_project(client, PROJECT)
+    write_small_version(project_versions_dir(default_settings, str(PROJECT)) / "v0001-thin", seed=3,
+                        metrics=evidence(STRONG, WEAK))
+    set_current_version(redis_client, str(PROJECT), "v0001-thin")
+    answer = client.post("/predict", json=predict_body(PROJECT, urls(images))).get_json()
+    assert "withheld_types" not in answer
+    assert all([r["from_name"] for r in item["result"]] == ["aesthetic", "emotion"] for item in answer["results"])
+
+
+# ----- control tasks: a stable share of the tasks never gets a suggestion
+
+def test_control_tasks_are_a_stable_share_chosen_by_the_task_id():
+    from backend.votes.control import is_control_task
+    chosen = [t for t in range(1, 20_001) if is_control_task(t, 0.1)]
+    assert 0.09 < len(chosen) / 20_000 < 0.11
+    assert chosen == [t for t in range(1, 20_001) if is_control_task(t, 0.1)]   # the same every time
+    assert not any(is_control_task(t, 0.0) for t in range(1, 1000))
+    assert {t for t in range(1, 2000) if is_control_task(t, 0.05)} < set(chosen)  # a smaller share is a subset
+
+
+def test_a_control_task_gets_an_empty_result_with_its_score(default_settings, small_base, images, redis_client):
+    from backend.votes.control import is_control_task
+    settings = replace(default_settings, control_fraction=0.1)
+    client = create_app(settings).test_client()
+    setup_project(client, PROJECT)
+    write_small_version(project_versions_dir(settings, str(PROJECT)) / "v0001-trained", seed=3)
+    set_current_version(redis_client, str(PROJECT), "v0001-trained")
+    body = predict_body(PROJECT, urls(images, 10))
+    for n, task in enumerate(body["tasks"]):
+        task["id"] = 30 + n            # 39 is a control task at 10 %, its neighbours are not
+    assert [t["id"] for t in body["tasks"] if is_control_task(t["id"], 0.1)] == [39]
+    results = client.post("/predict", json=body).get_json()["results"]
+    by_task = {t["id"]: r for t, r in zip(body["tasks"], results)}
+    assert by_task[39]["result"] == [] and 0 <= by_task[39]["score"] <= 1
+    assert all(len(r["result"]) == 2 for task, r in by_task.items() if task != 39)

@@ -14,7 +14,7 @@ from model.synthetic import write_synthetic_set
 from model.train import TrainConfig, split_indices
 from model.version import read_meta
 
-SMALL = dict(train_size=40, crop_size=35)
+SMALL = {"train_size": 40, "crop_size": 35}
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from backend.core.redis_connection import ensure_embedded_redis, stop_embedded_r
 from backend.training.queue import training_queue
 from backend.votes.store import PROBLEMS_KEPT, Vote, VoteStore
 
-from ls_examples import example  # noqa: E402
+from ls_examples import example
 from net import wait_for
 
 PROJECT = "1"   # the recorded bodies' project id
@@ -702,10 +702,48 @@ def test_record_round_trip_and_older_records():
         Vote.from_record(json.dumps({**older, "surprise": 1}))
 
 
-def test_record_without_an_instant_takes_it_from_its_text():
+def test_a_vote_built_without_its_instant_takes_it_from_its_text():
     vote = Vote(annotation=5, task=2, annotator=3, updated_at="2026-11-27T13:00:00.25+01:00", labels={})
     assert vote.updated_us == 1795780800250000
-    older = json.loads(vote.record())
-    del older["updated_us"]
-    assert Vote.from_record(json.dumps(older)) == vote
-    assert Vote(annotation=5, task=2, annotator=3, updated_at="", labels={}).updated_us == 0
+    assert Vote.from_record(vote.record()) == vote
+    with pytest.raises(ValueError, match="ISO 8601"):
+        Vote(annotation=5, task=2, annotator=3, updated_at="", labels={})
+
+
+# ----- what the annotator was shown and how long they took ---------------------------------------
+
+def test_a_vote_records_its_parent_prediction_and_lead_time(client, db):
+    body = annotation_event(801, 8, 2, "low", "fear", at=1)
+    body["annotation"].update(parent_prediction=37, lead_time=2.5)
+    send(client, body)
+    vote = votes_by_annotation(db)[801]
+    assert (vote.parent_prediction, vote.lead_time) == (37, 2.5)
+    plain = annotation_event(802, 8, 3, "low", "fear", at=2)
+    plain["annotation"].update(parent_prediction=None)
+    plain["annotation"].pop("lead_time", None)
+    send(client, plain)
+    assert (votes_by_annotation(db)[802].parent_prediction, votes_by_annotation(db)[802].lead_time) == (None, None)
+
+
+@pytest.mark.parametrize("field, value", [("parent_prediction", "x"), ("parent_prediction", -1),
+                                          ("parent_prediction", 0), ("parent_prediction", 2 ** 63),
+                                          ("parent_prediction", 1.5), ("lead_time", -1), ("lead_time", float("inf")),
+                                          ("lead_time", "4"), ("lead_time", True), ("lead_time", 1e12),
+                                          ("lead_time", [1])])
+def test_a_bad_parent_prediction_or_lead_time_is_400_naming_it(client, db, field, value):
+    body = annotation_event(803, 8, 2, at=1)
+    body["annotation"][field] = value
+    response = post(client, "/webhook", body)
+    assert response.status_code == 400 and field in response.get_json()["error"], response.get_data(as_text=True)
+    assert records(db) == []
+
+
+def test_the_resync_records_the_same_from_the_export():
+    from backend.labelstudio.label_config import parse_label_config
+    from backend.votes.resync import votes_from_export
+    body = example("webhook_ANNOTATION_CREATED.json")
+    labels = parse_label_config(body["project"]["label_config"])
+    annotation = {**body["annotation"], "parent_prediction": 12, "lead_time": 7.25}
+    votes, _, problems, _ = votes_from_export([{"id": body["task"]["id"], "data": body["task"]["data"],
+                                                "annotations": [annotation]}], labels)
+    assert problems == [] and [(v.parent_prediction, v.lead_time) for v in votes] == [(12, 7.25)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 REPO = Path(__file__).resolve().parents[1]
-from ls_examples import example  # noqa: E402
+from ls_examples import example
 
 AESTHETIC = ("high", "low")
 EMOTION = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness")
@@ -39,6 +39,8 @@ def service_env(data_dir: Path, redis_url: str, image_hosts: str, **extra: str) 
         "REDIS_URL": redis_url,
         "AESEMO_BACKBONE": "resnet18",
         "AESEMO_SUGGEST_UNTRAINED": "1",  # predictions with the base version before any training
+        "AESEMO_SUGGESTION_GATE": "0",    # tests/test_suggestions.py tests the gate; small test versions fail it
+        "AESEMO_CONTROL_FRACTION": "0",   # tests/test_suggestions.py tests control tasks
         "AESEMO_OFFLINE": "1",  # no test reaches the internet for ImageNet weights
         "AESEMO_INFERENCE_PATH": "pytorch",  # no background runtime exports; tests/test_runtime.py tests them
         "AESEMO_ALLOWED_IMAGE_HOSTS": image_hosts,
@@ -202,11 +204,10 @@ def flip_a_byte(path: Path, offset: int | None = None) -> None:
 # ----- processes ----------------------------------------------------------------------------
 
 def start_process(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "ab")
-    process = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    with open(log_path, "ab") as log:  # the child holds its own descriptor
+        process = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     process.log_path = log_path  # type: ignore[attr-defined]
-    log.close()
     return process
 
 

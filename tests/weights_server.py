@@ -57,7 +57,7 @@ class WeightsServer:
         self.files[name] = (body, truncate)
         return self.url(name)
 
-    def __enter__(self) -> "WeightsServer":
+    def __enter__(self) -> WeightsServer:
         self._thread.start()
         return self
 

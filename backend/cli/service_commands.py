@@ -138,7 +138,9 @@ def add_service_commands(sub) -> None:
     p.set_defaults(func=cmd_resync)
 
     p = sub.add_parser("worker", help="run a worker for prediction-refresh and training jobs (RQ, no fork after CUDA init)")
-    p.add_argument("--queue", default=None, help="training queue name (default: $AESEMO_QUEUE or training); the predict queue is $AESEMO_PREDICT_QUEUE")
+    p.add_argument("--queue", default=None,
+                   help="training queue name (default: $AESEMO_QUEUE or training); the predict queue is "
+                        "$AESEMO_PREDICT_QUEUE")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     p.add_argument("--burst", action="store_true", help="stop when the queues are empty")
     p.set_defaults(func=cmd_worker)
@@ -191,5 +193,6 @@ def add_service_commands(sub) -> None:
     p.set_defaults(func=cmd_base)
 
     p = sub.add_parser("redis", help="the data directory's embedded Redis (it also stops with its last user)")
-    p.add_argument("action", choices=["stop"], help="stop: shut it down (append-only file fsynced) unless a serve, worker or stack uses it")
+    p.add_argument("action", choices=["stop"],
+                   help="stop: shut it down (append-only file fsynced) unless a serve, worker or stack uses it")
     p.set_defaults(func=cmd_redis)

@@ -152,10 +152,6 @@ def predictions(project: str, version: str) -> str:
     return _PROJECT.format(project) + f"predictions:{version}"
 
 
-def refreshed(project: str, version: str) -> str:
-    return _PROJECT.format(project) + f"refreshed:{version}"
-
-
 def refresh_pending(project: str) -> str:
     return _PROJECT.format(project) + "refresh:pending"
 

@@ -146,7 +146,7 @@ class _Lease:
         self.pid = os.getpid()
         folder = Path(data_dir).resolve() / "redis"
         folder.mkdir(parents=True, exist_ok=True)
-        self.file = open(folder / USERS_LOCK, "a")
+        self.file = open(folder / USERS_LOCK, "a")  # noqa: SIM115  (held for the lease, closed by release)
         # blocks while the last user is shutting the server down; the start that follows is ours
         fcntl.flock(self.file, fcntl.LOCK_SH)
 

@@ -13,7 +13,8 @@ import math
 import os
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from model.limits import FINETUNE_MODES, PRECISIONS, TRAINING_DEFAULTS, TRAINING_LIMITS, Limit
 from model.uncertainty import MEASURES
@@ -220,6 +221,18 @@ class Settings:
         "AESEMO_SUGGEST_UNTRAINED", False,
         "pre-annotate with a model version that was never trained on labels (its suggestions are "
         "random); off: `/predict` answers `[]` per task until the project has a trained version", parse=_flag)
+    suggestion_gate: bool = setting(
+        "AESEMO_SUGGESTION_GATE", True,
+        "suggest a task type (aesthetic, emotion) of a trained version only when its held-out evidence beats "
+        "the trivial answer (the most common class, every time): the 95 % interval of the difference in "
+        "held-out accuracy, over resamples of the held-out tasks, above 0; off: every trained version suggests both",
+        parse=_flag)
+    control_fraction: float = setting(
+        "AESEMO_CONTROL_FRACTION", 0.1,
+        "share of each project's tasks that never get a suggestion (control tasks, chosen by a hash of the task "
+        "id): `/predict` and the refresh give them an empty result with its score, so the least-certain "
+        "ordering still places them, and what annotators do without a suggestion can be measured; 0: none",
+        parse=_number, limit=Limit(float, 0, 0.5))
     consensus_method: str = setting(
         "AESEMO_CONSENSUS_METHOD", Policy.method, "default consensus method (`majority` or `dawid_skene`)",
         check=_one_of(_consensus_methods))
@@ -234,11 +247,6 @@ class Settings:
         "default of the consensus policy's `rubber_stamp_seconds`: a vote that equals the suggestion its "
         "annotator was shown, made in less time, is set aside unless the policy's `count_fast_agreement`",
         parse=_number, limit=_consensus_limit("rubber_stamp_seconds"))
-    control_fraction: float = setting(
-        "AESEMO_CONTROL_FRACTION", 0.1,
-        "share of each project's tasks (chosen by a hash of the task id) that never get a suggestion: "
-        "the control tasks the admin page measures the suggestions' pull on", parse=_number,
-        limit=Limit(float, 0, 0.5))
     auto_train_threshold: int = setting(
         "AESEMO_AUTO_TRAIN_THRESHOLD", 0, "ask for training each time this many new labels are agreed",
         parse=_integer, limit=Limit(int, 0, 10 ** 6), shown="0 (off)")

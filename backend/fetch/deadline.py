@@ -32,7 +32,7 @@ class Deadline:
         self._timer = threading.Timer(max(seconds, 0.0), self._expire)
         self._timer.daemon = True
 
-    def __enter__(self) -> "Deadline":
+    def __enter__(self) -> Deadline:
         self._timer.start()
         return self
 

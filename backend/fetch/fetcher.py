@@ -133,7 +133,7 @@ class ImageFetcher:
     def _check_url(url: str, what: str = "image URL") -> None:
         try:
             parts = urlsplit(url)
-            parts.port  # raises ValueError for a port that is not a number in range
+            _ = parts.port  # raises ValueError for a port that is not a number in range
         except ValueError:
             raise ImageFetchError("bad_url", url, f"malformed {what}") from None
         scheme = parts.scheme.lower()

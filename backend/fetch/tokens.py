@@ -29,7 +29,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 REFRESH_PATH = "/api/token/refresh/"
@@ -53,7 +53,7 @@ def is_http_url(url) -> bool:
         return False
     try:
         parts = urlsplit(url)
-        parts.port  # raises ValueError for a port that is not a number in range
+        _ = parts.port  # raises ValueError for a port that is not a number in range
     except ValueError:
         return False
     return (parts.scheme.lower() in DEFAULT_PORTS and bool(parts.hostname) and "@" not in parts.netloc

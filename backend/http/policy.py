@@ -1,6 +1,6 @@
-"""The request policy of the Flask app (backend/http/app.py). Who may call (Basic auth), from where (no cross-site browser requests; the
-admin's endpoints only under this backend's own host names), how much body, and which JSON error
-answers what went wrong."""
+"""The request policy of the Flask app (backend/http/app.py). Who may call (Basic auth), from
+where (no cross-site browser requests; the admin's endpoints only under this backend's own host
+names), how much body, and which JSON error answers what went wrong."""
 from __future__ import annotations
 
 import json
@@ -113,7 +113,8 @@ def parse_json(raw: bytes):
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"body is not valid JSON ({exc})") from None
     except ValueError:  # Python refuses to convert an integer of over 4300 digits
-        raise InvalidInput("body is not valid JSON for this server: it holds a number too long to read (over 4300 digits)") from None
+        raise InvalidInput("body is not valid JSON for this server: it holds a number too long to read "
+                           "(over 4300 digits)") from None
     except RecursionError:  # e.g. "[[[[..." thousands deep: the client's mistake, not a 500
         raise InvalidInput("body is not valid JSON (nested too deeply)") from None
 

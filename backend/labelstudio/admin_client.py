@@ -35,18 +35,16 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 from venv import EnvBuilder
 
 import httpx
 import pydantic
-from label_studio_sdk import (
-    LabelStudio,
-    PrepareParamsRequestRequestSelectedItemsExcluded,
-    PrepareParamsRequestRequestSelectedItemsIncluded,
-)
+from label_studio_sdk import (LabelStudio, PrepareParamsRequestRequestSelectedItemsExcluded,
+                               PrepareParamsRequestRequestSelectedItemsIncluded)
 from label_studio_sdk.core.api_error import ApiError
 
 from backend.fetch import tokens as ls_auth

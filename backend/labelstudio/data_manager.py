@@ -13,7 +13,8 @@ model_version). So the backend renames its Label Studio ML backend to the versio
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 

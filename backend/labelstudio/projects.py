@@ -59,8 +59,9 @@ class ProjectStore:
 
     def remember_setup(self, project: str, label_config: str, hostname: str | None,
                        access_token: str | None) -> bool:
-        """What /setup sent; True when the project was new to the backend. Its hostname and access_token are kept as a pair, replaced together
-        whenever a /setup names either: the token goes back only to the host it came with, so a
+        """What /setup sent; True when the project was new to the backend. Its hostname and
+        access_token are kept as a pair, replaced together whenever a /setup names either: the token
+        goes back only to the host it came with, so a
         later /setup that names only a hostname must not inherit Label Studio's token."""
         setup = keys.setup(project)
         pipe = self.redis.pipeline()  # MULTI: no reader sees a new hostname with the old token

@@ -1,8 +1,9 @@
 """The few Label Studio 1.23.2 API calls the prediction refresh makes, through the SDK's client
 (backend/labelstudio/client.py's `sdk_client`: its token rule and address guard):
 
-- the project's tasks, page by page (`GET /api/tasks?project=P`, the Data Manager's list), all
-  listed before anything is written, so that writes cannot move tasks between pages;
+- the project's tasks, page by page (`GET /api/tasks?project=P&fields=all`, the Data Manager's
+  list with each task's predictions), all listed before anything is written, so that writes cannot
+  move tasks between pages;
 - deleting a set of tasks' predictions (the Data Manager action `delete_tasks_predictions`);
 - importing predictions in bulk (`POST /api/projects/P/import/predictions`, one call a batch).
 """
@@ -23,17 +24,31 @@ def _call(client: LabelStudio, method: str, path: str, what: str, **kwargs):
 
 
 def list_tasks(client: LabelStudio, project: str) -> list[dict]:
-    """Every task of the project: id, data and whether Label Studio counts it labelled."""
+    """Every task of the project: id, data, whether Label Studio counts it labelled, and the model
+    versions of the predictions it holds now (what is there, whoever wrote it)."""
     tasks, page = [], 1
     while True:
         body = _call(client, "GET", "api/tasks/", f"the task list of project {project}",
-                     params={"project": int(project), "page": page, "page_size": TASK_PAGE})
+                     params={"project": int(project), "page": page, "page_size": TASK_PAGE, "fields": "all"})
         listed = body.get("tasks", []) if isinstance(body, dict) else body
-        tasks += [{"id": t["id"], "data": t.get("data"), "is_labeled": bool(t.get("is_labeled"))} for t in listed]
+        tasks += [{"id": t["id"], "data": t.get("data"), "is_labeled": bool(t.get("is_labeled")),
+                   "prediction_versions": _prediction_versions(t)} for t in listed]
         total = body.get("total", len(tasks)) if isinstance(body, dict) else len(tasks)
         if not listed or len(tasks) >= total:
             return tasks
         page += 1
+
+
+def _prediction_versions(task: dict) -> set[str]:
+    """The model versions of a listed task's predictions: its `predictions` (fields=all), or the
+    Data Manager's `predictions_model_versions` column when only that came."""
+    predictions = task.get("predictions")
+    if isinstance(predictions, list):
+        return {str(p.get("model_version")) for p in predictions if isinstance(p, dict)}
+    versions = task.get("predictions_model_versions") or []
+    if isinstance(versions, str):  # SQLite's GROUP_CONCAT
+        versions = versions.split(",")
+    return {str(v) for v in versions if v}
 
 
 def delete_predictions(client: LabelStudio, project: str, task_ids: list[int]) -> None:

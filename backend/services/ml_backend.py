@@ -10,6 +10,8 @@ from pathlib import Path
 
 import redis
 
+from model.version import META_FILE, is_trained
+
 from backend.core.errors import Conflict, DomainError, InvalidInput, NotFound, TooLarge, Unavailable, Unprocessable
 from backend.core.metrics import IMAGE_FAILURES, PREDICTIONS, WEBHOOK_EVENTS
 from backend.core.redis_connection import reachable
@@ -26,8 +28,9 @@ from backend.serving.models import ServedModel
 from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.serving.prediction_store import VersionPredictions, stored_then_predicted, task_id
 from backend.serving.refresh_queue import try_submit_refresh
-from backend.serving.registry import all_versions, base_for, describe_base, is_trained_version, resolve_current
-from backend.serving.suggestions import WITHHELD_FIELD, WithheldLog, withheld_reason
+from backend.serving.registry import all_versions, base_for, describe_base, resolve_current, version_meta
+from backend.serving.suggestions import (WITHHELD_FIELD, WITHHELD_TYPES_FIELD, WithheldLog, withheld_reason,
+                                         shown_result, withheld_types)
 from backend.services.projects import Projects
 from backend.services.training import TrainingService, training_refused
 from backend.votes.project_consensus import ProjectConsensus
@@ -62,13 +65,18 @@ class LabelStudioBackend:
         names, skipped = all_versions(self.settings)
         return {"versions": names, "skipped": skipped, "base_model": describe_base(self.redis, self.settings)}
 
-    def _withheld(self, project: str | None, version: str, trained: bool) -> dict:
-        """`{"no_suggestions": why}` when this version's suggestions are not sent, else {}."""
-        reason = withheld_reason(self.settings, version, trained)
-        if reason is None:
-            return {}
-        self.withheld.note(project, version, reason)
-        return {WITHHELD_FIELD: reason}
+    def _withheld(self, project: str | None, version: str, meta: dict | None) -> dict:
+        """`{"no_suggestions": why}` when this version's suggestions are not sent, or
+        `{"withheld_types": {type: why}}` for the task types whose held-out evidence is too thin;
+        {} when every suggestion is sent."""
+        reason = withheld_reason(self.settings, version, bool(meta) and is_trained(meta))
+        if reason is not None:
+            self.withheld.note(project, version, reason)
+            return {WITHHELD_FIELD: reason}
+        types = withheld_types(self.settings, meta or {})
+        for task, why in types.items():
+            self.withheld.note(project, f"{version} ({task})", f"no {task} suggestions: {why}")
+        return {WITHHELD_TYPES_FIELD: types} if types else {}
 
     def setup(self, body) -> dict:
         body = _object(body)
@@ -84,8 +92,8 @@ class LabelStudioBackend:
             self.follower.on_setup(self.projects.store.get(project), version.name)
             if connected:
                 try_submit_refresh(self.settings, project, "project connected")
-            return {"model_version": version.name,
-                    **self._withheld(project, version.name, is_trained_version(version.folder))}
+            meta, _ = version_meta(version.folder) if (version.folder / META_FILE).is_file() else (None, None)
+            return {"model_version": version.name, **self._withheld(project, version.name, meta)}
         except (redis.ConnectionError, redis.TimeoutError):
             return self._setup_from_memory(ProjectContext(project, schema, hostname, token), labels)
 
@@ -98,7 +106,7 @@ class LabelStudioBackend:
             raise Unavailable("Redis is unavailable and this process holds no model for project "
                               f"{context.project}")
         self.projects.remember_context(context)
-        return {"model_version": held.version, **self._withheld(context.project, held.version, held.trained)}
+        return {"model_version": held.version, **self._withheld(context.project, held.version, held.predictor.meta)}
 
     def predict(self, body) -> dict:
         body = _object(body)
@@ -118,8 +126,8 @@ class LabelStudioBackend:
         deadline = time.monotonic() + self.settings.predict_budget_s
         served = self._model_for(project, labels)
         version_name = served.version
-        withheld = self._withheld(project, version_name, served.trained)
-        if withheld:
+        withheld = self._withheld(project, version_name, served.predictor.meta)
+        if WITHHELD_FIELD in withheld:
             return {"results": [[] for _ in tasks], "model_version": version_name, **withheld}
 
         results, failures, queued = self._stored_then_computed(project, context, tasks, labels, served, deadline)
@@ -131,7 +139,10 @@ class LabelStudioBackend:
                                 + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""),
                                 details=[f.to_dict() for f in failures])
         PREDICTIONS.labels(version_name).inc(len(tasks) - len(failures))
-        reply = {"results": results, "model_version": version_name}
+        types = withheld.get(WITHHELD_TYPES_FIELD, {})
+        shown = [shown_result(r, task_id(t), labels, types, self.settings.control_fraction)
+                 for r, t in zip(results, tasks)]
+        reply = {"results": shown, "model_version": version_name, **withheld}
         if failures:
             reply["errors"] = [f.to_dict() for f in failures]
         if queued:
@@ -158,9 +169,9 @@ class LabelStudioBackend:
         budget_ids = (task_id(tasks[f.index]) for f in failures if f.kind == BUDGET_KIND)
         over_budget = [i for i in budget_ids if i is not None]
         queued = []
-        if project and over_budget and _reaches_label_studio(self.settings, context):
-            if try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget):
-                queued = over_budget
+        if (project and over_budget and _reaches_label_studio(self.settings, context)
+                and try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget)):
+            queued = over_budget
         return results, failures, queued
 
     def _model_for(self, project: str | None, labels: ProjectLabels) -> ServedModel:

@@ -33,7 +33,7 @@ RETRY_REFUSED_S = 300.0
 # how long the listener waits for a notice before it looks whether it should stop
 LISTEN_WAKE_S = 1.0
 # the HotSwaps whose threads run, for the exit hook below
-_RUNNING: "weakref.WeakSet[HotSwap]" = weakref.WeakSet()
+_RUNNING: weakref.WeakSet[HotSwap] = weakref.WeakSet()
 
 
 class HotSwap:

@@ -30,7 +30,7 @@ PATHS = ("auto", "pytorch")
 # seconds; gunicorn kills a worker that outlasts its graceful timeout, 30 s by default)
 EXPORT_EXIT_WAIT_S = 60.0
 # every ModelCache of this process, for that exit hook
-_CACHES: "weakref.WeakSet[ModelCache]" = weakref.WeakSet()
+_CACHES: weakref.WeakSet[ModelCache] = weakref.WeakSet()
 
 
 @dataclass
@@ -119,7 +119,7 @@ class ModelCache:
         from model.runtime import RuntimePredictor
         try:
             return RuntimePredictor(folder, record, self.max_pixels), record["reason"]
-        except Exception as exc:  # noqa: BLE001 - a runtime that cannot load means PyTorch serves, never a 500
+        except Exception as exc:  # a runtime that cannot load means PyTorch serves, never a 500
             log.warning("runtime of %s not used (%s: %s); PyTorch serves", folder, type(exc).__name__, exc)
             return None, f"its runtime did not load ({type(exc).__name__}: {exc})"
 
@@ -137,7 +137,7 @@ class ModelCache:
             # the other workers (and a training job exporting it) wait, then read its record
             record = runtime.export_once(served.folder, lambda: runtime.export_runtime(
                 served.folder, threshold=self.min_agreement, precision=self.precision))
-        except Exception as exc:  # noqa: BLE001 - the PyTorch path keeps serving; the reason is logged
+        except Exception as exc:  # the PyTorch path keeps serving; the reason is logged
             log.warning("runtime export of %s failed (%s: %s); PyTorch keeps serving", served.version,
                         type(exc).__name__, exc)
             served.path_reason = pytorch_reason(served.predictor, f"runtime export failed ({type(exc).__name__}: {exc})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import redis
 
@@ -42,20 +42,6 @@ def store_predictions(client: redis.Redis, project: str, version: str, entries: 
     pipe = client.pipeline()
     pipe.hset(key, mapping={str(t): json.dumps({"image": image, "prediction": p}, sort_keys=True)
                             for t, (image, p) in entries.items()})
-    pipe.expire(key, ttl_s)
-    pipe.execute()
-
-
-def refreshed_task_ids(client: redis.Redis, project: str, version: str) -> set[str]:
-    return {t.decode() if isinstance(t, bytes) else t for t in client.smembers(keys.refreshed(project, version))}
-
-
-def mark_refreshed(client: redis.Redis, project: str, version: str, task_ids: list, ttl_s: int) -> None:
-    if not task_ids:
-        return
-    key = keys.refreshed(project, version)
-    pipe = client.pipeline()
-    pipe.sadd(key, *[str(t) for t in task_ids])
     pipe.expire(key, ttl_s)
     pipe.execute()
 

@@ -1,9 +1,11 @@
 """The prediction-refresh job, run by an RQ worker on the `predict` queue: the project's tasks
 that still need labels get the current version's predictions in Label Studio, batch by batch
 (list, predict, delete the old ones unless AESEMO_REFRESH_KEEP_OLD, import in bulk). Labelled
-tasks keep theirs. A task written for a version is remembered (prediction_store), so a rerun
-after a crash or a cancel goes on where it stopped; a promotion during the run stops it
-("superseded"), and the job queued by that promotion refreshes with the new version.
+tasks keep theirs. What a task holds is what Label Studio lists, not what a job remembers
+writing: a task whose predictions are not the current version's alone is written, so a rerun after
+a crash or a cancel goes on where it stopped, and a version promoted again (or rolled back to)
+replaces whatever was written since. A promotion during the run stops it ("superseded"), and the
+job queued by that promotion refreshes with the new version.
 """
 from __future__ import annotations
 
@@ -26,10 +28,9 @@ from backend.labelstudio.label_config import ProjectLabels, parse_label_config
 from backend.labelstudio.projects import ProjectContext, ProjectStore
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import predict_tasks
-from backend.serving.prediction_store import (VersionPredictions, mark_refreshed, refreshed_task_ids,
-                                              stored_then_predicted)
+from backend.serving.prediction_store import VersionPredictions, stored_then_predicted
 from backend.serving.registry import current_version_name, resolve_current
-from backend.serving.suggestions import withheld_reason
+from backend.serving.suggestions import shown_result, withheld_reason, withheld_types
 from backend.jobs.connection import delete_if_equal
 from backend.jobs.context import job_settings
 from backend.jobs.progress import Progress
@@ -112,11 +113,17 @@ def _refresh(run: _Refresh, wanted: list | None) -> dict:
 
 
 def _tasks_to_refresh(run: _Refresh, tasks: list[dict], wanted: list | None) -> list[dict]:
-    """Unlabelled tasks (of `wanted` when given) not yet written for this version."""
-    done = refreshed_task_ids(run.client, run.project, run.served.version)
+    """Unlabelled tasks (of `wanted` when given) that Label Studio does not list with this
+    version's prediction (and, unless old ones are kept, with this version's alone)."""
     wanted_ids = None if wanted is None else set(wanted)
-    return [t for t in tasks if not t["is_labeled"] and str(t["id"]) not in done
+    return [t for t in tasks if not t["is_labeled"] and _needs_writing(run, t["prediction_versions"])
             and (wanted_ids is None or str(t["id"]) in wanted_ids)]
+
+
+def _needs_writing(run: _Refresh, versions: set[str]) -> bool:
+    if run.served.version not in versions:
+        return True
+    return not run.settings.refresh_keep_old and versions != {run.served.version}
 
 
 def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict]) -> tuple[int, int]:
@@ -124,13 +131,14 @@ def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict])
     version, ttl = run.served.version, run.settings.prediction_ttl_s
     store = VersionPredictions(run.client, run.project, version, ttl)
     results, _ = stored_then_predicted(store, batch, run.labels, lambda tasks: _predict(run, fetcher, tasks))
-    ready = {task["id"]: result for task, result in zip(batch, results) if result}
+    withheld = withheld_types(run.settings, run.served.predictor.meta)
+    ready = {task["id"]: shown_result(result, task["id"], run.labels, withheld, run.settings.control_fraction)
+             for task, result in zip(batch, results) if result}
     ids = list(ready)
     if ids:
         if not run.settings.refresh_keep_old:
             task_api.delete_predictions(api, run.project, ids)
         task_api.import_predictions(api, run.project, [{"task": i, **ready[i]} for i in ids])
-        mark_refreshed(run.client, run.project, version, ids, ttl)
     return len(ids), len(batch) - len(ids)
 
 

@@ -28,7 +28,7 @@ from model.pretrained import check_pretrained_setting, resolve_pretrained, weigh
 from model.version import META_FILE, is_trained, training_dtype, training_seconds
 
 from backend.core import keys
-from backend.serving.suggestions import UNTRAINED_SUFFIX
+from backend.serving.suggestions import UNTRAINED_SUFFIX, withheld_types
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,8 @@ def project_versions(settings, project: str) -> tuple[list[dict], list[dict]]:
                     "metrics": _metric_summary(meta.get("metrics") or {}),
                     "device": (meta.get("training") or {}).get("device"),
                     "training_seconds": training_seconds(meta), "training_dtype": training_dtype(meta),
-                    "backbone": meta["architecture"].get("backbone"), "trained": is_trained(meta)})
+                    "backbone": meta["architecture"].get("backbone"), "trained": is_trained(meta),
+                    "withheld_types": withheld_types(settings, meta)})
     return sorted(out, key=lambda v: v["created_at"] or ""), skipped
 
 

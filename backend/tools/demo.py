@@ -29,7 +29,7 @@ def run_demo(workdir: Path, epochs: int = 8) -> int:
     rng = random.Random(99)
     n_e = len(DEFAULT_CLASSES["emotion"])
     print("demo: predictions for new images (truth -> predicted)")
-    for i in range(6):
+    for _ in range(6):
         a, e = rng.randrange(2), rng.randrange(n_e)
         described = predictor.describe(predictor.predict_images([synthetic_image(a, e, n_e, rng, 48)])[0])
         truth = {"aesthetic": DEFAULT_CLASSES["aesthetic"][a], "emotion": DEFAULT_CLASSES["emotion"][e]}

@@ -21,7 +21,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import redis
@@ -73,7 +73,10 @@ class StackOptions:
         return self.data_dir / "logs"
 
 
-def default_ls_venv(data_dir: Path, checkout: Path = Path(__file__).resolve().parents[2]) -> Path:
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root, when run from a checkout
+
+
+def default_ls_venv(data_dir: Path, checkout: Path = CHECKOUT) -> Path:
     """.venv-ls at the repository root when run from a checkout (beside .venv, where the
     end-to-end tests make theirs too), else (an installed package) .venv-ls in the data directory."""
     return checkout / ".venv-ls" if (checkout / "pyproject.toml").is_file() else Path(data_dir) / ".venv-ls"

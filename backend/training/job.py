@@ -72,7 +72,7 @@ def train_project(project: str) -> dict:
         progress = Progress(job, connection, lock)
         try:
             return _train(settings, project, params, progress, job.id if job else "local")
-        except Exception as exc:
+        except Exception as exc:  # the version is promoted either way; serving retries the export
             if job:
                 _record_failure(job, exc)
             raise
@@ -295,7 +295,7 @@ def runtime_step(run: _Run, folder: Path, manifest: Path) -> None:
         record = runtime.export_from_job_manifest(folder, manifest, run.settings.runtime_min_agreement,
                                                   run.settings.predictor_precision)
         log.info("runtime of %s: %s serves", folder.name, record["serving"])
-    except Exception as exc:  # noqa: BLE001 - the version is promoted either way; serving retries the export
+    except Exception as exc:
         log.warning("runtime export of %s failed (%s: %s)", folder.name, type(exc).__name__, exc)
 
 

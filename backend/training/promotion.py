@@ -85,7 +85,7 @@ def promotion(settings: Settings, parent_meta: dict, meta: dict, folder: Path,
     if settings.promotion == "always":
         return True, "promotion rule: always"
     if evidence is None:
-        return by_metric(settings.promotion_margin, parent_meta, meta)
+        return by_metric(settings, parent_meta, meta)
     return by_evidence(settings, parent_meta, meta, evidence)
 
 
@@ -95,7 +95,7 @@ def by_evidence(settings: Settings, parent_meta: dict, meta: dict, evidence: dic
     if broken:
         return False, f"held-out macro-F1 {new:.4f} on {evidence['n']} tasks, and the new version {broken}"
     if not is_trained(parent_meta):
-        return True, "first trained version"
+        return True, f"first trained version (held-out macro-F1 {new:.4f} on {evidence['n']} tasks)"
     if "current_error" in evidence:
         return True, (f"held-out macro-F1 {new:.4f} on {evidence['n']} tasks, compared with nothing: the current "
                       f"version could not be scored ({evidence['current_error']})")
@@ -161,24 +161,25 @@ def one_class(meta: dict) -> bool:
     return bool(judged) and all(sum(1 for column in zip(*c) if sum(column) > 0) == 1 for c in judged)
 
 
-def by_metric(margin: float, parent_meta: dict, meta: dict) -> tuple[bool, str]:
-    """Without held-out tasks to score both on (a manifest without held-out rows): each version's
-    own held-out metric. Not worse than the current version by more than `margin`; but a tie
-    never goes to a candidate that scores 0 or answers one class for everything, and no score
-    is no promotion."""
-    new, old = score(meta), score(parent_meta)
+def by_metric(settings: Settings, parent_meta: dict, meta: dict) -> tuple[bool, str]:
+    """Without stable held-out tasks to score both versions on (a manifest without held-out rows):
+    each version's own held-out metric was measured on its own split, so the two are not
+    compared. A candidate with no valid score, a score of 0 or one class for everything is not
+    promoted; the first trained version is; otherwise AESEMO_PROMOTION_INCONCLUSIVE decides."""
+    new = score(meta)
     if new is None or not math.isfinite(new):
         return False, f"no valid held-out macro-F1 ({new}) to judge it by; promote it by hand if wanted"
-    if not is_trained(parent_meta):
-        return True, "first trained version"
-    if old is None or not math.isfinite(old):
-        return True, f"held-out macro-F1 {new:.4f}; the current version has no valid one to compare"
-    versus = f"held-out macro-F1 {new:.4f} vs current {old:.4f} (each on its own held-out split)"
-    if new > old:
-        return True, versus
-    if new < old - margin:
-        return False, f"held-out macro-F1 {new:.4f} is worse than current {old:.4f} by more than {margin}"
-    if new <= 0 or one_class(meta):
-        return False, versus + ": a tie, and the new version " + (
-            "scores 0" if new <= 0 else "answers one class for every held-out image")
-    return True, f"{versus} (margin {margin})"
+    own = f"held-out macro-F1 {new:.4f} on its own {heldout_count(meta)} held-out tasks"
+    if not is_trained(parent_meta):  # whatever it scores, it replaces random weights
+        return True, f"first trained version ({own})"
+    broken = broken_outputs(new, meta)
+    if broken:
+        return False, f"{own}, and the new version {broken}"
+    return inconclusive(settings, parent_meta, meta, "no stable held-out tasks yet to score both versions on, "
+                        f"so scores from different splits are not compared (the new version: {own})")
+
+
+def heldout_count(meta: dict) -> int:
+    """The version's held-out tasks: the most any task type had labelled."""
+    counts = [m.get("n") for m in (meta.get("metrics") or {}).values() if m]
+    return max((c for c in counts if isinstance(c, int)), default=0)

@@ -29,7 +29,7 @@ from backend.serving.refresh_queue import predict_queue
 from backend.core.settings import load_settings
 from backend.serving.registry import prepare_start
 # the job's code (torch included) loads before the first job, not once RQ has marked it started
-import backend.training.job  # noqa: F401
+import backend.training.job
 import backend.serving.refresh  # noqa: F401
 
 log = logging.getLogger(__name__)

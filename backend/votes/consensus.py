@@ -102,7 +102,7 @@ def _fast_agreement(latest: list[Vote], dimension: str, policy: Policy) -> np.nd
     return np.array([bool(v.equal) and v.fast_agreement(dimension, seconds) for v in latest], dtype=bool)
 
 
-def _note_set_aside(decided: dict[int, "TaskConsensus"], all_tasks: list[int], aside: _Votes, names) -> None:
+def _note_set_aside(decided: dict[int, TaskConsensus], all_tasks: list[int], aside: _Votes, names) -> None:
     """The set-aside votes beside each task's decision; a task that has only those waits for more."""
     for row, annotator, label in zip(aside.row.tolist(), aside.annotator.tolist(), aside.label.tolist()):
         task = decided[all_tasks[row]]
@@ -311,8 +311,8 @@ def summary(consensus: dict[str, dict[int, TaskConsensus]], classes: dict) -> di
     """Counts by state, label distribution, per-annotator agreement, and alpha per dimension."""
     out = {}
     for dimension, tasks in consensus.items():
-        states = {s: 0 for s in STATES}
-        labels = {n: 0 for n in classes[dimension]}
+        states = dict.fromkeys(STATES, 0)
+        labels = dict.fromkeys(classes[dimension], 0)
         agree: dict[int, list[int]] = {}
         set_aside = 0
         for c in tasks.values():

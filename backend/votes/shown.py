@@ -107,7 +107,7 @@ def shown_of_vote(parent_prediction: int | None, remembered: dict | None, export
         return remembered if remembered is not None and remembered["how"] == "text" else None
     if exported is not NOT_EXPORTED:
         return {**exported, "how": "prefilled"} if exported is not None else None
-    unknown = {"version": None, **{d: None for d in DIMENSIONS}}
+    unknown = {"version": None, **dict.fromkeys(DIMENSIONS)}
     return {**(remembered or unknown), "how": "prefilled"}
 
 

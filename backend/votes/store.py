@@ -14,7 +14,7 @@ import logging
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import redis
 
@@ -66,7 +66,7 @@ def vote_keys(project: str) -> list[str]:
             keys.images(project)]
 
 
-def vote_args(vote: "Vote", image_url: str | None) -> list:
+def vote_args(vote: Vote, image_url: str | None) -> list:
     """apply_vote's arguments: annotation id, updated_at (microseconds since the epoch), record,
     task id and image URL ('' for none)."""
     return [vote.annotation, vote.updated_us, vote.record(), vote.task, image_url or ""]
@@ -83,7 +83,7 @@ redis.call('SREM', ARGV[2] .. task, ARGV[1])
 return tostring(task)
 """
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # What instant_us takes: a date, and optionally a time with seconds, a fraction and `Z` or an
@@ -102,7 +102,7 @@ def instant_us(text) -> int:
         raise ValueError(f"not an ISO 8601 date and time: {text[:40]!r}")
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
@@ -150,11 +150,11 @@ class Vote:
                           sort_keys=True, separators=(",", ":"))
 
     @staticmethod
-    def from_record(text: str) -> "Vote":
+    def from_record(text: str) -> Vote:
         return Vote.from_dict(json.loads(text))
 
     @staticmethod
-    def from_dict(data: dict) -> "Vote":
+    def from_dict(data: dict) -> Vote:
         """A decoded record (taken over, not copied). A complete one, as record() writes them,
         fills the instance's __dict__ directly, skipping the frozen dataclass's __init__ (one
         object.__setattr__ call per field): all_votes builds hundreds of thousands."""
@@ -206,7 +206,7 @@ def vote_from_annotation(annotation: dict, task_id, labels: ProjectLabels) -> Vo
     if "result" not in annotation or not isinstance(annotation["result"], list):
         raise InvalidInput(f"{where} has no \"result\" list")
     cancelled = bool(annotation.get("was_cancelled"))
-    chosen, problems = ({d: None for d in DIMENSIONS}, []) if cancelled else _choices(annotation["result"], labels)
+    chosen, problems = (dict.fromkeys(DIMENSIONS), []) if cancelled else _choices(annotation["result"], labels)
     if problems:  # one line per annotation, however many regions it has
         log.warning("%s on task %s: %s", where, task, "; ".join(problems))
     updated_at, updated_us = _updated(annotation, where)
@@ -216,7 +216,7 @@ def vote_from_annotation(annotation: dict, task_id, labels: ProjectLabels) -> Vo
                 parent_prediction=_parent_prediction(annotation, where), lead_time=_lead_time(annotation, where))
 
 
-MAX_LEAD_TIME_S = 10 ** 7  # about four months: a bound on what is stored, no judgement of the annotator
+MAX_LEAD_TIME_S = 10 ** 7  # about four months: a bound on what is stored, not a judgement of the annotator
 
 
 def _parent_prediction(annotation: dict, where: str) -> int | None:
@@ -230,26 +230,26 @@ def _parent_prediction(annotation: dict, where: str) -> int | None:
 
 
 def _lead_time(annotation: dict, where: str) -> float | None:
-    """Seconds the annotator spent on the task (Label Studio's `lead_time`); None when not sent."""
+    """Seconds the annotator spent (Label Studio's `lead_time`); None when absent."""
     value = annotation.get("lead_time")
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_LEAD_TIME_S:
-        raise InvalidInput(f"{where}: \"lead_time\" must be a number of seconds in [0, {MAX_LEAD_TIME_S}] "
-                           f"or null, got {shown(value)}")
+        raise InvalidInput(f"{where}: \"lead_time\" must be a number of seconds in [0, {MAX_LEAD_TIME_S}], "
+                           f"got {shown(value)}")
     return float(value)
 
 
 def _updated(annotation: dict, where: str) -> tuple[str, int]:
     """updated_at (else created_at) as sent and as an instant; none at all is the oldest."""
-    for field in ("updated_at", "created_at"):
-        value = annotation.get(field)
+    for name in ("updated_at", "created_at"):
+        value = annotation.get(name)
         if value is None or value == "":
             continue
         try:
             return value, instant_us(value)
         except ValueError:
-            raise InvalidInput(f"{where}: \"{field}\" is not an ISO 8601 time: {repr(value)[:80]}") from None
+            raise InvalidInput(f"{where}: \"{name}\" is not an ISO 8601 time: {repr(value)[:80]}") from None
     return "", 0
 
 
@@ -267,7 +267,7 @@ def _choices(result: list, labels: ProjectLabels) -> tuple[dict, list[str]]:
     many regions, and however long a value, an annotation holds."""
     controls = {labels.aesthetic_control: ("aesthetic", labels.aesthetic_classes),
                 labels.emotion_control: ("emotion", labels.emotion_classes)}
-    chosen, problems, more = {d: None for d in DIMENSIONS}, [], 0
+    chosen, problems, more = dict.fromkeys(DIMENSIONS), [], 0
     for region in result:
         # a list/dict from_name is unhashable: `in controls` would raise TypeError (a 500)
         if not isinstance(region, dict) or not isinstance(region.get("from_name"), str) \

@@ -11,7 +11,7 @@ neither list are left out. Without the folder, every image goes to all.jsonl.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..classes import DEFAULT_CLASSES
 from ..errors import DatasetError

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..classes import DEFAULT_CLASSES
 from ..errors import DatasetError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..classes import DEFAULT_CLASSES
 from ..errors import DatasetError

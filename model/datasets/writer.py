@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..classes import check_classes
 from ..errors import DatasetError
@@ -24,7 +24,8 @@ def write_splits(out_dir: str | Path, classes: dict, rows: Iterable[tuple[str, d
         for split, row in rows:
             handle = files.get(split)
             if handle is None:
-                handle = files[split] = open(out_dir / f"{split}.jsonl{PARTIAL}", "w", encoding="utf-8")
+                # one open file per split while rows stream in; _close closes them all, on failure too
+                handle = files[split] = open(out_dir / f"{split}.jsonl{PARTIAL}", "w", encoding="utf-8")  # noqa: SIM115
                 handle.write(header + "\n")
                 counts[split] = 0
             handle.write(json.dumps(row) + "\n")

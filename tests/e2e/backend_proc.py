@@ -79,17 +79,14 @@ class BackendProcess:
     def post(self, path: str, **kwargs) -> requests.Response:
         return self.request("POST", path, **kwargs)
 
-    def start(self, timeout: float = 180.0) -> "BackendProcess":
+    def start(self, timeout: float = 180.0) -> BackendProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [aesemo_executable(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", "1", "--threads", "4"]
-        log = open(self.log_path, "ab")
         t0 = time.monotonic()
-        try:
+        with open(self.log_path, "ab") as log:  # the child holds its own descriptor
             self.proc = subprocess.Popen(cmd, cwd=self.data_dir.parent, env=self.env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()  # the child holds its own descriptor
         deadline = t0 + timeout
         while True:
             code = self.proc.poll()
@@ -186,6 +183,8 @@ def backend_env(data_dir: Path, label_studio_url: str, image_port: int | None = 
         AESEMO_DATA_DIR=str(data_dir),
         AESEMO_BACKBONE="resnet18",
         AESEMO_SUGGEST_UNTRAINED="1",  # the tests predict with the untrained base version
+        AESEMO_CONTROL_FRACTION="0",   # every task of these tests is a suggested one
+        AESEMO_SUGGESTION_GATE="0",    # their 1-epoch versions on a few labels show the loop, not evidence
         AESEMO_OFFLINE="1",  # no test reaches the internet for ImageNet weights
         LABEL_STUDIO_URL=label_studio_url,
         PYTHONUNBUFFERED="1",

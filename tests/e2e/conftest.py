@@ -18,7 +18,7 @@ E2E_DIR = Path(__file__).resolve().parent
 if str(E2E_DIR) not in sys.path:  # pytest's default import mode adds it too; be explicit
     sys.path.insert(0, str(E2E_DIR))
 
-from ls_server import LabelStudioServer  # noqa: E402
+from ls_server import LabelStudioServer
 
 
 def pytest_configure(config: pytest.Config) -> None:

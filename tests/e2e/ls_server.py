@@ -29,9 +29,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
-from backend.labelstudio.admin_client import (  # noqa: F401  (LabelStudioError and LS_VERSION are re-exported)
+from backend.labelstudio.admin_client import (
     LS_VERSION,
     LabelStudioClient,
     LabelStudioError,
@@ -115,7 +115,7 @@ class LabelStudioServer(LabelStudioClient):
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "LabelStudioServer":
+    def start(self) -> LabelStudioServer:
         """Start the server and block until ``GET /health/`` answers (or raise with the log tail)."""
         if self.running:
             return self
@@ -142,7 +142,7 @@ class LabelStudioServer(LabelStudioClient):
 
     def _launch(self) -> None:
         cmd = label_studio_command(self.venv, self.port, self.log_level)
-        self._log_file = open(self.log_path, "ab")
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115  (the server's log while it runs; closed in stop())
         self._log_offset = self._log_file.tell()
         self._log_file.write(f"\n=== aesemo e2e: {' '.join(cmd)}\n".encode())
         self._log_file.flush()
@@ -263,7 +263,7 @@ class LabelStudioServer(LabelStudioClient):
             return "(no log)"
         return "--- label-studio.log (tail) ---\n" + "\n".join(text.splitlines()[-lines:])
 
-    def __enter__(self) -> "LabelStudioServer":
+    def __enter__(self) -> LabelStudioServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

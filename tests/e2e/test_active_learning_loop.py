@@ -86,7 +86,7 @@ def label_in_the_browser(loop: dict, artifacts) -> list[int]:
             page.keyboard.press(HOTKEYS[emotion])
             page.screenshot(path=str(page.artifacts / f"loop-labelled-with-hotkeys-{n}.png"))
             page.keyboard.press("Control+Enter")
-            vote = wait_for(lambda: agreed_vote(loop, task["id"]), 90, interval=0.5,
+            vote = wait_for(lambda task=task: agreed_vote(loop, task["id"]), 90, interval=0.5,
                             what=f"the hotkey vote on task {task['id']} to reach the backend")
             assert (vote["aesthetic"]["label"], vote["emotion"]["label"]) == (aesthetic, emotion), vote
             if n + 1 < len(tasks):  # the stream moves on to the next task's photo

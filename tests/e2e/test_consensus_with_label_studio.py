@@ -213,8 +213,7 @@ def test_consensus_of_three_annotators(label_studio: LabelStudioServer, image_se
     assert summary["emotion"]["tasks"] == expected_states["emotion"], summary
     # agreed: t1 high/awe, t2 low, t4 high/amusement (after the flip)
     assert summary["aesthetic"]["labels"] == {"high": 2, "low": 1}, summary["aesthetic"]
-    emotion_labels = {e: 0 for e in ("amusement", "awe", "contentment", "excitement",
-                                     "anger", "disgust", "fear", "sadness")}
+    emotion_labels = dict.fromkeys(("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness"), 0)
     assert summary["emotion"]["labels"] == {**emotion_labels, "awe": 1, "amusement": 1}, summary["emotion"]
     # per annotator, over the agreed tasks: c was outvoted on t2 and t4 (aesthetic) and t4 (emotion)
     aesthetic_people = summary["aesthetic"]["annotators"]

@@ -36,18 +36,18 @@ from net import free_port
 
 N_TASKS = 12
 WORKER_TIMEOUT_S = 900  # a 2-core machine under heavy load: torch import, resync, 1 epoch, evaluation
-TRAIN_ENV = dict(
-    AESEMO_BACKBONE="resnet18",
-    AESEMO_MIN_TRAINING_LABELS="5",
-    AESEMO_TRAIN_EPOCHS="1",
-    AESEMO_TRAIN_IMAGE_SIZE="40",
-    AESEMO_TRAIN_CROP_SIZE="35",
-    AESEMO_TRAIN_LR="0.02",
-    AESEMO_TRAIN_DEVICE="cpu",
-    AESEMO_SWAP_POLL="1",
-    AESEMO_JOB_HEARTBEAT="2",
-    OMP_NUM_THREADS="1",  # several OpenMP threads per process slow torch down on 2 busy cores
-)
+TRAIN_ENV = {
+    "AESEMO_BACKBONE": "resnet18",
+    "AESEMO_MIN_TRAINING_LABELS": "5",
+    "AESEMO_TRAIN_EPOCHS": "1",
+    "AESEMO_TRAIN_IMAGE_SIZE": "40",
+    "AESEMO_TRAIN_CROP_SIZE": "35",
+    "AESEMO_TRAIN_LR": "0.02",
+    "AESEMO_TRAIN_DEVICE": "cpu",
+    "AESEMO_SWAP_POLL": "1",
+    "AESEMO_JOB_HEARTBEAT": "2",
+    "OMP_NUM_THREADS": "1",  # several OpenMP threads per process slow torch down on 2 busy cores
+}
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -175,7 +175,7 @@ def test_full_loop(label_studio: LabelStudioServer, image_server: ImageServer, t
         def other_emotion(e: str, k: int = 1) -> str:
             return EMOTION[(EMOTION.index(e) + k) % len(EMOTION)]
 
-        votes = {tid: {who: truth[tid] for who in "abc"} for tid in task_ids}
+        votes = {tid: dict.fromkeys("abc", truth[tid]) for tid in task_ids}
         t1, t4, t7, t10 = task_ids[1], task_ids[4], task_ids[7], task_ids[10]
         votes[t1]["c"] = (others_a[truth[t1][0]], truth[t1][1])        # aesthetic 2-vs-1: agreed
         votes[t4]["b"] = (truth[t4][0], other_emotion(truth[t4][1]))   # emotion 2-vs-1: agreed

@@ -98,7 +98,7 @@ def assert_hotkeys_shown(page) -> None:
 
 def assert_wraps_when_narrow(page, image) -> None:
     page.set_viewport_size(NARROW)
-    page.wait_for_function("() => innerWidth === %d" % NARROW["width"])
+    page.wait_for_function(f"() => innerWidth === {NARROW['width']}")
 
     def wrapped():
         # Label Studio rescales the photo after the resize event: wait for the layout to settle

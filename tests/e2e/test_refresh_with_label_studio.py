@@ -45,6 +45,21 @@ def test_connecting_refreshes_the_unlabelled_tasks_through_label_studio(label_st
     for task in tasks[1:]:
         assert [p["model_version"] for p in ls.predictions(task)] == [version]
     assert ls.predictions(labelled) == []
+    # a second run asks Label Studio what each task holds: every one already has this version's
+    backend.post(f"/projects/{project}/refresh")
+    run_worker(backend, root)
+    again = backend.get(f"/projects/{project}/refresh").json()["jobs"][0]
+    assert again["status"] == "finished" and (again["progress"]["tasks"], again["progress"]["written"]) == (0, 0), again
+    # another version's prediction in one task (as after a promotion since): that task is written again
+    ls.api_json("POST", f"/api/projects/{project}/import/predictions",
+                json=[{"task": tasks[1], "model_version": "v0002-other", "result": [], "score": 0.5}])
+    ls.api_json("POST", "/api/dm/actions", params={"id": "delete_tasks_predictions", "project": project},
+                json={"selectedItems": {"all": False, "included": [tasks[2]]}})
+    backend.post(f"/projects/{project}/refresh")
+    run_worker(backend, root)
+    third = backend.get(f"/projects/{project}/refresh").json()["jobs"][0]
+    assert (third["progress"]["tasks"], third["progress"]["written"]) == (2, 2), third
+    assert [p["model_version"] for p in ls.predictions(tasks[1])] == [version]
 
 
 def test_retrieve_predictions_of_2000_tasks_completes_and_queues_the_rest(label_studio, image_server, lab):
