@@ -349,3 +349,31 @@ def _anchoring_rows(page: str, dimension: str) -> list[tuple[str, str]]:
         user = chunk.split('data-annotator="', 1)[1].split('"', 1)[0]
         rows.append((user, chunk))
     return rows
+
+
+# ----- what the serving side remembers showing ----------------------------------------------------------
+
+def test_predict_remembers_what_label_studio_may_prefill_and_a_vote_records_it(settings, redis_client, images):
+    from training_project import predict_body
+    settings = replace(settings, allowed_image_hosts=(images.netloc,), control_fraction=0.5)
+    client = create_app(settings).test_client()
+    urls = [images.url(f"/img/{i}.png") for i in range(1, 7)]
+    answer = client.post("/predict", json=predict_body(int(PROJECT), urls))
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    results = answer.get_json()["results"]
+    control = [t for t in range(1, 7) if is_control_task(t, 0.5)]
+    assert control and len(control) < 6
+    for task, result in enumerate(results, 1):
+        shown = shown_for(redis_client, PROJECT, task)
+        if task in control:
+            assert shown is None
+            continue
+        chosen = {r["from_name"]: r["value"]["choices"][0] for r in result["result"]}
+        assert shown == {"version": answer.get_json()["model_version"], "how": "prefilled", **chosen}
+    # an annotation pre-filled from it and kept, in a second: recorded as the suggestion kept
+    task = next(t for t in range(1, 7) if t not in control)
+    kept = shown_for(redis_client, PROJECT, task)
+    body = annotation_event(1, task, 2, kept["aesthetic"], kept["emotion"], parent_prediction=5, lead_time=1.0)
+    body["task"]["data"] = {"image": urls[task - 1]}
+    send(client, body)
+    assert stored(redis_client, 1)["equal"] == {"aesthetic": True, "emotion": True}

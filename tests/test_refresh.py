@@ -265,3 +265,19 @@ def test_control_tasks_are_written_without_a_suggestion(lab):
         [written] = studio.predictions[task]
         assert written["model_version"] == result["version"] and 0 <= written["score"] <= 1
         assert len(written["result"]) == (0 if task in control else 2), (task, written)
+
+
+def test_the_refresh_remembers_the_suggestion_each_task_is_prefilled_with(lab):
+    from backend.votes.control import is_control_task
+    from backend.votes.shown import shown_for
+    env, studio, client = lab
+    result = refresh({**env, "AESEMO_CONTROL_FRACTION": "0.5"})
+    for task in (1, 3, 4, 6, 7):
+        [written] = studio.predictions[task]
+        shown = shown_for(client, "1", task)
+        if is_control_task(task, 0.5):
+            assert shown is None
+        else:
+            chosen = {r["from_name"]: r["value"]["choices"][0] for r in written["result"]}
+            assert shown == {"version": result["version"], "how": "prefilled", **chosen}
+    assert all(shown_for(client, "1", task) is None for task in (2, 5))     # labelled: not written

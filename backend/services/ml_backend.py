@@ -34,6 +34,7 @@ from backend.serving.suggestions import (WITHHELD_FIELD, WITHHELD_TYPES_FIELD, W
 from backend.services.projects import Projects
 from backend.services.training import TrainingService, training_refused
 from backend.votes.project_consensus import ProjectConsensus
+from backend.votes.shown import remember_predictions
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +143,23 @@ class LabelStudioBackend:
         types = withheld.get(WITHHELD_TYPES_FIELD, {})
         shown = [shown_result(r, task_id(t), labels, types, self.settings.control_fraction)
                  for r, t in zip(results, tasks)]
+        if project:
+            self._remember_shown(project, tasks, shown, labels)
         reply = {"results": shown, "model_version": version_name, **withheld}
         if failures:
             reply["errors"] = [f.to_dict() for f in failures]
         if queued:
             reply["queued"] = len(queued)
         return reply
+
+    def _remember_shown(self, project: str, tasks: list, shown: list, labels: ProjectLabels) -> None:
+        """What Label Studio may pre-fill the tasks with (it keeps /predict's answers as
+        predictions), for the votes to record; /predict goes on without Redis."""
+        answered = {task_id(t): result for t, result in zip(tasks, shown) if task_id(t) is not None and result}
+        try:
+            remember_predictions(self.redis, project, answered, labels)
+        except redis.RedisError as exc:
+            log.debug("project %s: suggestions shown not remembered (%s)", project, type(exc).__name__)
 
     def _stored_then_computed(self, project: str | None, context, tasks: list, labels: ProjectLabels,
                               served: ServedModel, deadline: float) -> tuple[list, list, list]:

@@ -35,6 +35,7 @@ from backend.jobs.connection import delete_if_equal
 from backend.jobs.context import job_settings
 from backend.jobs.progress import Progress
 from backend.labelstudio.client import project_studio, sdk_client
+from backend.votes.shown import remember_predictions
 from backend.votes.store import VoteStore
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict])
         if not run.settings.refresh_keep_old:
             task_api.delete_predictions(api, run.project, ids)
         task_api.import_predictions(api, run.project, [{"task": i, **ready[i]} for i in ids])
+        remember_predictions(run.client, run.project, ready, run.labels)
     return len(ids), len(batch) - len(ids)
 
 

@@ -37,11 +37,28 @@ MAX_NAME_CHARS = 200   # a version or class name kept in a vote record: records 
 def remember_shown(client: redis.Redis, project: str, task: int, shown: dict | None) -> None:
     """What the task's annotators are shown from now on; None: nothing (the record goes).
     ValueError for a `shown` that is not a suggestion."""
+    remember_shown_many(client, project, {task: shown})
+
+
+def remember_shown_many(client: redis.Redis, project: str, shown: dict[int, dict | None]) -> None:
+    """`remember_shown` for many tasks (task -> suggestion or None) in one round trip."""
     key = keys.shown_suggestions(project)
-    if shown is None:
-        client.hdel(key, task)
-        return
-    client.hset(key, task, json.dumps(checked_suggestion(shown), sort_keys=True))
+    written = {task: json.dumps(checked_suggestion(s), sort_keys=True) for task, s in shown.items() if s is not None}
+    gone = [task for task, s in shown.items() if s is None]
+    pipe = client.pipeline()
+    if written:
+        pipe.hset(key, mapping=written)
+    if gone:
+        pipe.hdel(key, *gone)
+    pipe.execute()
+
+
+def remember_predictions(client: redis.Redis, project: str, predictions: dict[int, dict],
+                         labels: ProjectLabels) -> None:
+    """What Label Studio pre-fills the tasks with, from the predictions written into it (task ->
+    Label Studio prediction; one choosing no class, a control task's, shows nothing)."""
+    remember_shown_many(client, project,
+                        {task: suggestion_of(p, labels, "prefilled") for task, p in predictions.items()})
 
 
 def shown_for(client: redis.Redis, project: str, task: int) -> dict | None:
