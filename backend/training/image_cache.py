@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from model.transforms import TRAIN_SIZE
+from model.limits import TRAINING_DEFAULTS
 
 from backend.fetch.disk_cache import DiskCache
 from backend.fetch.fetcher import ImageFetcher
@@ -17,7 +17,7 @@ def training_image_cache(cache_dir: Path, max_bytes: int) -> DiskCache:
 
 
 def cached_training_image(fetcher: ImageFetcher, url: str, cache: DiskCache, hostname: str | None,
-                          access_token: str | None, size: int = TRAIN_SIZE) -> Path:
+                          access_token: str | None, size: int = TRAINING_DEFAULTS["train_size"]) -> Path:
     """The cached copy's path; downloads and resizes on a miss. Raises ImageFetchError. Keyed
     like the fetcher's own cache: a copy is only served to a job with the same credentials."""
     key = fetcher.cache_key(url, hostname=hostname, access_token=access_token)
