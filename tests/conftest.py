@@ -95,3 +95,20 @@ def fresh_measurements(monkeypatch):
     from model import precision
     monkeypatch.setattr(precision, "_MEASURED", {})
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS's `weed mini`, tests/s3_server.py) for the session."""
+    from s3_server import S3Server
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The session's S3 server with an empty bucket, and this process's `AWS_*` variables naming it."""
+    s3_server.empty_bucket()
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
