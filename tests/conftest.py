@@ -108,7 +108,9 @@ def s3_server(tmp_path_factory):
 @pytest.fixture
 def s3(s3_server, monkeypatch):
     """The session's S3 server with an empty bucket, and this process's `AWS_*` variables naming it."""
+    from backend.serving import version_store
     s3_server.empty_bucket()
     for name, value in s3_server.environment().items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setattr(version_store, "_STORES", {})  # no client or manifest from an earlier test's bucket
     return s3_server

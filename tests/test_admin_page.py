@@ -107,7 +107,8 @@ def test_version_history_with_reports_and_promote_or_roll_back_buttons(admin):
     assert versions.index(NEW) < versions.index(OLD)  # newest first
     new_row = versions[versions.index(f'data-version="{NEW}"'):versions.index(f'data-version="{OLD}"')]
     old_row = versions[versions.index(f'data-version="{OLD}"'):]
-    assert "current" in new_row and "button" not in new_row  # the current one has nothing to promote
+    assert "current" in new_row and 'class="promote"' not in new_row  # the current one has nothing to promote
+    assert f'data-url="/projects/{PROJECT}/versions/{NEW}/pin"' in new_row and "kept: current" in new_row
     assert f'data-url="/projects/{PROJECT}/versions/{OLD}/promote"' in old_row
     assert "Roll back to this" in old_row  # older than the current one
     for task in ("aesthetic", "emotion"):

@@ -32,6 +32,11 @@ Per project p, under `aesemo:project:{p}:` (what the project is and serves):
     refresh:pending  string  id of the queued prediction-refresh job (a new request merges into it)
     refresh:jobs     list    prediction-refresh job ids, newest first (capped)
     refresh:submit   lock    serialises submitting refresh jobs
+    pinned           set     version names an admin pinned: retention never deletes them
+    loading:{v}      zset    leases of the processes fetching or loading version v (member: a
+                             token, score: when it lapses, in ms); retention skips a leased version
+    deleting:{v}     string  set while retention deletes version v (expires); a loader that sees it
+                             treats v as gone
 
 Global:
     aesemo:projects         set     ids of the projects the backend knows
@@ -162,3 +167,15 @@ def refresh_jobs(project: str) -> str:
 
 def refresh_submit_lock(project: str) -> str:
     return _PROJECT.format(project) + "refresh:submit"
+
+
+def pinned_versions(project: str) -> str:
+    return _PROJECT.format(project) + "pinned"
+
+
+def version_loading(project: str, version: str) -> str:
+    return _PROJECT.format(project) + f"loading:{version}"
+
+
+def version_deleting(project: str, version: str) -> str:
+    return _PROJECT.format(project) + f"deleting:{version}"

@@ -9,7 +9,6 @@ against the same fields).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
@@ -20,50 +19,15 @@ from model.limits import FINETUNE_MODES, PRECISIONS, TRAINING_DEFAULTS, TRAINING
 from model.uncertainty import MEASURES
 
 from backend.core.consensus_policy import METHODS, POLICY_LIMITS, Policy
-
-
-Parser = Callable[[str, str], Any]
-Check = Callable[[str, Any], None]
-
-
-def _text(name: str, raw: str) -> str:
-    return raw
-
-
-def _integer(name: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"setting {name} must be an integer, got {raw!r}") from None
-
-
-def _number(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value):  # float() takes "nan", "inf" and "1e400"
-        raise ValueError(f"setting {name} must be a finite number, got {raw!r}")
-    return value
-
-
-def _flag(name: str, raw: str) -> bool:
-    return raw.lower() in ("1", "true", "yes")
-
-
-def _comma_list(name: str, raw: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-def _path(name: str, raw: str) -> Path:
-    return Path(raw)
-
-
-def _one_of(choices: Callable[[], tuple[str, ...]]) -> Check:
-    def check(name: str, value: Any) -> None:
-        if value not in choices():
-            raise ValueError(f"setting {name} must be one of {', '.join(choices())}, got {value!r}")
-    return check
+from backend.core.setting_types import Check, Parser
+from backend.core.setting_types import comma_list as _comma_list
+from backend.core.setting_types import flag as _flag
+from backend.core.setting_types import integer as _integer
+from backend.core.setting_types import number as _number
+from backend.core.setting_types import one_of as _one_of
+from backend.core.setting_types import path as _path
+from backend.core.setting_types import store_url as _store_url
+from backend.core.setting_types import text as _text
 
 
 def _uncertainty_measures() -> tuple[str, ...]:
@@ -363,6 +327,22 @@ class Settings:
     swap_poll_s: float = setting(
         "AESEMO_SWAP_POLL", 5.0, "seconds between a serving process's checks of the version pointers",
         parse=_number, limit=Limit(float, 0.1, 3600))
+    version_store: str | None = setting(
+        "AESEMO_VERSION_STORE", None,
+        "`s3://<bucket>/<prefix>`: trained versions are published to this S3-compatible bucket (endpoint "
+        "`AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3`, credentials and `AWS_DEFAULT_REGION` as the AWS SDK "
+        "reads them) and each process keeps the ones it uses in `<data dir>/projects`, a cache; without it the "
+        "data directory holds them (one machine, or a shared volume)", check=_store_url,
+        shown="– (the data directory)")
+    version_cache_bytes: int = setting(
+        "AESEMO_VERSION_CACHE_BYTES", 20 * 1024 ** 3,
+        "with `AESEMO_VERSION_STORE`: bytes of downloaded versions a host keeps; least recently used ones are "
+        "removed past it (downloaded again when needed)", parse=_integer, limit=_CACHE_BYTES)
+    keep_versions: int = setting(
+        "AESEMO_KEEP_VERSIONS", 0,
+        "trained versions kept per project: after each training job the older ones are deleted (from the data "
+        "directory and the store), except the current one, the base and the pinned ones; 0 keeps every one",
+        parse=_integer, limit=_COUNT, shown="0 (all)")
 
 
 def setting_fields() -> tuple[Field, ...]:

@@ -12,7 +12,8 @@ import redis
 
 from backend.fetch import tokens as ls_auth
 from backend.core.errors import DomainError, NotFound
-from backend.serving.registry import base_ref, is_trained_version, project_versions_dir, version_folder
+from backend.serving.registry import base_ref, is_trained_version, valid_version_name
+from backend.serving.version_cache import report_copy, report_names
 from backend.serving.suggestions import withheld_reason
 from backend.services.process import Services
 
@@ -61,13 +62,13 @@ def label_studio_url(services, project: str) -> str | None:
 
 def versions_section(services, project: str) -> dict:
     listing = services.versions.project_versions(project)
-    folder = project_versions_dir(services.settings, project)
-    versions = [{**v, "reports": report_images(folder / v["version"])} for v in reversed(listing["versions"])]
+    versions = [{**v, "reports": report_images(report_names(services.settings, project, v["version"]))}
+                for v in reversed(listing["versions"])]
     current = next((v for v in versions if v["current"]), None)
     return {"current_name": listing["current"], "current": current, "versions": versions,
             "rollback_to": rollback_target(services, project) if current else None,
-            "skipped": listing["skipped"], "base_model": listing["base_model"],
-            "untrained": untrained_banner(services, project), "inference": inference_path(services, project)}
+            "skipped": listing["skipped"], "base_model": listing["base_model"], "keep_versions": listing["keep_versions"],
+            "untrained": untrained_banner(services, project, current), "inference": inference_path(services, project)}
 
 
 def inference_path(services, project: str) -> dict | None:
@@ -84,9 +85,12 @@ def rollback_target(services, project: str) -> str:
     return base_ref(services.redis, services.settings, services.projects.project_labels(project).classes()).name
 
 
-def untrained_banner(services, project: str) -> dict | None:
+def untrained_banner(services, project: str, listed: dict | None = None) -> dict | None:
     """What the page says when the project serves a version never trained on labels (None when
-    it serves a trained one): its suggestions are random, whether they are withheld, and the fix."""
+    it serves a trained one): its suggestions are random, whether they are withheld, and the fix.
+    `listed`: the current version's entry in the listing (read from the store when there is one)."""
+    if listed is not None and listed.get("trained"):
+        return None
     served = services.projects.version_ref(project, services.projects.project_labels(project))
     if is_trained_version(served.folder):
         return None
@@ -94,10 +98,10 @@ def untrained_banner(services, project: str) -> dict | None:
             "min_labels": services.settings.min_training_labels}
 
 
-def report_images(version_folder: Path) -> list[str]:
-    """The confusion-matrix PNGs a version's report holds, aesthetic first."""
-    report = version_folder / "report"
-    return sorted((p.name for p in report.glob("confusion_*.png")), key=lambda n: (n != "confusion_aesthetic.png", n))
+def report_images(names: list[str]) -> list[str]:
+    """The confusion-matrix PNGs among a version's report files, aesthetic first."""
+    pngs = (n for n in names if n.startswith("confusion_") and n.endswith(".png"))
+    return sorted(pngs, key=lambda n: (n != "confusion_aesthetic.png", n))
 
 
 def jobs_section(services, project: str) -> dict:
@@ -158,9 +162,10 @@ def _section(gather) -> dict:
 
 def report_file(settings, project: str, version: str, name: str) -> Path:
     """A file of a version's report (its confusion PNGs, metrics.json); 404 for anything else."""
-    folder = version_folder(settings, project, version)
-    path = folder / "report" / name if folder is not None else None
-    if path is None or "/" in name or name.startswith(".") or not path.is_file():
+    path = None
+    if valid_version_name(version) and "/" not in name and not name.startswith("."):
+        path = report_copy(settings, project, version, name)
+    if path is None:
         raise NotFound(f"project {project} has no report file {version}/{name}")
     return path
 

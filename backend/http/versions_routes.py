@@ -1,4 +1,4 @@
-"""The admin's version endpoints (backend/services/versions.py): listings, promotion, rollback,
+"""The admin's version endpoints (backend/services/versions.py): listings, promotion, pins, rollback,
 and the prediction refresh jobs."""
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ def project_versions(project):
 @versions.post(f"{PROJECT}/versions/<version>/promote")
 def promote(project, version):
     return jsonify(version_service().promote(project, version))
+
+
+@versions.post(f"{PROJECT}/versions/<version>/pin")
+def pin(project, version):
+    return jsonify(version_service().pin(project, version, True))
+
+
+@versions.post(f"{PROJECT}/versions/<version>/unpin")
+def unpin(project, version):
+    return jsonify(version_service().pin(project, version, False))
 
 
 @versions.post(f"{PROJECT}/rollback")

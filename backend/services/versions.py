@@ -9,6 +9,7 @@ from backend.core.settings import Settings
 from backend.labelstudio.follow import VersionFollower
 from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh, try_submit_refresh
 from backend.serving.registry import describe_base, project_versions, promote_version, roll_back_to_base
+from backend.serving.retention import kept_reasons, pinned, set_pinned
 from backend.services.projects import Projects
 
 
@@ -19,9 +20,17 @@ class VersionService:
     def project_versions(self, project: str) -> dict:
         current = self.projects.version_ref(project, self.projects.project_labels(project)).name
         listed, skipped = project_versions(self.settings, project)
-        versions = [{**v, "current": v["version"] == current} for v in listed]
+        kept = kept_reasons(self.settings, self.redis, project, [v["version"] for v in listed])
+        pins = pinned(self.redis, project)
+        versions = [{**v, "current": v["version"] == current, "pinned": v["version"] in pins, "kept": kept[v["version"]]}
+                    for v in listed]
         return {"project": project, "current": current, "versions": versions, "skipped": skipped,
-                "base_model": describe_base(self.redis, self.settings)}
+                "base_model": describe_base(self.redis, self.settings), "keep_versions": self.settings.keep_versions}
+
+    def pin(self, project: str, version: str, pin: bool) -> dict:
+        """Pin a version (retention never deletes it) or unpin it."""
+        self.projects.project_labels(project)
+        return set_pinned(self.redis, self.settings, project, version, pin)
 
     def promote(self, project: str, version: str) -> dict:
         """Make `version` current and refresh the unlabelled tasks' predictions."""

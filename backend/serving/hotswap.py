@@ -26,6 +26,7 @@ from model.errors import AesemoError
 from backend.core import keys
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.registry import VersionRef, base_for, current_version_name, project_versions_dir
+from backend.serving.version_cache import local_version, version_lease
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,12 @@ class HotSwap:
         current for `project`; False (old one kept) if it fails."""
         with self._swap_lock:
             held = self._current.get(project)
-            folder = folder or project_versions_dir(self.settings, project) / name
+            own = project_versions_dir(self.settings, project) / name
+            folder = folder or own
             if held and held.version == name or self._still_refused(project, name, folder):
                 return False
             try:
-                served = self.models.load(VersionRef(name, folder))
+                served = self._load(project, name, folder, folder == own)
             except (AesemoError, OSError, RuntimeError, ValueError) as exc:
                 self._refused[(project, name)] = (_files_state(folder), time.monotonic())
                 log.error("refused model version %s of project %s: %s; still serving %s",
@@ -82,6 +84,14 @@ class HotSwap:
                 self.models.forget(held.folder)
             log.info("project %s now serves model version %s", project, name)
             return True
+
+    def _load(self, project: str, name: str, folder: Path, trained: bool) -> ServedModel:
+        """A project's own version is leased while it is fetched (from the store, when there is
+        one) and loaded, so retention leaves it; a base is never deleted."""
+        if not trained:
+            return self.models.load(VersionRef(name, folder))
+        with version_lease(self.redis, project, name):
+            return self.models.load(VersionRef(name, local_version(self.settings, self.redis, project, name)))
 
     def _still_refused(self, project: str, name: str, folder) -> bool:
         refused = self._refused.get((project, name))

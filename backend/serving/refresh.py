@@ -29,7 +29,7 @@ from backend.labelstudio.projects import ProjectContext, ProjectStore
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import predict_tasks
 from backend.serving.prediction_store import VersionPredictions, stored_then_predicted
-from backend.serving.registry import current_version_name, resolve_current
+from backend.serving.registry import current_version_name, fetch_current
 from backend.serving.suggestions import shown_result, withheld_reason, withheld_types
 from backend.jobs.connection import delete_if_equal
 from backend.jobs.context import job_settings
@@ -79,7 +79,7 @@ def _open(settings: Settings, project: str, client: redis.Redis, progress: Progr
         raise Conflict(f"project {project} has no label config (connect the backend to it first)")
     labels = parse_label_config(context.label_config, settings.aesthetic_control, settings.emotion_control)
     pointer = current_version_name(client, project)
-    served = ModelCache(settings.max_image_pixels).load(resolve_current(client, settings, project, labels.classes()))
+    served = ModelCache(settings.max_image_pixels).load(fetch_current(client, settings, project, labels.classes()))
     return _Refresh(settings, project, client, context, labels, served, pointer, progress)
 
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from model.version import META_FILE, is_trained, training_dtype, training_second
 
 from backend.core import keys
 from backend.serving.suggestions import UNTRAINED_SUFFIX, withheld_types
+from backend.serving.version_cache import local_version, version_lease
+from backend.serving.version_store import version_store
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +188,37 @@ def project_versions_dir(settings, project: str) -> Path:
 _NAME_MAX = 255  # bytes of one file name on Linux's file systems: a longer one fails stat() (ENAMETOOLONG)
 
 
+def valid_version_name(name: str) -> bool:
+    """A name with a slash, or a leading dot (a version still being written), never names a version."""
+    return "/" not in name and not name.startswith(".") and 0 < len(name.encode()) <= _NAME_MAX
+
+
 def version_folder(settings, project: str, name: str) -> Path | None:
-    """The folder of the project's version `name`; None when there is no such version. A name
-    with a slash, or a leading dot (a version still being written), never names one."""
+    """The folder of the project's version `name` on this host; None when there is none here."""
     folder = project_versions_dir(settings, project) / name
-    if "/" in name or name.startswith(".") or len(name.encode()) > _NAME_MAX or not (folder / META_FILE).is_file():
+    if not valid_version_name(name) or not (folder / META_FILE).is_file():
         return None
     return folder
+
+
+def is_published(settings, project: str, name: str) -> bool:
+    """Whether the project has the version: in the object store when there is one, else a folder."""
+    store = version_store(settings)
+    if not valid_version_name(name):
+        return False
+    if store.shared:
+        return store.manifest(project, name) is not None
+    return version_folder(settings, project, name) is not None
+
+
+def next_version_number(settings, project: str) -> int:
+    """One more than the highest `vNNNN` among the project's versions, here and in the store:
+    numbers never repeat, also after retention deleted older versions."""
+    names = {p.name for p in project_versions_dir(settings, project).glob("v*")}
+    store = version_store(settings)
+    if store.shared:
+        names.update(store.names(project))
+    return 1 + max((int(m.group(1)) for n in names if (m := re.match(r"v(\d+)", n))), default=0)
 
 
 def current_version_name(client: redis.Redis, project: str) -> str | None:
@@ -207,14 +234,14 @@ def set_current_version(client: redis.Redis, project: str, name: str) -> None:
 def promote_version(client: redis.Redis, settings, project: str, name: str) -> dict:
     """Make `name` current (also a rollback), after checking that it may serve: see `refusal`."""
     from backend.core.errors import Conflict, NotFound
-    folder = version_folder(settings, project, name)
-    if folder is None:
+    if not is_published(settings, project, name):
         raise NotFound(f"project {project} has no version {name!r}")
-    why = refusal(folder)
-    if why:
-        raise Conflict(f"version {name} cannot be promoted: {why}")
-    previous = current_version_name(client, project)
-    set_current_version(client, project, name)
+    with version_lease(client, project, name):  # retention keeps it until it is current
+        why = refusal(local_version(settings, client, project, name))
+        if why:
+            raise Conflict(f"version {name} cannot be promoted: {why}")
+        previous = current_version_name(client, project)
+        set_current_version(client, project, name)
     return {"project": project, "current": name, "previous": previous}
 
 
@@ -272,16 +299,14 @@ _LOGGED: set = set()  # skipped versions already logged: listings are asked for 
 def project_versions(settings, project: str) -> tuple[list[dict], list[dict]]:
     """The project's trained versions, oldest first, each with its metadata summary; and the
     versions skipped, each with the reason."""
-    folder = project_versions_dir(settings, project)
-    out, skipped = [], []
-    for meta_file in sorted(folder.glob(f"*/{META_FILE}")):
-        if meta_file.parent.name.startswith("."):  # still being written
-            continue
-        meta, reason = version_meta(meta_file.parent)
+    store, out, skipped = version_store(settings), [], []
+    for name in store.names(project):
+        meta, reason = (_store_meta(store, project, name) if store.shared
+                        else version_meta(project_versions_dir(settings, project) / name))
         if meta is None:
-            skipped.append({"version": meta_file.parent.name, "reason": reason})
+            skipped.append({"version": name, "reason": reason})
             continue
-        out.append({"version": meta_file.parent.name, "created_at": meta.get("created_at"),
+        out.append({"version": name, "created_at": meta.get("created_at"),
                     "parent": meta.get("parent_version"), "snapshot": meta.get("snapshot_id"),
                     "metrics": _metric_summary(meta.get("metrics") or {}),
                     "device": (meta.get("training") or {}).get("device"),
@@ -289,6 +314,14 @@ def project_versions(settings, project: str) -> tuple[list[dict], list[dict]]:
                     "backbone": meta["architecture"].get("backbone"), "trained": is_trained(meta),
                     "withheld_types": withheld_types(settings, meta)})
     return sorted(out, key=lambda v: v["created_at"] or ""), skipped
+
+
+def _store_meta(store, project: str, name: str) -> tuple[dict | None, str | None]:
+    from model.errors import VersionError
+    try:
+        return store.meta(project, name), None
+    except VersionError as exc:
+        return None, str(exc)
 
 
 def _metric_summary(metrics: dict) -> dict:
@@ -319,6 +352,16 @@ def resolve_current(client: redis.Redis, settings, project: str, classes: dict) 
     if name:
         return VersionRef(name, project_versions_dir(settings, project) / name)
     return base_for(client, settings, classes)
+
+
+def fetch_current(client: redis.Redis, settings, project: str, classes: dict) -> VersionRef:
+    """`resolve_current`'s version with its files on this host (downloaded from the object store
+    when there is one): what a job loads."""
+    ref = resolve_current(client, settings, project, classes)
+    if ref.folder != project_versions_dir(settings, project) / ref.name:
+        return ref
+    with version_lease(client, project, ref.name):
+        return VersionRef(ref.name, local_version(settings, client, project, ref.name))
 
 
 def all_versions(settings) -> tuple[list[str], list[dict]]:

@@ -38,8 +38,10 @@ from backend.core.settings import Settings
 from backend.fetch.fetcher import ImageFetchError, ImageFetcher
 from backend.labelstudio.label_config import ProjectLabels, parse_label_config
 from backend.labelstudio.projects import ProjectContext, ProjectStore
-from backend.serving.registry import (base_for, project_versions_dir, resolve_current,
+from backend.serving.registry import (base_for, fetch_current, next_version_number, project_versions_dir,
                                       set_current_version)
+from backend.serving.retention import apply_retention
+from backend.serving.version_store import version_store
 from backend.serving.refresh_queue import try_submit_refresh
 from backend.training.image_cache import cached_training_image, training_image_cache
 from backend.training.queue import training_queue
@@ -144,8 +146,9 @@ def _train(settings: Settings, project: str, params: dict, progress: Progress, j
         meta = training_step(run, manifest, staging, parent, snapshot, images)
         publish_step(staging, folder, meta)
     promoted, why = promotion_step(run, parent, parent_meta, meta, folder, manifest)
+    removed = retention_step(run)
     progress.state("finished", version=folder.name, promoted=promoted)
-    return _result(folder.name, promoted, why, parent.name, meta, snapshot, images, resynced)
+    return {**_result(folder.name, promoted, why, parent.name, meta, snapshot, images, resynced), "removed": removed}
 
 
 def _open_run(settings: Settings, project: str, params: dict, progress: Progress, job_id: str) -> _Run:
@@ -217,7 +220,7 @@ def naming_step(run: _Run) -> tuple[Path, Path]:
     """The new version's staging folder and its final folder (numbered after the existing ones)."""
     versions = project_versions_dir(run.settings, run.project)
     versions.mkdir(parents=True, exist_ok=True)
-    name = f"v{len(list(versions.glob('v*'))) + 1:04d}-{time.strftime('%Y%m%d%H%M%S')}"
+    name = f"v{next_version_number(run.settings, run.project):04d}-{time.strftime('%Y%m%d%H%M%S')}"
     staging = versions / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     return staging, versions / name
@@ -278,9 +281,25 @@ def promotion_step(run: _Run, parent, parent_meta: dict, meta: dict, folder: Pat
     promoted, why = promotion(run.settings, parent_meta, meta, folder, evidence)
     if promoted:
         runtime_step(run, folder, manifest)
+    store_step(run, folder)
+    if promoted:
         set_current_version(run.client, run.project, folder.name)
         try_submit_refresh(run.settings, run.project, f"promotion of {folder.name}")
     return promoted, why
+
+
+def store_step(run: _Run, folder: Path) -> None:
+    """Every file of the version (its runtime too) into the object store, when there is one,
+    before any pointer names it: a replica on another host then finds the whole version."""
+    store = version_store(run.settings)
+    if store.shared:
+        run.progress.state("upload")
+        store.publish(run.project, folder.name, folder)
+
+
+def retention_step(run: _Run) -> list[str]:
+    """The project's older versions deleted past AESEMO_KEEP_VERSIONS (backend/serving/retention.py)."""
+    return apply_retention(run.settings, run.client, run.project)["removed"]
 
 
 def runtime_step(run: _Run, folder: Path, manifest: Path) -> None:
@@ -315,7 +334,7 @@ def _result(name: str, promoted: bool, why: str, parent: str, meta: dict, snapsh
 def _parent(settings: Settings, client: redis.Redis, project: str, classes: dict):
     """The version to fine-tune and its metadata: the current one, or a base version when the
     label config changed since (other classes) or the current one's model.json is malformed."""
-    parent = resolve_current(client, settings, project, classes)
+    parent = fetch_current(client, settings, project, classes)
     try:
         parent_meta = read_meta(parent.folder)
     except VersionError as exc:

@@ -69,6 +69,12 @@ onClick("button.promote, #roll-back", async (button) => {
   location.reload();
 });
 
+onClick("button.pin", async (button) => {
+  const answer = await post(button.dataset.url);
+  showMessage(`Version ${answer.version} is ${answer.pinned ? "pinned: retention keeps it" : "no longer pinned"}.`, false);
+  location.reload();
+});
+
 onClick("#start-training", async (button) => {
   const epochs = document.getElementById("epochs").value;
   let answer;
