@@ -2,8 +2,10 @@
 requests read by waitress in each worker (backend/http/worker.py)."""
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,17 +44,31 @@ def _worker_exit(server, worker):
         backend.close()
 
 
+def replica_dir() -> Path:
+    """This start's own folder (metrics files, the control socket), removed when the gunicorn
+    master exits; its forked workers inherit the exit hook and must not run it."""
+    folder = Path(tempfile.mkdtemp(prefix="aesemo-serve-"))
+    master = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == master:
+            shutil.rmtree(folder, ignore_errors=True)
+    atexit.register(remove)
+    return folder
+
+
 def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120) -> None:
     from backend.serving.registry import prepare_start  # imports torch: only here, not for the app's imports
     settings = load_settings()
     # before gunicorn: a bad AESEMO_PRETRAINED stops the start with one line, not every /predict
     prepare_start(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    own = replica_dir()
     # Every worker writes its metrics here so /metrics adds them up; it must be set before
-    # any worker imports prometheus_client, and emptied so old runs' numbers do not linger.
-    metrics_dir = Path(settings.data_dir) / "prometheus"
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
+    # any worker imports prometheus_client. A new folder per start: no old run's numbers, and
+    # no other replica's files (several may share a data directory).
+    metrics_dir = own / "prometheus"
+    metrics_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     # start the embedded Redis once here rather than racing in every worker
     settings = replace(settings, redis_url=redis_url(settings))
@@ -72,6 +88,6 @@ def serve(host: str, port: int, workers: int, threads: int, timeout_s: int = 120
         "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
         "child_exit": _child_exit,
         "worker_exit": _worker_exit,
-        # one control socket per data directory, so two backends on one host never share one
-        "control_socket": str(Path(settings.data_dir).resolve() / "gunicorn.ctl"),
+        # one control socket per start, so two backends on one host never share one
+        "control_socket": str(own / "gunicorn.ctl"),
     }, settings).run()
