@@ -345,3 +345,22 @@ def test_dockerfile_fetches_imagenet_weights_at_build_unless_told_not_to(name):
     assert argv[0] == "aesemo" and args.command == "fetch-weights" and "vgg16" in args.backbone
     # outside the data volume, which would hide what the image holds
     assert not _image_env(instructions)["TORCH_HOME"].startswith("/data")
+
+
+# -- compose.scale.yaml ----------------------------------------------------------------------
+
+def test_scale_out_compose_shares_no_volume_and_one_version_store():
+    scale = _load_yaml(DOCKER / "compose.scale.yaml")
+    services = scale["services"]
+    stores = set()
+    for name in ("backend", "worker"):
+        assert services[name]["volumes"] == [], f"{name} must mount no shared volume"
+        env = _env(services[name])
+        assert env["AESEMO_VERSION_STORE"].startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        stores.add(env["AESEMO_VERSION_STORE"])
+    assert len(stores) == 1
+    assert services["backend"]["ports"] == [] and services["lb"]["ports"] == ["127.0.0.1:9090:9090"]
+    conf_mount = next(v for v in services["lb"]["volumes"] if v.endswith("default.conf:ro"))
+    conf = (DOCKER / conf_mount.split(":")[0]).read_text()
+    assert "http://backend:9090" in conf and "proxy_pass $replicas" in conf
+    assert "minio-data" in scale["volumes"]
