@@ -153,3 +153,18 @@ def test_an_unreachable_store_is_a_clear_error(hosts, monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(Unavailable, match="version store: listing project 5's versions"):
         version_store(hosts[1]).names(PROJECT)
+
+
+def test_a_store_outage_delays_a_swap_only_until_the_store_answers(hosts, redis_client, s3, monkeypatch):
+    from net import free_port
+    from backend.serving import version_store as module
+    a, b = hosts
+    published(a, "v0001-x")
+    swap = HotSwap(b, redis_client, ModelCache(b.max_image_pixels))
+    monkeypatch.setattr(module, "_STORES", {})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    assert not swap.swap_to(PROJECT, "v0001-x")
+    monkeypatch.setattr(module, "_STORES", {})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    assert swap.swap_to(PROJECT, "v0001-x")  # at once: an outage is no reason to refuse the version for minutes

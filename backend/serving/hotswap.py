@@ -24,6 +24,7 @@ import redis
 from model.errors import AesemoError
 
 from backend.core import keys
+from backend.core.errors import NotFound, Unavailable
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.registry import VersionRef, base_for, current_version_name, project_versions_dir
 from backend.serving.version_cache import local_version, version_lease
@@ -74,7 +75,8 @@ class HotSwap:
             try:
                 served = self._load(project, name, folder, folder == own)
             except (AesemoError, OSError, RuntimeError, ValueError) as exc:
-                self._refused[(project, name)] = (_files_state(folder), time.monotonic())
+                if not isinstance(exc, (Unavailable, NotFound)):  # not the version's fault: retried at the next poll
+                    self._refused[(project, name)] = (_files_state(folder), time.monotonic())
                 log.error("refused model version %s of project %s: %s; still serving %s",
                           name, project, exc, held.version if held else "nothing")
                 return False
