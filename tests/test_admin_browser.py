@@ -134,6 +134,14 @@ def test_roll_back_then_train_with_live_progress(running, browser_page):
     page.locator("#message .dismiss").click()
     assert page.locator("#message").is_hidden()
 
+    # pin the newer version: retention keeps it, the row says so, the button turns into Unpin
+    page.locator(f'tr[data-version="{NEW}"] button.pin').click()
+    sync_api.expect(page.locator(f'tr[data-version="{NEW}"] .badge.pinned')).to_have_text("pinned", timeout=30_000)
+    assert NEW in running["raw"].smembers(keys.pinned_versions(PROJECT))
+    assert page.locator(f'tr[data-version="{NEW}"] button.pin').inner_text() == "Unpin"
+    assert "kept: pinned" in page.locator(f'tr[data-version="{NEW}"]').inner_text()
+    page.locator("#message .dismiss").click()
+
     # start training: a job card appears (queued, no worker yet); progress written into the job's
     # meta as the worker writes it shows up with no reload by hand
     page.locator("#epochs").fill("1")
