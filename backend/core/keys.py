@@ -13,6 +13,8 @@ Per project p, under `aesemo:p:{p}:` (what the votes and jobs hold):
     job:running      string  id of the running training job
     jobs             list    training job ids, newest first
     refused          list    refused training requests (JSON: reason, time, who asked), newest first, capped
+    shown            hash    task id -> the suggestion its annotators are shown (JSON: version, class
+                             per task type, how: text or prefilled)
     submit           lock    serialises submitting training jobs
     training         lock    one training per project at a time; holds the job id
 
@@ -104,6 +106,10 @@ def job_history(project: str) -> str:
 
 def refused_requests(project: str) -> str:
     return _DATA.format(project) + "refused"
+
+
+def shown_suggestions(project: str) -> str:
+    return _DATA.format(project) + "shown"
 
 
 def submit_lock(project: str) -> str:
