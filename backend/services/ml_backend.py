@@ -29,6 +29,7 @@ from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.serving.prediction_store import VersionPredictions, stored_then_predicted, task_id
 from backend.serving.refresh_queue import try_submit_refresh
 from backend.serving.registry import all_versions, base_for, describe_base, resolve_current, version_meta
+from backend.serving.suggestion_text import suggestion_text, text_is_current
 from backend.serving.suggestions import (WITHHELD_FIELD, WITHHELD_TYPES_FIELD, WithheldLog, withheld_reason,
                                          shown_result, withheld_types)
 from backend.services.projects import Projects
@@ -142,6 +143,7 @@ class LabelStudioBackend:
         types = withheld.get(WITHHELD_TYPES_FIELD, {})
         shown = [shown_result(r, task_id(t), labels, types, self.settings.control_fraction)
                  for r, t in zip(results, tasks)]
+        self._queue_texts(project, context, labels, tasks, shown)
         reply = {"results": shown, "model_version": version_name, **withheld}
         if failures:
             reply["errors"] = [f.to_dict() for f in failures]
@@ -173,6 +175,16 @@ class LabelStudioBackend:
                 and try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget)):
             queued = over_budget
         return results, failures, queued
+
+    def _queue_texts(self, project: str | None, context, labels: ProjectLabels, tasks: list, shown: list) -> None:
+        """A refresh job for the answered tasks whose data does not show their suggestion's text
+        (or shows one where none belongs): only the refresh writes task data, so the predictions
+        Label Studio stores from /predict get their text from it."""
+        untold = [task_id(task) for task, result in zip(tasks, shown)
+                  if result and task_id(task) is not None
+                  and not text_is_current(labels, task, suggestion_text(labels, result))]
+        if project and untold and _reaches_label_studio(self.settings, context):
+            try_submit_refresh(self.settings, project, "tasks without their suggestion text", untold)
 
     def _model_for(self, project: str | None, labels: ProjectLabels) -> ServedModel:
         """The project's current model: from this process's memory when it holds one for these
