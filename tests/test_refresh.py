@@ -3,14 +3,19 @@ Studio endpoints it calls, with the session's real Redis; its queue and the pred
 from __future__ import annotations
 
 import json
+from importlib import resources
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from backend.core import keys
+from backend.labelstudio.label_config import parse_label_config
 from backend.labelstudio.projects import ProjectStore
 from backend.serving import prediction_store
 from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh
+from backend.serving.suggestion_text import shown_as_text, suggestion_text
+from backend.votes.control import is_control_task
+from backend.votes.shown import shown_for
 from json_server import JsonHandler, LoopbackServer
 from ls_examples import example
 from training_project import environment, service_env, settings_for
@@ -23,7 +28,8 @@ TOKEN = "fake-ls-token-0123456789"
 class FakeLabelStudio:
     """GET /api/tasks (paged; with fields=all each task lists its predictions, as Label Studio's
     does), POST /api/dm/actions?id=delete_tasks_predictions, POST /api/projects/P/import/predictions:
-    the predictions it holds, per task."""
+    the predictions it holds, per task; PATCH /api/tasks/T replaces a task's data, whole, as Label
+    Studio 1.23.2 does."""
 
     def __init__(self, tasks: list[dict]):
         self.tasks = tasks
@@ -57,6 +63,15 @@ class FakeLabelStudio:
                 for prediction in body:
                     fake.predictions[prediction["task"]].append(prediction)
                 self.answer(201, {"created": len(body)})
+
+            def do_PATCH(self):
+                if self.headers.get("Authorization") != f"Token {TOKEN}":
+                    return self.answer(401, {"detail": "no"})
+                path = urlparse(self.path).path.rstrip("/")
+                fake.calls.append(f"PATCH {path}")
+                task = next(t for t in fake.tasks if path == f"/api/tasks/{t['id']}")
+                task["data"] = self.json_body()["data"]
+                self.answer(200, task)
 
         self.server = LoopbackServer(Handler)
         self.url = self.server.url
@@ -265,3 +280,66 @@ def test_control_tasks_are_written_without_a_suggestion(lab):
         [written] = studio.predictions[task]
         assert written["model_version"] == result["version"] and 0 <= written["score"] <= 1
         assert len(written["result"]) == (0 if task in control else 2), (task, written)
+
+
+# ----- the suggestion as text in the task's data, where the label config shows it
+
+SHIPPED_CONFIG = (resources.files("backend.labelstudio") / "aesthetic_emotion.xml").read_text()
+UNLABELLED = (1, 3, 4, 6, 7)
+
+
+@pytest.fixture
+def shown_lab(lab):
+    """The lab with the shipped config (it shows the text) and half the tasks control tasks."""
+    env, studio, client = lab
+    ProjectStore(client).remember_setup("1", SHIPPED_CONFIG, None, None)
+    control = {t for t in UNLABELLED if is_control_task(t, 0.5)}
+    assert 0 < len(control) < len(UNLABELLED)         # both kinds among them at 50 %
+    return {**env, "AESEMO_CONTROL_FRACTION": "0.5"}, studio, client, control
+
+
+def test_the_refresh_writes_each_suggestion_as_text_and_none_on_control_tasks(shown_lab):
+    env, studio, client, control = shown_lab
+    labels = parse_label_config(SHIPPED_CONFIG)
+    version = refresh(env)["version"]
+    for task in studio.tasks:
+        data, t = task["data"], task["id"]
+        assert data["image"].endswith(f"/img/{t}.png")
+        if t in (2, 5):                                  # labelled: left as they are
+            assert studio.predictions[t] == [{"model_version": "old"}] and "aesemo_suggestion" not in data
+            continue
+        [written] = studio.predictions[t]
+        assert written["model_version"] == version and 0 <= written["score"] <= 1
+        if t in control:
+            assert written["result"] == [] and "aesemo_suggestion" not in data, (t, written, data)
+            assert shown_for(client, "1", t) is None
+        else:
+            text = suggestion_text(labels, written)
+            assert data["aesemo_suggestion"] == text and text.startswith(f"model {version} suggests: "), data
+            assert shown_for(client, "1", t) == shown_as_text(labels, written)
+            assert shown_for(client, "1", t)["how"] == "text"
+
+
+def test_a_rerun_writes_no_data_and_mends_a_text_that_is_missing_or_does_not_belong(shown_lab):
+    env, studio, client, control = shown_lab
+    refresh(env)
+    studio.calls.clear()
+    assert refresh(env)["tasks"] == 0 and not any(c.startswith("PATCH") for c in studio.calls)
+
+    by_id = {t["id"]: t for t in studio.tasks}
+    suggested = next(t for t in UNLABELLED if t not in control)
+    text = by_id[suggested]["data"].pop("aesemo_suggestion")        # lost (or a config that gained it since)
+    by_id[min(control)]["data"]["aesemo_suggestion"] = "model v0001 suggests: low 51 %"
+    again = refresh(env)
+    assert (again["tasks"], again["written"]) == (2, 2)
+    assert by_id[suggested]["data"]["aesemo_suggestion"] == text
+    assert "aesemo_suggestion" not in by_id[min(control)]["data"]
+    assert sorted(c for c in studio.calls if c.startswith("PATCH")) == sorted(
+        f"PATCH /api/tasks/{t}" for t in (suggested, min(control)))
+
+
+def test_a_config_that_shows_no_text_gets_no_task_data_written(lab):
+    env, studio, _ = lab
+    refresh(env)
+    assert not any(c.startswith("PATCH") for c in studio.calls)
+    assert all("aesemo_suggestion" not in t["data"] for t in studio.tasks)
