@@ -31,16 +31,21 @@ LABEL_CONFIG = resources.files("backend.labelstudio") / "aesthetic_emotion.xml"
 # (docs/operators/demo-stack.md): the labelling stream ("Label All Tasks") shows an annotator only their own
 # annotation, never their earlier versions; no empty annotation counts as a vote; the instructions,
 # shown before the first task, ask them to label from the stream rather than open the task list,
-# where Community shows everyone's labels to every member.
+# where Community shows everyone's labels to every member. Predictions are not shown to annotators
+# (Label Studio would pre-select the suggested choices, and the key of a pre-selected choice
+# un-selects it): the suggestion is the line of text the label config shows above the choices,
+# and Label Studio still keeps the predictions' scores for its "Least certain first" ordering.
 INDEPENDENT_VOTES = {
     "show_annotation_history": False,
     "enable_empty_annotation": False,
+    "show_collab_predictions": False,
     "show_skip_button": True,
     "show_instruction": True,
     "expert_instruction": (
         "<p>Label each photo with your own judgement: open tasks with <b>Label All Tasks</b>, not from "
-        "the task list (it shows the other annotators' labels). Keys: <b>q</b> high, <b>w</b> low; "
-        "<b>1</b>-<b>8</b> the emotion; <b>Ctrl+Enter</b> submits.</p>"),
+        "the task list (it shows the other annotators' labels). The grey line above the choices may "
+        "show the model's suggestion with its confidence; nothing is selected for you. Keys: <b>q</b> "
+        "high, <b>w</b> low; <b>1</b>-<b>8</b> the emotion; <b>Ctrl+Enter</b> submits.</p>"),
 }
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
                  "hubble_deep_field.jpg", "retina.jpg", "camera.png", "coins.png", "moon.png", "grass.png",
