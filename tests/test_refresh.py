@@ -28,13 +28,14 @@ TOKEN = "fake-ls-token-0123456789"
 class FakeLabelStudio:
     """GET /api/tasks (paged; with fields=all each task lists its predictions, as Label Studio's
     does), POST /api/dm/actions?id=delete_tasks_predictions, POST /api/projects/P/import/predictions:
-    the predictions it holds, per task; PATCH /api/tasks/T replaces a task's data, whole, as Label
-    Studio 1.23.2 does."""
+    the predictions it holds, per task; GET /api/tasks/T, and PATCH /api/tasks/T, which replaces a
+    task's data whole, as Label Studio 1.23.2 does."""
 
     def __init__(self, tasks: list[dict]):
         self.tasks = tasks
         self.predictions: dict[int, list[dict]] = {t["id"]: [{"model_version": "old"}] for t in tasks}
         self.calls: list[str] = []
+        self.after_listing = lambda: None     # a change made in Label Studio once the job has listed
         fake = self
 
         class Handler(JsonHandler):
@@ -44,11 +45,14 @@ class FakeLabelStudio:
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 fake.calls.append(f"GET {url.path}")
+                if url.path.rstrip("/") != "/api/tasks":     # one task
+                    return self.answer(200, next(t for t in fake.tasks if url.path == f"/api/tasks/{t['id']}"))
                 page, size = int(query["page"]), int(query["page_size"])
                 listed = fake.tasks[(page - 1) * size:page * size]
                 if query.get("fields") == "all":
                     listed = [{**t, "predictions": fake.predictions[t["id"]]} for t in listed]
                 self.answer(200, {"tasks": listed, "total": len(fake.tasks)})
+                fake.after_listing()
 
             def do_POST(self):
                 if self.headers.get("Authorization") != f"Token {TOKEN}":
@@ -343,3 +347,11 @@ def test_a_config_that_shows_no_text_gets_no_task_data_written(lab):
     refresh(env)
     assert not any(c.startswith("PATCH") for c in studio.calls)
     assert all("aesemo_suggestion" not in t["data"] for t in studio.tasks)
+
+
+def test_the_text_is_written_into_the_data_label_studio_holds_when_it_writes(shown_lab):
+    env, studio, _, control = shown_lab
+    suggested = next(t for t in studio.tasks if t["id"] in UNLABELLED and t["id"] not in control)
+    studio.after_listing = lambda: suggested["data"].update(note="edited after the listing")
+    refresh(env)
+    assert suggested["data"]["note"] == "edited after the listing" and "aesemo_suggestion" in suggested["data"]

@@ -169,9 +169,17 @@ def _write_texts(run: _Refresh, api, tasks: list[dict], predictions: dict) -> No
     for task in tasks:
         prediction = predictions[task["id"]]
         text = suggestion_text(run.labels, prediction)
-        if isinstance(task.get("data"), dict) and not text_is_current(run.labels, task, text):
-            task_api.replace_task_data(api, task["id"], data_with_text(run.labels, task["data"], text))
+        if not text_is_current(run.labels, task, text):
+            _write_text(run, api, task["id"], text)
         remember_shown(run.client, run.project, task["id"], shown_as_text(run.labels, prediction))
+
+
+def _write_text(run: _Refresh, api, task: int, text: str | None) -> None:
+    """The task's data as Label Studio holds it now, with `text`: Label Studio replaces the data
+    whole, and the listing may be hours old on a large project, so an edit made since is kept."""
+    data = task_api.task_data(api, task)
+    if data is not None and not text_is_current(run.labels, {"data": data}, text):
+        task_api.replace_task_data(api, task, data_with_text(run.labels, data, text))
 
 
 def _predict(run: _Refresh, fetcher: ImageFetcher, tasks: list[dict]) -> tuple[list, list]:
