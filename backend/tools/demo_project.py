@@ -15,6 +15,7 @@ from model.files import write_text_atomically
 
 from backend.core.settings import load_settings
 from backend.labelstudio.admin_client import LabelStudioClient, LabelStudioError
+from backend.labelstudio.label_config import SUGGESTION_FIELD
 from backend.serving.suggestions import UNTRAINED_SUFFIX
 from backend.tools.processes import StackError, say
 
@@ -88,6 +89,7 @@ def ensure_project(client: LabelStudioClient, options: StackOptions, state: dict
     if project_id is not None:
         try:
             client.update_project(project_id, **INDEPENDENT_VOTES)
+            show_the_suggestion_line(client, project_id)
             say(f"reusing project {project_id}")
             return project_id
         except LabelStudioError as exc:
@@ -102,6 +104,16 @@ def ensure_project(client: LabelStudioClient, options: StackOptions, state: dict
     save_state(options, state)
     say(f"created project {project['id']} (every photo needs {ANNOTATORS} annotators)")
     return project["id"]
+
+
+def show_the_suggestion_line(client: LabelStudioClient, project_id: int) -> None:
+    """A demo project made before the label config showed the model's suggestion gets the shipped
+    config: its annotators are not shown predictions, so without the line they would see none.
+    Label Studio keeps the annotations (the controls are the same)."""
+    if f'value="${SUGGESTION_FIELD}"' in (client.project(project_id).get("label_config") or ""):
+        return
+    client.update_project(project_id, label_config=LABEL_CONFIG.read_text())
+    say(f"project {project_id}: label config updated to show the model's suggestion above the choices")
 
 
 def ensure_annotators(client: LabelStudioClient, options: StackOptions, state: dict) -> None:
