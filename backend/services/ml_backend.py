@@ -73,7 +73,7 @@ class LabelStudioBackend:
         {} when every suggestion is sent."""
         reason = withheld_reason(self.settings, version, bool(meta) and is_trained(meta))
         if reason is not None:
-            self.withheld.note(project, version, reason)
+            self.withheld.note(project, version, f"no suggestions: {reason}")
             return {WITHHELD_FIELD: reason}
         types = withheld_types(self.settings, meta or {})
         for task, why in types.items():

@@ -22,38 +22,19 @@ import pytest
 
 from backend.labelstudio.label_config import SUGGESTION_FIELD, parse_label_config
 from backend.serving.suggestion_text import suggestion_text
-from backend.tools.demo_project import INDEPENDENT_VOTES, sample_photos
-from backend.votes.control import is_control_task
+from backend.tools.demo_project import INDEPENDENT_VOTES
 from backend_proc import LABEL_CONFIG, BackendProcess, backend_env, run_worker
 from browser import artifacts_dir, chromium_page, open_labelling_stream
 from ls_server import LabelStudioServer
 from net import free_port, wait_for
+from suggestion_screen import (HOTKEYS, Keyboard, checked_choices, close_instructions, next_task_loaded,
+                               one_task_of_each_kind, shown_text)
 
 pytestmark = pytest.mark.torch
 
 FRACTION = 0.5          # half the tasks are control tasks: a few imports give one of each kind
-MAX_IMPORTS = 40        # each import is a control task with probability FRACTION
-HOTKEYS = dict(re.findall(r'<Choice value="([^"]+)" hotkey="([^"]+)"', LABEL_CONFIG))
 TEXT = re.compile(r"^model \S+ suggests: (\w+) \d{1,3} %, (\w+) \d{1,3} %$")
 OWN_ANSWER = ("low", "anger")   # what the annotator chooses where there is no suggestion
-
-
-def one_task_of_each_kind(ls: LabelStudioServer, pid: int) -> dict[str, int]:
-    """The stack's sample photos imported one by one until the project holds one suggested and
-    one control task (a task of a kind already held is deleted again): {"suggested": id, "control": id}."""
-    kinds: dict[str, int] = {}
-    photos = sample_photos()
-    for n in range(MAX_IMPORTS):
-        ls.import_files(pid, [photos[n % len(photos)]])
-        newest = max(t["id"] for t in ls.tasks(pid))
-        kind = "control" if is_control_task(newest, FRACTION) else "suggested"
-        if kind in kinds:
-            ls.api("DELETE", f"/api/tasks/{newest}")
-        else:
-            kinds[kind] = newest
-        if len(kinds) == 2:
-            return kinds
-    raise AssertionError(f"{MAX_IMPORTS} imports gave only {kinds}")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +47,7 @@ def project(label_studio: LabelStudioServer, tmp_path_factory):
     backend.start()
     try:
         pid = label_studio.create_project("aesemo e2e: suggestion text", LABEL_CONFIG, **INDEPENDENT_VOTES)["id"]
-        tasks = one_task_of_each_kind(label_studio, pid)
+        tasks = one_task_of_each_kind(label_studio, pid, FRACTION)
         label_studio.connect_ml_backend(pid, backend.url)     # /setup queues a refresh of the project
         run_worker(backend, root)
         email, password = f"text-{uuid.uuid4().hex[:8]}@example.com", f"pw-{uuid.uuid4().hex}"
@@ -86,38 +67,6 @@ def test_label_studio_holds_the_text_beside_its_prediction_and_nothing_on_a_cont
     assert control["result"] == [] and 0 <= control["score"] <= 1, control
     assert SUGGESTION_FIELD not in ls.task(project["control"])["data"]
     assert ls.project(project["pid"])["show_collab_predictions"] is False
-
-
-class Keyboard:
-    """The page's keyboard, counting the key presses."""
-
-    def __init__(self, page):
-        self.page, self.presses = page, 0
-
-    def press(self, *keys: str) -> None:
-        for key in keys:
-            self.page.keyboard.press(key)
-            self.presses += 1
-
-
-def close_instructions(page, keys: Keyboard) -> None:
-    """The project's instructions open over the first task of the stream (show_instruction),
-    covering the photo: read, then closed with Escape."""
-    title = page.get_by_text("Labeling Instructions", exact=True)
-    title.wait_for(state="visible")
-    page.screenshot(path=str(page.artifacts / "suggestion-instructions.png"))
-    keys.press("Escape")
-    title.wait_for(state="hidden")
-
-
-def shown_text(page) -> str | None:
-    """The suggestion line above the choices, when the task shows one."""
-    found = page.get_by_text(re.compile(r"^model \S+ suggests: ")).all_inner_texts()
-    return found[0] if found else None
-
-
-def checked_choices(page) -> int:
-    return page.locator("input[type=checkbox]:checked").count()
 
 
 def label_one_task(page, project) -> tuple[int, int]:
@@ -146,15 +95,6 @@ def label_one_task(page, project) -> tuple[int, int]:
     assert chosen == {"aesthetic": [answer[0]], "emotion": [answer[1]]}, annotation
     assert annotation["parent_prediction"] is None, annotation     # nothing was pre-filled from a prediction
     return task, keys.presses
-
-
-def next_task_loaded(page, previous_image: str) -> None:
-    """The stream's next task: a new photo, loaded, with no choice selected."""
-    page.wait_for_function(
-        """previous => { const img = document.querySelector("img[src^='blob:']");
-                         return img && img.src !== previous && img.complete && img.naturalWidth > 0
-                                && !document.querySelector("input[type=checkbox]:checked"); }""",
-        arg=previous_image)
 
 
 def test_the_suggestion_reads_as_text_and_the_natural_keys_submit_it(project, tmp_path):
