@@ -1,7 +1,7 @@
 """The model's suggestion as a line of text beside the choices (backend/serving/suggestion_text.py):
 its format, where the label config shows it, and `/predict` queueing a refresh for the tasks
 whose data does not show it. The refresh writing it into Label Studio is tested in
-tests/test_refresh.py, the labelling screen in tests/e2e/test_suggestion_text.py."""
+tests/test_refresh.py, the labelling screen in tests/e2e/test_suggestion_text_in_browser.py."""
 from __future__ import annotations
 
 from dataclasses import replace
