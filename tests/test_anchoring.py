@@ -377,3 +377,33 @@ def test_predict_remembers_what_label_studio_may_prefill_and_a_vote_records_it(s
     body["task"]["data"] = {"image": urls[task - 1]}
     send(client, body)
     assert stored(redis_client, 1)["equal"] == {"aesthetic": True, "emotion": True}
+
+
+def test_predict_keeps_a_task_whose_data_shows_the_suggestion_text_as_shown_as_text(settings, redis_client, images):
+    """A vote without `parent_prediction` on such a task was shown the text: /predict, answering
+    after the refresh wrote it, must not turn the record into a pre-fill (which reads as nothing
+    shown when the project hides predictions)."""
+    from importlib import resources
+
+    from training_project import predict_body
+
+    from backend.labelstudio.label_config import parse_label_config
+    from backend.serving.suggestion_text import data_with_text, suggestion_text
+    shipped = (resources.files("backend.labelstudio") / "aesthetic_emotion.xml").read_text()
+    settings = replace(settings, allowed_image_hosts=(images.netloc,))
+    client = create_app(settings).test_client()
+    body = predict_body(int(PROJECT), [images.url("/img/1.png"), images.url("/img/2.png")])
+    body["label_config"] = shipped
+    first = client.post("/predict", json=body).get_json()["results"]
+    labels = parse_label_config(shipped)
+    # the refresh wrote task 1's text since; task 2's data shows none
+    body["tasks"][0]["data"] = data_with_text(labels, body["tasks"][0]["data"],
+                                              suggestion_text(labels, first[0]))
+    again = client.post("/predict", json=body)
+    assert again.status_code == 200, again.get_data(as_text=True)
+    assert shown_for(redis_client, PROJECT, 1)["how"] == "text"
+    assert shown_for(redis_client, PROJECT, 2)["how"] == "prefilled"
+    vote = annotation_event(1, 1, 2, "high", "awe", parent_prediction=None, lead_time=4.0)
+    vote["task"]["data"] = body["tasks"][0]["data"]
+    send(client, vote)
+    assert stored(redis_client, 1)["shown"]["how"] == "text"

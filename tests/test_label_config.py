@@ -41,7 +41,7 @@ def error(xml: str, *names: str) -> str:
 
 def test_shipped_config_gives_default_classes():
     labels = parse_label_config((ROOT / "label_config" / "aesthetic_emotion.xml").read_text())
-    assert labels == ProjectLabels("image", "image", "aesthetic", "emotion", AESTHETIC, EMOTION)
+    assert labels == ProjectLabels("image", "image", "aesthetic", "emotion", AESTHETIC, EMOTION, "aesemo_suggestion")
     assert labels.classes() == {"aesthetic": list(AESTHETIC), "emotion": list(EMOTION)}
 
 

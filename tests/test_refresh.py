@@ -3,14 +3,19 @@ Studio endpoints it calls, with the session's real Redis; its queue and the pred
 from __future__ import annotations
 
 import json
+from importlib import resources
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from backend.core import keys
+from backend.labelstudio.label_config import parse_label_config
 from backend.labelstudio.projects import ProjectStore
 from backend.serving import prediction_store
 from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh
+from backend.serving.suggestion_text import shown_as_text, suggestion_text
+from backend.votes.control import is_control_task
+from backend.votes.shown import shown_for
 from json_server import JsonHandler, LoopbackServer
 from ls_examples import example
 from training_project import environment, service_env, settings_for
@@ -23,12 +28,14 @@ TOKEN = "fake-ls-token-0123456789"
 class FakeLabelStudio:
     """GET /api/tasks (paged; with fields=all each task lists its predictions, as Label Studio's
     does), POST /api/dm/actions?id=delete_tasks_predictions, POST /api/projects/P/import/predictions:
-    the predictions it holds, per task."""
+    the predictions it holds, per task; GET /api/tasks/T, and PATCH /api/tasks/T, which replaces a
+    task's data whole, as Label Studio 1.23.2 does."""
 
     def __init__(self, tasks: list[dict]):
         self.tasks = tasks
         self.predictions: dict[int, list[dict]] = {t["id"]: [{"model_version": "old"}] for t in tasks}
         self.calls: list[str] = []
+        self.after_listing = lambda: None     # a change made in Label Studio once the job has listed
         fake = self
 
         class Handler(JsonHandler):
@@ -38,11 +45,14 @@ class FakeLabelStudio:
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 fake.calls.append(f"GET {url.path}")
+                if url.path.rstrip("/") != "/api/tasks":     # one task
+                    return self.answer(200, next(t for t in fake.tasks if url.path == f"/api/tasks/{t['id']}"))
                 page, size = int(query["page"]), int(query["page_size"])
                 listed = fake.tasks[(page - 1) * size:page * size]
                 if query.get("fields") == "all":
                     listed = [{**t, "predictions": fake.predictions[t["id"]]} for t in listed]
                 self.answer(200, {"tasks": listed, "total": len(fake.tasks)})
+                fake.after_listing()
 
             def do_POST(self):
                 if self.headers.get("Authorization") != f"Token {TOKEN}":
@@ -57,6 +67,15 @@ class FakeLabelStudio:
                 for prediction in body:
                     fake.predictions[prediction["task"]].append(prediction)
                 self.answer(201, {"created": len(body)})
+
+            def do_PATCH(self):
+                if self.headers.get("Authorization") != f"Token {TOKEN}":
+                    return self.answer(401, {"detail": "no"})
+                path = urlparse(self.path).path.rstrip("/")
+                fake.calls.append(f"PATCH {path}")
+                task = next(t for t in fake.tasks if path == f"/api/tasks/{t['id']}")
+                task["data"] = self.json_body()["data"]
+                self.answer(200, task)
 
         self.server = LoopbackServer(Handler)
         self.url = self.server.url
@@ -281,3 +300,74 @@ def test_the_refresh_remembers_the_suggestion_each_task_is_prefilled_with(lab):
             chosen = {r["from_name"]: r["value"]["choices"][0] for r in written["result"]}
             assert shown == {"version": result["version"], "how": "prefilled", **chosen}
     assert all(shown_for(client, "1", task) is None for task in (2, 5))     # labelled: not written
+
+
+# ----- the suggestion as text in the task's data, where the label config shows it
+
+SHIPPED_CONFIG = (resources.files("backend.labelstudio") / "aesthetic_emotion.xml").read_text()
+UNLABELLED = (1, 3, 4, 6, 7)
+
+
+@pytest.fixture
+def shown_lab(lab):
+    """The lab with the shipped config (it shows the text) and half the tasks control tasks."""
+    env, studio, client = lab
+    ProjectStore(client).remember_setup("1", SHIPPED_CONFIG, None, None)
+    control = {t for t in UNLABELLED if is_control_task(t, 0.5)}
+    assert 0 < len(control) < len(UNLABELLED)         # both kinds among them at 50 %
+    return {**env, "AESEMO_CONTROL_FRACTION": "0.5"}, studio, client, control
+
+
+def test_the_refresh_writes_each_suggestion_as_text_and_none_on_control_tasks(shown_lab):
+    env, studio, client, control = shown_lab
+    labels = parse_label_config(SHIPPED_CONFIG)
+    version = refresh(env)["version"]
+    for task in studio.tasks:
+        data, t = task["data"], task["id"]
+        assert data["image"].endswith(f"/img/{t}.png")
+        if t in (2, 5):                                  # labelled: left as they are
+            assert studio.predictions[t] == [{"model_version": "old"}] and "aesemo_suggestion" not in data
+            continue
+        [written] = studio.predictions[t]
+        assert written["model_version"] == version and 0 <= written["score"] <= 1
+        if t in control:
+            assert written["result"] == [] and "aesemo_suggestion" not in data, (t, written, data)
+            assert shown_for(client, "1", t) is None
+        else:
+            text = suggestion_text(labels, written)
+            assert data["aesemo_suggestion"] == text and text.startswith(f"model {version} suggests: "), data
+            assert shown_for(client, "1", t) == shown_as_text(labels, written)
+            assert shown_for(client, "1", t)["how"] == "text"
+
+
+def test_a_rerun_writes_no_data_and_mends_a_text_that_is_missing_or_does_not_belong(shown_lab):
+    env, studio, client, control = shown_lab
+    refresh(env)
+    studio.calls.clear()
+    assert refresh(env)["tasks"] == 0 and not any(c.startswith("PATCH") for c in studio.calls)
+
+    by_id = {t["id"]: t for t in studio.tasks}
+    suggested = next(t for t in UNLABELLED if t not in control)
+    text = by_id[suggested]["data"].pop("aesemo_suggestion")        # lost (or a config that gained it since)
+    by_id[min(control)]["data"]["aesemo_suggestion"] = "model v0001 suggests: low 51 %"
+    again = refresh(env)
+    assert (again["tasks"], again["written"]) == (2, 2)
+    assert by_id[suggested]["data"]["aesemo_suggestion"] == text
+    assert "aesemo_suggestion" not in by_id[min(control)]["data"]
+    assert sorted(c for c in studio.calls if c.startswith("PATCH")) == sorted(
+        f"PATCH /api/tasks/{t}" for t in (suggested, min(control)))
+
+
+def test_a_config_that_shows_no_text_gets_no_task_data_written(lab):
+    env, studio, _ = lab
+    refresh(env)
+    assert not any(c.startswith("PATCH") for c in studio.calls)
+    assert all("aesemo_suggestion" not in t["data"] for t in studio.tasks)
+
+
+def test_the_text_is_written_into_the_data_label_studio_holds_when_it_writes(shown_lab):
+    env, studio, _, control = shown_lab
+    suggested = next(t for t in studio.tasks if t["id"] in UNLABELLED and t["id"] not in control)
+    studio.after_listing = lambda: suggested["data"].update(note="edited after the listing")
+    refresh(env)
+    assert suggested["data"]["note"] == "edited after the listing" and "aesemo_suggestion" in suggested["data"]

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from backend.tools.demo_project import (LABEL_CONFIG, SAMPLE_PHOTOS, load_or_create_state, pre_annotate,
-                                         sample_photos, uploaded_name)
+                                         sample_photos, show_the_suggestion_line, uploaded_name)
 from backend.tools.processes import StackError
 from backend.tools.stack import StackOptions, _only_stack_of, check_ports_free, default_ls_venv
 
@@ -129,3 +129,28 @@ def test_the_stack_pre_annotates_with_a_trained_version(capsys):
     label_studio = RecordedLabelStudio("v0001-20261128000000")
     pre_annotate(label_studio, 1)
     assert label_studio.retrieved == [None]
+
+
+class RecordedProject:
+    """Label Studio's project record as `show_the_suggestion_line` reads it, and the updates it gets."""
+
+    def __init__(self, label_config: str):
+        self.label_config, self.updates = label_config, []
+
+    def project(self, project_id):
+        return {"id": project_id, "label_config": self.label_config}
+
+    def update_project(self, project_id, **fields):
+        self.updates.append(fields)
+        self.label_config = fields.get("label_config", self.label_config)
+
+
+def test_a_reused_demo_project_without_the_suggestion_line_gets_the_shipped_config(capsys):
+    before = LABEL_CONFIG.read_text().replace('<Header value="$aesemo_suggestion"', '<Header value="Model"')
+    earlier = RecordedProject(before)
+    show_the_suggestion_line(earlier, 4)
+    assert earlier.updates == [{"label_config": LABEL_CONFIG.read_text()}]
+    assert "label config updated" in capsys.readouterr().out
+    current = RecordedProject(LABEL_CONFIG.read_text())
+    show_the_suggestion_line(current, 4)
+    assert current.updates == []

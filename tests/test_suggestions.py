@@ -151,7 +151,8 @@ def test_the_gate_withholds_a_type_whose_interval_does_not_clear_the_majority_ra
     assert withheld_types(gated, {"trained": False}) == {}
 
 
-def test_predict_and_setup_leave_out_a_withheld_type_and_say_why(default_settings, small_base, images, redis_client):
+def test_predict_and_setup_leave_out_a_withheld_type_and_say_why(default_settings, small_base, images, redis_client,
+                                                                 caplog):
     gated = replace(default_settings, suggestion_gate=True)
     client = create_app(gated).test_client()
     setup_project(client, PROJECT)
@@ -169,6 +170,8 @@ def test_predict_and_setup_leave_out_a_withheld_type_and_say_why(default_setting
     assert set(next(v for v in listed if v["version"] == "v0001-thin")["withheld_types"]) == {"emotion"}
     page = client.get(f"/?project={PROJECT}").get_data(as_text=True)
     assert "emotion" in page and "does not lie above 0" in page
+    logged = [r.getMessage() for r in caplog.records if "emotion suggestions" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].startswith(f"project {PROJECT}: no emotion suggestions: held-out accuracy"), logged
 
 
 def test_with_the_gate_off_both_types_are_suggested(default_settings, small_base, images, redis_client):

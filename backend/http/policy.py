@@ -98,9 +98,9 @@ def request_body() -> bytes:
     return raw
 
 
-def read_body(read, *args) -> bytes:
+def read_body(read) -> bytes:
     try:
-        return read(*args)
+        return read()
     except _UNREADABLE_BODY as exc:
         raise InvalidInput(f"the request body could not be read ({type(exc).__name__}: {str(exc)[:200]})") from None
 

@@ -18,6 +18,11 @@ from label_studio_sdk.label_interface.control_tags import ChoicesTag
 from label_studio_sdk.label_interface.object_tags import ImageTag
 
 
+# The task data key the model's suggestion text is written under (backend/serving/suggestion_text.py),
+# for a config that shows it: a tag with value="$aesemo_suggestion", a <Header> in the shipped one.
+SUGGESTION_FIELD = "aesemo_suggestion"
+
+
 class LabelConfigError(ValueError):
     """The label config cannot be used by this backend; the message says why."""
 
@@ -30,6 +35,7 @@ class ProjectLabels:
     emotion_control: str
     aesthetic_classes: tuple[str, ...]  # config order = class index
     emotion_classes: tuple[str, ...]
+    suggestion_key: str | None = None  # the task data key the config shows the suggestion text from; None: none
 
     def classes(self) -> dict[str, list[str]]:
         return {"aesthetic": list(self.aesthetic_classes), "emotion": list(self.emotion_classes)}
@@ -88,7 +94,13 @@ def _parse_cached(xml: str, aesthetic_control: str, emotion_control: str) -> Pro
         emotion_control=emotion_control,
         aesthetic_classes=a_classes,
         emotion_classes=e_classes,
+        suggestion_key=SUGGESTION_FIELD if _shows_field(root, SUGGESTION_FIELD) else None,
     )
+
+
+def _shows_field(root: ET.Element, key: str) -> bool:
+    """Whether some tag of the config shows the task data value `key` (value="$key")."""
+    return any(element.get("value") == f"${key}" for element in root.iter())
 
 
 def _choices(root: ET.Element, controls: dict, objects: dict, name: str, setting: str):

@@ -5,7 +5,9 @@
   list with each task's predictions), all listed before anything is written, so that writes cannot
   move tasks between pages;
 - deleting a set of tasks' predictions (the Data Manager action `delete_tasks_predictions`);
-- importing predictions in bulk (`POST /api/projects/P/import/predictions`, one call a batch).
+- importing predictions in bulk (`POST /api/projects/P/import/predictions`, one call a batch);
+- reading a task's data (`GET /api/tasks/T`) and replacing it (`PATCH /api/tasks/T`: Label Studio
+  stores the `data` sent, whole), to write the suggestion text the label config shows.
 """
 from __future__ import annotations
 
@@ -62,3 +64,15 @@ def import_predictions(client: LabelStudio, project: str, predictions: list[dict
     body = _call(client, "POST", f"api/projects/{int(project)}/import/predictions",
                  f"importing predictions into project {project}", json=predictions)
     return int((body or {}).get("created", len(predictions)))
+
+
+def task_data(client: LabelStudio, task_id: int) -> dict | None:
+    """The task's data as Label Studio holds it now (None: not an object)."""
+    body = _call(client, "GET", f"api/tasks/{int(task_id)}", f"reading task {task_id}")
+    data = body.get("data") if isinstance(body, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def replace_task_data(client: LabelStudio, task_id: int, data: dict) -> None:
+    """The task's data becomes `data`, whole (keys left out are gone)."""
+    _call(client, "PATCH", f"api/tasks/{int(task_id)}", f"updating the data of task {task_id}", json={"data": data})

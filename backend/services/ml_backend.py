@@ -29,12 +29,13 @@ from backend.serving.predict import BUDGET_KIND, predict_tasks
 from backend.serving.prediction_store import VersionPredictions, stored_then_predicted, task_id
 from backend.serving.refresh_queue import try_submit_refresh
 from backend.serving.registry import all_versions, base_for, describe_base, resolve_current, version_meta
+from backend.serving.suggestion_text import shown_in_task, suggestion_text, text_is_current
 from backend.serving.suggestions import (WITHHELD_FIELD, WITHHELD_TYPES_FIELD, WithheldLog, withheld_reason,
                                          shown_result, withheld_types)
 from backend.services.projects import Projects
 from backend.services.training import TrainingService, training_refused
 from backend.votes.project_consensus import ProjectConsensus
-from backend.votes.shown import remember_predictions
+from backend.votes.shown import remember_shown_many
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class LabelStudioBackend:
         {} when every suggestion is sent."""
         reason = withheld_reason(self.settings, version, bool(meta) and is_trained(meta))
         if reason is not None:
-            self.withheld.note(project, version, reason)
+            self.withheld.note(project, version, f"no suggestions: {reason}")
             return {WITHHELD_FIELD: reason}
         types = withheld_types(self.settings, meta or {})
         for task, why in types.items():
@@ -145,6 +146,7 @@ class LabelStudioBackend:
                  for r, t in zip(results, tasks)]
         if project:
             self._remember_shown(project, tasks, shown, labels)
+        self._queue_texts(project, context, labels, tasks, shown)
         reply = {"results": shown, "model_version": version_name, **withheld}
         if failures:
             reply["errors"] = [f.to_dict() for f in failures]
@@ -153,11 +155,13 @@ class LabelStudioBackend:
         return reply
 
     def _remember_shown(self, project: str, tasks: list, shown: list, labels: ProjectLabels) -> None:
-        """What Label Studio may pre-fill the tasks with (it keeps /predict's answers as
-        predictions), for the votes to record; /predict goes on without Redis."""
-        answered = {task_id(t): result for t, result in zip(tasks, shown) if task_id(t) is not None and result}
+        """What the tasks' annotators are shown (Label Studio keeps /predict's answers as
+        predictions and may pre-fill them; a task's data may show their text), for the votes to
+        record; /predict goes on without Redis."""
+        answered = {task_id(t): shown_in_task(labels, t, result) for t, result in zip(tasks, shown)
+                    if task_id(t) is not None and result}
         try:
-            remember_predictions(self.redis, project, answered, labels)
+            remember_shown_many(self.redis, project, answered)
         except redis.RedisError as exc:
             log.debug("project %s: suggestions shown not remembered (%s)", project, type(exc).__name__)
 
@@ -185,6 +189,16 @@ class LabelStudioBackend:
                 and try_submit_refresh(self.settings, project, "tasks /predict had no time for", over_budget)):
             queued = over_budget
         return results, failures, queued
+
+    def _queue_texts(self, project: str | None, context, labels: ProjectLabels, tasks: list, shown: list) -> None:
+        """A refresh job for the answered tasks whose data does not show their suggestion's text
+        (or shows one where none belongs): only the refresh writes task data, so the predictions
+        Label Studio stores from /predict get their text from it."""
+        untold = [task_id(task) for task, result in zip(tasks, shown)
+                  if result and task_id(task) is not None
+                  and not text_is_current(labels, task, suggestion_text(labels, result))]
+        if project and untold and _reaches_label_studio(self.settings, context):
+            try_submit_refresh(self.settings, project, "tasks without their suggestion text", untold)
 
     def _model_for(self, project: str | None, labels: ProjectLabels) -> ServedModel:
         """The project's current model: from this process's memory when it holds one for these

@@ -1,7 +1,8 @@
 """The prediction-refresh job, run by an RQ worker on the `predict` queue: the project's tasks
 that still need labels get the current version's predictions in Label Studio, batch by batch
-(list, predict, delete the old ones unless AESEMO_REFRESH_KEEP_OLD, import in bulk). Labelled
-tasks keep theirs. What a task holds is what Label Studio lists, not what a job remembers
+(list, predict, delete the old ones unless AESEMO_REFRESH_KEEP_OLD, import in bulk), and, where the
+label config shows it, the suggestion's text in their data (backend/serving/suggestion_text.py).
+Labelled tasks keep theirs. What a task holds is what Label Studio lists, not what a job remembers
 writing: a task whose predictions are not the current version's alone is written, so a rerun after
 a crash or a cancel goes on where it stopped, and a version promoted again (or rolled back to)
 replaces whatever was written since. A promotion during the run stops it ("superseded"), and the
@@ -30,12 +31,14 @@ from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import predict_tasks
 from backend.serving.prediction_store import VersionPredictions, stored_then_predicted
 from backend.serving.registry import current_version_name, fetch_current
-from backend.serving.suggestions import shown_result, withheld_reason, withheld_types
+from backend.serving.suggestion_text import data_with_text, shown_as_text, suggestion_text, text_is_current
+from backend.serving.suggestions import TASK_TYPES, shown_result, withheld_reason, withheld_types
 from backend.jobs.connection import delete_if_equal
 from backend.jobs.context import job_settings
 from backend.jobs.progress import Progress
 from backend.labelstudio.client import project_studio, sdk_client
-from backend.votes.shown import remember_predictions
+from backend.votes.control import is_control_task
+from backend.votes.shown import remember_predictions, remember_shown
 from backend.votes.store import VoteStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ class _Refresh:
     served: ServedModel
     pointer: str | None      # the project's version pointer when the job started (None: a base version)
     progress: Progress
+    withheld: dict[str, str]  # {task type: why} the served version does not suggest
 
 
 def refresh_project(project: str) -> dict:
@@ -80,7 +84,8 @@ def _open(settings: Settings, project: str, client: redis.Redis, progress: Progr
     labels = parse_label_config(context.label_config, settings.aesthetic_control, settings.emotion_control)
     pointer = current_version_name(client, project)
     served = ModelCache(settings.max_image_pixels).load(fetch_current(client, settings, project, labels.classes()))
-    return _Refresh(settings, project, client, context, labels, served, pointer, progress)
+    return _Refresh(settings, project, client, context, labels, served, pointer, progress,
+                    withheld_types(settings, served.predictor.meta))
 
 
 def _refresh(run: _Refresh, wanted: list | None) -> dict:
@@ -115,9 +120,12 @@ def _refresh(run: _Refresh, wanted: list | None) -> dict:
 
 def _tasks_to_refresh(run: _Refresh, tasks: list[dict], wanted: list | None) -> list[dict]:
     """Unlabelled tasks (of `wanted` when given) that Label Studio does not list with this
-    version's prediction (and, unless old ones are kept, with this version's alone)."""
+    version's prediction (and, unless old ones are kept, with this version's alone), or whose data
+    lacks the suggestion text the config shows (a config that gained it since) or shows one where
+    none belongs."""
     wanted_ids = None if wanted is None else set(wanted)
-    return [t for t in tasks if not t["is_labeled"] and _needs_writing(run, t["prediction_versions"])
+    return [t for t in tasks if not t["is_labeled"]
+            and (_needs_writing(run, t["prediction_versions"]) or _text_out_of_date(run, t))
             and (wanted_ids is None or str(t["id"]) in wanted_ids)]
 
 
@@ -127,13 +135,21 @@ def _needs_writing(run: _Refresh, versions: set[str]) -> bool:
     return not run.settings.refresh_keep_old and versions != {run.served.version}
 
 
+def _text_out_of_date(run: _Refresh, task: dict) -> bool:
+    key, data = run.labels.suggestion_key, task.get("data")
+    if key is None or not isinstance(data, dict):
+        return False
+    names_a_class = (not is_control_task(task["id"], run.settings.control_fraction)
+                     and len(run.withheld) < len(TASK_TYPES))
+    return (key in data) != names_a_class
+
+
 def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict]) -> tuple[int, int]:
     """(written, failed): one batch predicted (stored ones reused) and written into Label Studio."""
     version, ttl = run.served.version, run.settings.prediction_ttl_s
     store = VersionPredictions(run.client, run.project, version, ttl)
     results, _ = stored_then_predicted(store, batch, run.labels, lambda tasks: _predict(run, fetcher, tasks))
-    withheld = withheld_types(run.settings, run.served.predictor.meta)
-    ready = {task["id"]: shown_result(result, task["id"], run.labels, withheld, run.settings.control_fraction)
+    ready = {task["id"]: shown_result(result, task["id"], run.labels, run.withheld, run.settings.control_fraction)
              for task, result in zip(batch, results) if result}
     ids = list(ready)
     if ids:
@@ -141,7 +157,30 @@ def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict])
             task_api.delete_predictions(api, run.project, ids)
         task_api.import_predictions(api, run.project, [{"task": i, **ready[i]} for i in ids])
         remember_predictions(run.client, run.project, ready, run.labels)
+        _write_texts(run, api, [task for task in batch if task["id"] in ready], ready)
     return len(ids), len(batch) - len(ids)
+
+
+def _write_texts(run: _Refresh, api, tasks: list[dict], predictions: dict) -> None:
+    """Each task's data shows its prediction's suggestion text (none where it names no class),
+    where the config shows one; a task already showing it is not written again. What its
+    annotators are shown is remembered for the votes."""
+    if run.labels.suggestion_key is None:
+        return
+    for task in tasks:
+        prediction = predictions[task["id"]]
+        text = suggestion_text(run.labels, prediction)
+        if not text_is_current(run.labels, task, text):
+            _write_text(run, api, task["id"], text)
+        remember_shown(run.client, run.project, task["id"], shown_as_text(run.labels, prediction))
+
+
+def _write_text(run: _Refresh, api, task: int, text: str | None) -> None:
+    """The task's data as Label Studio holds it now, with `text`: Label Studio replaces the data
+    whole, and the listing may be hours old on a large project, so an edit made since is kept."""
+    data = task_api.task_data(api, task)
+    if data is not None and not text_is_current(run.labels, {"data": data}, text):
+        task_api.replace_task_data(api, task, data_with_text(run.labels, data, text))
 
 
 def _predict(run: _Refresh, fetcher: ImageFetcher, tasks: list[dict]) -> tuple[list, list]:

@@ -47,12 +47,13 @@ class WithheldLog:
         self._logged: set[tuple[str | None, str]] = set()
         self._lock = threading.Lock()
 
-    def note(self, project: str | None, version: str, reason: str) -> None:
+    def note(self, project: str | None, version: str, message: str) -> None:
+        """Log `message` ("no suggestions: why") once for this project and version."""
         with self._lock:
             if (project, version) in self._logged:
                 return
             self._logged.add((project, version))
-        log.warning("project %s: no suggestions: %s", project if project is not None else "(none given)", reason)
+        log.warning("project %s: %s", project if project is not None else "(none given)", message)
 
 
 TASK_TYPES = ("aesthetic", "emotion")

@@ -15,6 +15,7 @@ from model.files import write_text_atomically
 
 from backend.core.settings import load_settings
 from backend.labelstudio.admin_client import LabelStudioClient, LabelStudioError
+from backend.labelstudio.label_config import SUGGESTION_FIELD
 from backend.serving.suggestions import UNTRAINED_SUFFIX
 from backend.tools.processes import StackError, say
 
@@ -31,16 +32,21 @@ LABEL_CONFIG = resources.files("backend.labelstudio") / "aesthetic_emotion.xml"
 # (docs/operators/demo-stack.md): the labelling stream ("Label All Tasks") shows an annotator only their own
 # annotation, never their earlier versions; no empty annotation counts as a vote; the instructions,
 # shown before the first task, ask them to label from the stream rather than open the task list,
-# where Community shows everyone's labels to every member.
+# where Community shows everyone's labels to every member. Predictions are not shown to annotators
+# (Label Studio would pre-select the suggested choices, and the key of a pre-selected choice
+# un-selects it): the suggestion is the line of text the label config shows above the choices,
+# and Label Studio still keeps the predictions' scores for its "Least certain first" ordering.
 INDEPENDENT_VOTES = {
     "show_annotation_history": False,
     "enable_empty_annotation": False,
+    "show_collab_predictions": False,
     "show_skip_button": True,
     "show_instruction": True,
     "expert_instruction": (
         "<p>Label each photo with your own judgement: open tasks with <b>Label All Tasks</b>, not from "
-        "the task list (it shows the other annotators' labels). Keys: <b>q</b> high, <b>w</b> low; "
-        "<b>1</b>-<b>8</b> the emotion; <b>Ctrl+Enter</b> submits.</p>"),
+        "the task list (it shows the other annotators' labels). The grey line above the choices may "
+        "show the model's suggestion with its confidence; nothing is selected for you. Keys: <b>q</b> "
+        "high, <b>w</b> low; <b>1</b>-<b>8</b> the emotion; <b>Ctrl+Enter</b> submits.</p>"),
 }
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
                  "hubble_deep_field.jpg", "retina.jpg", "camera.png", "coins.png", "moon.png", "grass.png",
@@ -83,6 +89,7 @@ def ensure_project(client: LabelStudioClient, options: StackOptions, state: dict
     if project_id is not None:
         try:
             client.update_project(project_id, **INDEPENDENT_VOTES)
+            show_the_suggestion_line(client, project_id)
             say(f"reusing project {project_id}")
             return project_id
         except LabelStudioError as exc:
@@ -97,6 +104,16 @@ def ensure_project(client: LabelStudioClient, options: StackOptions, state: dict
     save_state(options, state)
     say(f"created project {project['id']} (every photo needs {ANNOTATORS} annotators)")
     return project["id"]
+
+
+def show_the_suggestion_line(client: LabelStudioClient, project_id: int) -> None:
+    """A demo project made before the label config showed the model's suggestion gets the shipped
+    config: its annotators are not shown predictions, so without the line they would see none.
+    Label Studio keeps the annotations (the controls are the same)."""
+    if f'value="${SUGGESTION_FIELD}"' in (client.project(project_id).get("label_config") or ""):
+        return
+    client.update_project(project_id, label_config=LABEL_CONFIG.read_text())
+    say(f"project {project_id}: label config updated to show the model's suggestion above the choices")
 
 
 def ensure_annotators(client: LabelStudioClient, options: StackOptions, state: dict) -> None:
