@@ -2,7 +2,9 @@
 
 A promotion publishes a notice on Redis; a listener thread here loads the new version off the
 request path (the Predictor checks the weights' hash), then replaces one dict entry. Requests
-already running keep the ServedModel they took, so they finish on the old model. A poller
+already running keep the ServedModel they took, so they finish on the old model; predictions that
+start during a load wait for it (`priority`, backend/serving/load_priority.py), so that the load
+does not share the CPU with them, then answer from the new one. A poller
 re-reads the pointers now and then, in case a notice was lost. A version that fails to load is
 refused with a log line and the old one keeps serving; it is tried again once its files change
 (repaired) or RETRY_REFUSED_S later. With Redis down, requests are still served from the models
@@ -24,6 +26,7 @@ import redis
 from model.errors import AesemoError
 
 from backend.core import keys
+from backend.serving.load_priority import LoadPriority
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.registry import VersionRef, base_for, current_version_name, project_versions_dir
 
@@ -48,6 +51,7 @@ class HotSwap:
         # one load at a time: the listener and the poller must not load the same version twice,
         # nor the poller finish loading a pointer read before a later promotion and undo it
         self._swap_lock = threading.RLock()
+        self.priority = LoadPriority()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -70,7 +74,8 @@ class HotSwap:
             if held and held.version == name or self._still_refused(project, name, folder):
                 return False
             try:
-                served = self.models.load(VersionRef(name, folder))
+                with self.priority.loading():
+                    served = self.models.load(VersionRef(name, folder))
             except (AesemoError, OSError, RuntimeError, ValueError) as exc:
                 self._refused[(project, name)] = (_files_state(folder), time.monotonic())
                 log.error("refused model version %s of project %s: %s; still serving %s",
