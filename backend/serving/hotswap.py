@@ -177,9 +177,9 @@ def _files_state(folder) -> tuple:
 @atexit.register
 def stop_running_swaps(timeout_s: float = 2.0) -> None:
     """Stop every running HotSwap's threads before the interpreter tears down its native
-    libraries: a daemon thread still inside torch or OpenVINO then aborts the process ("terminate
-    called without an active exception", exit status 134; seen after tests that exported runtimes).
-    All are told first, so their waits overlap."""
+    libraries: a daemon thread still inside torch or OpenVINO (a swap loading a version) would
+    abort the process ("terminate called without an active exception", exit status 134). All are
+    told first, so their waits overlap."""
     swaps = list(_RUNNING)
     for swap in swaps:
         swap._stopping.set()
