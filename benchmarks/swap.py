@@ -5,7 +5,9 @@
 (a) per backbone: time from POST /projects/1/versions/<v>/promote to the first /predict answer
     carrying <v> (1 task per request), median and max of --repeats swaps (goal for resnet18: < 2 s);
 (b) resnet18: --swaps promotions while --clients clients send /predict back to back: failed
-    requests (non-200 answers and exceptions; goal 0), requests served, per-request p50/p99;
+    requests (non-200 answers and exceptions; goal 0), requests served, per-request p50/p99, and
+    promotion -> first answer carrying the new version; then that median against (a)'s quiet one,
+    measured on the same server in the same run (goal: at most 2x);
 (c) data-loading time (result["images"]["seconds"]) of a second training job on the same images
     against the first (the training image cache; goal >= 5x faster), images served with an
     artificial per-request latency so the first run resembles a real download.
@@ -140,7 +142,7 @@ def swap_latency(session, service: Service, name: str, body: bytes, deadline_s: 
     raise RuntimeError("poll loop ran out")
 
 
-def run_a(args, service: Service, backbone: str, urls: list[str]) -> list[str]:
+def run_a(args, service: Service, backbone: str, urls: list[str]) -> tuple[list[str], list[float]]:
     names = [f"{backbone}-a", f"{backbone}-b"]
     made_s, size_mb = make_versions(service, backbone, names)
     session = local_session()
@@ -180,12 +182,12 @@ def run_a(args, service: Service, backbone: str, urls: list[str]) -> list[str]:
           f"building the network with random weights, which loading skips: {build_s:.2f} s")
     print(f"(a) {backbone}: versions {size_mb:.0f} MB each on disk ({len(names)} written in {made_s:.1f} s); "
           f"warm-up /predict (loads the first version): {warm_s:.2f} s")
-    return names
+    return names, seconds
 
 
 # -- (b) ------------------------------------------------------------------------------------
 
-def run_b(args, service: Service, names: list[str], urls: list[str]) -> None:
+def run_b(args, service: Service, names: list[str], urls: list[str]) -> list[float]:
     bodies = [predict_body(u) for u in urls]
     lock, stop = threading.Lock(), threading.Event()
     latencies, failures, versions, seen = [], [], {}, []
@@ -259,6 +261,17 @@ def run_b(args, service: Service, names: list[str], urls: list[str]) -> None:
     print(f"(b) answers per version {versions}; promotion -> first answer on the new version under load: "
           f"median {statistics.median(swap_times):.2f} s, max {max(swap_times):.2f} s" if swap_times else
           f"(b) answers per version {versions}")
+    return swap_times
+
+
+def print_ratio(quiet: list[float], loaded: list[float], clients: int) -> None:
+    """The swap under load against the quiet swap, both from this run."""
+    if not (quiet and loaded):
+        return
+    ratio = statistics.median(loaded) / statistics.median(quiet)
+    print(f"swap: promotion -> first answer on the new version, quiet median {statistics.median(quiet):.2f} s "
+          f"(max {max(quiet):.2f}), under {clients} clients median {statistics.median(loaded):.2f} s "
+          f"(max {max(loaded):.2f}): {ratio:.2f}x the quiet figure (goal <= 2x)")
 
 
 # -- (c) ------------------------------------------------------------------------------------
@@ -335,7 +348,7 @@ def run_c(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backbones", default="resnet18,vgg16")
-    parser.add_argument("--repeats", type=int, default=3, help="timed promotions per backbone")
+    parser.add_argument("--repeats", type=int, default=5, help="timed promotions per backbone")
     parser.add_argument("--swaps", type=int, default=5, help="promotions under load (b)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent /predict clients (b)")
     parser.add_argument("--skip-training", action="store_true", help="skip (c)")
@@ -355,9 +368,9 @@ def main() -> None:
         for backbone in backbones:
             with Service(extra_env={"AESEMO_SWAP_POLL": "5"}, backbone=backbone, workers=1, threads=8,
                              allowed_image_hosts=images.host) as service:
-                names = run_a(args, service, backbone, urls)
+                names, quiet = run_a(args, service, backbone, urls)
                 if backbone == "resnet18":
-                    run_b(args, service, names, urls)
+                    print_ratio(quiet, run_b(args, service, names, urls), args.clients)
                 errors = [line for line in service.log_text().splitlines() if "Traceback" in line or "ERROR" in line]
                 if errors:
                     print(f"server log ({backbone}): {len(errors)} error lines, first: {errors[0][:300]}")

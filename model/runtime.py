@@ -17,7 +17,11 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Sequence
 
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .agreement_rule import AgreementRule, agreement_rule
 from .classes import TASKS
 from .errors import VersionError
 from .files import write_text_atomically
@@ -45,7 +50,6 @@ FP32 = "openvino-fp32"
 VARIANTS = (INT8, INT8_FLOAT_HEADS, FP32)
 DEFAULT_THRESHOLD = 0.99
 RUNTIME_FORMAT = 1
-GENERATED_IMAGES = 32
 # training images int8 is calibrated on at most: with global min/max activation ranges, more images
 # clip fewer held-out activations (resnet18 emotion agreement 0.990 with 32, 0.995 with 64; docs/benchmarks/inference.md)
 CALIBRATION_IMAGES = 64
@@ -54,6 +58,8 @@ CALIBRATION_IMAGES = 64
 HELD_OUT_IMAGES = 200
 TIMED_IMAGES = 16           # per path, after one warm-up batch: enough to rank paths 10 % apart
 EXPORT_LOCK_FILE = ".runtime.lock"
+# an export writes its variants here, inside the version folder, and moves them out when done
+WORK_FOLDER_PREFIX = ".runtime-"
 
 
 def runtime_available() -> bool:
@@ -78,14 +84,18 @@ class ProbabilityGraph(nn.Module):
         return torch.softmax(aesthetic, dim=1), torch.softmax(emotion, dim=1)
 
 
-def generated_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
+def generated_images(count: int, size: int, seed: int = 0, chunk: int = 64) -> torch.Tensor:
     """uint8 (count, 3, size, size) smooth random images: a stand-in when a version has no
-    images of its own (noise alone would leave activations unlike real photographs')."""
+    images of its own (noise alone would leave activations unlike real photographs'). Made
+    `chunk` at a time: the float intermediates are 8 times the uint8 result's size."""
     generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(count, 3, 8, 8, generator=generator)
-    smooth = nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-    noise = torch.randn(count, 3, size, size, generator=generator) * 0.05
-    return ((smooth + noise).clamp(0, 1) * 255).to(torch.uint8)
+    parts = []
+    for start in range(0, count, chunk):
+        coarse = torch.rand(min(chunk, count - start), 3, 8, 8, generator=generator)
+        smooth = nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+        noise = torch.randn(smooth.shape, generator=generator) * 0.05
+        parts.append(((smooth + noise).clamp(0, 1) * 255).to(torch.uint8))
+    return torch.cat(parts) if parts else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 
 
 def manifest_images(path: str | Path, folder: str | Path, limit: int = CALIBRATION_IMAGES,
@@ -107,29 +117,50 @@ def manifest_images(path: str | Path, folder: str | Path, limit: int = CALIBRATI
 
 def export_from_job_manifest(folder: str | Path, manifest: str | Path, threshold: float = DEFAULT_THRESHOLD,
                              precision: str = "auto") -> dict:
+    """A trained version's runtime (`export_from_manifest`), made in a child process under the
+    folder's lock (model/export_process.py)."""
+    from .export_process import export_in_child
+    return export_once(folder, lambda: export_in_child(folder, export_from_manifest, manifest=str(manifest),
+                                                       threshold=threshold, precision=precision))
+
+
+def export_from_manifest(folder: str | Path, manifest: str | Path, threshold: float = DEFAULT_THRESHOLD,
+                         precision: str = "auto") -> dict:
     """A trained version's runtime, int8 calibrated on its training rows and checked on its
     held-out rows ("split": "heldout"); generated images stand in for a side with no rows, and
     runtime.json's "images" says which were used."""
     calibration = manifest_images(manifest, folder, exclude_split=HELDOUT_SPLIT)
     held_out = manifest_images(manifest, folder, limit=HELD_OUT_IMAGES, split=HELDOUT_SPLIT)
-    return export_once(folder, lambda: export_runtime(folder, calibration, held_out, threshold, precision=precision))
+    return export_runtime(folder, calibration, held_out, threshold, precision=precision)
 
 
 def export_once(folder: str | Path, make) -> dict:
     """runtime.json of the version's weights: read when there, else `make()` under a file lock,
-    so that of several processes one exports and the others wait, then read its record."""
+    so that of several processes one exports and the others wait, then read its record. The work
+    folders of exports that were killed are removed under the lock: none of them is running."""
     with open(Path(folder) / EXPORT_LOCK_FILE, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        record = read_runtime(folder)
-        return record if record is not None else make()
+        try:
+            discard_unfinished_exports(folder)
+            record = read_runtime(folder)
+            return record if record is not None else make()
+        finally:
+            discard_unfinished_exports(folder)
+
+
+def discard_unfinished_exports(folder: str | Path) -> None:
+    for work in Path(folder).glob(f"{WORK_FOLDER_PREFIX}*"):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def agreement(outputs: dict[str, np.ndarray], reference: dict[str, torch.Tensor]) -> dict:
-    """Top-1 agreement per task and the largest probability difference, against the reference."""
-    result = {"top1": {}, "max_prob_diff": 0.0}
+    """Top-1 agreement per task (share and count of images) and the largest probability
+    difference, against the reference."""
+    result = {"top1": {}, "agreeing": {}, "max_prob_diff": 0.0}
     for task in TASKS:
         got, want = torch.as_tensor(outputs[task]).float(), reference[task]
-        result["top1"][task] = float((got.argmax(1) == want.argmax(1)).float().mean())
+        same = got.argmax(1) == want.argmax(1)
+        result["top1"][task], result["agreeing"][task] = float(same.float().mean()), int(same.sum())
         result["max_prob_diff"] = max(result["max_prob_diff"], float((got - want).abs().max()))
     return result
 
@@ -139,9 +170,12 @@ def export_runtime(folder: str | Path, calibration: torch.Tensor | None = None,
                    variants: Sequence[str] = VARIANTS, precision: str = "auto", make_all: bool = False) -> dict:
     """Export, check and record the variants of a version; returns what `runtime.json` holds.
     `calibration` and `held_out` are uint8 (N, 3, crop, crop) batches: the version's own
-    training and held-out images where the caller has them, generated ones otherwise.
-    `precision` is the PyTorch predictor's (AESEMO_PREDICTOR_PRECISION), whose speed a variant must beat.
-    Variants after the one that serves are recorded as skipped, unless `make_all` (benchmarks)."""
+    training and held-out images where the caller has them, generated ones otherwise (as many
+    as `agreement_rule` says). `precision` is the PyTorch predictor's
+    (AESEMO_PREDICTOR_PRECISION), whose speed a variant must beat. Variants after the one that
+    serves are recorded as skipped, unless `make_all` (benchmarks). The variants are made in a
+    work folder and moved beside the weights when all are made; runtime.json is written last."""
+    decline_telemetry()
     import openvino as ov
 
     folder = Path(folder)
@@ -151,7 +185,11 @@ def export_runtime(folder: str | Path, calibration: torch.Tensor | None = None,
     sources = {"calibration": "training" if calibration is not None else "generated",
                "held_out": "held-out" if held_out is not None else "generated"}
     calibration = calibration if calibration is not None else generated_images(CALIBRATION_IMAGES, crop, seed=1)
-    held_out = held_out if held_out is not None else generated_images(GENERATED_IMAGES, crop, seed=2)
+    # a version's own images are as many as it has; generated ones, as many as the check needs
+    rule = agreement_rule(threshold) if held_out is None else None
+    held_out = held_out if held_out is not None else generated_images(rule.images, crop, seed=2)
+    # an admin reading "agreement 1.0000" should know on how many images: 32 cannot tell 97 % from 100 %
+    check = AgreementCheck(threshold, rule, f"{len(held_out)} {sources['held_out']} images")
     reference = _reference(graph, held_out)
     example = torch.zeros(1, 3, crop, crop, dtype=torch.uint8)
     with torch.no_grad():
@@ -159,31 +197,73 @@ def export_runtime(folder: str | Path, calibration: torch.Tensor | None = None,
     record = {"format": RUNTIME_FORMAT, "weights_sha256": meta["weights_sha256"], "threshold": threshold,
               "images": {"calibration": [sources["calibration"], len(calibration)],
                          "held_out": [sources["held_out"], len(held_out)]},
-              "openvino": ov.__version__, "variants": {}}
+              **({"agreement_rule": asdict(rule)} if rule else {}), "openvino": ov.__version__, "variants": {}}
     # a variant must also beat the PyTorch predictor here, in the precision it serves in: on a CPU
     # with native bf16 a bf16 predictor is faster than OpenVINO in f32 (vgg16: 409 vs 570 ms/image)
     record["pytorch_ms_per_image"], record["pytorch_precision"] = pytorch_ms_per_image(folder, held_out, precision)
-    # an admin reading "agreement 1.0000" should know on how many images: 32 cannot tell 97 % from 100 %
-    checked_on = f"{len(held_out)} {sources['held_out']} images"
-    serving, reasons = PYTORCH, []
-    for name in variants:
-        if serving != PYTORCH and not make_all:
-            record["variants"][name] = {"skipped": f"{serving} serves"}
-            continue
-        record["variants"][name] = found = _make_variant(folder, name, converted, calibration, held_out, reference)
-        if serving != PYTORCH:
-            continue  # made for a benchmark's figures only
-        why_not = _why_not_served(name, found, threshold, record["pytorch_ms_per_image"],
-                                  record["pytorch_precision"]["dtype"], checked_on)
-        if why_not is None:
-            serving, reasons = name, [_why_served(name, found, threshold, record["pytorch_ms_per_image"], checked_on),
-                                      *reasons]
-        else:
-            reasons.append(why_not)
-    record["serving"], record["reason"] = serving, "; ".join(reasons) or "no runtime variant made"
+    work = Path(tempfile.mkdtemp(prefix=WORK_FOLDER_PREFIX, dir=folder))
+    try:
+        serving, reasons = PYTORCH, []
+        for name in variants:
+            if serving != PYTORCH and not make_all:
+                record["variants"][name] = {"skipped": f"{serving} serves"}
+                continue
+            record["variants"][name] = found = _make_variant(work, name, converted, calibration, held_out, reference)
+            if serving != PYTORCH:
+                continue  # made for a benchmark's figures only
+            why_not = _why_not_served(name, found, check, record["pytorch_ms_per_image"],
+                                      record["pytorch_precision"]["dtype"])
+            if why_not is None:
+                serving, reasons = name, [_why_served(name, found, check, record["pytorch_ms_per_image"]), *reasons]
+            else:
+                reasons.append(why_not)
+        record["serving"], record["reason"] = serving, "; ".join(reasons) or "no runtime variant made"
+        _move_made_files(work, folder, record["variants"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     write_text_atomically(folder / RUNTIME_FILE, json.dumps(record, indent=2) + "\n")
     log.info("runtime of %s: %s serves (%s)", folder, record["serving"], record["reason"])
     return record
+
+
+def decline_telemetry() -> None:
+    """Answer OpenVINO's and NNCF's usage telemetry consent check with "declined": otherwise
+    converting and quantizing fork processes that post usage data to the internet (and that a
+    killed export would leave behind)."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:
+        return
+    OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+
+
+def _move_made_files(work: Path, folder: Path, variants: dict) -> None:
+    for found in variants.values():
+        for name in found.get("files", {}):
+            os.replace(work / name, folder / name)
+
+
+@dataclass(frozen=True)
+class AgreementCheck:
+    """When a variant agrees enough: on a version's own images, a share of at least `threshold`
+    per task; on generated ones, at least `rule.least_agreeing` of `rule.images` per task."""
+    threshold: float
+    rule: AgreementRule | None
+    checked_on: str
+
+    def passes(self, found: dict) -> bool:
+        if self.rule is not None:
+            return all(self.rule.passes(count) for count in found["agreeing"].values())
+        return min(found["top1"].values()) >= self.threshold
+
+    def describe(self, found: dict) -> str:
+        worst = min(found["top1"].values())
+        if self.rule is not None:
+            verdict = "passes" if self.passes(found) else "fails"
+            return (f"top-1 agreement {worst:.4f} ({min(found['agreeing'].values())} of {self.rule.images}) on "
+                    f"{self.checked_on}: {verdict} the check ({self.rule.describe()})")
+        sign = ">=" if self.passes(found) else "<"
+        return f"top-1 agreement {worst:.4f} {sign} {self.threshold} on {self.checked_on}"
 
 
 def _reference(graph: ProbabilityGraph, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -194,14 +274,14 @@ def _reference(graph: ProbabilityGraph, images: torch.Tensor) -> dict[str, torch
     return {task: torch.cat([o[i] for o in outputs]) for i, task in enumerate(TASKS)}
 
 
-def _make_variant(folder: Path, name: str, converted, calibration: torch.Tensor, held_out: torch.Tensor,
+def _make_variant(work: Path, name: str, converted, calibration: torch.Tensor, held_out: torch.Tensor,
                   reference: dict) -> dict:
-    """Write one variant's files and measure it; a failure is recorded, never raised."""
+    """Write one variant's files into `work` and measure it; a failure is recorded, never raised."""
     import openvino as ov
 
     try:
         network = _quantized(converted, calibration, QUANTIZATION[name]) if name in QUANTIZATION else converted
-        xml = folder / f"{name}.xml"
+        xml = work / f"{name}.xml"
         ov.save_model(network, xml, compress_to_fp16=False)
         files = {path.name: checked_file(path) for path in (xml, xml.with_suffix(".bin"))}
         compiled = _compile(xml)
@@ -210,7 +290,7 @@ def _make_variant(folder: Path, name: str, converted, calibration: torch.Tensor,
         made_by = {"quantization": dict(QUANTIZATION[name])} if name in QUANTIZATION else {}
         return {"files": files, **made_by, **agreement(outputs, reference), "ms_per_image": speed}
     except Exception as exc:  # any exporter failure means: serve PyTorch, say why
-        log.warning("runtime variant %s of %s failed: %s", name, folder, exc)
+        log.warning("runtime variant %s of %s failed: %s", name, work.parent, exc)
         return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
@@ -260,15 +340,14 @@ def ms_per_image(predict, images: torch.Tensor, batch: int = 8) -> float:
     return round((time.perf_counter() - started) * 1000 / max(len(timed), 1), 2)
 
 
-def _why_not_served(name: str, found: dict, threshold: float, pytorch_ms: float | None, pytorch_dtype: str,
-                    checked_on: str) -> str | None:
+def _why_not_served(name: str, found: dict, check: AgreementCheck, pytorch_ms: float | None,
+                    pytorch_dtype: str) -> str | None:
     """None when the variant may serve: it agrees with float32 PyTorch on both tasks and is faster
     than the PyTorch predictor on this machine; else why not."""
     if "error" in found:
         return f"{name} failed: {found['error']}"
-    worst = min(found["top1"].values())
-    if worst < threshold:
-        return f"{name}: top-1 agreement {worst:.4f} < {threshold} on {checked_on}"
+    if not check.passes(found):
+        return f"{name}: {check.describe(found)}"
     speed = found.get("ms_per_image")
     if pytorch_ms is not None and speed is not None and speed >= pytorch_ms:
         return (f"{name}: agrees, but {speed:.1f} ms/image is not faster than the PyTorch "
@@ -276,11 +355,11 @@ def _why_not_served(name: str, found: dict, threshold: float, pytorch_ms: float 
     return None
 
 
-def _why_served(name: str, found: dict, threshold: float, pytorch_ms: float | None, checked_on: str) -> str:
+def _why_served(name: str, found: dict, check: AgreementCheck, pytorch_ms: float | None) -> str:
     speed = found.get("ms_per_image")
     faster = f", {speed:.1f} vs PyTorch's {pytorch_ms:.1f} ms/image" if speed and pytorch_ms else ""
-    return (f"{name}: top-1 agreement {min(found['top1'].values()):.4f} >= {threshold} on both tasks "
-            f"({checked_on}), max probability difference {found['max_prob_diff']:.4f}{faster}")
+    return (f"{name}: {check.describe(found)} on both tasks, max probability difference "
+            f"{found['max_prob_diff']:.4f}{faster}")
 
 
 def _compile(xml: Path):

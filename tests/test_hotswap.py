@@ -244,8 +244,8 @@ def _answers(client: redis.Redis) -> bool:
 
 
 def test_the_exit_hook_stops_every_running_swap_before_the_interpreter_tears_down(settings, redis_client):
-    # daemon swap threads still running when torch's and OpenVINO's libraries are torn down made
-    # `pytest tests/test_runtime.py tests/test_suggestions.py` abort at exit (status 134)
+    # a daemon swap thread still inside torch or OpenVINO when their libraries are torn down
+    # aborts the process at exit (status 134)
     from backend.serving import hotswap
     from backend.serving.models import ModelCache
     swaps = [hotswap.HotSwap(settings, redis_client, ModelCache(10 ** 8, "pytorch")) for _ in range(2)]

@@ -126,6 +126,7 @@ class LabelStudioBackend:
         if project:
             self._note_tasks(project, tasks, labels)
         deadline = time.monotonic() + self.settings.predict_budget_s
+        self.swap.priority.wait_for_loads()  # a version loading now answers this request
         served = self._model_for(project, labels)
         version_name = served.version
         withheld = self._withheld(project, version_name, served.predictor.meta)

@@ -35,7 +35,7 @@ class Services:
         self.training = TrainingService(settings, self.projects, votes)
         self.labelstudio = LabelStudioBackend(settings, client, self.projects, self.swap, votes,
                                               self.training, follower)
-        self.versions = VersionService(settings, client, self.projects, follower)
+        self.versions = VersionService(settings, client, self.projects, follower, self.swap.priority)
         self.consensus = ConsensusService(settings, self.projects, votes, AnnotatorNames(client, settings))
         if settings.label_studio_api_key and not settings.label_studio_url:
             log.warning("LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: the key goes only to "

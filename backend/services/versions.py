@@ -7,6 +7,7 @@ import redis
 from backend.core.errors import InvalidInput
 from backend.core.settings import Settings
 from backend.labelstudio.follow import VersionFollower
+from backend.serving.load_priority import LoadPriority
 from backend.serving.refresh_queue import cancel_refresh, refresh_jobs, submit_refresh, try_submit_refresh
 from backend.serving.registry import describe_base, project_versions, promote_version, roll_back_to_base
 from backend.serving.retention import kept_reasons, pinned, set_pinned
@@ -14,8 +15,11 @@ from backend.services.projects import Projects
 
 
 class VersionService:
-    def __init__(self, settings: Settings, client: redis.Redis, projects: Projects, follower: VersionFollower):
+    def __init__(self, settings: Settings, client: redis.Redis, projects: Projects, follower: VersionFollower,
+                 priority: LoadPriority | None = None):
         self.settings, self.redis, self.projects, self.follower = settings, client, projects, follower
+        # the promotion's check loads the version: this process's predictions wait for it too
+        self.priority = priority or LoadPriority()
 
     def project_versions(self, project: str) -> dict:
         current = self.projects.version_ref(project, self.projects.project_labels(project)).name
@@ -34,7 +38,8 @@ class VersionService:
 
     def promote(self, project: str, version: str) -> dict:
         """Make `version` current and refresh the unlabelled tasks' predictions."""
-        answer = promote_version(self.redis, self.settings, project, version)
+        with self.priority.loading():
+            answer = promote_version(self.redis, self.settings, project, version)
         return self._serving_changed(project, version, answer, f"promotion of {version}")
 
     def roll_back(self, project: str, body) -> dict:
@@ -42,7 +47,8 @@ class VersionService:
         when the body confirms it."""
         require_confirmation(body)
         classes = self.projects.project_labels(project).classes()
-        answer = roll_back_to_base(self.redis, self.settings, project, classes)
+        with self.priority.loading():
+            answer = roll_back_to_base(self.redis, self.settings, project, classes)
         return self._serving_changed(project, answer["current"], answer, "rollback to the base")
 
     def _serving_changed(self, project: str, version: str, answer: dict, reason: str) -> dict:

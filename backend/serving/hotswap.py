@@ -2,7 +2,9 @@
 
 A promotion publishes a notice on Redis; a listener thread here loads the new version off the
 request path (the Predictor checks the weights' hash), then replaces one dict entry. Requests
-already running keep the ServedModel they took, so they finish on the old model. A poller
+already running keep the ServedModel they took, so they finish on the old model; predictions that
+start during a load wait for it (`priority`, backend/serving/load_priority.py), so that the load
+does not share the CPU with them, then answer from the new one. A poller
 re-reads the pointers now and then, in case a notice was lost. A version that fails to load is
 refused with a log line and the old one keeps serving; it is tried again once its files change
 (repaired) or RETRY_REFUSED_S later. With Redis down, requests are still served from the models
@@ -25,6 +27,7 @@ from model.errors import AesemoError
 
 from backend.core import keys
 from backend.core.errors import NotFound, Unavailable
+from backend.serving.load_priority import LoadPriority
 from backend.serving.models import ModelCache, ServedModel
 from backend.serving.registry import VersionRef, base_for, current_version_name, project_versions_dir
 from backend.serving.version_cache import local_version, version_lease
@@ -50,6 +53,7 @@ class HotSwap:
         # one load at a time: the listener and the poller must not load the same version twice,
         # nor the poller finish loading a pointer read before a later promotion and undo it
         self._swap_lock = threading.RLock()
+        self.priority = LoadPriority()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -89,11 +93,15 @@ class HotSwap:
 
     def _load(self, project: str, name: str, folder: Path, trained: bool) -> ServedModel:
         """A project's own version is leased while it is fetched (from the store, when there is
-        one) and loaded, so retention leaves it; a base is never deleted."""
+        one) and loaded, so retention leaves it; a base is never deleted. Predictions wait for the
+        load itself, not for a download (`priority`)."""
         if not trained:
-            return self.models.load(VersionRef(name, folder))
+            with self.priority.loading():
+                return self.models.load(VersionRef(name, folder))
         with version_lease(self.redis, project, name):
-            return self.models.load(VersionRef(name, local_version(self.settings, self.redis, project, name)))
+            local = local_version(self.settings, self.redis, project, name)
+            with self.priority.loading():
+                return self.models.load(VersionRef(name, local))
 
     def _still_refused(self, project: str, name: str, folder) -> bool:
         refused = self._refused.get((project, name))
@@ -184,9 +192,9 @@ def _files_state(folder) -> tuple:
 @atexit.register
 def stop_running_swaps(timeout_s: float = 2.0) -> None:
     """Stop every running HotSwap's threads before the interpreter tears down its native
-    libraries: a daemon thread still inside torch or OpenVINO then aborts the process ("terminate
-    called without an active exception", exit status 134; seen after tests that exported runtimes).
-    All are told first, so their waits overlap."""
+    libraries: a daemon thread still inside torch or OpenVINO (a swap loading a version) would
+    abort the process ("terminate called without an active exception", exit status 134). All are
+    told first, so their waits overlap."""
     swaps = list(_RUNNING)
     for swap in swaps:
         swap._stopping.set()

@@ -3,17 +3,17 @@ all threads. Only the hot swap (backend/serving/hotswap.py) decides which one a 
 
 A version serves from its exported CPU runtime (model/runtime.py) when one was made for its
 weights and passed the agreement check; otherwise from PyTorch. A version without a runtime
-record serves PyTorch at once and has its runtime made in a background thread (one process at a
-time per folder, under a file lock), then switches to it: requests never wait for an export,
-and an export that fails leaves PyTorch serving with the reason logged and recorded.
+record serves PyTorch at once and has its runtime made by a child process at a lower CPU priority
+(model/export_process.py; one process at a time per folder, under a file lock), which a thread
+here waits for, then switches to it: requests never wait for an export, the export's memory goes
+back to the system when it ends, and an export that fails leaves PyTorch serving with the reason
+logged and recorded.
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +26,8 @@ from backend.serving.registry import VersionRef
 log = logging.getLogger(__name__)
 
 PATHS = ("auto", "pytorch")
-# how long a process leaving waits for a background export to end (a small network's takes
-# seconds; gunicorn kills a worker that outlasts its graceful timeout, 30 s by default)
-EXPORT_EXIT_WAIT_S = 60.0
-# every ModelCache of this process, for that exit hook
-_CACHES: weakref.WeakSet[ModelCache] = weakref.WeakSet()
+# the export child's niceness: this process's requests get the CPU first
+EXPORT_NICENESS = 10
 
 
 @dataclass
@@ -66,7 +63,6 @@ class ModelCache:
         self._models: dict[Path, ServedModel] = {}
         self._lock = threading.Lock()
         self._exports: dict[Path, threading.Thread] = {}
-        _CACHES.add(self)
 
     def load(self, version: VersionRef) -> ServedModel:
         """The version's model, loaded (and its files' hashes checked) on first use; raises what
@@ -133,10 +129,12 @@ class ModelCache:
     def _export(self, served: ServedModel) -> None:
         """Make the runtime (or wait for the process making it), then serve it if it passed."""
         from model import runtime
+        from model.export_process import export_in_child
         try:
             # the other workers (and a training job exporting it) wait, then read its record
-            record = runtime.export_once(served.folder, lambda: runtime.export_runtime(
-                served.folder, threshold=self.min_agreement, precision=self.precision))
+            record = runtime.export_once(served.folder, lambda: export_in_child(
+                served.folder, runtime.export_runtime, niceness=EXPORT_NICENESS,
+                threshold=self.min_agreement, precision=self.precision))
         except Exception as exc:  # the PyTorch path keeps serving; the reason is logged
             log.warning("runtime export of %s failed (%s: %s); PyTorch keeps serving", served.version,
                         type(exc).__name__, exc)
@@ -161,17 +159,6 @@ class ModelCache:
         """Drop a version nobody serves any more (requests still running keep their reference);
         loaded again, hash checked, if it comes back."""
         self._models.pop(folder, None)
-
-
-@atexit.register
-def finish_running_exports(timeout_s: float = EXPORT_EXIT_WAIT_S) -> None:
-    """Let background exports end before the interpreter tears down OpenVINO and torch: an export
-    thread still inside them then aborts the process ("terminate called without an active
-    exception", exit status 134, after tests that loaded versions without a runtime). The record is
-    written atomically, so a process killed while waiting leaves no half-made runtime.json."""
-    deadline = time.monotonic() + timeout_s
-    for cache in list(_CACHES):
-        cache.wait_for_exports(max(0.0, deadline - time.monotonic()))
 
 
 NOT_MADE = "no runtime made for these weights yet"
