@@ -7,7 +7,7 @@ of one 96-label run at the product's resolution.
         [--configs random,random-nocross,random-crossrandom,pretrained-full,pretrained-auto]
         [--size 96 --crop 80] [--epochs 15] [--lr 0.01] [--finetune-lr 0.001] [--work benchmarks/.learning]
         [--timing | --no-timing] [--timing-finetune full|auto|frozen] [--timing-precision fp32,auto]
-        [--timing-seeds 0,1,2] [--timing-job]
+        [--timing-seeds 0,1,2] [--timing-job] [--no-timing-runs]
 
 The target task: emotion (8 classes) is the background hue, aesthetic (2 classes) is a sharp
 versus a blurred picture, with grey shapes as distractors, and the blur softening the hue's
@@ -209,7 +209,7 @@ def timing(args, work: Path) -> None:
     config = replace(config, epochs=args.timing_epochs)
     data = generated_set("target", 96, 256, seed=1)
     test = generated_set("target", args.test_images, 256, seed=2)
-    paths = ["train()"] + (["job"] if args.timing_job else [])
+    paths = (["train()"] + (["job"] if args.timing_job else [])) if args.timing_runs else []
     seconds = {}
     print(f"\n96 labels, {args.backbone}, 256 resize, 224 crop, pretrained start (source model of the curves), "
           f"{args.timing_finetune} fine-tuning, up to {args.timing_epochs} epochs, patience {args.patience}, "
@@ -291,6 +291,9 @@ def main() -> None:
     parser.add_argument("--timing-job", action="store_true",
                         help="also time the training job's path: in process, then end to end through a worker "
                              "beside a plain `aesemo train` of the same start on the same images")
+    parser.add_argument("--timing-runs", action=argparse.BooleanOptionalAction, default=True,
+                        help="the in-process timed runs per precision and seed (--no-timing-runs with --timing-job: "
+                             "only the end-to-end job and plain `aesemo train`)")
     parser.add_argument("--curves", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     unknown = set(args.configs.split(",")) - set(CONFIGS)
