@@ -7,7 +7,7 @@ of one 96-label run at the product's resolution.
         [--configs random,random-nocross,random-crossrandom,pretrained-full,pretrained-auto]
         [--size 96 --crop 80] [--epochs 15] [--lr 0.01] [--finetune-lr 0.001] [--work benchmarks/.learning]
         [--timing | --no-timing] [--timing-finetune full|auto|frozen] [--timing-precision fp32,auto]
-        [--timing-seeds 0,1,2] [--timing-job]
+        [--timing-seeds 0,1,2] [--timing-job] [--no-timing-runs]
 
 The target task: emotion (8 classes) is the background hue, aesthetic (2 classes) is a sharp
 versus a blurred picture, with grey shapes as distractors, and the blur softening the hue's
@@ -50,6 +50,8 @@ from model.network import CrossBranchNet, NetConfig
 from model.pipeline import fit
 from model.train import TrainConfig, eval_view, split_indices, train
 from model.transforms import IMAGENET_STD, normalize
+
+import job_path
 
 EMOTIONS, AESTHETICS = len(DEFAULT_CLASSES["emotion"]), len(DEFAULT_CLASSES["aesthetic"])
 SOURCE_TASK = "disc hue, sharp or blurred stripes"   # part of the cached source model's key
@@ -197,8 +199,9 @@ def timing(args, work: Path) -> None:
     """96-label runs at the product's resolution (256 resize, 224 crop) from the pretrained start:
     for each --timing-precision and seed, one train() call (early stopping on a random 20 %
     held-out split), and with --timing-job the training job's own path too (that held-out split
-    is under AESEMO_MIN_HELDOUT tasks, so the epochs come from 3-fold x 2 cross-validation on the
-    rest, then a final run); then each precision's speed-up over the first."""
+    is under AESEMO_MIN_HELDOUT tasks, so it trains every epoch and keeps the last); then each
+    precision's speed-up over the first; then, with --timing-job, the job's whole path through a
+    worker beside a plain `aesemo train` (benchmarks/job_path.py)."""
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
                          finetune=args.timing_finetune, full_finetune_labels=args.full_finetune_labels)
     source_config = replace(config, train_size=args.size, crop_size=args.crop)
@@ -206,7 +209,7 @@ def timing(args, work: Path) -> None:
     config = replace(config, epochs=args.timing_epochs)
     data = generated_set("target", 96, 256, seed=1)
     test = generated_set("target", args.test_images, 256, seed=2)
-    paths = ["train()"] + (["job"] if args.timing_job else [])
+    paths = (["train()"] + (["job"] if args.timing_job else [])) if args.timing_runs else []
     seconds = {}
     print(f"\n96 labels, {args.backbone}, 256 resize, 224 crop, pretrained start (source model of the curves), "
           f"{args.timing_finetune} fine-tuning, up to {args.timing_epochs} epochs, patience {args.patience}, "
@@ -233,11 +236,16 @@ def timing(args, work: Path) -> None:
             if each == path:
                 print(f"{path}, precision {precision}: mean {statistics.mean(values):.1f} s, "
                       f"{first / statistics.mean(values):.2f}x the speed of the first precision")
+    if args.timing_job:
+        model = CrossBranchNet(NetConfig(backbone=args.backbone))
+        model.load_state_dict(start)
+        job_path.report(job_path.end_to_end(model, data, test, lambda net, mean: test_metrics(net, test, mean, 224)))
 
 
 def _timed_path(path: str, model: CrossBranchNet, data: TrainingData, config: TrainConfig):
-    """One timed training of `model` on `data`: the result and the epochs it ran (for the job:
-    the cross-validation folds' epochs, then the final run's)."""
+    """One timed training of `model` on `data`: the result and the epochs it ran (for the job,
+    as its fit() runs on this held-out split of 19 tasks: the folds' epochs, when any, then the
+    final run's)."""
     if path == "train()":
         result = train(model, data, config)
         return result, str(result.epochs_run)
@@ -245,8 +253,9 @@ def _timed_path(path: str, model: CrossBranchNet, data: TrainingData, config: Tr
     rows = [replace(row, split=HELDOUT_SPLIT if i in marked else None) for i, row in enumerate(data.rows)]
     result, report = fit(model, replace(data, rows=rows), replace(config, heldout_split=HELDOUT_SPLIT),
                          CrossValidation(), None, False)
-    folds = "+".join(str(h) for h in report["epochs_run"]) if report else "-"
-    return result, f"{folds}, then {result.epochs_run}"
+    if report is None:
+        return result, f"{result.epochs_run} ({result.stopping.split(':')[0]})"
+    return result, f"{'+'.join(str(h) for h in report['epochs_run'])}, then {result.epochs_run}"
 
 
 def main() -> None:
@@ -280,7 +289,11 @@ def main() -> None:
                         help="the timed runs' epochs (default: the training job's, AESEMO_TRAIN_EPOCHS)")
     parser.add_argument("--timing-seeds", default="0", help="the timed runs' seeds, comma-separated")
     parser.add_argument("--timing-job", action="store_true",
-                        help="also time the training job's path: epochs by cross-validation, then the final run")
+                        help="also time the training job's path: in process, then end to end through a worker "
+                             "beside a plain `aesemo train` of the same start on the same images")
+    parser.add_argument("--timing-runs", action=argparse.BooleanOptionalAction, default=True,
+                        help="the in-process timed runs per precision and seed (--no-timing-runs with --timing-job: "
+                             "only the end-to-end job and plain `aesemo train`)")
     parser.add_argument("--curves", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     unknown = set(args.configs.split(",")) - set(CONFIGS)

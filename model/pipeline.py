@@ -50,7 +50,7 @@ def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig,
                   crossval: CrossValidation | None = None) -> dict:
     """Train on a manifest and write a version folder; returns its metadata. `extra_meta` is
     added to model.json (the backend records the parent version, snapshot and job there).
-    With `crossval`, a held-out split too small to decide has the epochs chosen by CV."""
+    With `crossval`, a held-out split too small to decide does not choose the epochs (model/crossval.py)."""
     if init_from:
         model, parent = load_version(init_from)
         config, init = model.config, f"version:{Path(init_from).name}"
@@ -86,7 +86,8 @@ def train_version(manifest_path: str | Path, out: str | Path, config: NetConfig,
 def fit(model, data: TrainingData, config: TrainConfig, crossval: CrossValidation | None,
          progress: Progress | None, show_bar: bool) -> tuple[TrainResult, dict | None]:
     """Train on the manifest's named held-out split when its rows carry one (never on a held-out
-    row), else on a seeded random split; epochs by cross-validation when the held-out set is small."""
+    row), else on a seeded random split; with early stopping on it, unless it is too small to decide
+    (`crossval`, model/crossval.py)."""
     split = named_split(data.rows, config.heldout_split)
     if split is None:
         return train(model, data, config, progress=progress, show_bar=show_bar), None
@@ -96,6 +97,17 @@ def fit(model, data: TrainingData, config: TrainConfig, crossval: CrossValidatio
                           f"{config.heldout_split!r}; training needs at least 2")
     if crossval is None or not _too_small(data, training, heldout, crossval.min_heldout):
         return train(model, data, config, progress=progress, show_bar=show_bar, split=split), None
+    if not crossval.folds:
+        log.info("held-out set under %d tasks per task type: every one of %d epochs trains, the last is kept",
+                 crossval.min_heldout, config.epochs)
+        every_epoch = TrainConfig(**{**vars(config), "patience": 0, "keep_best": False})
+        result = train(model, data, every_epoch, progress=progress, show_bar=show_bar, split=split)
+        held = labelled_counts(data, heldout)
+        result.stopping += (f": the held-out set ({', '.join(f'{t} {n}' for t, n in held.items())} labelled tasks) "
+                            f"is under {crossval.min_heldout} per task type, too few to stop early on")
+        if progress:
+            progress({"stage": "stopped", "stopping": result.stopping})
+        return result, None
     report = choose_epochs(model, data.subset(training), config, crossval, progress)
     log.info("held-out set under %d tasks per task type: %d epochs chosen by %d-fold cross-validation",
              crossval.min_heldout, report["epochs"], report["folds"])

@@ -94,6 +94,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     trained: str = ""                      # the steps whose weights trained ("group0, cross0, ..., heads")
     precision: str = ""                    # fp32 or bf16 autocast, and why ("bf16 (measured ...)")
+    stopping: str = ""                     # how the run ended and which epoch it kept, in words
 
     def to_meta(self) -> dict:
         data = asdict(self)
@@ -191,12 +192,15 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
                 progress({"stage": "evaluated", "epoch": epoch, "epochs": config.epochs,
                           "train_loss": train_loss, "val_loss": val_loss, "metrics": _summary(metrics),
                           "best_epoch": best_epoch})
-            if config.patience and stale >= config.patience:
+            if config.patience and stale >= config.patience and epoch < config.epochs:
                 log.info("early stop after epoch %d: no better held-out score for %d epochs", epoch, stale)
                 break
     finally:
         if bar is not None:
             bar.close()
+    stopping = stopping_statement(config, epoch, best_epoch, stale)
+    if progress:
+        progress({"stage": "stopped", "stopping": stopping})
     model.load_state_dict(best_state)
     for param in model.parameters():
         param.requires_grad_(True)
@@ -205,7 +209,19 @@ def train(model: CrossBranchNet, data: TrainingData, config: TrainConfig,
                        stopped_early=epoch < config.epochs, device=str(device), bf16=use_bf16,
                        seconds=time.monotonic() - started, train_size=len(train_set),
                        val_size=len(val_set), history=history, trained=plan.describe(),
-                       precision=precision.describe())
+                       precision=precision.describe(), stopping=stopping)
+
+
+def stopping_statement(config: TrainConfig, epoch: int, best_epoch: int, stale: int) -> str:
+    """How a run ended, for the admin: "stopped at epoch 4 of 10: no better held-out score for
+    3 epochs; kept epoch 1"."""
+    if epoch < config.epochs:
+        return (f"stopped at epoch {epoch} of {config.epochs}: no better held-out score for {stale} epochs; "
+                f"kept epoch {best_epoch}")
+    ran = "ran its one epoch" if config.epochs == 1 else f"ran all {config.epochs} epochs"
+    if not config.keep_best:
+        return f"{ran}; kept the last"
+    return f"{ran}; kept epoch {best_epoch} (the best held-out score)"
 
 
 def _optimizer(model: CrossBranchNet, config: TrainConfig) -> torch.optim.SGD:
@@ -374,7 +390,9 @@ class EpochRun:
             elapsed = time.monotonic() - self.started
             self.progress({"stage": "training", "epoch": epoch, "epochs": epochs, "step": step,
                            "steps": self.steps, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
-                           "eta_s": elapsed / done * (self.steps * epochs - done)})
+                           "eta_s": elapsed / done * (self.steps * epochs - done),
+                           # early stopping may end the run sooner: the ETA is then a bound
+                           "eta_at_most": bool(self.config.patience)})
 
     @torch.no_grad()
     def evaluate(self, data: TrainingData, batch_size: int = 32):

@@ -243,6 +243,9 @@ def test_a_section_that_fails_shows_why_and_the_rest_still_renders(admin, monkey
     ({"epoch": 1, "epochs": 2, "step": 5, "steps": 10}, "started", 0.25),
     ({"epoch": 2, "epochs": 2, "step": 10, "steps": 10}, "started", 1.0),
     ({"epoch": 1, "epochs": 2, "step": 1, "steps": 10}, "finished", 1.0),
+    ({"state": "images", "done": 3, "total": 12, "unit": "images"}, "started", 0.25),
+    # after training, a stage without a count of its own shows no bar, not the training's
+    ({"state": "runtime", "epoch": 2, "epochs": 5, "step": 10, "steps": 10}, "started", None),
 ])
 def test_progress_fraction(progress, status, expected):
     assert progress_fraction({"status": status, "progress": progress}) == expected
@@ -280,6 +283,8 @@ def test_queued_job_card_then_the_failed_job_with_its_reason(admin, tmp_path):
     row = recent[recent.index(job_id) - 200:]
     assert 'class="job-failed"' in row
     assert "images could not be fetched" in row
+    # the time each stage took, the failed one named
+    assert 'data-stage="snapshot"' in row and 'data-stage="images"' in row and "(failed in images)" in row
 
 
 def test_cross_site_posts_are_refused_and_same_site_ones_pass(admin):

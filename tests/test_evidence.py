@@ -1,5 +1,6 @@
 """Held-out evidence: the stable hashed held-out set, training on it (never on a
-held-out task), epochs by cross-validation while it is small, bootstrap intervals, and the
+held-out task), every epoch kept to the end or epochs by cross-validation while it is small,
+bootstrap intervals, and the
 like-for-like promotion rule with its notes (backend/training/promotion.py)."""
 from __future__ import annotations
 
@@ -86,6 +87,24 @@ def test_cross_validation_chooses_the_epochs_and_reports_the_spread(cross_valida
     assert cv["score_min"] <= cv["score_mean"] <= cv["score_max"] and cv["score_sd"] >= 0
     assert meta["training"]["best_epoch"] == meta["training"]["epochs_run"]  # the last epoch is kept
     assert "ci" in meta["metrics"]["aesthetic"]
+
+
+def test_a_small_held_out_set_trains_every_epoch_on_every_training_row_and_keeps_the_last(tmp_path):
+    """The job's default below AESEMO_MIN_HELDOUT: no folds, no epoch chosen on a handful of
+    held-out tasks; the statement says why it did not stop early."""
+    manifest = write_synthetic_set(tmp_path / "images", 40, seed=4, size=48)
+    heldout = marked(manifest, "5")
+    events = []
+    meta = train_version(manifest, tmp_path / "version", TINY_NET,
+                         TrainConfig(epochs=3, lr=0.02, patience=1, heldout_split=HELDOUT_SPLIT, **SMALL),
+                         use_pretrained=False, crossval=CrossValidation(min_heldout=30), progress=events.append)
+    training = meta["training"]
+    assert training["crossval"] is None
+    assert training["train_size"] == 40 - heldout and training["val_size"] == heldout
+    assert training["epochs_run"] == training["best_epoch"] == 3 and training["stopped_early"] is False
+    assert training["stopping"].startswith("ran all 3 epochs; kept the last: the held-out set (aesthetic ")
+    assert training["stopping"].endswith("is under 30 per task type, too few to stop early on")
+    assert events[-1] == {"stage": "stopped", "stopping": training["stopping"]}
 
 
 def test_without_marks_or_with_a_large_held_out_set_no_cross_validation(tmp_path):

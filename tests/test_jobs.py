@@ -172,10 +172,17 @@ def test_training_through_a_real_worker_writes_reports_and_promotes(lab, trained
     assert jobs[0]["status"] == job["status"] == "finished", job
     progress = job["progress"]
     assert progress["state"] == "finished"
-    for key in ("epoch", "epochs", "step", "steps", "loss", "eta_s"):
+    for key in ("epoch", "epochs", "step", "steps", "loss"):
         assert key in progress, (key, progress)
     assert progress["epoch"] == 1 and progress["epochs"] == 1 and progress["loss"] > 0
+    assert "eta_s" not in progress and "title" not in progress   # nothing left to wait for
     result = job["result"]
+    # every stage's time, in order; the training says how it ended and why it did not stop early
+    stages = ["snapshot", "images", "parent", "training", "report", "promotion"]
+    assert [s["name"] for s in result["stages"]] == [s["name"] for s in progress["stages"]] == stages
+    assert all(s["seconds"] >= 0 and s["title"] for s in result["stages"])
+    assert result["stopping"].startswith("ran its one epoch; kept ")
+    assert progress["stopping"] == result["stopping"]
     version = result["version"]
     assert result["promoted"] is True and result["promotion"].startswith("first trained version (held-out macro-F1 ")
     assert result["parent"].startswith("base-resnet18-")
@@ -204,6 +211,8 @@ def test_training_through_a_real_worker_writes_reports_and_promotes(lab, trained
     assert [r for r in rows if r.get("split") == HELDOUT_SPLIT] == held
     if held:
         assert meta["training"]["val_size"] == len(held) and meta["training"]["train_size"] == len(rows) - len(held)
+        # under AESEMO_MIN_HELDOUT held-out tasks: no early stopping on them, and the job says so
+        assert result["stopping"].endswith("too few to stop early on"), result["stopping"]
     for task in ("aesthetic", "emotion"):
         with Image.open(folder / "report" / f"confusion_{task}.png") as png:
             assert png.format == "PNG" and png.size[0] > 100
@@ -250,6 +259,9 @@ def test_failed_downloads_are_skipped_and_counted_then_fatal_over_the_threshold(
     assert job["status"] == "failed", job
     assert "2 of 16 images could not be fetched" in job["error"], job["error"]
     assert job["progress"]["state"] == "failed"
+    # the stage it failed in is named and timed, beside the ones before it
+    assert job["progress"]["failed_in"] == "images"
+    assert [s["name"] for s in job["progress"]["stages"]] == ["snapshot", "images"]
     assert lab.current() == served and lab.version_dirs() == folders
 
 

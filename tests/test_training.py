@@ -73,15 +73,25 @@ def test_progress_reports_steps_and_epochs(trained):
     assert len(steps) == 7 * steps[0]["steps"]
 
 
-def test_early_stopping_stops_and_says_so(tmp_path):
+def test_early_stopping_stops_and_says_so(tmp_path, monkeypatch):
     manifest = write_synthetic_set(tmp_path / "images", 24, seed=2, size=32)
-    # lr 0: the held-out score never improves after epoch 1
+    # the held-out score never improves after epoch 1 (a tiny lr alone still moves BatchNorm's
+    # running statistics, and with them the score)
+    monkeypatch.setattr("model.train.selection_score", lambda metrics: 0.5)
     meta = train_version(manifest, tmp_path / "v", NetConfig(backbone="resnet18"),
                          TrainConfig(epochs=6, lr=1e-12, patience=2, train_size=32, crop_size=28),
                          use_pretrained=False)
     assert meta["training"]["epochs_run"] == 3
     assert meta["training"]["stopped_early"] is True
     assert meta["training"]["best_epoch"] == 1
+    assert meta["training"]["stopping"] == "stopped at epoch 3 of 6: no better held-out score for 2 epochs; kept epoch 1"
+
+
+def test_a_run_without_early_stopping_says_it_ran_every_epoch(trained):
+    _, meta, events = trained
+    stated = f"ran all 7 epochs; kept epoch {meta['training']['best_epoch']} (the best held-out score)"
+    assert meta["training"]["stopping"] == stated
+    assert [e["stopping"] for e in events if e["stage"] == "stopped"] == [stated]
 
 
 def test_one_task_rows_and_soft_targets_train(tmp_path):

@@ -291,8 +291,8 @@ class Settings:
         "of it; raising it only adds tasks)", parse=_number, limit=_FRACTION)
     min_heldout: int = setting(
         "AESEMO_MIN_HELDOUT", 30,
-        "labelled held-out tasks per task type below which a job picks its epochs by cross-validation on "
-        "the training rows and promotion calls the evidence inconclusive", parse=_integer, limit=_COUNT)
+        "labelled held-out tasks per task type below which a job does not early-stop on them (it trains every "
+        "epoch and keeps the last) and promotion calls the evidence inconclusive", parse=_integer, limit=_COUNT)
     predict_queue: str = setting(
         "AESEMO_PREDICT_QUEUE", "predict",
         "RQ queue of prediction-refresh jobs (`aesemo worker` serves it beside the training queue)")

@@ -113,10 +113,16 @@ def jobs_section(services, project: str) -> dict:
 
 
 def progress_fraction(job: dict) -> float | None:
-    """How far a job's training has got, 0..1, from its epoch and step; None before training."""
+    """How far a job's running stage has got, 0..1: a counted stage from its count, training from
+    its epoch and step; None for a stage with neither (an indeterminate bar, never another
+    stage's figure)."""
     progress = job.get("progress") or {}
     if job.get("status") == "finished":
         return 1.0
+    if progress.get("total"):
+        return min(1.0, (progress.get("done") or 0) / progress["total"])
+    if progress.get("state") not in (None, "training"):
+        return None
     epochs, steps = progress.get("epochs"), progress.get("steps")
     epoch, step = progress.get("epoch"), progress.get("step")
     if not (epochs and steps and epoch and step is not None):

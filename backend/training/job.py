@@ -1,7 +1,8 @@
 """The training job, run by an RQ worker: one function, `train_project`, whose flow reads top
 to bottom in `_train` as named steps (resync, snapshot, images, manifest, parent, training,
-publish, promotion). Progress goes into the job's meta; a cancel request stops it at its next
-progress report.
+publish, promotion with the runtime, the upload to the object store when there is one, retention). Each is a named stage of the job's progress (backend/jobs/progress.py), with
+its own count and ETA where it has one and the time it took; a cancel request stops the job at its
+next progress report.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +23,7 @@ from rq.job import Job, JobStatus
 
 from model.crossval import CrossValidation
 from model.errors import VersionError
-from model.heldout import HELDOUT_SPLIT, mark_held_out
+from model.heldout import HELDOUT_SPLIT, held_out, mark_held_out
 from model.network import NetConfig
 from model.pipeline import train_version
 from model.train import TrainConfig
@@ -32,7 +34,7 @@ from backend.core.errors import DomainError, InvalidInput
 from backend.core.redis_connection import redis_url
 from backend.jobs.connection import delete_if_equal, raw_connection, text_value
 from backend.jobs.context import job_settings
-from backend.jobs.progress import Progress
+from backend.jobs.progress import STAGE_FIELDS, Progress
 from backend.jobs.records import fetch_job, reap_abandoned
 from backend.core.settings import Settings
 from backend.fetch.fetcher import ImageFetchError, ImageFetcher
@@ -76,7 +78,7 @@ def train_project(project: str) -> dict:
             return _train(settings, project, params, progress, job.id if job else "local")
         except Exception as exc:  # the version is promoted either way; serving retries the export
             if job:
-                _record_failure(job, exc)
+                _record_failure(job, progress, exc)
             raise
     finally:
         if job and text_value(connection, keys.running_job(project)) == job.id:
@@ -87,9 +89,13 @@ def train_project(project: str) -> dict:
             pass
 
 
-def _record_failure(job: Job, exc: Exception) -> None:
+def _record_failure(job: Job, progress: Progress, exc: Exception) -> None:
+    """The error, and the stage it ended: its time counts among the stages'."""
+    failed_in = progress.current["name"] if progress.current else None
+    progress.end_stage()
+    kept = {k: v for k, v in job.meta.get("progress", {}).items() if k not in STAGE_FIELDS}
     job.meta["error"] = f"{type(exc).__name__}: {exc}"
-    job.meta["progress"] = {**job.meta.get("progress", {}), "state": "failed"}
+    job.meta["progress"] = {**kept, "state": "failed", "failed_in": failed_in, "stages": progress.stages}
     job.save_meta()
 
 
@@ -139,16 +145,19 @@ def _train(settings: Settings, project: str, params: dict, progress: Progress, j
     resynced = resync_step(run)
     snapshot = snapshot_step(run)
     images = images_step(run, snapshot)
+    progress.stage("parent", "writing the manifest and loading the version to start from")
     manifest = manifest_step(run, images)
     parent, parent_meta = parent_step(run)
     staging, folder = naming_step(run)
     with removed_on_failure(staging):
         meta = training_step(run, manifest, staging, parent, snapshot, images)
+        progress.stage("report", "writing the version, its report and confusion matrices")
         publish_step(staging, folder, meta)
     promoted, why = promotion_step(run, parent, parent_meta, meta, folder, manifest)
     removed = retention_step(run)
-    progress.state("finished", version=folder.name, promoted=promoted)
-    return {**_result(folder.name, promoted, why, parent.name, meta, snapshot, images, resynced), "removed": removed}
+    progress.finish("finished", version=folder.name, promoted=promoted)
+    return {**_result(folder.name, promoted, why, parent.name, meta, snapshot, images, resynced),
+            "removed": removed, "stages": progress.stages}
 
 
 def _open_run(settings: Settings, project: str, params: dict, progress: Progress, job_id: str) -> _Run:
@@ -166,7 +175,7 @@ def resync_step(run: _Run) -> dict | None:
     studio = project_studio(run.settings, run.context)
     if not (run.settings.resync_before_snapshot and studio and studio.token):
         return None
-    run.progress.state("resync")
+    run.progress.stage("resync", "fetching votes made while the backend was unreachable from Label Studio")
     try:
         return resync(run.consensus, run.project, run.labels, run.settings, studio)
     except DomainError as exc:  # keep training on the votes we have
@@ -175,7 +184,7 @@ def resync_step(run: _Run) -> dict | None:
 
 
 def snapshot_step(run: _Run) -> dict:
-    run.progress.state("snapshot")
+    run.progress.stage("snapshot", "writing the snapshot of the consensus labels")
     snapshot = run.consensus.snapshot(run.project, run.labels)
     if snapshot["rows"] < run.settings.min_training_labels:
         raise InvalidInput(f"project {run.project} has {snapshot['rows']} consensus-labelled images; training "
@@ -186,11 +195,12 @@ def snapshot_step(run: _Run) -> dict:
 def images_step(run: _Run, snapshot: dict) -> _Images:
     """Every snapshot image in the training-image cache; fails when too many could not be fetched."""
     settings = run.settings
-    run.progress.state("images", total=snapshot["rows"])
+    run.progress.stage("images", f"fetching {snapshot['rows']} images into the training-image cache")
     started = time.monotonic()
     # the fetcher picks each image's token itself (backend/fetch/tokens.py): what goes in
     # is /setup's pair as stored, never the operator's key
-    rows, failed = _cache_images(settings, snapshot["path"], run.context.hostname, run.context.access_token)
+    rows, failed = _cache_images(settings, snapshot["path"], run.context.hostname, run.context.access_token,
+                                 lambda done, total: run.progress.counted(done, total, "images"))
     images = _Images(rows, failed, time.monotonic() - started)
     total = len(rows) + len(failed)
     if total == 0 or len(failed) / total > settings.max_failed_image_fraction:
@@ -251,7 +261,10 @@ def _train_config(settings: Settings, params: dict, finetune: str = "full") -> T
 def training_step(run: _Run, manifest: Path, staging: Path, parent, snapshot: dict, images: _Images) -> dict:
     """Fine-tune the parent on the manifest and write the version into `staging`."""
     config = _train_config(run.settings, run.params, finetune_mode(read_meta(parent.folder), run.settings.finetune))
-    run.progress.state("training", epochs=config.epochs)
+    held = sum(held_out(run.project, row["task"], run.settings.heldout_fraction) for row in images.rows)
+    run.progress.stage("training", f"training {run.params.get('backbone', run.settings.backbone)} from {parent.name} "
+                                   f"on {len(images.rows) - held} images, scored on {held} held-out ones after "
+                                   f"each of up to {config.epochs} epochs", epochs=config.epochs)
     return train_version(manifest, staging, NetConfig(), config, init_from=parent.folder, progress=run.progress,
                          extra_meta={"parent_version": parent.name, "snapshot_id": snapshot["id"],
                                      "snapshot_sha256": snapshot["sha256"], "job_id": run.job_id,
@@ -274,7 +287,7 @@ def publish_step(staging: Path, folder: Path, meta: dict) -> None:
 def promotion_step(run: _Run, parent, parent_meta: dict, meta: dict, folder: Path,
                    manifest: Path) -> tuple[bool, str]:
     """The candidate and the current version scored on the same held-out tasks, then the rule."""
-    run.progress.state("promotion")
+    run.progress.stage("promotion", "comparing the new version with the current one on the held-out tasks")
     evidence = None
     if run.settings.promotion == "metric" and is_trained(parent_meta):
         evidence = like_for_like(folder, parent.folder, heldout_tasks(manifest, run.classes))
@@ -293,12 +306,14 @@ def store_step(run: _Run, folder: Path) -> None:
     before any pointer names it: a replica on another host then finds the whole version."""
     store = version_store(run.settings)
     if store.shared:
-        run.progress.state("upload")
+        run.progress.stage("upload", f"uploading version {folder.name} to the object store")
         store.publish(run.project, folder.name, folder)
 
 
 def retention_step(run: _Run) -> list[str]:
     """The project's older versions deleted past AESEMO_KEEP_VERSIONS (backend/serving/retention.py)."""
+    if run.settings.keep_versions:
+        run.progress.stage("retention", f"deleting versions beyond the newest {run.settings.keep_versions}")
     return apply_retention(run.settings, run.client, run.project)["removed"]
 
 
@@ -309,7 +324,7 @@ def runtime_step(run: _Run, folder: Path, manifest: Path) -> None:
     from model import runtime
     if run.settings.inference_path == "pytorch" or not runtime.runtime_available():
         return
-    run.progress.state("runtime")
+    run.progress.stage("runtime", "making the promoted version's OpenVINO runtime for CPU serving")
     try:
         record = runtime.export_from_job_manifest(folder, manifest, run.settings.runtime_min_agreement,
                                                   run.settings.predictor_precision)
@@ -328,6 +343,7 @@ def _result(name: str, promoted: bool, why: str, parent: str, meta: dict, snapsh
             "images": {"used": len(images.rows), "failed": len(images.failed), "failures": images.failed[:20],
                        "seconds": round(images.seconds, 3)},
             "training_seconds": round(training_seconds(meta), 3), "device": meta["training"]["device"],
+            "stopping": meta["training"].get("stopping"),
             "resync": resynced}
 
 
@@ -347,7 +363,8 @@ def _parent(settings: Settings, client: redis.Redis, project: str, classes: dict
     return parent, parent_meta
 
 
-def _cache_images(settings: Settings, snapshot_path: str, hostname: str | None, token: str | None):
+def _cache_images(settings: Settings, snapshot_path: str, hostname: str | None, token: str | None,
+                  counted: Callable[[int, int], None]):
     fetcher = ImageFetcher(settings, Path(settings.data_dir) / "cache" / "downloads")
     cache = training_image_cache(Path(settings.data_dir) / "cache" / "train256", settings.train_cache_bytes)
     entries = [json.loads(line) for line in Path(snapshot_path).read_text(encoding="utf-8").splitlines()[1:]]
@@ -359,8 +376,11 @@ def _cache_images(settings: Settings, snapshot_path: str, hostname: str | None, 
         except ImageFetchError as exc:
             return None, f"task {row['task']}: {exc}"
 
+    results = []
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(one, entries))
+        for result in pool.map(one, entries):
+            results.append(result)
+            counted(len(results), len(entries))
     rows = [r for r, _ in results if r]
     # after the step, not during it, so that no image of this job goes before training reads it
     cache.evict_over_bound(keep=[Path(r["image"]) for r in rows])

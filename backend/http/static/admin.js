@@ -110,24 +110,37 @@ function formatDuration(seconds) {
   return m ? `${m} min ${String(s).padStart(2, "0")} s` : `${s} s`;
 }
 
+// the running stage's own share done (admin_page.progress_fraction's rule): a count, or the
+// training's steps; null (an indeterminate bar) for a stage that has neither
 function fraction(job) {
   const p = job.progress || {};
+  if (p.total) return Math.min(1, (p.done || 0) / p.total);
+  if (p.state && p.state !== "training") return null;
   if (!(p.epochs && p.steps && p.epoch && p.step !== undefined)) return null;
   return Math.min(1, ((p.epoch - 1) * p.steps + p.step) / (p.epochs * p.steps));
+}
+
+function stageTimes(stages) {
+  return (stages || []).map((s) => `${s.name} ${s.seconds >= 1 ? formatDuration(s.seconds) : "<1 s"}`).join(" · ");
 }
 
 function updateCard(card, job) {
   const p = job.progress || {};
   card.dataset.status = job.status;
   card.querySelector(".status").textContent = job.status;
-  card.querySelector(".stage").textContent = p.state && p.state !== job.status ? p.state : "";
+  card.querySelector(".stage").textContent = p.state && p.state !== job.status ? (p.title || p.state) : "";
   const bar = card.querySelector("progress");
   const done = fraction(job);
   if (done === null) bar.removeAttribute("value"); else bar.value = done;
-  card.querySelector(".epoch").textContent = p.epoch ? `epoch ${p.epoch}/${p.epochs}` : "";
-  card.querySelector(".step").textContent = p.step ? `step ${p.step}/${p.steps}` : "";
-  card.querySelector(".loss").textContent = p.loss !== undefined ? `loss ${p.loss.toFixed(3)}` : "";
-  card.querySelector(".eta").textContent = p.eta_s !== undefined ? `ETA ${formatDuration(p.eta_s)}` : "";
+  const training = p.state === "training";
+  card.querySelector(".count").textContent = p.total && p.unit ? `${p.done || 0} of ${p.total} ${p.unit}` : "";
+  card.querySelector(".epoch").textContent = training && p.epoch ? `epoch ${p.epoch}/${p.epochs}` : "";
+  card.querySelector(".step").textContent = training && p.step ? `step ${p.step}/${p.steps}` : "";
+  card.querySelector(".loss").textContent = training && p.loss !== undefined ? `loss ${p.loss.toFixed(3)}` : "";
+  card.querySelector(".eta").textContent = p.eta_s !== undefined ?
+    `ETA ${training && p.eta_at_most ? "at most " : ""}${formatDuration(p.eta_s)}` : "";
+  card.querySelector(".stopping").textContent = p.stopping || "";
+  card.querySelector(".stages").textContent = stageTimes(p.stages);
 }
 
 async function poll() {
