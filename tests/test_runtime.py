@@ -309,7 +309,8 @@ def test_the_training_job_exports_a_promoted_versions_runtime_unless_pytorch_is_
     from backend.training.job import runtime_step
     monkeypatch.setattr(runtime, "export_from_manifest", runtime_children.export_from_manifest_with_slow_pytorch)
     states = []
-    progress = SimpleNamespace(state=lambda state, **extra: states.append(state))
+    progress = SimpleNamespace(state=lambda state, **extra: states.append(state),
+                               stage=lambda name, title, **extra: states.append(name))
     manifest = job_manifest(tmp_path / "train", 8, held_out=0)
     forced = copy_version(exported[0], tmp_path / "forced", with_runtime=False)
     runtime_step(SimpleNamespace(settings=replace(Settings(), inference_path="pytorch"), progress=progress),

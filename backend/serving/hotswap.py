@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -77,31 +78,35 @@ class HotSwap:
             if held and held.version == name or self._still_refused(project, name, folder):
                 return False
             try:
-                served = self._load(project, name, folder, folder == own)
+                with self._copy_on_this_host(project, name, folder, folder == own) as local, \
+                        self.priority.loading():  # predictions wait for the load, not for a download
+                    served = self.models.load(VersionRef(name, local))
+                    self._make_current(project, served, held)
             except (AesemoError, OSError, RuntimeError, ValueError) as exc:
                 if not isinstance(exc, (Unavailable, NotFound)):  # not the version's fault: retried at the next poll
                     self._refused[(project, name)] = (_files_state(folder), time.monotonic())
                 log.error("refused model version %s of project %s: %s; still serving %s",
                           name, project, exc, held.version if held else "nothing")
                 return False
-            self._refused.pop((project, name), None)
-            self._current[project] = served  # one reference: in-flight requests keep theirs
-            if held and all(m.folder != held.folder for m in self._current.values()):
-                self.models.forget(held.folder)
             log.info("project %s now serves model version %s", project, name)
             return True
 
-    def _load(self, project: str, name: str, folder: Path, trained: bool) -> ServedModel:
-        """A project's own version is leased while it is fetched (from the store, when there is
-        one) and loaded, so retention leaves it; a base is never deleted. Predictions wait for the
-        load itself, not for a download (`priority`)."""
+    def _make_current(self, project: str, served: ServedModel, held: ServedModel | None) -> None:
+        """Inside the load's priority: a prediction that waited for the load finds the new model."""
+        self._refused.pop((project, served.version), None)
+        self._current[project] = served  # one reference: in-flight requests keep theirs
+        if held and all(m.folder != held.folder for m in self._current.values()):
+            self.models.forget(held.folder)
+
+    @contextmanager
+    def _copy_on_this_host(self, project: str, name: str, folder: Path, trained: bool):
+        """The folder to load from: a project's own version is leased while it is fetched (from
+        the store, when there is one) and loaded, so retention leaves it; a base is never deleted."""
         if not trained:
-            with self.priority.loading():
-                return self.models.load(VersionRef(name, folder))
+            yield folder
+            return
         with version_lease(self.redis, project, name):
-            local = local_version(self.settings, self.redis, project, name)
-            with self.priority.loading():
-                return self.models.load(VersionRef(name, local))
+            yield local_version(self.settings, self.redis, project, name)
 
     def _still_refused(self, project: str, name: str, folder) -> bool:
         refused = self._refused.get((project, name))
