@@ -1,8 +1,9 @@
 """The training job, run by an RQ worker: one function, `train_project`, whose flow reads top
 to bottom in `_train` as named steps (resync, snapshot, images, manifest, parent, training,
-publish, promotion with the runtime, the upload to the object store when there is one, retention). Each is a named stage of the job's progress (backend/jobs/progress.py), with
-its own count and ETA where it has one and the time it took; a cancel request stops the job at its
-next progress report.
+publish, promotion with the runtime, the upload to the object store when there is one,
+retention). Each is a named stage of the job's progress (backend/jobs/progress.py), with its own
+count and ETA where it has one and the time it took; a cancel request stops the job at its next
+progress report.
 """
 from __future__ import annotations
 
