@@ -7,7 +7,9 @@ The job runs as in production: `/setup` and three agreeing votes per task throug
 snapshots, fetches the images, trains, writes the version and its report, applies the promotion
 rule and makes the promoted version's CPU runtime. The start is the benchmark's pretrained source
 model, registered as the deployment's base model (AESEMO_BASE_MODEL). "Queue to promoted" is the
-time from the POST to the worker's exit with the new version current.
+job's record from enqueued to ended (the worker's start included, as it starts after the POST); the
+burst worker then also runs the prediction refresh that the promotion queued, which its CPU
+seconds include.
 
 The plain run is `aesemo train` on the job's own manifest from the same start (its own seeded 20 %
 held-out split, early stopping), in a subprocess too. Both versions are then scored on the same
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -117,8 +120,11 @@ def end_to_end(start, data: TrainingData, test: TrainingData, scores, settings_e
         answer = client.post("/projects/1/train")
         assert answer.status_code == 202, answer.json
         _, job_cpu, worker = _run([aesemo_executable(), "worker", "--burst"], env, tmp)
-        job_s = time.perf_counter() - started
+        worker_s = time.perf_counter() - started
         job = client.get(f"/projects/1/jobs/{answer.json['job_id']}").json
+        # queue to promoted: the job's own record, not the worker's exit, since a burst worker
+        # goes on to run the prediction refresh the promotion queued
+        job_s = (datetime.fromisoformat(job["ended_at"]) - datetime.fromisoformat(job["enqueued_at"])).total_seconds()
         result = job.get("result") or {}
         if job.get("status") != "finished" or not result.get("promoted"):
             raise RuntimeError(f"the job did not promote a version: {json.dumps(job)[:2000]}\n{worker.stderr[-3000:]}")
@@ -126,7 +132,7 @@ def end_to_end(start, data: TrainingData, test: TrainingData, scores, settings_e
         manifest = json.loads((version / "model.json").read_text())["training"]["manifest"]
         plain_s, plain_cpu, _ = _run([aesemo_executable(), "train", manifest, "--out", str(tmp / "plain"), "--init-from",
                            str(base), "--quiet", *_train_flags(env)], env, tmp)
-        return {"job_s": job_s, "plain_s": plain_s, "job_cpu": job_cpu, "plain_cpu": plain_cpu,
+        return {"job_s": job_s, "worker_s": worker_s, "plain_s": plain_s, "job_cpu": job_cpu, "plain_cpu": plain_cpu,
                 "stages": result.get("stages", []),
                 "stopping": result.get("stopping"), "job": _scored(version, scores),
                 "plain": _scored(tmp / "plain", scores)}
@@ -167,6 +173,8 @@ def report(figures: dict) -> None:
         print(f"| {name} | {figures[key + '_s']:.1f} | {figures[key + '_s'] / figures['plain_s']:.2f} | "
               f"{figures[key + '_cpu'] / threads:.1f} | {figures[key + '_cpu'] / figures['plain_cpu']:.2f} | "
               f"{figures[key]['aesthetic']:.2f} | {figures[key]['emotion']:.2f} | {mean(figures[key]):.3f} |")
+    print(f"\nthe worker process, start to exit (the prediction refresh after the promotion included, and in "
+          f"its CPU seconds): {figures['worker_s']:.1f} s")
     stages = ", ".join(f"{s['name']} {s['seconds']:.1f} s" for s in figures["stages"])
     print(f"\njob stages: {stages}; training: {figures['stopping']}")
     print(f"test accuracy, job minus plain (mean of both tasks): {mean(job) - mean(plain):+.3f} (goal >= -0.05); "
