@@ -55,10 +55,15 @@ def test_every_version_stays_without_the_setting(settings, redis_client):
     assert here(settings) == NAMES
 
 
+def two_hosts(settings, url: str, tmp_path, keep_versions: int):
+    """The settings of a worker that applies retention and a replica, each with its own data
+    directory, sharing the store at `url`."""
+    return (replace(settings, version_store=url, data_dir=tmp_path / "worker", keep_versions=keep_versions),
+            replace(settings, version_store=url, data_dir=tmp_path / "replica"))
+
+
 def test_retention_deletes_from_the_object_store_and_this_hosts_copy(settings, redis_client, s3, tmp_path):
-    url = f"s3://{s3.bucket}/keep"
-    worker = replace(settings, version_store=url, data_dir=tmp_path / "worker", keep_versions=3)
-    replica = replace(settings, version_store=url, data_dir=tmp_path / "replica")
+    worker, replica = two_hosts(settings, f"s3://{s3.bucket}/keep", tmp_path, keep_versions=3)
     write_versions(worker, publish=True)
     set_current_version(redis_client, PROJECT, NAMES[0])
     assert apply_retention(worker, redis_client, PROJECT)["removed"] == NAMES[1:3]
@@ -70,9 +75,7 @@ def test_retention_deletes_from_the_object_store_and_this_hosts_copy(settings, r
 
 
 def test_a_version_being_loaded_is_kept_until_its_load_ends(settings, redis_client, s3, tmp_path):
-    url = f"s3://{s3.bucket}/lease"
-    worker = replace(settings, version_store=url, data_dir=tmp_path / "worker", keep_versions=4)
-    replica = replace(settings, version_store=url, data_dir=tmp_path / "replica")
+    worker, replica = two_hosts(settings, f"s3://{s3.bucket}/lease", tmp_path, keep_versions=4)
     write_versions(worker, publish=True)
     set_current_version(redis_client, PROJECT, NAMES[5])
     with version_lease(redis_client, PROJECT, NAMES[0]):  # a replica downloading and loading v0001

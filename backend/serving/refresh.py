@@ -31,14 +31,14 @@ from backend.serving.models import ModelCache, ServedModel
 from backend.serving.predict import predict_tasks
 from backend.serving.prediction_store import VersionPredictions, stored_then_predicted
 from backend.serving.registry import current_version_name, fetch_current
-from backend.serving.suggestion_text import data_with_text, shown_as_text, suggestion_text, text_is_current
+from backend.serving.suggestion_text import data_with_text, shown_once_written, suggestion_text, text_is_current
 from backend.serving.suggestions import TASK_TYPES, shown_result, withheld_reason, withheld_types
 from backend.jobs.connection import delete_if_equal
 from backend.jobs.context import job_settings
 from backend.jobs.progress import Progress
 from backend.labelstudio.client import project_studio, sdk_client
 from backend.votes.control import is_control_task
-from backend.votes.shown import remember_predictions, remember_shown
+from backend.votes.shown import remember_shown_many
 from backend.votes.store import VoteStore
 
 log = logging.getLogger(__name__)
@@ -156,15 +156,14 @@ def _refresh_batch(run: _Refresh, api, fetcher: ImageFetcher, batch: list[dict])
         if not run.settings.refresh_keep_old:
             task_api.delete_predictions(api, run.project, ids)
         task_api.import_predictions(api, run.project, [{"task": i, **ready[i]} for i in ids])
-        remember_predictions(run.client, run.project, ready, run.labels)
         _write_texts(run, api, [task for task in batch if task["id"] in ready], ready)
+        remember_shown_many(run.client, run.project, {i: shown_once_written(run.labels, ready[i]) for i in ids})
     return len(ids), len(batch) - len(ids)
 
 
 def _write_texts(run: _Refresh, api, tasks: list[dict], predictions: dict) -> None:
     """Each task's data shows its prediction's suggestion text (none where it names no class),
-    where the config shows one; a task already showing it is not written again. What its
-    annotators are shown is remembered for the votes."""
+    where the config shows one; a task already showing it is not written again."""
     if run.labels.suggestion_key is None:
         return
     for task in tasks:
@@ -172,7 +171,6 @@ def _write_texts(run: _Refresh, api, tasks: list[dict], predictions: dict) -> No
         text = suggestion_text(run.labels, prediction)
         if not text_is_current(run.labels, task, text):
             _write_text(run, api, task["id"], text)
-        remember_shown(run.client, run.project, task["id"], shown_as_text(run.labels, prediction))
 
 
 def _write_text(run: _Refresh, api, task: int, text: str | None) -> None:

@@ -57,6 +57,14 @@ def shown_as_text(labels: ProjectLabels, prediction) -> dict | None:
             **{kind: classes[kind][0] if kind in classes else None for kind in ("aesthetic", "emotion")}}
 
 
+def shown_once_written(labels: ProjectLabels, prediction) -> dict | None:
+    """What a task's annotators are shown of a prediction the refresh wrote: its text where the
+    config shows one (the refresh writes it), else the prediction as Label Studio pre-fills it."""
+    if labels.suggestion_key is not None:
+        return shown_as_text(labels, prediction)
+    return suggestion_of(prediction, labels, "prefilled")
+
+
 def shown_in_task(labels: ProjectLabels, task, prediction) -> dict | None:
     """What the task's annotators are shown of `prediction`: its text when the task's data shows
     it, else the prediction as Label Studio pre-fills it (where the project shows predictions)."""

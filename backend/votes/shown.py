@@ -53,14 +53,6 @@ def remember_shown_many(client: redis.Redis, project: str, shown: dict[int, dict
     pipe.execute()
 
 
-def remember_predictions(client: redis.Redis, project: str, predictions: dict[int, dict],
-                         labels: ProjectLabels) -> None:
-    """What Label Studio pre-fills the tasks with, from the predictions written into it (task ->
-    Label Studio prediction; one choosing no class, a control task's, shows nothing)."""
-    remember_shown_many(client, project,
-                        {task: suggestion_of(p, labels, "prefilled") for task, p in predictions.items()})
-
-
 def shown_for(client: redis.Redis, project: str, task: int) -> dict | None:
     """What the task's annotators are shown (None: nothing, or a record that is no suggestion)."""
     return _decoded(client.hget(keys.shown_suggestions(project), task), project, task)
